@@ -1,0 +1,140 @@
+//! The admin HTTP API, served by Pingora on its own listener (loopback by default):
+//! liveness, readiness, Prometheus metrics, cluster state, the effective config and reload.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+use serde_json::json;
+
+use crate::observe::metrics::METRICS;
+use crate::runtime::{self, State};
+
+/// The admin API application.
+pub struct AdminApi {
+    state: Arc<State>,
+}
+
+impl AdminApi {
+    pub fn new(state: Arc<State>) -> AdminApi {
+        AdminApi { state }
+    }
+
+    fn route(&self, method: &http::Method, path: &str) -> (StatusCode, &'static str, Vec<u8>) {
+        let json_body = |status: StatusCode, v: serde_json::Value| {
+            (
+                status,
+                "application/json",
+                serde_json::to_vec_pretty(&v).unwrap_or_default(),
+            )
+        };
+        match (method.as_str(), path) {
+            ("GET", "/healthz") => json_body(StatusCode::OK, json!({ "status": "ok" })),
+            ("GET", "/readyz") => {
+                let ready = self.state.is_ready();
+                let last_error = self.state.last_error();
+                json_body(
+                    if ready {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    },
+                    json!({
+                        "ready": ready,
+                        "config_version": self.state.snapshot().version,
+                        "last_reload_error": last_error,
+                    }),
+                )
+            }
+            ("GET", "/metrics") => {
+                self.refresh_endpoint_gauges();
+                (
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    METRICS.render(),
+                )
+            }
+            ("GET", "/admin/clusters") => {
+                let snapshot = self.state.snapshot();
+                let clusters: Vec<_> = snapshot.clusters.values().map(|c| c.status()).collect();
+                json_body(StatusCode::OK, json!({ "clusters": clusters }))
+            }
+            ("GET", "/admin/config") => {
+                let snapshot = self.state.snapshot();
+                json_body(
+                    StatusCode::OK,
+                    json!({
+                        "version": snapshot.version,
+                        "loaded_at": humantime::format_rfc3339_seconds(snapshot.loaded_at).to_string(),
+                        "source": self.state.config_path.as_ref().map(|p| p.display().to_string()),
+                        "config": snapshot.redacted_config(),
+                    }),
+                )
+            }
+            ("POST", "/admin/reload") => match runtime::reload(&self.state) {
+                Ok(version) => json_body(
+                    StatusCode::OK,
+                    json!({ "reloaded": true, "version": version }),
+                ),
+                Err(e) => json_body(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    json!({ "reloaded": false, "error": e }),
+                ),
+            },
+            (
+                _,
+                "/healthz" | "/readyz" | "/metrics" | "/admin/clusters" | "/admin/config"
+                | "/admin/reload",
+            ) => json_body(
+                StatusCode::METHOD_NOT_ALLOWED,
+                json!({ "error": format!("{method} is not allowed on {path}") }),
+            ),
+            _ => json_body(
+                StatusCode::NOT_FOUND,
+                json!({
+                    "error": "not found",
+                    "endpoints": ["/healthz", "/readyz", "/metrics", "/admin/clusters", "/admin/config", "POST /admin/reload"],
+                }),
+            ),
+        }
+    }
+
+    /// Endpoint gauges are set from the live cluster state at scrape time, and reset
+    /// first so endpoints removed by a reload disappear.
+    fn refresh_endpoint_gauges(&self) {
+        let snapshot = self.state.snapshot();
+        METRICS.endpoint_healthy.reset();
+        METRICS.endpoint_in_flight.reset();
+        for cluster in snapshot.clusters.values() {
+            for e in cluster.status().endpoints {
+                let labels = [cluster.name.as_str(), e.address.as_str()];
+                METRICS
+                    .endpoint_healthy
+                    .with_label_values(&labels)
+                    .set(i64::from(e.healthy && !e.ejected));
+                METRICS
+                    .endpoint_in_flight
+                    .with_label_values(&labels)
+                    .set(e.in_flight as i64);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApi {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_string();
+        let (status, content_type, body) = self.route(&method, &path);
+        Response::builder()
+            .status(status)
+            .header(http::header::CONTENT_TYPE, content_type)
+            .header(http::header::CONTENT_LENGTH, body.len())
+            .header(http::header::CACHE_CONTROL, "no-store")
+            .body(body)
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,373 @@
+//! Configuration: the TOML schema (plain serde structs with `deny_unknown_fields`), loading
+//! with `${ENV}` interpolation, and validation that reports every problem with its file,
+//! line, column and field path.
+//!
+//! These types are what an operator writes, not what the proxy runs on: the gateway builds
+//! its runtime objects (compiled route table, live clusters) from a validated [`Config`].
+
+mod load;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use load::{load_file, load_str, ConfigError, ConfigErrors, Location};
+pub use validate::resolve_address;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
+    #[serde(default)]
+    pub admin: Admin,
+    #[serde(default)]
+    pub logging: Logging,
+    #[serde(default)]
+    pub limits: Limits,
+    /// Plugins applied to every route, before the route's own plugins.
+    #[serde(default)]
+    pub plugins: Vec<PluginRef>,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    #[serde(default)]
+    pub clusters: BTreeMap<String, Cluster>,
+    /// Values substituted from `${ENV}` references: secrets, redacted from `/admin/config`.
+    #[serde(skip)]
+    pub secrets: Vec<String>,
+}
+
+/// Process-level settings handed to Pingora's server.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Worker threads per listener service.
+    pub threads: usize,
+    /// Let idle worker threads steal tasks from busy ones.
+    pub work_stealing: bool,
+    pub pid_file: String,
+    pub upgrade_sock: String,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    /// How long an old process keeps serving after handing its sockets to a new one.
+    pub grace_period_seconds: u64,
+    /// How long in-flight requests may take to finish during a graceful shutdown.
+    pub graceful_shutdown_timeout_seconds: u64,
+    /// Idle upstream connections kept for reuse, shared by all clusters.
+    pub upstream_keepalive_pool_size: usize,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            threads: 1,
+            work_stealing: true,
+            pid_file: "/tmp/portico.pid".into(),
+            upgrade_sock: "/tmp/portico_upgrade.sock".into(),
+            user: None,
+            group: None,
+            grace_period_seconds: 30,
+            graceful_shutdown_timeout_seconds: 10,
+            upstream_keepalive_pool_size: 1024,
+        }
+    }
+}
+
+/// A client-facing listening socket.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub address: String,
+    pub tls: Option<ListenerTls>,
+}
+
+/// TLS termination for a listener (rustls).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    pub cert: String,
+    pub key: String,
+}
+
+/// The admin API listener: health, readiness, metrics, cluster state, effective config.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    /// Loopback by default so the admin API is never exposed by accident.
+    pub address: String,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            address: "127.0.0.1:9090".into(),
+        }
+    }
+}
+
+/// Where access logs go and how many successful requests are logged.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Logging {
+    /// `stdout`, `off`, or a file path.
+    pub access_log: String,
+    /// Share of 1xx–3xx responses logged (0.0–1.0); 4xx and 5xx are always logged.
+    pub success_sample_ratio: f64,
+}
+
+impl Default for Logging {
+    fn default() -> Self {
+        Logging {
+            access_log: "stdout".into(),
+            success_sample_ratio: 1.0,
+        }
+    }
+}
+
+/// Request size limits enforced before anything is proxied.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Longest request target (path and query) accepted; longer → 414.
+    pub max_uri_bytes: usize,
+    /// Total size of request header names and values; larger → 431.
+    pub max_header_bytes: usize,
+    /// Largest declared `Content-Length`; larger → 413.
+    pub max_body_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_uri_bytes: 8 * 1024,
+            max_header_bytes: 64 * 1024,
+            max_body_bytes: 10 * 1024 * 1024,
+        }
+    }
+}
+
+/// A plugin instance: its registry name and its own config table.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct PluginRef {
+    pub name: String,
+    /// Everything else in the table is the plugin's own config, checked by the plugin.
+    #[serde(flatten)]
+    pub config: toml::Table,
+}
+
+/// One route: what it matches and where it sends.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub id: String,
+    /// Exact hosts or `*.suffix` wildcards; empty matches any host.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    pub path: String,
+    #[serde(default)]
+    pub path_match: PathMatchKind,
+    /// Empty allows every method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub headers: Vec<HeaderMatcher>,
+    pub cluster: String,
+    /// Remove the matched path prefix before proxying (`/orders/1` → `/1`).
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Replace the matched path prefix with this one (`/orders/1` → `/api/orders/1`).
+    pub rewrite_prefix: Option<String>,
+    #[serde(default)]
+    pub plugins: Vec<PluginRef>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathMatchKind {
+    #[default]
+    Prefix,
+    Exact,
+}
+
+/// A header condition: present (no `value`) or equal to `value`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatcher {
+    pub name: String,
+    pub value: Option<String>,
+}
+
+/// A group of interchangeable upstream endpoints.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    pub endpoints: Vec<Endpoint>,
+    #[serde(default)]
+    pub lb: LbKind,
+    /// What `consistent_hash` hashes on.
+    pub hash: Option<HashOn>,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// Connect to the endpoints over TLS.
+    #[serde(default)]
+    pub tls: bool,
+    /// SNI and certificate name for upstream TLS; defaults to the endpoint host.
+    pub sni: Option<String>,
+    pub health_check: Option<HealthCheck>,
+    #[serde(default)]
+    pub outlier: Outlier,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    /// `ip:port` or `host:port` (resolved once at load).
+    pub address: String,
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LbKind {
+    #[default]
+    RoundRobin,
+    LeastRequest,
+    ConsistentHash,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HashOn {
+    pub by: HashBy,
+    /// Header or cookie name (not used for `client_ip`).
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashBy {
+    Header,
+    Cookie,
+    ClientIp,
+}
+
+/// Upstream timeouts, as humantime strings (`250ms`, `5s`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    #[serde(with = "humantime_serde")]
+    pub connect: Duration,
+    #[serde(with = "humantime_serde")]
+    pub read: Duration,
+    #[serde(with = "humantime_serde")]
+    pub write: Duration,
+    /// How long an idle upstream connection stays in the keepalive pool.
+    #[serde(with = "humantime_serde")]
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(1),
+            read: Duration::from_secs(30),
+            write: Duration::from_secs(30),
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Active HTTP health checking of every endpoint.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    pub path: String,
+    /// Host header of the probe; defaults to the endpoint address.
+    pub host: Option<String>,
+    #[serde(default = "default_expected_status")]
+    pub expected_status: Vec<u16>,
+    #[serde(default = "default_hc_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(default = "default_hc_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Consecutive passes that bring an unhealthy endpoint back.
+    #[serde(default = "default_healthy_threshold")]
+    pub healthy_threshold: u32,
+    /// Consecutive failures that take a healthy endpoint out.
+    #[serde(default = "default_unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+}
+
+fn default_expected_status() -> Vec<u16> {
+    vec![200]
+}
+fn default_hc_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_hc_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_healthy_threshold() -> u32 {
+    2
+}
+fn default_unhealthy_threshold() -> u32 {
+    3
+}
+
+/// Passive outlier ejection from real traffic.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Outlier {
+    /// Consecutive 5xx responses that eject an endpoint; 0 disables.
+    pub consecutive_5xx: u32,
+    /// Consecutive connect failures that eject an endpoint; 0 disables.
+    pub consecutive_connect_failures: u32,
+    /// First ejection length; each further ejection of the same endpoint doubles it.
+    #[serde(with = "humantime_serde")]
+    pub base_ejection: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_ejection: Duration,
+    /// Never eject when it would leave fewer available endpoints than this.
+    pub min_healthy: usize,
+}
+
+impl Default for Outlier {
+    fn default() -> Self {
+        Outlier {
+            consecutive_5xx: 5,
+            consecutive_connect_failures: 3,
+            base_ejection: Duration::from_secs(10),
+            max_ejection: Duration::from_secs(300),
+            min_healthy: 1,
+        }
+    }
+}
+
+/// Serde for durations written as humantime strings (`1s`, `250ms`).
+mod humantime_serde {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration `{text}`: {e} (write e.g. `250ms`, `5s`, `1m`)"
+            ))
+        })
+    }
+}

@@ -1,0 +1,360 @@
+//! Checks a parsed [`Config`] for everything serde cannot: references between sections,
+//! duplicates, addresses, value ranges, plugin configs. It collects every problem instead of
+//! stopping at the first, so `portico check` shows them all at once.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+
+use super::load::Seg;
+use super::{Config, HashBy, LbKind, PathMatchKind, PluginRef};
+
+/// One validation problem at a field path.
+#[derive(Debug)]
+pub struct Problem {
+    pub path: Vec<Seg>,
+    pub message: String,
+}
+
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, path: &[Seg], message: impl Into<String>) {
+        self.0.push(Problem {
+            path: path.to_vec(),
+            message: message.into(),
+        });
+    }
+}
+
+fn key(k: &str) -> Seg {
+    Seg::Key(k.to_string())
+}
+
+/// Parses `ip:port`, or resolves `host:port` once (never per request).
+pub fn resolve_address(address: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = address.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if !address.contains(':') {
+        return Err(format!("`{address}` has no port (write host:port)"));
+    }
+    address
+        .to_socket_addrs()
+        .map_err(|e| format!("`{address}` does not resolve: {e}"))?
+        .next()
+        .ok_or_else(|| format!("`{address}` resolves to no address"))
+}
+
+pub fn validate(config: &Config) -> Vec<Problem> {
+    let mut p = Problems(Vec::new());
+
+    if config.server.threads == 0 {
+        p.add(&[key("server"), key("threads")], "must be at least 1");
+    }
+
+    if config.listeners.is_empty() {
+        p.add(&[key("listeners")], "at least one listener is required");
+    }
+    let mut seen_listen = HashSet::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        let at = [key("listeners"), Seg::Index(i)];
+        match l.address.parse::<SocketAddr>() {
+            Ok(addr) => {
+                if !seen_listen.insert(addr) {
+                    p.add(
+                        &[at[0].clone(), at[1].clone(), key("address")],
+                        format!("`{addr}` is listed twice"),
+                    );
+                }
+            }
+            Err(_) => p.add(
+                &[at[0].clone(), at[1].clone(), key("address")],
+                format!("`{}` is not an ip:port address", l.address),
+            ),
+        }
+        if let Some(tls) = &l.tls {
+            for (field, file) in [("cert", &tls.cert), ("key", &tls.key)] {
+                if !Path::new(file).is_file() {
+                    p.add(
+                        &[at[0].clone(), at[1].clone(), key("tls"), key(field)],
+                        format!("file `{file}` does not exist"),
+                    );
+                }
+            }
+        }
+    }
+    if config.admin.address.parse::<SocketAddr>().is_err() {
+        p.add(
+            &[key("admin"), key("address")],
+            format!("`{}` is not an ip:port address", config.admin.address),
+        );
+    }
+
+    let ratio = config.logging.success_sample_ratio;
+    if !(0.0..=1.0).contains(&ratio) {
+        p.add(
+            &[key("logging"), key("success_sample_ratio")],
+            format!("{ratio} is outside 0.0–1.0"),
+        );
+    }
+    if config.logging.access_log.trim().is_empty() {
+        p.add(
+            &[key("logging"), key("access_log")],
+            "must be `stdout`, `off` or a file path",
+        );
+    }
+    for (field, value) in [
+        ("max_uri_bytes", config.limits.max_uri_bytes as u64),
+        ("max_header_bytes", config.limits.max_header_bytes as u64),
+    ] {
+        if value == 0 {
+            p.add(&[key("limits"), key(field)], "must be greater than 0");
+        }
+    }
+
+    validate_clusters(config, &mut p);
+    validate_plugins(&config.plugins, &[key("plugins")], &mut p);
+    validate_routes(config, &mut p);
+    p.0
+}
+
+fn validate_clusters(config: &Config, p: &mut Problems) {
+    for (name, c) in &config.clusters {
+        let at = [key("clusters"), key(name)];
+        let sub = |tail: &[Seg]| -> Vec<Seg> { at.iter().chain(tail).cloned().collect() };
+        if c.endpoints.is_empty() {
+            p.add(
+                &sub(&[key("endpoints")]),
+                "a cluster needs at least one endpoint",
+            );
+        }
+        let mut seen = HashSet::new();
+        for (i, e) in c.endpoints.iter().enumerate() {
+            let e_at = sub(&[key("endpoints"), Seg::Index(i)]);
+            if e.weight == 0 {
+                p.add(
+                    &[e_at.clone(), vec![key("weight")]].concat(),
+                    "weight must be at least 1 (remove the endpoint to stop traffic)",
+                );
+            }
+            match resolve_address(&e.address) {
+                Ok(addr) => {
+                    if !seen.insert(addr) {
+                        p.add(
+                            &[e_at.clone(), vec![key("address")]].concat(),
+                            format!("endpoint `{}` is listed twice", e.address),
+                        );
+                    }
+                }
+                Err(msg) => p.add(&[e_at, vec![key("address")]].concat(), msg),
+            }
+        }
+        if c.lb == LbKind::ConsistentHash {
+            match &c.hash {
+                None => p.add(
+                    &sub(&[key("hash")]),
+                    "lb = \"consistent_hash\" needs `hash = { by = \"header\" | \"cookie\" | \"client_ip\", name = ... }`",
+                ),
+                Some(h) if h.by != HashBy::ClientIp && h.name.as_deref().unwrap_or("").is_empty() => {
+                    p.add(&sub(&[key("hash"), key("name")]), "hashing by header or cookie needs a name")
+                }
+                Some(_) => {}
+            }
+        } else if c.hash.is_some() {
+            p.add(
+                &sub(&[key("hash")]),
+                "only used with lb = \"consistent_hash\"",
+            );
+        }
+        if c.timeouts.connect.is_zero() || c.timeouts.read.is_zero() || c.timeouts.write.is_zero() {
+            p.add(&sub(&[key("timeouts")]), "timeouts must be greater than 0");
+        }
+        if let Some(hc) = &c.health_check {
+            let hc_at = |f: &str| sub(&[key("health_check"), key(f)]);
+            if !hc.path.starts_with('/') {
+                p.add(&hc_at("path"), format!("`{}` must start with /", hc.path));
+            }
+            if hc.expected_status.is_empty()
+                || hc.expected_status.iter().any(|s| !(100..=599).contains(s))
+            {
+                p.add(
+                    &hc_at("expected_status"),
+                    "list HTTP statuses between 100 and 599",
+                );
+            }
+            if hc.healthy_threshold == 0 {
+                p.add(&hc_at("healthy_threshold"), "must be at least 1");
+            }
+            if hc.unhealthy_threshold == 0 {
+                p.add(&hc_at("unhealthy_threshold"), "must be at least 1");
+            }
+            if hc.interval.is_zero() || hc.timeout.is_zero() {
+                p.add(
+                    &hc_at("interval"),
+                    "interval and timeout must be greater than 0",
+                );
+            } else if hc.timeout > hc.interval {
+                p.add(&hc_at("timeout"), "must not be longer than the interval");
+            }
+        }
+        if c.outlier.base_ejection > c.outlier.max_ejection {
+            p.add(
+                &sub(&[key("outlier"), key("base_ejection")]),
+                "must not be longer than max_ejection",
+            );
+        }
+    }
+}
+
+fn validate_plugins(plugins: &[PluginRef], at: &[Seg], p: &mut Problems) {
+    for (i, plugin) in plugins.iter().enumerate() {
+        let mut here = at.to_vec();
+        here.push(Seg::Index(i));
+        let config = toml::Value::Table(plugin.config.clone());
+        if let Err(e) = portico_plugins::build(&plugin.name, config) {
+            let mut path = here.clone();
+            match &e {
+                portico_plugins::BuildError::UnknownPlugin(_) => path.push(key("name")),
+                portico_plugins::BuildError::InvalidConfig { field, .. } => {
+                    if let Some(field) = field {
+                        path.extend(field.split('.').map(key));
+                    }
+                }
+            }
+            let msg = match &e {
+                portico_plugins::BuildError::UnknownPlugin(name) => format!(
+                    "unknown plugin `{name}` (built-in plugins: {})",
+                    portico_plugins::BUILTIN_NAMES.join(", ")
+                ),
+                other => other.to_string(),
+            };
+            p.add(&path, msg);
+        }
+    }
+}
+
+fn validate_routes(config: &Config, p: &mut Problems) {
+    let mut ids: HashMap<&str, usize> = HashMap::new();
+    // Two routes with identical matchers can never both be reached: the second is dead.
+    let mut matchers: HashMap<String, usize> = HashMap::new();
+    for (i, r) in config.routes.iter().enumerate() {
+        let at = |f: &str| vec![key("routes"), Seg::Index(i), key(f)];
+        if r.id.trim().is_empty() {
+            p.add(&at("id"), "must not be empty");
+        } else if let Some(first) = ids.insert(&r.id, i) {
+            p.add(
+                &at("id"),
+                format!(
+                    "duplicate route id `{}` (first used by routes[{first}])",
+                    r.id
+                ),
+            );
+        }
+        if !r.path.starts_with('/') {
+            p.add(&at("path"), format!("`{}` must start with /", r.path));
+        } else if let Err(e) = crate::router::normalize_path(&r.path) {
+            p.add(&at("path"), format!("`{}`: {e}", r.path));
+        }
+        for (j, host) in r.hosts.iter().enumerate() {
+            let body = host.strip_prefix("*.").unwrap_or(host);
+            let ok = !body.is_empty()
+                && !body.contains('*')
+                && body
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+            if !ok {
+                p.add(
+                    &[key("routes"), Seg::Index(i), key("hosts"), Seg::Index(j)],
+                    format!("`{host}` is not a host name or `*.suffix` wildcard"),
+                );
+            }
+        }
+        for (j, m) in r.methods.iter().enumerate() {
+            if http::Method::from_bytes(m.as_bytes()).is_err() || m.to_uppercase() != *m {
+                p.add(
+                    &[key("routes"), Seg::Index(i), key("methods"), Seg::Index(j)],
+                    format!("`{m}` is not an upper-case HTTP method"),
+                );
+            }
+        }
+        for (j, h) in r.headers.iter().enumerate() {
+            if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
+                p.add(
+                    &[
+                        key("routes"),
+                        Seg::Index(i),
+                        key("headers"),
+                        Seg::Index(j),
+                        key("name"),
+                    ],
+                    format!("`{}` is not a valid header name", h.name),
+                );
+            }
+        }
+        if !config.clusters.contains_key(&r.cluster) {
+            let known: Vec<&str> = config.clusters.keys().map(String::as_str).collect();
+            p.add(
+                &at("cluster"),
+                format!(
+                    "unknown cluster `{}` (defined: {})",
+                    r.cluster,
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            );
+        }
+        if r.strip_prefix && r.rewrite_prefix.is_some() {
+            p.add(
+                &at("rewrite_prefix"),
+                "use either strip_prefix or rewrite_prefix, not both",
+            );
+        }
+        if (r.strip_prefix || r.rewrite_prefix.is_some()) && r.path_match == PathMatchKind::Exact {
+            p.add(
+                &at("path_match"),
+                "prefix rewriting needs path_match = \"prefix\"",
+            );
+        }
+        if let Some(rw) = &r.rewrite_prefix {
+            if !rw.starts_with('/') {
+                p.add(&at("rewrite_prefix"), format!("`{rw}` must start with /"));
+            }
+        }
+        let signature = {
+            let hosts: BTreeSet<String> = r.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+            let methods: BTreeSet<&str> = r.methods.iter().map(String::as_str).collect();
+            let headers: BTreeSet<(String, Option<&str>)> = r
+                .headers
+                .iter()
+                .map(|h| (h.name.to_ascii_lowercase(), h.value.as_deref()))
+                .collect();
+            let path = if r.path_match == PathMatchKind::Prefix && r.path.len() > 1 {
+                r.path.trim_end_matches('/')
+            } else {
+                r.path.as_str()
+            };
+            format!(
+                "{hosts:?}|{path}|{:?}|{methods:?}|{headers:?}",
+                r.path_match
+            )
+        };
+        if let Some(first) = matchers.insert(signature, i) {
+            p.add(
+                &at("path"),
+                format!(
+                    "route `{}` has the same hosts, path, methods and headers as routes[{first}] (`{}`), so it can never match",
+                    r.id, config.routes[first].id
+                ),
+            );
+        }
+        validate_plugins(
+            &r.plugins,
+            &[key("routes"), Seg::Index(i), key("plugins")],
+            p,
+        );
+    }
+}

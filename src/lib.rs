@@ -1,0 +1,13 @@
+//! portico: an API gateway for service-to-service REST traffic, built on Pingora.
+//!
+//! The binary (`src/main.rs`) is only the command line; everything else lives here so
+//! tests and benchmarks use the same code. See `DESIGN.md` in the shared folder for the map.
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod observe;
+pub mod proxy;
+pub mod router;
+pub mod runtime;
+pub mod upstream;

@@ -1,0 +1,241 @@
+//! The `portico` command line: serve, check, routes, demo. Everything it runs lives in the
+//! library; this file only parses arguments and maps results to exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use portico::config;
+use portico::router::RouteMatch;
+use portico::runtime::{serve, Snapshot};
+
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "portico",
+    version,
+    about = "An API gateway for service-to-service REST traffic, built on Pingora"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// The config file.
+        #[arg(short, long, default_value = "conf/portico.toml")]
+        config: PathBuf,
+        /// Run in the background (daemonize).
+        #[arg(short, long)]
+        daemon: bool,
+        /// Take the listening sockets over from a running portico (graceful upgrade).
+        #[arg(short, long)]
+        upgrade: bool,
+        /// Load and build everything, then exit without serving.
+        #[arg(short, long)]
+        test: bool,
+    },
+    /// Validate a config file: exit 0 when valid, 2 with every problem listed when not.
+    Check {
+        #[arg(short, long, default_value = "conf/portico.toml")]
+        config: PathBuf,
+    },
+    /// Explain which route, cluster and plugins a request would get, without sending it.
+    Routes {
+        #[arg(short, long, default_value = "conf/portico.toml")]
+        config: PathBuf,
+        /// The request method, e.g. GET.
+        method: String,
+        /// The request path, e.g. /orders/42?x=1.
+        path: String,
+        /// A request header, `Name: value` (repeatable); `Host: …` selects the host.
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+    },
+    /// Run the gateway with two example services and a ready config on loopback.
+    Demo {
+        /// The gateway listener (falls back to a free port when taken).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// The admin listener (falls back to a free port when taken).
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: std::net::SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            config,
+            daemon,
+            upgrade,
+            test,
+        } => {
+            let loaded = match config::load_file(&config) {
+                Ok(c) => c,
+                Err(errors) => return report(&errors),
+            };
+            let options = serve::ProcessOptions {
+                upgrade,
+                daemon,
+                test,
+            };
+            match serve::build(loaded, Some(config), &options) {
+                Ok((server, _)) => {
+                    if test {
+                        println!("configuration and services built; exiting (--test)");
+                        return ExitCode::SUCCESS;
+                    }
+                    serve::run(server);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("portico: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Check { config } => match config::load_file(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} listeners, {} routes, {} clusters)",
+                    config.display(),
+                    c.listeners.len(),
+                    c.routes.len(),
+                    c.clusters.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => report(&errors),
+        },
+        Command::Routes {
+            config,
+            method,
+            path,
+            headers,
+        } => explain(&config, &method, &path, &headers),
+        Command::Demo { listen, admin } => {
+            match portico::demo::run(portico::demo::DemoOptions { listen, admin }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("portico demo: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+/// Prints every config problem and returns exit code 2, like `nginx -t`.
+fn report(errors: &config::ConfigErrors) -> ExitCode {
+    for e in &errors.0 {
+        eprintln!("error: {e}");
+    }
+    eprintln!("{} problem(s) found", errors.0.len());
+    ExitCode::from(2)
+}
+
+fn explain(
+    config_path: &std::path::Path,
+    method: &str,
+    target: &str,
+    headers: &[String],
+) -> ExitCode {
+    let mut loaded = match config::load_file(config_path) {
+        Ok(c) => c,
+        Err(errors) => return report(&errors),
+    };
+    loaded.logging.access_log = "off".into();
+    let snapshot = match Snapshot::build(loaded, None) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("portico: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let Ok(method) = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
+        eprintln!("error: `{method}` is not an HTTP method");
+        return ExitCode::from(2);
+    };
+    let mut map = http::HeaderMap::new();
+    for h in headers {
+        let parsed = h.split_once(':').and_then(|(n, v)| {
+            Some((
+                http::HeaderName::from_bytes(n.trim().as_bytes()).ok()?,
+                http::HeaderValue::from_str(v.trim()).ok()?,
+            ))
+        });
+        match parsed {
+            Some((n, v)) => {
+                map.append(n, v);
+            }
+            None => {
+                eprintln!("error: header `{h}` is not `Name: value`");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let (raw_path, query) = target
+        .split_once('?')
+        .map_or((target, None), |(p, q)| (p, Some(q)));
+    let path = match portico::router::normalize_path(raw_path) {
+        Ok(p) => p.into_owned(),
+        Err(e) => {
+            println!("400 Bad Request: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let host = map.get(http::header::HOST).and_then(|h| h.to_str().ok());
+    println!("request:    {method} {target}");
+    if path != raw_path {
+        println!("normalised: {path}");
+    }
+    let globals = snapshot.global_plugins.names.join(", ");
+    match snapshot.router.find(host, &method, &path, &map) {
+        RouteMatch::Found { spec, value } => {
+            let upstream_path = match &value.rewrite {
+                portico::runtime::Rewrite::None => path.clone(),
+                portico::runtime::Rewrite::Prefix { prefix, with } => {
+                    portico::router::rewrite_prefix(&path, prefix, with)
+                }
+            };
+            let cluster = &value.cluster;
+            println!(
+                "route:      {} ({:?} {})",
+                spec.id, spec.path_match, spec.path
+            );
+            println!("cluster:    {} ({:?})", cluster.name, cluster.definition.lb);
+            for e in &cluster.endpoints {
+                println!("  endpoint  {} weight {}", e.name, e.weight);
+            }
+            println!(
+                "upstream:   {method} {upstream_path}{}",
+                query.map(|q| format!("?{q}")).unwrap_or_default()
+            );
+            println!(
+                "plugins:    global [{globals}] then route [{}]",
+                value.plugins.names.join(", ")
+            );
+            ExitCode::SUCCESS
+        }
+        RouteMatch::MethodNotAllowed { allowed } => {
+            let allowed: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
+            println!("405 Method Not Allowed (allowed: {})", allowed.join(", "));
+            println!("plugins:    global [{globals}]");
+            ExitCode::from(1)
+        }
+        RouteMatch::NotFound => {
+            println!("404 Not Found: no route matches");
+            println!("plugins:    global [{globals}]");
+            ExitCode::from(1)
+        }
+    }
+}

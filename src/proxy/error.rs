@@ -1,0 +1,187 @@
+//! Request-time failures as values: each knows its HTTP status and renders itself as an
+//! RFC 9457 `application/problem+json` body carrying the request id.
+
+use bytes::Bytes;
+use pingora_error::{Error, ErrorType};
+use serde::Serialize;
+
+/// Everything that can go wrong with a request that the gateway answers itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GatewayError {
+    BadPath(String),
+    NotFound,
+    MethodNotAllowed(Vec<http::Method>),
+    UriTooLong,
+    HeadersTooLarge,
+    BodyTooLarge(u64),
+    BadRequest(String),
+    NoHealthyEndpoint(String),
+    UpstreamConnect(String),
+    UpstreamTimeout(String),
+    UpstreamBroken(String),
+    Internal,
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    instance: &'a str,
+    request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    allowed: Option<Vec<&'a str>>,
+}
+
+impl GatewayError {
+    pub fn status(&self) -> u16 {
+        match self {
+            GatewayError::BadPath(_) | GatewayError::BadRequest(_) => 400,
+            GatewayError::NotFound => 404,
+            GatewayError::MethodNotAllowed(_) => 405,
+            GatewayError::BodyTooLarge(_) => 413,
+            GatewayError::UriTooLong => 414,
+            GatewayError::HeadersTooLarge => 431,
+            GatewayError::Internal => 500,
+            GatewayError::UpstreamConnect(_) | GatewayError::UpstreamBroken(_) => 502,
+            GatewayError::NoHealthyEndpoint(_) => 503,
+            GatewayError::UpstreamTimeout(_) => 504,
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            GatewayError::BadPath(_) => "Invalid request path",
+            GatewayError::BadRequest(_) => "Bad request",
+            GatewayError::NotFound => "No route matches the request",
+            GatewayError::MethodNotAllowed(_) => "Method not allowed",
+            GatewayError::BodyTooLarge(_) => "Request body too large",
+            GatewayError::UriTooLong => "Request URI too long",
+            GatewayError::HeadersTooLarge => "Request headers too large",
+            GatewayError::Internal => "Internal gateway error",
+            GatewayError::UpstreamConnect(_) => "Upstream connection failed",
+            GatewayError::UpstreamBroken(_) => "Upstream failed",
+            GatewayError::NoHealthyEndpoint(_) => "No healthy upstream",
+            GatewayError::UpstreamTimeout(_) => "Upstream timed out",
+        }
+    }
+
+    /// A short name of the error kind, for logs and the problem type.
+    pub fn slug(&self) -> &'static str {
+        match self {
+            GatewayError::BadPath(_) => "bad-path",
+            GatewayError::BadRequest(_) => "bad-request",
+            GatewayError::NotFound => "no-route",
+            GatewayError::MethodNotAllowed(_) => "method-not-allowed",
+            GatewayError::BodyTooLarge(_) => "body-too-large",
+            GatewayError::UriTooLong => "uri-too-long",
+            GatewayError::HeadersTooLarge => "headers-too-large",
+            GatewayError::Internal => "internal",
+            GatewayError::UpstreamConnect(_) => "upstream-connect",
+            GatewayError::UpstreamBroken(_) => "upstream-error",
+            GatewayError::NoHealthyEndpoint(_) => "no-healthy-upstream",
+            GatewayError::UpstreamTimeout(_) => "upstream-timeout",
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            GatewayError::BadPath(why) | GatewayError::BadRequest(why) => why.clone(),
+            GatewayError::NotFound => {
+                "no route is configured for this host, path and method".into()
+            }
+            GatewayError::MethodNotAllowed(allowed) => format!(
+                "this route allows {}",
+                allowed
+                    .iter()
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            GatewayError::BodyTooLarge(limit) => {
+                format!("the body exceeds the limit of {limit} bytes")
+            }
+            GatewayError::UriTooLong => "the request target exceeds the configured limit".into(),
+            GatewayError::HeadersTooLarge => {
+                "the request headers exceed the configured limit".into()
+            }
+            GatewayError::Internal => "the gateway could not process the request".into(),
+            GatewayError::UpstreamConnect(cluster) => {
+                format!("could not connect to an instance of `{cluster}`")
+            }
+            GatewayError::UpstreamBroken(cluster) => {
+                format!("`{cluster}` closed or broke the connection before a complete response")
+            }
+            GatewayError::NoHealthyEndpoint(cluster) => {
+                format!("every instance of `{cluster}` is unhealthy or ejected")
+            }
+            GatewayError::UpstreamTimeout(cluster) => format!("`{cluster}` did not answer in time"),
+        }
+    }
+
+    /// The problem+json body.
+    pub fn body(&self, path: &str, request_id: &str) -> Bytes {
+        let allowed = match self {
+            GatewayError::MethodNotAllowed(m) => Some(m.iter().map(|m| m.as_str()).collect()),
+            _ => None,
+        };
+        let kind = format!("urn:portico:problem:{}", self.slug());
+        let problem = Problem {
+            kind: &kind,
+            title: self.title(),
+            status: self.status(),
+            detail: self.detail(),
+            instance: path,
+            request_id,
+            allowed,
+        };
+        Bytes::from(serde_json::to_vec(&problem).unwrap_or_default())
+    }
+
+    /// Extra headers the status calls for.
+    pub fn headers(&self) -> Vec<(http::HeaderName, String)> {
+        match self {
+            GatewayError::MethodNotAllowed(m) => vec![(
+                http::header::ALLOW,
+                m.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", "),
+            )],
+            GatewayError::NoHealthyEndpoint(_) => vec![(http::header::RETRY_AFTER, "1".into())],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Classifies a Pingora error from talking to `cluster`.
+    pub fn from_pingora(e: &Error, cluster: &str) -> GatewayError {
+        use ErrorType::*;
+        match e.etype() {
+            ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
+                GatewayError::UpstreamTimeout(cluster.to_string())
+            }
+            ConnectRefused | ConnectNoRoute | ConnectError | TLSHandshakeFailure | InvalidCert
+            | HandshakeError | SocketError | BindError | ConnectProxyFailure => {
+                GatewayError::UpstreamConnect(cluster.to_string())
+            }
+            HTTPStatus(400) => GatewayError::BadRequest("the request is malformed".into()),
+            HTTPStatus(503) => GatewayError::NoHealthyEndpoint(cluster.to_string()),
+            HTTPStatus(_) | InternalError => GatewayError::Internal,
+            _ => GatewayError::UpstreamBroken(cluster.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problem_body_carries_status_and_request_id() {
+        let e = GatewayError::NoHealthyEndpoint("orders".into());
+        let body: serde_json::Value = serde_json::from_slice(&e.body("/orders/1", "abc")).unwrap();
+        assert_eq!(body["status"], 503);
+        assert_eq!(body["request_id"], "abc");
+        assert_eq!(body["instance"], "/orders/1");
+        assert!(body["detail"].as_str().unwrap().contains("orders"));
+    }
+}

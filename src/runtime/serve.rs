@@ -1,0 +1,113 @@
+//! Assembling and running the Pingora server: process settings from the config, the proxy
+//! service on every listener, the admin API, and the supervisor.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::{RunArgs, Server};
+use pingora_core::services::background::background_service;
+use pingora_core::services::listening::Service;
+
+use super::supervisor::Supervisor;
+use super::{Snapshot, State};
+use crate::admin::AdminApi;
+use crate::config::Config;
+use crate::proxy::Gateway;
+
+/// Pingora's own process options, as given on the command line.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessOptions {
+    /// Take the listening sockets over from a running old process.
+    pub upgrade: bool,
+    pub daemon: bool,
+    /// Build everything, then exit without serving.
+    pub test: bool,
+}
+
+/// Makes a path absolute against the current directory: daemonizing changes directory
+/// to `/`, and reloads read the config path again later.
+pub fn absolute(path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(path))
+            .unwrap_or_else(|_| path.to_path_buf())
+    }
+}
+
+/// Builds the server for a validated config. `config_path` enables reloads.
+pub fn build(
+    config: Config,
+    config_path: Option<PathBuf>,
+    options: &ProcessOptions,
+) -> Result<(Server, Arc<State>), String> {
+    let section = &config.server;
+    let mut conf = ServerConf {
+        daemon: options.daemon,
+        pid_file: absolute(Path::new(&section.pid_file)).display().to_string(),
+        upgrade_sock: absolute(Path::new(&section.upgrade_sock))
+            .display()
+            .to_string(),
+        user: section.user.clone(),
+        group: section.group.clone(),
+        threads: section.threads,
+        work_stealing: section.work_stealing,
+        grace_period_seconds: Some(section.grace_period_seconds),
+        graceful_shutdown_timeout_seconds: Some(section.graceful_shutdown_timeout_seconds),
+        upstream_keepalive_pool_size: section.upstream_keepalive_pool_size,
+        ..ServerConf::default()
+    };
+    conf.version = 1;
+    let opt = Opt {
+        upgrade: options.upgrade,
+        daemon: options.daemon,
+        nocapture: false,
+        test: options.test,
+        conf: None,
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let listeners = config.listeners.clone();
+    let admin_address = config.admin.address.clone();
+    let snapshot = Snapshot::build(config, None)?;
+    let state = State::new(snapshot, config_path.map(|p| absolute(&p)));
+
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway::new(state.clone()),
+        "portico proxy",
+    );
+    let mut bound: Vec<SocketAddr> = Vec::new();
+    for l in &listeners {
+        match &l.tls {
+            Some(tls) => proxy
+                .add_tls(&l.address, &tls.cert, &tls.key)
+                .map_err(|e| format!("listener {}: {e}", l.address))?,
+            None => proxy.add_tcp(&l.address),
+        }
+        if let Ok(addr) = l.address.parse() {
+            bound.push(addr);
+        }
+    }
+    server.add_service(proxy);
+
+    let mut admin = Service::new("portico admin".to_string(), AdminApi::new(state.clone()));
+    admin.add_tcp(&admin_address);
+    server.add_service(admin);
+
+    server.add_service(background_service(
+        "portico supervisor",
+        Supervisor::new(state.clone(), bound),
+    ));
+    Ok((server, state))
+}
+
+/// Runs the server until a shutdown signal (SIGTERM graceful, SIGINT fast, SIGQUIT
+/// graceful upgrade hand-off).
+pub fn run(server: Server) {
+    server.run(RunArgs::default());
+}

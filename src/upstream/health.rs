@@ -1,0 +1,117 @@
+//! Active health checking: every interval, probe each endpoint of a cluster with an HTTP
+//! request (Pingora's `HttpHealthCheck` does the probe) and flip the endpoint's health
+//! after the configured number of consecutive passes or failures.
+//!
+//! The checking task holds only a weak reference to its cluster, so it ends by itself
+//! when a config reload drops the cluster.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+use pingora_load_balancing::health_check::{HealthCheck as _, HttpHealthCheck};
+use pingora_load_balancing::Backend;
+
+use super::{Cluster, Endpoint};
+
+/// Starts the checking task of a cluster that has `health_check` configured (needs a
+/// Tokio runtime). Does nothing for clusters without one.
+pub fn spawn_health_checks(cluster: &Arc<Cluster>) {
+    let Some(spec) = cluster.health_check.clone() else {
+        return;
+    };
+    let weak: Weak<Cluster> = Arc::downgrade(cluster);
+    let probes: Vec<(Arc<Endpoint>, HttpHealthCheck, Backend)> = cluster
+        .endpoints
+        .iter()
+        .map(|e| {
+            let host = spec.host.clone().unwrap_or_else(|| e.name.clone());
+            let mut check = HttpHealthCheck::new(&host, cluster.definition.tls);
+            if let Some(sni) = &cluster.definition.sni {
+                check.peer_template.sni = sni.clone();
+            }
+            check.peer_template.options.connection_timeout = Some(spec.timeout);
+            check.peer_template.options.read_timeout = Some(spec.timeout);
+            check.peer_template.options.total_connection_timeout = Some(spec.timeout);
+            // A fresh connection every time: a pooled one can hide a dead listener.
+            check.reuse_connection = false;
+            if let Ok(mut req) =
+                pingora_http::RequestHeader::build("GET", spec.path.as_bytes(), None)
+            {
+                let _ = req.insert_header("Host", host.as_str());
+                let _ = req.insert_header("User-Agent", "portico-health-check");
+                check.req = req;
+            }
+            let expected = spec.expected_status.clone();
+            check.validator = Some(Box::new(move |resp| {
+                if expected.contains(&resp.status.as_u16()) {
+                    Ok(())
+                } else {
+                    pingora_error::Error::e_explain(
+                        pingora_error::ErrorType::CustomCode(
+                            "unexpected health status",
+                            resp.status.as_u16(),
+                        ),
+                        format!("status {}", resp.status),
+                    )
+                }
+            }));
+            let backend = Backend {
+                addr: pingora_core::protocols::l4::socket::SocketAddr::Inet(e.addr),
+                weight: e.weight as usize,
+                ext: Default::default(),
+            };
+            (e.clone(), check, backend)
+        })
+        .collect();
+    let name = cluster.name.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(spec.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if weak.strong_count() == 0 {
+                log::debug!("cluster {name}: stopping health checks");
+                return;
+            }
+            let (name, spec) = (&name, &spec);
+            // Probe concurrently, so one slow endpoint does not delay the others.
+            let round = probes.iter().map(|(endpoint, check, backend)| async move {
+                let passed = tokio::time::timeout(spec.timeout * 2, check.check(backend))
+                    .await
+                    .map(|r| r.is_ok())
+                    .unwrap_or(false);
+                record(
+                    name,
+                    endpoint,
+                    passed,
+                    spec.healthy_threshold,
+                    spec.unhealthy_threshold,
+                );
+            });
+            futures::future::join_all(round).await;
+        }
+    });
+}
+
+/// Applies one probe result with hysteresis: health flips only after `healthy` passes or
+/// `unhealthy` failures in a row.
+fn record(cluster: &str, e: &Endpoint, passed: bool, healthy: u32, unhealthy: u32) {
+    if passed {
+        e.check_failures.store(0, Ordering::Relaxed);
+        let n = e.check_passes.fetch_add(1, Ordering::Relaxed) + 1;
+        if !e.is_healthy() && n >= healthy {
+            e.healthy.store(true, Ordering::Relaxed);
+            log::info!("cluster {cluster}: endpoint {} is healthy again", e.name);
+        }
+    } else {
+        e.check_passes.store(0, Ordering::Relaxed);
+        let n = e.check_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if e.is_healthy() && n >= unhealthy {
+            e.healthy.store(false, Ordering::Relaxed);
+            log::warn!(
+                "cluster {cluster}: endpoint {} failed {n} health checks",
+                e.name
+            );
+        }
+    }
+}

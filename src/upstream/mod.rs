@@ -1,0 +1,526 @@
+//! Upstream clusters: endpoints with their live state (active health, passive outlier
+//! ejection, in-flight count), load balancing over the available ones, and the peer
+//! settings (timeouts, TLS) Pingora connects with.
+//!
+//! Everything the proxy touches per request is an atomic: selecting an endpoint or
+//! recording its outcome never takes a lock.
+
+mod health;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_ketama::{Bucket, Continuum};
+use serde::Serialize;
+
+use crate::config::{self, HashBy, LbKind};
+
+pub use health::spawn_health_checks;
+
+/// One upstream instance.
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// The address as configured, for logs, metrics and the admin API.
+    pub name: String,
+    pub weight: u32,
+    /// The peer Pingora connects to; cloned per attempt.
+    peer: HttpPeer,
+    /// Result of active health checking (true until a check says otherwise).
+    healthy: AtomicBool,
+    /// Passive ejection: milliseconds since the cluster's epoch until which this endpoint
+    /// gets no traffic; 0 when not ejected.
+    ejected_until_ms: AtomicU64,
+    /// How many times this endpoint has been ejected in a row; each doubles the next ejection.
+    ejections: AtomicU32,
+    consecutive_5xx: AtomicU32,
+    consecutive_connect_failures: AtomicU32,
+    in_flight: AtomicUsize,
+    // Counters of the active checker, touched only by its task.
+    check_passes: AtomicU32,
+    check_failures: AtomicU32,
+}
+
+impl Endpoint {
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    fn is_ejected(&self, now_ms: u64) -> bool {
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        until != 0 && now_ms < until
+    }
+}
+
+/// How requests are spread over a cluster's endpoints.
+enum Balancer {
+    /// Smooth weighted round robin: a precomputed cycle of endpoint indexes in which each
+    /// endpoint appears `weight` times, interleaved, walked by one atomic counter.
+    RoundRobin { cycle: Vec<u32>, next: AtomicUsize },
+    /// Power of two choices on in-flight requests divided by weight.
+    LeastRequest,
+    /// Ketama ring, so adding or removing an endpoint moves few keys.
+    ConsistentHash {
+        ring: Continuum,
+        on: HashBy,
+        name: String,
+    },
+}
+
+/// A group of interchangeable endpoints and its policies.
+pub struct Cluster {
+    pub name: String,
+    pub endpoints: Vec<Arc<Endpoint>>,
+    balancer: Balancer,
+    outlier: config::Outlier,
+    pub(crate) health_check: Option<config::HealthCheck>,
+    /// The definition this cluster was built from, so a reload can keep an unchanged
+    /// cluster (and its live state) as it is.
+    pub definition: config::Cluster,
+    epoch: Instant,
+}
+
+/// What the request offers for consistent hashing.
+pub struct HashInput<'a> {
+    pub client_ip: Option<IpAddr>,
+    pub headers: &'a http::HeaderMap,
+}
+
+/// Why no endpoint could be chosen.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SelectError {
+    /// Every endpoint is unhealthy or ejected.
+    NoHealthyEndpoint,
+}
+
+impl Cluster {
+    /// Builds a cluster from a validated definition (addresses were checked by validation).
+    pub fn build(name: &str, def: &config::Cluster) -> Result<Cluster, String> {
+        let mut endpoints = Vec::with_capacity(def.endpoints.len());
+        for e in &def.endpoints {
+            let addr = crate::config::resolve_address(&e.address)?;
+            let sni = def.sni.clone().unwrap_or_else(|| {
+                e.address
+                    .rsplit_once(':')
+                    .map_or(e.address.clone(), |(h, _)| h.to_string())
+            });
+            let mut peer = HttpPeer::new(addr, def.tls, sni);
+            peer.options.connection_timeout = Some(def.timeouts.connect);
+            peer.options.read_timeout = Some(def.timeouts.read);
+            peer.options.write_timeout = Some(def.timeouts.write);
+            peer.options.idle_timeout = Some(def.timeouts.idle);
+            endpoints.push(Arc::new(Endpoint {
+                addr,
+                name: e.address.clone(),
+                weight: e.weight.max(1),
+                peer,
+                healthy: AtomicBool::new(true),
+                ejected_until_ms: AtomicU64::new(0),
+                ejections: AtomicU32::new(0),
+                consecutive_5xx: AtomicU32::new(0),
+                consecutive_connect_failures: AtomicU32::new(0),
+                in_flight: AtomicUsize::new(0),
+                check_passes: AtomicU32::new(0),
+                check_failures: AtomicU32::new(0),
+            }));
+        }
+        let balancer = match def.lb {
+            LbKind::RoundRobin => Balancer::RoundRobin {
+                cycle: smooth_weighted_cycle(&endpoints),
+                next: AtomicUsize::new(0),
+            },
+            LbKind::LeastRequest => Balancer::LeastRequest,
+            LbKind::ConsistentHash => {
+                let hash = def.hash.clone().ok_or("consistent_hash needs `hash`")?;
+                let buckets: Vec<Bucket> = endpoints
+                    .iter()
+                    .map(|e| Bucket::new(e.addr, e.weight))
+                    .collect();
+                Balancer::ConsistentHash {
+                    ring: Continuum::new(&buckets),
+                    on: hash.by,
+                    name: hash.name.unwrap_or_default().to_ascii_lowercase(),
+                }
+            }
+        };
+        Ok(Cluster {
+            name: name.to_string(),
+            endpoints,
+            balancer,
+            outlier: def.outlier.clone(),
+            health_check: def.health_check.clone(),
+            definition: def.clone(),
+            epoch: Instant::now(),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        // +1 so that 0 can mean "not ejected".
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    fn available(&self, e: &Endpoint, now_ms: u64) -> bool {
+        e.is_healthy() && !e.is_ejected(now_ms)
+    }
+
+    /// How many endpoints would get traffic right now.
+    pub fn available_count(&self) -> usize {
+        let now = self.now_ms();
+        self.endpoints
+            .iter()
+            .filter(|e| self.available(e, now))
+            .count()
+    }
+
+    /// Picks an endpoint for one attempt, avoiding the ones in `exclude` (already tried by
+    /// this request) when another is available.
+    pub fn select(
+        &self,
+        input: &HashInput<'_>,
+        exclude: &[usize],
+    ) -> Result<(usize, &Arc<Endpoint>), SelectError> {
+        let now = self.now_ms();
+        let usable = |i: usize| self.available(&self.endpoints[i], now) && !exclude.contains(&i);
+        let picked = match &self.balancer {
+            Balancer::RoundRobin { cycle, next } => {
+                let start = next.fetch_add(1, Ordering::Relaxed);
+                (0..cycle.len())
+                    .map(|k| cycle[(start + k) % cycle.len()] as usize)
+                    .find(|&i| usable(i))
+            }
+            Balancer::LeastRequest => self.least_request(&usable),
+            Balancer::ConsistentHash { ring, on, name } => {
+                let key = hash_key(*on, name, input);
+                ring.node_iter(key.as_bytes())
+                    .take(ring_probe_limit(self.endpoints.len()))
+                    .filter_map(|addr| self.endpoints.iter().position(|e| e.addr == *addr))
+                    .find(|&i| usable(i))
+            }
+        };
+        // Everything not yet tried is down: retrying on an endpoint already tried beats
+        // failing the request.
+        let picked = picked.or_else(|| {
+            if exclude.is_empty() {
+                None
+            } else {
+                (0..self.endpoints.len()).find(|&i| self.available(&self.endpoints[i], now))
+            }
+        });
+        picked
+            .map(|i| (i, &self.endpoints[i]))
+            .ok_or(SelectError::NoHealthyEndpoint)
+    }
+
+    fn least_request(&self, usable: &dyn Fn(usize) -> bool) -> Option<usize> {
+        let candidates: Vec<usize> = (0..self.endpoints.len()).filter(|&i| usable(i)).collect();
+        match candidates.len() {
+            0 => None,
+            1 => Some(candidates[0]),
+            n => {
+                use rand::Rng;
+                let mut rng = rand::rng();
+                let a = candidates[rng.random_range(0..n)];
+                let mut b = candidates[rng.random_range(0..n - 1)];
+                if b == a {
+                    b = candidates[n - 1];
+                }
+                // Compare in_flight/weight without division: a_load * b_w vs b_load * a_w.
+                let load = |i: usize| (self.endpoints[i].in_flight() + 1) as u64;
+                let w = |i: usize| self.endpoints[i].weight as u64;
+                Some(if load(a) * w(b) <= load(b) * w(a) {
+                    a
+                } else {
+                    b
+                })
+            }
+        }
+    }
+
+    /// The peer to connect to for an endpoint; counts the attempt as in flight until
+    /// [`Cluster::finish`].
+    pub fn start(&self, index: usize) -> Box<HttpPeer> {
+        let e = &self.endpoints[index];
+        e.in_flight.fetch_add(1, Ordering::Relaxed);
+        Box::new(e.peer.clone())
+    }
+
+    /// Records the outcome of an attempt started with [`Cluster::start`] for passive outlier
+    /// ejection.
+    pub fn finish(&self, index: usize, outcome: Outcome) {
+        let Some(e) = self.endpoints.get(index) else {
+            return;
+        };
+        e.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let o = &self.outlier;
+        match outcome {
+            Outcome::Response(status) if status >= 500 => {
+                let n = e.consecutive_5xx.fetch_add(1, Ordering::Relaxed) + 1;
+                if o.consecutive_5xx > 0 && n >= o.consecutive_5xx {
+                    self.eject(e, "consecutive 5xx responses");
+                }
+            }
+            Outcome::Response(_) => {
+                e.consecutive_5xx.store(0, Ordering::Relaxed);
+                e.consecutive_connect_failures.store(0, Ordering::Relaxed);
+                // A good answer after an ejection ended: the endpoint has recovered.
+                if e.ejected_until_ms.load(Ordering::Relaxed) != 0 && !e.is_ejected(self.now_ms()) {
+                    e.ejected_until_ms.store(0, Ordering::Relaxed);
+                    e.ejections.store(0, Ordering::Relaxed);
+                }
+            }
+            Outcome::ConnectFailure => {
+                let n = e
+                    .consecutive_connect_failures
+                    .fetch_add(1, Ordering::Relaxed)
+                    + 1;
+                if o.consecutive_connect_failures > 0 && n >= o.consecutive_connect_failures {
+                    self.eject(e, "consecutive connect failures");
+                }
+            }
+            Outcome::Other => {}
+        }
+    }
+
+    fn eject(&self, e: &Endpoint, why: &str) {
+        let now = self.now_ms();
+        if e.is_ejected(now) {
+            return;
+        }
+        // Keep the configured minimum: better a struggling endpoint than none at all.
+        if self.available_count() <= self.outlier.min_healthy {
+            return;
+        }
+        let times = e.ejections.fetch_add(1, Ordering::Relaxed).min(16);
+        let base = self.outlier.base_ejection.as_millis() as u64;
+        let length = base
+            .saturating_mul(1u64 << times)
+            .min(self.outlier.max_ejection.as_millis() as u64);
+        e.ejected_until_ms.store(now + length, Ordering::Relaxed);
+        e.consecutive_5xx.store(0, Ordering::Relaxed);
+        e.consecutive_connect_failures.store(0, Ordering::Relaxed);
+        log::warn!(
+            "cluster {}: ejecting endpoint {} for {:?} after {why}",
+            self.name,
+            e.name,
+            Duration::from_millis(length)
+        );
+    }
+
+    /// The endpoints' state for the admin API and metrics.
+    pub fn status(&self) -> ClusterStatus {
+        let now = self.now_ms();
+        ClusterStatus {
+            name: self.name.clone(),
+            lb: self.definition.lb,
+            available: self.available_count(),
+            endpoints: self
+                .endpoints
+                .iter()
+                .map(|e| EndpointStatus {
+                    address: e.name.clone(),
+                    weight: e.weight,
+                    healthy: e.is_healthy(),
+                    ejected: e.is_ejected(now),
+                    ejected_for_ms: e
+                        .ejected_until_ms
+                        .load(Ordering::Relaxed)
+                        .saturating_sub(now)
+                        .min(if e.is_ejected(now) { u64::MAX } else { 0 }),
+                    in_flight: e.in_flight(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What happened to one attempt, for passive outlier detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Response(u16),
+    ConnectFailure,
+    /// Timeouts or errors after connecting; they count against no one here.
+    Other,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClusterStatus {
+    pub name: String,
+    pub lb: LbKind,
+    pub available: usize,
+    pub endpoints: Vec<EndpointStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EndpointStatus {
+    pub address: String,
+    pub weight: u32,
+    pub healthy: bool,
+    pub ejected: bool,
+    pub ejected_for_ms: u64,
+    pub in_flight: usize,
+}
+
+/// Nginx's smooth weighted round robin, unrolled once into a cycle: weights 5,1,1 give
+/// a a b a c a a rather than a a a a a b c, so no endpoint gets a burst.
+fn smooth_weighted_cycle(endpoints: &[Arc<Endpoint>]) -> Vec<u32> {
+    let weights: Vec<i64> = endpoints.iter().map(|e| e.weight as i64).collect();
+    let g = weights.iter().copied().fold(0, gcd).max(1);
+    let weights: Vec<i64> = weights.iter().map(|w| w / g).collect();
+    let total: i64 = weights.iter().sum();
+    // Bound the cycle for extreme weights; proportions stay right to within 1/4096.
+    let len = total.clamp(1, 4096) as usize;
+    let mut current = vec![0i64; weights.len()];
+    let mut cycle = Vec::with_capacity(len);
+    for _ in 0..len {
+        let mut best = 0;
+        for i in 0..weights.len() {
+            current[i] += weights[i];
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        cycle.push(best as u32);
+    }
+    cycle
+}
+
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// How far along the ring to look for an available endpoint before giving up: each
+/// endpoint owns many ring points, so a few laps' worth covers every endpoint.
+fn ring_probe_limit(endpoints: usize) -> usize {
+    endpoints * 160 * 2
+}
+
+fn hash_key<'a>(on: HashBy, name: &str, input: &'a HashInput<'_>) -> std::borrow::Cow<'a, str> {
+    use std::borrow::Cow;
+    match on {
+        HashBy::ClientIp => {
+            Cow::Owned(input.client_ip.map(|ip| ip.to_string()).unwrap_or_default())
+        }
+        HashBy::Header => Cow::Borrowed(
+            input
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+        ),
+        HashBy::Cookie => Cow::Borrowed(
+            input
+                .headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|pair| pair.trim().split_once('='))
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map_or("", |(_, v)| v),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(toml_text: &str) -> Cluster {
+        let def: config::Cluster = toml::from_str(toml_text).unwrap();
+        Cluster::build("test", &def).unwrap()
+    }
+
+    fn input(headers: &http::HeaderMap) -> HashInput<'_> {
+        HashInput {
+            client_ip: None,
+            headers,
+        }
+    }
+
+    #[test]
+    fn weighted_round_robin_follows_weights_smoothly() {
+        let c = cluster(
+            r#"endpoints = [{ address = "127.0.0.1:1", weight = 3 }, { address = "127.0.0.1:2" }]"#,
+        );
+        let h = http::HeaderMap::new();
+        let picks: Vec<usize> = (0..8)
+            .map(|_| c.select(&input(&h), &[]).unwrap().0)
+            .collect();
+        assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 6);
+        // Never three of the heavy one in a row at the cycle's start and end.
+        assert!(picks.windows(4).all(|w| w.contains(&1)));
+    }
+
+    #[test]
+    fn least_request_prefers_idle_endpoint() {
+        let c = cluster(
+            r#"lb = "least_request"
+            endpoints = [{ address = "127.0.0.1:1" }, { address = "127.0.0.1:2" }]"#,
+        );
+        let _busy: Vec<_> = (0..10).map(|_| c.start(0)).collect();
+        let h = http::HeaderMap::new();
+        for _ in 0..20 {
+            assert_eq!(c.select(&input(&h), &[]).unwrap().0, 1);
+        }
+    }
+
+    #[test]
+    fn consistent_hash_is_sticky_and_fails_over() {
+        let c = cluster(
+            r#"lb = "consistent_hash"
+            hash = { by = "header", name = "X-User" }
+            endpoints = [{ address = "127.0.0.1:1" }, { address = "127.0.0.1:2" }, { address = "127.0.0.1:3" }]"#,
+        );
+        let mut h = http::HeaderMap::new();
+        h.insert("x-user", "alice".parse().unwrap());
+        let first = c.select(&input(&h), &[]).unwrap().0;
+        for _ in 0..10 {
+            assert_eq!(c.select(&input(&h), &[]).unwrap().0, first);
+        }
+        c.endpoints[first].healthy.store(false, Ordering::Relaxed);
+        let second = c.select(&input(&h), &[]).unwrap().0;
+        assert_ne!(second, first);
+    }
+
+    #[test]
+    fn ejection_respects_min_healthy_and_backs_off() {
+        let c = cluster(
+            r#"endpoints = [{ address = "127.0.0.1:1" }, { address = "127.0.0.1:2" }]
+            outlier = { consecutive_5xx = 2, min_healthy = 1, base_ejection = "10s", max_ejection = "1m", consecutive_connect_failures = 1 }"#,
+        );
+        let h = http::HeaderMap::new();
+        for _ in 0..2 {
+            c.start(0);
+            c.finish(0, Outcome::Response(503));
+        }
+        assert_eq!(c.available_count(), 1);
+        // The last available endpoint is never ejected.
+        c.start(1);
+        c.finish(1, Outcome::ConnectFailure);
+        assert_eq!(c.available_count(), 1);
+        assert_eq!(c.select(&input(&h), &[]).unwrap().0, 1);
+        assert!(c.status().endpoints[0].ejected);
+    }
+
+    #[test]
+    fn no_available_endpoint_is_an_error() {
+        let c = cluster(r#"endpoints = [{ address = "127.0.0.1:1" }]"#);
+        c.endpoints[0].healthy.store(false, Ordering::Relaxed);
+        let h = http::HeaderMap::new();
+        assert!(matches!(
+            c.select(&input(&h), &[]),
+            Err(SelectError::NoHealthyEndpoint)
+        ));
+    }
+}
