@@ -101,15 +101,16 @@ pub fn load_str(file: &str, text: &str) -> Result<Config, ConfigErrors> {
     // Parsing succeeded above, so the same text parses again here; spans come from toml_edit,
     // which keeps them, while the serde structs do not.
     let doc = toml_edit::ImDocument::parse(text.as_str()).ok();
-    Err(ConfigErrors(
-        problems
-            .into_iter()
-            .map(|p| {
-                let offset = doc.as_ref().and_then(|d| span_of(d.as_table(), &p.path));
-                error(offset, render_path(&p.path), p.message)
-            })
-            .collect(),
-    ))
+    let mut errors: Vec<ConfigError> = problems
+        .into_iter()
+        .map(|p| {
+            let offset = doc.as_ref().and_then(|d| span_of(d.as_table(), &p.path));
+            error(offset, render_path(&p.path), p.message)
+        })
+        .collect();
+    // In file order, as an editor would walk them; problems without a place come first.
+    errors.sort_by_key(|e| e.location.as_ref().map(|l| (l.line, l.column)));
+    Err(ConfigErrors(errors))
 }
 
 /// One step of a field path.
@@ -199,65 +200,120 @@ fn location_of(text: &str, offset: usize) -> Location {
     Location { line, column }
 }
 
-/// Replaces `${NAME}` with the environment variable's value, escaped for a TOML basic
-/// string so a secret containing `"` or `\` cannot change the document's structure.
-/// `$${` stays a literal `${`. Lines and columns before a substitution are unchanged, and
-/// values never add lines, so error positions stay right.
+/// Replaces `${NAME}` inside double-quoted strings with the environment variable's value,
+/// escaped for a TOML basic string so a secret containing `"` or `\\` cannot change the
+/// document's structure. Comments and literal ('…') strings are left alone, and `$${`
+/// writes a literal `${`. Values never add lines, so error lines stay right.
 /// Also returns the substituted values, which are treated as secrets.
 fn interpolate_env(text: &str) -> Result<(String, Vec<String>), (usize, String)> {
     let mut secrets = Vec::new();
     if !text.contains("${") {
         return Ok((text.to_string(), secrets));
     }
+    #[derive(PartialEq)]
+    enum At {
+        Code,
+        Comment,
+        Basic,
+        MultiBasic,
+        Literal,
+        MultiLiteral,
+    }
+    let mut at = At::Code;
     let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    let mut consumed = 0;
-    while let Some(pos) = rest.find("${") {
-        if pos > 0 && rest.as_bytes()[pos - 1] == b'$' {
-            out.push_str(&rest[..pos - 1]);
+    let mut i = 0;
+    let bytes = text.as_bytes();
+    while i < text.len() {
+        let rest = &text[i..];
+        let in_basic = at == At::Basic || at == At::MultiBasic;
+        if in_basic && rest.starts_with("$${") {
             out.push_str("${");
-            consumed += pos + 2;
-            rest = &rest[pos + 2..];
+            i += 3;
             continue;
         }
-        out.push_str(&rest[..pos]);
-        let after = &rest[pos + 2..];
-        let Some(end) = after.find('}') else {
-            return Err((consumed + pos, "unterminated `${` in config".to_string()));
-        };
-        let name = &after[..end];
-        let valid =
-            !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-        if !valid {
-            return Err((
-                consumed + pos,
-                format!("`${{{name}}}` is not a valid environment variable reference"),
-            ));
+        if in_basic && rest.starts_with("${") {
+            let after = &rest[2..];
+            let end = after
+                .find(['}', '"', '\n'])
+                .filter(|&e| after.as_bytes()[e] == b'}')
+                .ok_or((i, "unterminated `${` in config".to_string()))?;
+            let name = &after[..end];
+            let valid =
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !valid {
+                return Err((
+                    i,
+                    format!("`${{{name}}}` is not a valid environment variable reference"),
+                ));
+            }
+            let value = std::env::var(name)
+                .map_err(|_| (i, format!("environment variable `{name}` is not set")))?;
+            for c in value.chars() {
+                match c {
+                    '"' => out.push_str("\\\""),
+                    '\\' => out.push_str("\\\\"),
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    '\t' => out.push_str("\\t"),
+                    c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+                    c => out.push(c),
+                }
+            }
+            if !value.is_empty() {
+                secrets.push(value);
+            }
+            i += 2 + end + 1;
+            continue;
         }
-        let value = std::env::var(name).map_err(|_| {
-            (
-                consumed + pos,
-                format!("environment variable `{name}` is not set"),
-            )
-        })?;
-        for c in value.chars() {
-            match c {
-                '"' => out.push_str("\\\""),
-                '\\' => out.push_str("\\\\"),
-                '\n' => out.push_str("\\n"),
-                '\r' => out.push_str("\\r"),
-                '\t' => out.push_str("\\t"),
-                c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
-                c => out.push(c),
+        let c = rest.chars().next().unwrap_or(' ');
+        let mut step = c.len_utf8();
+        match at {
+            At::Code => {
+                if rest.starts_with("\"\"\"") {
+                    at = At::MultiBasic;
+                    step = 3;
+                } else if rest.starts_with("'''") {
+                    at = At::MultiLiteral;
+                    step = 3;
+                } else if c == '"' {
+                    at = At::Basic;
+                } else if c == '\'' {
+                    at = At::Literal;
+                } else if c == '#' {
+                    at = At::Comment;
+                }
+            }
+            At::Comment => {
+                if c == '\n' {
+                    at = At::Code;
+                }
+            }
+            At::Basic | At::MultiBasic => {
+                if c == '\\' && i + 1 < bytes.len() {
+                    // An escape: copy it whole so `\"` does not end the string.
+                    step = 1 + rest[1..].chars().next().map_or(0, char::len_utf8);
+                } else if at == At::Basic && (c == '"' || c == '\n') {
+                    at = At::Code;
+                } else if at == At::MultiBasic && rest.starts_with("\"\"\"") {
+                    at = At::Code;
+                    step = 3;
+                }
+            }
+            At::Literal => {
+                if c == '\'' || c == '\n' {
+                    at = At::Code;
+                }
+            }
+            At::MultiLiteral => {
+                if rest.starts_with("'''") {
+                    at = At::Code;
+                    step = 3;
+                }
             }
         }
-        if !value.is_empty() {
-            secrets.push(value);
-        }
-        consumed += pos + 2 + end + 1;
-        rest = &after[end + 1..];
+        out.push_str(&rest[..step.min(rest.len())]);
+        i += step.min(rest.len());
     }
-    out.push_str(rest);
     Ok((out, secrets))
 }
 
@@ -268,9 +324,15 @@ mod tests {
     #[test]
     fn interpolation_escapes_and_keeps_literal() {
         std::env::set_var("PORTICO_TEST_SECRET", "a\"b\\c");
-        let (out, secrets) = interpolate_env("k = \"${PORTICO_TEST_SECRET}\" # $${X}").unwrap();
+        let (out, secrets) = interpolate_env(
+            "k = \"${PORTICO_TEST_SECRET} $${X}\" # ${NOT_SUBSTITUTED}\nl = '${LITERAL}'",
+        )
+        .unwrap();
         assert_eq!(secrets, vec!["a\"b\\c".to_string()]);
-        assert_eq!(out, "k = \"a\\\"b\\\\c\" # ${X}");
+        assert_eq!(
+            out,
+            "k = \"a\\\"b\\\\c ${X}\" # ${NOT_SUBSTITUTED}\nl = '${LITERAL}'"
+        );
         let err = interpolate_env("a = 1\nk = \"${PORTICO_SURELY_UNSET_VAR}\"").unwrap_err();
         assert_eq!(location_of("a = 1\nk = \"${X", err.0).line, 2);
         assert!(err.1.contains("PORTICO_SURELY_UNSET_VAR"));
