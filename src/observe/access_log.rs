@@ -1,9 +1,14 @@
 //! The JSON access log: one line per request, written by a dedicated thread so the proxy
 //! never blocks on stdout or disk. Lines are handed over through a bounded channel; when
 //! the writer falls behind, lines are dropped and counted rather than slowing requests.
+//!
+//! The writer thread starts with the first line, not when the log is opened: the config
+//! is loaded before Pingora daemonizes, and a thread started before the fork would not
+//! exist in the daemon.
 
 use std::io::Write;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, Once};
 
 use serde::Serialize;
 
@@ -36,8 +41,34 @@ pub struct Record<'a> {
 /// Where lines go.
 #[derive(Clone)]
 pub struct AccessLog {
-    sender: Option<SyncSender<Vec<u8>>>,
+    sink: Option<Arc<Sink>>,
     success_sample_ratio: f64,
+}
+
+/// The receiving end of the line queue and the output it goes to.
+type PendingWriter = (Receiver<Vec<u8>>, Box<dyn Write + Send>);
+
+struct Sink {
+    sender: SyncSender<Vec<u8>>,
+    /// Until the writer thread takes it.
+    writer: Mutex<Option<PendingWriter>>,
+    start: Once,
+}
+
+impl Sink {
+    fn ensure_writer(&self) {
+        self.start.call_once(|| {
+            let taken = self.writer.lock().ok().and_then(|mut w| w.take());
+            if let Some((receiver, out)) = taken {
+                let spawned = std::thread::Builder::new()
+                    .name("portico-access-log".into())
+                    .spawn(move || write_lines(receiver, out));
+                if let Err(e) = spawned {
+                    log::error!("cannot start the access log writer: {e}");
+                }
+            }
+        });
+    }
 }
 
 /// Lines buffered between the proxy and the writer thread.
@@ -47,12 +78,7 @@ impl AccessLog {
     /// `target` is `stdout`, `off`, or a file path opened for appending.
     pub fn open(target: &str, success_sample_ratio: f64) -> std::io::Result<AccessLog> {
         let out: Box<dyn Write + Send> = match target {
-            "off" => {
-                return Ok(AccessLog {
-                    sender: None,
-                    success_sample_ratio,
-                })
-            }
+            "off" => return Ok(AccessLog::off()),
             "stdout" => Box::new(std::io::stdout()),
             path => Box::new(
                 std::fs::OpenOptions::new()
@@ -62,11 +88,12 @@ impl AccessLog {
             ),
         };
         let (sender, receiver) = sync_channel(QUEUE_LINES);
-        std::thread::Builder::new()
-            .name("portico-access-log".into())
-            .spawn(move || write_lines(receiver, out))?;
         Ok(AccessLog {
-            sender: Some(sender),
+            sink: Some(Arc::new(Sink {
+                sender,
+                writer: Mutex::new(Some((receiver, out))),
+                start: Once::new(),
+            })),
             success_sample_ratio,
         })
     }
@@ -74,14 +101,14 @@ impl AccessLog {
     /// A log that drops everything.
     pub fn off() -> AccessLog {
         AccessLog {
-            sender: None,
+            sink: None,
             success_sample_ratio: 0.0,
         }
     }
 
     /// Whether a request with this status is logged: errors always, the rest sampled.
     pub fn wants(&self, status: u16) -> bool {
-        if self.sender.is_none() {
+        if self.sink.is_none() {
             return false;
         }
         if status >= 400 || status == 0 || self.success_sample_ratio >= 1.0 {
@@ -91,13 +118,14 @@ impl AccessLog {
     }
 
     pub fn write(&self, record: &Record<'_>) {
-        let Some(sender) = &self.sender else { return };
+        let Some(sink) = &self.sink else { return };
+        sink.ensure_writer();
         let mut line = Vec::with_capacity(512);
         if serde_json::to_writer(&mut line, record).is_err() {
             return;
         }
         line.push(b'\n');
-        match sender.try_send(line) {
+        match sink.sender.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 METRICS.access_log_dropped.inc()

@@ -69,12 +69,14 @@ pub fn build(
         conf: None,
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
-    server.bootstrap();
 
     let listeners = config.listeners.clone();
     let admin_address = config.admin.address.clone();
     let snapshot = Snapshot::build(config, None)?;
     let state = State::new(snapshot, config_path.map(|p| absolute(&p)));
+    // After the snapshot, so `--test` (which exits inside bootstrap) has built everything;
+    // with `--upgrade` this is where the old process's listening sockets are received.
+    server.bootstrap();
 
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
