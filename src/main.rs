@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use portico::config;
-use portico::router::RouteMatch;
 use portico::runtime::{serve, Snapshot};
 
 #[global_allocator]
@@ -165,24 +164,6 @@ fn explain(
         eprintln!("error: `{method}` is not an HTTP method");
         return ExitCode::from(2);
     };
-    let mut map = http::HeaderMap::new();
-    for h in headers {
-        let parsed = h.split_once(':').and_then(|(n, v)| {
-            Some((
-                http::HeaderName::from_bytes(n.trim().as_bytes()).ok()?,
-                http::HeaderValue::from_str(v.trim()).ok()?,
-            ))
-        });
-        match parsed {
-            Some((n, v)) => {
-                map.append(n, v);
-            }
-            None => {
-                eprintln!("error: header `{h}` is not `Name: value`");
-                return ExitCode::from(2);
-            }
-        }
-    }
     let (raw_path, query) = target
         .split_once('?')
         .map_or((target, None), |(p, q)| (p, Some(q)));
@@ -193,47 +174,77 @@ fn explain(
             return ExitCode::from(1);
         }
     };
-    let host = map.get(http::header::HOST).and_then(|h| h.to_str().ok());
+    let query_suffix = query.map(|q| format!("?{q}")).unwrap_or_default();
+    let request_target = format!("{path}{query_suffix}");
+    let mut req =
+        match pingora_http::RequestHeader::build(method.clone(), request_target.as_bytes(), None) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: `{target}` is not a request target: {e}");
+                return ExitCode::from(2);
+            }
+        };
+    for h in headers {
+        let parsed = h.split_once(':').and_then(|(n, v)| {
+            Some((
+                http::HeaderName::from_bytes(n.trim().as_bytes()).ok()?,
+                http::HeaderValue::from_str(v.trim()).ok()?,
+            ))
+        });
+        match parsed {
+            Some((n, v)) => {
+                let _ = req.append_header(n, v);
+            }
+            None => {
+                eprintln!("error: header `{h}` is not `Name: value`");
+                return ExitCode::from(2);
+            }
+        }
+    }
     println!("request:    {method} {target}");
     if path != raw_path {
         println!("normalised: {path}");
     }
     let globals = snapshot.global_plugins.names.join(", ");
-    match snapshot.router.find(host, &method, &path, &map) {
-        RouteMatch::Found { spec, value } => {
-            let upstream_path = match &value.rewrite {
-                portico::runtime::Rewrite::None => path.clone(),
+    match portico::proxy::resolve(&snapshot, &req) {
+        Ok(resolved) => {
+            let (route, target) = (&resolved.route, &resolved.target);
+            let base = resolved.unversioned_path.as_deref().unwrap_or(&path);
+            let upstream_path = match &target.rewrite {
+                portico::runtime::Rewrite::None => base.to_string(),
                 portico::runtime::Rewrite::Prefix { prefix, with } => {
-                    portico::router::rewrite_prefix(&path, prefix, with)
+                    portico::router::rewrite_prefix(base, prefix, with)
                 }
             };
-            let cluster = &value.cluster;
-            println!(
-                "route:      {} ({:?} {})",
-                spec.id, spec.path_match, spec.path
-            );
+            let cluster = &target.cluster;
+            println!("route:      {}", route.id);
+            if let Some(version) = &target.version {
+                println!("version:    {version}");
+                for (name, value) in &target.deprecation {
+                    println!("  {name}: {}", value.to_str().unwrap_or(""));
+                }
+            }
             println!("cluster:    {} ({:?})", cluster.name, cluster.definition.lb);
             for e in &cluster.endpoints {
                 println!("  endpoint  {} weight {}", e.name, e.weight);
             }
+            println!("upstream:   {method} {upstream_path}{query_suffix}");
             println!(
-                "upstream:   {method} {upstream_path}{}",
-                query.map(|q| format!("?{q}")).unwrap_or_default()
+                "retries:    up to {} attempts{}",
+                route.retry.attempts,
+                route
+                    .deadline
+                    .map(|d| format!(", deadline {}", humantime::format_duration(d)))
+                    .unwrap_or_default()
             );
             println!(
                 "plugins:    global [{globals}] then route [{}]",
-                value.plugins.names.join(", ")
+                route.plugins.names.join(", ")
             );
             ExitCode::SUCCESS
         }
-        RouteMatch::MethodNotAllowed { allowed } => {
-            let allowed: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
-            println!("405 Method Not Allowed (allowed: {})", allowed.join(", "));
-            println!("plugins:    global [{globals}]");
-            ExitCode::from(1)
-        }
-        RouteMatch::NotFound => {
-            println!("404 Not Found: no route matches");
+        Err(e) => {
+            println!("{} {}", e.status(), e.detail());
             println!("plugins:    global [{globals}]");
             ExitCode::from(1)
         }

@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::observe::metrics::METRICS;
 use crate::runtime::{self, State};
+use crate::upstream::breaker::BreakerState;
 
 /// The admin API application.
 pub struct AdminApi {
@@ -107,8 +108,34 @@ impl AdminApi {
         let snapshot = self.state.snapshot();
         METRICS.endpoint_healthy.reset();
         METRICS.endpoint_in_flight.reset();
+        METRICS.breaker_state.reset();
+        METRICS.bulkhead_limit.reset();
+        let state_value = |s: BreakerState| match s {
+            BreakerState::Closed => 0,
+            BreakerState::Open => 1,
+            BreakerState::HalfOpen => 2,
+        };
         for cluster in snapshot.clusters.values() {
-            for e in cluster.status().endpoints {
+            let status = cluster.status();
+            if let Some(s) = status.breaker {
+                METRICS
+                    .breaker_state
+                    .with_label_values(&[cluster.name.as_str(), ""])
+                    .set(state_value(s));
+            }
+            if let Some(b) = &status.bulkhead {
+                METRICS
+                    .bulkhead_limit
+                    .with_label_values(&[cluster.name.as_str()])
+                    .set(b.limit as i64);
+            }
+            for e in status.endpoints {
+                if let Some(s) = e.breaker {
+                    METRICS
+                        .breaker_state
+                        .with_label_values(&[cluster.name.as_str(), e.address.as_str()])
+                        .set(state_value(s));
+                }
                 let labels = [cluster.name.as_str(), e.address.as_str()];
                 METRICS
                     .endpoint_healthy

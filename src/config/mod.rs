@@ -176,7 +176,18 @@ pub struct Route {
     pub methods: Vec<String>,
     #[serde(default)]
     pub headers: Vec<HeaderMatcher>,
-    pub cluster: String,
+    /// The cluster of unversioned requests; required unless `versions` are given.
+    pub cluster: Option<String>,
+    /// How the API version is read from a request; needed when `versions` are given.
+    pub versioning: Option<Versioning>,
+    /// The API versions this route serves, each with its own cluster.
+    #[serde(default)]
+    pub versions: Vec<Version>,
+    /// Retries of failed attempts; without it only failed connects are retried.
+    pub retry: Option<RetryPolicy>,
+    /// Overall deadline of a request, across all attempts and backoff.
+    #[serde(default, with = "humantime_serde::option")]
+    pub timeout: Option<Duration>,
     /// Remove the matched path prefix before proxying (`/orders/1` → `/1`).
     #[serde(default)]
     pub strip_prefix: bool,
@@ -184,6 +195,129 @@ pub struct Route {
     pub rewrite_prefix: Option<String>,
     #[serde(default)]
     pub plugins: Vec<PluginRef>,
+}
+
+/// Where a route reads the requested API version from.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Versioning {
+    /// Sources tried in order; the first that names a version wins.
+    #[serde(default = "default_version_sources")]
+    pub sources: Vec<VersionSource>,
+    /// The header of the `header` source.
+    #[serde(default = "default_version_header")]
+    pub header: String,
+    /// The query parameter of the `query` source.
+    #[serde(default = "default_version_query")]
+    pub query: String,
+    /// The version of requests that name none; without it they are refused with 400.
+    pub default: Option<String>,
+}
+
+impl Default for Versioning {
+    fn default() -> Self {
+        Versioning {
+            sources: default_version_sources(),
+            header: default_version_header(),
+            query: default_version_query(),
+            default: None,
+        }
+    }
+}
+
+fn default_version_sources() -> Vec<VersionSource> {
+    vec![
+        VersionSource::Uri,
+        VersionSource::Header,
+        VersionSource::MediaType,
+        VersionSource::Query,
+    ]
+}
+fn default_version_header() -> String {
+    "Accept-Version".into()
+}
+fn default_version_query() -> String {
+    "version".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VersionSource {
+    /// A leading path segment: `/v2/orders`.
+    Uri,
+    /// A header such as `Accept-Version: 2`.
+    Header,
+    /// `Accept: application/json; version=2` or `application/vnd.acme.v2+json`.
+    MediaType,
+    /// A query parameter such as `?version=2`.
+    Query,
+}
+
+/// One API version of a route.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Version {
+    /// `2` and `v2` are the same version.
+    pub name: String,
+    pub cluster: String,
+    /// Replace the route's matched prefix with this one upstream.
+    pub rewrite_prefix: Option<String>,
+    /// Retired versions are refused, listing the supported ones.
+    #[serde(default)]
+    pub retired: bool,
+    pub deprecated: Option<Deprecation>,
+}
+
+/// Deprecation signalling on every response of a version (RFC 9745, RFC 8594).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deprecation {
+    /// When the version was deprecated, RFC 3339 (`Deprecation` header).
+    pub since: String,
+    /// When it stops working, RFC 3339 (`Sunset` header).
+    pub sunset: Option<String>,
+    /// The version that replaces it (`Link: <…>; rel="successor-version"`).
+    pub successor: Option<String>,
+    /// A link to migration docs (`Link: <…>; rel="deprecation"`).
+    pub link: Option<String>,
+}
+
+/// When and how failed attempts are retried.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryPolicy {
+    /// Attempts in total, the first included (1 = never retry).
+    pub attempts: u32,
+    /// What is retried: `connect_failure`, `reset`, `timeout`, or a status code such as `503`.
+    pub on: Vec<String>,
+    /// Retry non-idempotent methods too (requests with `Idempotency-Key` always may be).
+    pub non_idempotent: bool,
+    /// Full-jitter exponential backoff: a random wait up to min(cap, base × 2^retry).
+    #[serde(with = "humantime_serde")]
+    pub backoff_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_cap: Duration,
+    /// Timeout of each attempt (connect and each read); the remaining deadline caps it.
+    #[serde(default, with = "humantime_serde::option")]
+    pub per_try_timeout: Option<Duration>,
+    /// Send `X-Portico-Attempts` on the response.
+    pub attempts_header: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 3,
+            on: ["connect_failure", "reset", "timeout", "502", "503", "504"]
+                .map(String::from)
+                .to_vec(),
+            non_idempotent: false,
+            backoff_base: Duration::from_millis(25),
+            backoff_cap: Duration::from_millis(250),
+            per_try_timeout: None,
+            attempts_header: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -221,6 +355,105 @@ pub struct Cluster {
     pub health_check: Option<HealthCheck>,
     #[serde(default)]
     pub outlier: Outlier,
+    #[serde(default)]
+    pub retry_budget: RetryBudget,
+    /// Circuit breaker of the whole cluster.
+    pub breaker: Option<Breaker>,
+    /// Circuit breaker of each endpoint.
+    pub endpoint_breaker: Option<Breaker>,
+    /// Concurrency limit (bulkhead) of the cluster.
+    pub bulkhead: Option<Bulkhead>,
+    /// Requests in flight to one endpoint at most; a full endpoint is skipped.
+    pub max_requests_per_endpoint: Option<usize>,
+}
+
+/// Retries a cluster accepts: at most `ratio` of its requests plus `min_per_second`, over
+/// a 10 s window, so retries never multiply the load on a failing upstream.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryBudget {
+    pub ratio: f64,
+    pub min_per_second: u32,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget {
+            ratio: 0.2,
+            min_per_second: 5,
+        }
+    }
+}
+
+/// A circuit breaker: closed → open when failures exceed a rate over a window (with a
+/// minimum volume) or a run of consecutive failures; open fails fast; half-open lets a
+/// few probes through; each re-trip doubles the open time up to `max_open`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Breaker {
+    /// Failure share (0.0–1.0) over `window` that trips the breaker.
+    pub failure_rate: f64,
+    /// Requests needed in the window before the rate counts.
+    pub min_requests: u32,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Consecutive failures that trip the breaker at once; 0 disables.
+    pub consecutive_failures: u32,
+    #[serde(with = "humantime_serde")]
+    pub open_for: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_open: Duration,
+    /// Probe requests let through while half-open; all must succeed to close.
+    pub half_open_probes: u32,
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Breaker {
+            failure_rate: 0.5,
+            min_requests: 20,
+            window: Duration::from_secs(10),
+            consecutive_failures: 0,
+            open_for: Duration::from_secs(5),
+            max_open: Duration::from_secs(60),
+            half_open_probes: 3,
+        }
+    }
+}
+
+/// Caps the requests in flight to a cluster so a slow upstream cannot take every worker.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bulkhead {
+    /// Requests in flight at most (`fixed`), or the starting and upper limit (`adaptive`).
+    pub max_concurrent: usize,
+    /// Requests that may wait for a slot; beyond that → 503 at once.
+    #[serde(default)]
+    pub max_queue: usize,
+    #[serde(default = "default_queue_timeout", with = "humantime_serde")]
+    pub queue_timeout: Duration,
+    #[serde(default)]
+    pub mode: BulkheadMode,
+    /// Lowest limit the adaptive mode may set.
+    #[serde(default = "default_min_concurrent")]
+    pub min_concurrent: usize,
+}
+
+fn default_queue_timeout() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_min_concurrent() -> usize {
+    1
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BulkheadMode {
+    #[default]
+    Fixed,
+    /// The limit follows measured latency (gradient: grows while latency stays near its
+    /// minimum, shrinks as it rises).
+    Adaptive,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -364,10 +597,31 @@ mod humantime_serde {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "invalid duration `{text}`: {e} (write e.g. `250ms`, `5s`, `1m`)"
-            ))
-        })
+        parse(&text).map_err(serde::de::Error::custom)
+    }
+
+    fn parse(text: &str) -> Result<Duration, String> {
+        humantime::parse_duration(text)
+            .map_err(|e| format!("invalid duration `{text}`: {e} (write e.g. `250ms`, `5s`, `1m`)"))
+    }
+
+    /// The same for optional durations.
+    pub mod option {
+        use serde::{Deserialize, Deserializer, Serializer};
+        use std::time::Duration;
+
+        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => super::serialize(d, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            let text = String::deserialize(d)?;
+            super::parse(&text)
+                .map(Some)
+                .map_err(serde::de::Error::custom)
+        }
     }
 }

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use super::load::Seg;
 use super::{Config, HashBy, LbKind, PathMatchKind, PluginRef};
+use crate::router::version::normalize_version;
 
 /// One validation problem at a field path.
 #[derive(Debug)]
@@ -198,6 +199,38 @@ fn validate_clusters(config: &Config, p: &mut Problems) {
                 p.add(&hc_at("timeout"), "must not be longer than the interval");
             }
         }
+        if let Some(b) = &c.breaker {
+            validate_breaker(b, &sub(&[key("breaker")]), p);
+        }
+        if let Some(b) = &c.endpoint_breaker {
+            validate_breaker(b, &sub(&[key("endpoint_breaker")]), p);
+        }
+        if let Some(b) = &c.bulkhead {
+            if b.max_concurrent == 0 {
+                p.add(
+                    &sub(&[key("bulkhead"), key("max_concurrent")]),
+                    "must be at least 1",
+                );
+            }
+            if b.min_concurrent == 0 || b.min_concurrent > b.max_concurrent {
+                p.add(
+                    &sub(&[key("bulkhead"), key("min_concurrent")]),
+                    "must be between 1 and max_concurrent",
+                );
+            }
+        }
+        if c.max_requests_per_endpoint == Some(0) {
+            p.add(
+                &sub(&[key("max_requests_per_endpoint")]),
+                "must be at least 1",
+            );
+        }
+        if !(0.0..=10.0).contains(&c.retry_budget.ratio) {
+            p.add(
+                &sub(&[key("retry_budget"), key("ratio")]),
+                "must be between 0.0 and 10.0",
+            );
+        }
         if c.outlier.base_ejection > c.outlier.max_ejection {
             p.add(
                 &sub(&[key("outlier"), key("base_ejection")]),
@@ -231,6 +264,175 @@ fn validate_plugins(plugins: &[PluginRef], at: &[Seg], p: &mut Problems) {
             };
             p.add(&path, msg);
         }
+    }
+}
+
+fn check_cluster_ref(config: &Config, cluster: &str, at: &[Seg], p: &mut Problems) {
+    if !config.clusters.contains_key(cluster) {
+        let known: Vec<&str> = config.clusters.keys().map(String::as_str).collect();
+        p.add(
+            at,
+            format!(
+                "unknown cluster `{cluster}` (defined: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        );
+    }
+}
+
+fn validate_versions(config: &Config, i: usize, r: &super::Route, p: &mut Problems) {
+    let base = |tail: &[Seg]| -> Vec<Seg> {
+        [key("routes"), Seg::Index(i)]
+            .iter()
+            .chain(tail)
+            .cloned()
+            .collect()
+    };
+    let mut names = HashMap::new();
+    for (j, v) in r.versions.iter().enumerate() {
+        let at = |f: &str| base(&[key("versions"), Seg::Index(j), key(f)]);
+        let name = normalize_version(&v.name);
+        let valid = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+        if !valid {
+            p.add(
+                &at("name"),
+                format!("`{}` is not a version name like `2` or `v2.1`", v.name),
+            );
+        } else if let Some(first) = names.insert(name.to_string(), j) {
+            p.add(
+                &at("name"),
+                format!(
+                    "version `{}` is listed twice (first at versions[{first}])",
+                    v.name
+                ),
+            );
+        }
+        check_cluster_ref(config, &v.cluster, &at("cluster"), p);
+        if let Some(rw) = &v.rewrite_prefix {
+            if !rw.starts_with('/') {
+                p.add(&at("rewrite_prefix"), format!("`{rw}` must start with /"));
+            }
+        }
+        if let Some(d) = &v.deprecated {
+            let d_at = |f: &str| base(&[key("versions"), Seg::Index(j), key("deprecated"), key(f)]);
+            if humantime::parse_rfc3339_weak(&d.since).is_err() {
+                p.add(
+                    &d_at("since"),
+                    format!(
+                        "`{}` is not an RFC 3339 time like 2026-06-01T00:00:00Z",
+                        d.since
+                    ),
+                );
+            }
+            if let Some(sunset) = &d.sunset {
+                if humantime::parse_rfc3339_weak(sunset).is_err() {
+                    p.add(
+                        &d_at("sunset"),
+                        format!("`{sunset}` is not an RFC 3339 time like 2027-01-01T00:00:00Z"),
+                    );
+                }
+            }
+        }
+    }
+    for (j, v) in r.versions.iter().enumerate() {
+        if let Some(successor) = v.deprecated.as_ref().and_then(|d| d.successor.as_ref()) {
+            if !names.contains_key(normalize_version(successor)) {
+                p.add(
+                    &base(&[
+                        key("versions"),
+                        Seg::Index(j),
+                        key("deprecated"),
+                        key("successor"),
+                    ]),
+                    format!("successor `{successor}` is not one of this route's versions"),
+                );
+            }
+        }
+    }
+    if let Some(default) = r.versioning.as_ref().and_then(|v| v.default.as_ref()) {
+        let at = base(&[key("versioning"), key("default")]);
+        match names.get(normalize_version(default)) {
+            None => p.add(
+                &at,
+                format!("default version `{default}` is not one of this route's versions"),
+            ),
+            Some(&j) if r.versions[j].retired => {
+                p.add(&at, format!("default version `{default}` is retired"))
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(v) = &r.versioning {
+        if v.sources.is_empty() {
+            p.add(
+                &base(&[key("versioning"), key("sources")]),
+                "list at least one source",
+            );
+        }
+        if http::HeaderName::from_bytes(v.header.as_bytes()).is_err() {
+            p.add(
+                &base(&[key("versioning"), key("header")]),
+                format!("`{}` is not a valid header name", v.header),
+            );
+        }
+    }
+}
+
+fn validate_retry(retry: &super::RetryPolicy, at: &[Seg], p: &mut Problems) {
+    let field = |f: &str| -> Vec<Seg> { at.iter().cloned().chain([key(f)]).collect() };
+    if !(1..=10).contains(&retry.attempts) {
+        p.add(&field("attempts"), "must be between 1 and 10");
+    }
+    for (j, on) in retry.on.iter().enumerate() {
+        let known = matches!(on.as_str(), "connect_failure" | "reset" | "timeout")
+            || on.parse::<u16>().is_ok_and(|s| (400..=599).contains(&s));
+        if !known {
+            p.add(
+                &[field("on"), vec![Seg::Index(j)]].concat(),
+                format!("`{on}` is not `connect_failure`, `reset`, `timeout` or a 4xx/5xx status"),
+            );
+        }
+    }
+    if retry.backoff_base > retry.backoff_cap {
+        p.add(
+            &field("backoff_base"),
+            "must not be longer than backoff_cap",
+        );
+    }
+    if retry.per_try_timeout.is_some_and(|t| t.is_zero()) {
+        p.add(&field("per_try_timeout"), "must be greater than 0");
+    }
+}
+
+fn validate_breaker(b: &super::Breaker, at: &[Seg], p: &mut Problems) {
+    let field = |f: &str| -> Vec<Seg> { at.iter().cloned().chain([key(f)]).collect() };
+    if !(0.0..=1.0).contains(&b.failure_rate) || b.failure_rate == 0.0 {
+        p.add(
+            &field("failure_rate"),
+            format!("{} is outside (0.0, 1.0]", b.failure_rate),
+        );
+    }
+    if b.min_requests == 0 {
+        p.add(&field("min_requests"), "must be at least 1");
+    }
+    if b.half_open_probes == 0 {
+        p.add(&field("half_open_probes"), "must be at least 1");
+    }
+    if b.window < std::time::Duration::from_secs(1) {
+        p.add(&field("window"), "must be at least 1s");
+    }
+    if b.open_for.is_zero() || b.open_for > b.max_open {
+        p.add(
+            &field("open_for"),
+            "must be greater than 0 and not longer than max_open",
+        );
     }
 }
 
@@ -292,20 +494,29 @@ fn validate_routes(config: &Config, p: &mut Problems) {
                 );
             }
         }
-        if !config.clusters.contains_key(&r.cluster) {
-            let known: Vec<&str> = config.clusters.keys().map(String::as_str).collect();
-            p.add(
+        match (&r.cluster, r.versions.is_empty()) {
+            (Some(cluster), true) => check_cluster_ref(config, cluster, &at("cluster"), p),
+            (None, true) => p.add(
                 &at("cluster"),
-                format!(
-                    "unknown cluster `{}` (defined: {})",
-                    r.cluster,
-                    if known.is_empty() {
-                        "none".to_string()
-                    } else {
-                        known.join(", ")
-                    }
-                ),
+                "a route needs `cluster` (or `versions`, each with its own cluster)",
+            ),
+            (Some(_), false) => p.add(
+                &at("cluster"),
+                "a route with `versions` routes by version; set `versioning.default` instead of `cluster`",
+            ),
+            (None, false) => validate_versions(config, i, r, p),
+        }
+        if r.versioning.is_some() && r.versions.is_empty() {
+            p.add(
+                &at("versioning"),
+                "`versioning` needs `versions` to choose from",
             );
+        }
+        if let Some(retry) = &r.retry {
+            validate_retry(retry, &at("retry"), p);
+        }
+        if r.timeout.is_some_and(|t| t.is_zero()) {
+            p.add(&at("timeout"), "must be greater than 0");
         }
         if r.strip_prefix && r.rewrite_prefix.is_some() {
             p.add(

@@ -26,6 +26,7 @@ pub struct Record<'a> {
     pub path: &'a str,
     pub host: Option<&'a str>,
     pub route: Option<&'a str>,
+    pub version: Option<&'a str>,
     pub cluster: Option<&'a str>,
     pub upstream: Option<&'a str>,
     pub status: u16,

@@ -26,6 +26,12 @@ pub struct Metrics {
     pub endpoint_in_flight: IntGaugeVec,
     pub access_log_dropped: IntCounter,
     pub config_reloads: IntCounterVec,
+    pub retries: IntCounterVec,
+    pub retry_budget_exhausted: IntCounterVec,
+    pub breaker_rejections: IntCounterVec,
+    pub breaker_state: IntGaugeVec,
+    pub bulkhead_rejections: IntCounterVec,
+    pub bulkhead_limit: IntGaugeVec,
 }
 
 /// Latency buckets from 0.5 ms to 10 s: service-to-service calls live mostly under 200 ms.
@@ -42,18 +48,18 @@ impl Metrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "portico_requests_total",
-                "Requests answered, by route, cluster, method and status class",
+                "Requests answered, by route, API version, cluster, method and status class",
             ),
-            &["route", "cluster", "method", "status_class"],
+            &["route", "version", "cluster", "method", "status_class"],
         )
         .expect("valid metric");
         let request_duration = HistogramVec::new(
             HistogramOpts::new(
                 "portico_request_duration_seconds",
-                "Time from request received to response finished, by route",
+                "Time from request received to response finished, by route and API version",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
-            &["route"],
+            &["route", "version"],
         )
         .expect("valid metric");
         let upstream_duration = HistogramVec::new(
@@ -120,8 +126,50 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric")
+        };
+        let retries = counter(
+            "portico_retries_total",
+            "Retries sent, by cluster and reason (connect_failure, reset, timeout, status)",
+            &["cluster", "reason"],
+        );
+        let retry_budget_exhausted = counter(
+            "portico_retry_budget_exhausted_total",
+            "Retries refused because the cluster's retry budget was spent",
+            &["cluster"],
+        );
+        let breaker_rejections = counter(
+            "portico_breaker_rejections_total",
+            "Requests failed fast by an open cluster circuit breaker",
+            &["cluster"],
+        );
+        let breaker_state = gauge(
+            "portico_breaker_state",
+            "Circuit breaker state: 0 closed, 1 open, 2 half-open (endpoint empty = cluster breaker)",
+            &["cluster", "endpoint"],
+        );
+        let bulkhead_rejections = counter(
+            "portico_bulkhead_rejections_total",
+            "Requests refused by a cluster's bulkhead, by reason (queue_full, queue_timeout)",
+            &["cluster", "reason"],
+        );
+        let bulkhead_limit = gauge(
+            "portico_bulkhead_limit",
+            "Current concurrency limit of a cluster's bulkhead",
+            &["cluster"],
+        );
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(retries.clone()),
+            Box::new(retry_budget_exhausted.clone()),
+            Box::new(breaker_rejections.clone()),
+            Box::new(breaker_state.clone()),
+            Box::new(bulkhead_rejections.clone()),
+            Box::new(bulkhead_limit.clone()),
             Box::new(request_duration.clone()),
             Box::new(upstream_duration.clone()),
             Box::new(active_requests.clone()),
@@ -148,6 +196,12 @@ impl Metrics {
             endpoint_in_flight,
             access_log_dropped,
             config_reloads,
+            retries,
+            retry_budget_exhausted,
+            breaker_rejections,
+            breaker_state,
+            bulkhead_rejections,
+            bulkhead_limit,
         }
     }
 
@@ -190,6 +244,7 @@ fn class_index(status: u16) -> usize {
 /// One route's metric handles, resolved once per config load.
 pub struct RouteMetrics {
     route: String,
+    version: String,
     cluster: String,
     counters: [[OnceLock<IntCounter>; 6]; 10],
     pub duration: prometheus::Histogram,
@@ -199,13 +254,14 @@ pub struct RouteMetrics {
 }
 
 impl RouteMetrics {
-    pub fn new(route: &str, cluster: &str) -> RouteMetrics {
+    pub fn new(route: &str, cluster: &str, version: &str) -> RouteMetrics {
         let m = &*METRICS;
         RouteMetrics {
             route: route.to_string(),
+            version: version.to_string(),
             cluster: cluster.to_string(),
             counters: Default::default(),
-            duration: m.request_duration.with_label_values(&[route]),
+            duration: m.request_duration.with_label_values(&[route, version]),
             upstream_duration: m.upstream_duration.with_label_values(&[cluster]),
             request_bytes: m.request_bytes.with_label_values(&[route]),
             response_bytes: m.response_bytes.with_label_values(&[route]),
@@ -219,6 +275,7 @@ impl RouteMetrics {
             .get_or_init(|| {
                 METRICS.requests.with_label_values(&[
                     self.route.as_str(),
+                    self.version.as_str(),
                     self.cluster.as_str(),
                     METHODS.get(mi).copied().unwrap_or("OTHER"),
                     CLASSES[ci],
@@ -234,15 +291,15 @@ mod tests {
 
     #[test]
     fn counts_land_under_bounded_labels() {
-        let rm = RouteMetrics::new("metrics-test-route", "c");
+        let rm = RouteMetrics::new("metrics-test-route", "c", "2");
         rm.count(&http::Method::GET, 204);
         rm.count(&http::Method::from_bytes(b"BREW").unwrap(), 418);
         let text = String::from_utf8(METRICS.render()).unwrap();
         assert!(text.contains(
-            r#"portico_requests_total{cluster="c",method="GET",route="metrics-test-route",status_class="2xx"} 1"#
+            r#"portico_requests_total{cluster="c",method="GET",route="metrics-test-route",status_class="2xx",version="2"} 1"#
         ));
         assert!(text.contains(
-            r#"portico_requests_total{cluster="c",method="OTHER",route="metrics-test-route",status_class="4xx"} 1"#
+            r#"portico_requests_total{cluster="c",method="OTHER",route="metrics-test-route",status_class="4xx",version="2"} 1"#
         ));
     }
 }

@@ -19,6 +19,25 @@ pub enum GatewayError {
     UpstreamConnect(String),
     UpstreamTimeout(String),
     UpstreamBroken(String),
+    /// The cluster's circuit breaker is open.
+    CircuitOpen {
+        cluster: String,
+        retry_after_secs: u64,
+    },
+    /// The cluster's bulkhead has no free slot.
+    Overloaded(String),
+    /// The request's deadline passed before an answer.
+    DeadlineExceeded(String),
+    /// The request named no version and the route has no default.
+    VersionRequired(Vec<String>),
+    /// The request named a version the route does not serve (or a retired one);
+    /// `in_uri` makes it a 404, as the URI names a resource that does not exist.
+    UnknownVersion {
+        requested: String,
+        supported: Vec<String>,
+        in_uri: bool,
+        retired: bool,
+    },
     Internal,
 }
 
@@ -33,12 +52,19 @@ struct Problem<'a> {
     request_id: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     allowed: Option<Vec<&'a str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    supported_versions: Option<Vec<&'a str>>,
 }
 
 impl GatewayError {
     pub fn status(&self) -> u16 {
         match self {
             GatewayError::BadPath(_) | GatewayError::BadRequest(_) => 400,
+            GatewayError::VersionRequired(_) => 400,
+            GatewayError::UnknownVersion { in_uri: true, .. } => 404,
+            GatewayError::UnknownVersion { .. } => 400,
+            GatewayError::CircuitOpen { .. } | GatewayError::Overloaded(_) => 503,
+            GatewayError::DeadlineExceeded(_) => 504,
             GatewayError::NotFound => 404,
             GatewayError::MethodNotAllowed(_) => 405,
             GatewayError::BodyTooLarge(_) => 413,
@@ -55,6 +81,12 @@ impl GatewayError {
         match self {
             GatewayError::BadPath(_) => "Invalid request path",
             GatewayError::BadRequest(_) => "Bad request",
+            GatewayError::VersionRequired(_) => "API version required",
+            GatewayError::UnknownVersion { retired: true, .. } => "API version retired",
+            GatewayError::UnknownVersion { .. } => "Unknown API version",
+            GatewayError::CircuitOpen { .. } => "Circuit open",
+            GatewayError::Overloaded(_) => "Upstream at capacity",
+            GatewayError::DeadlineExceeded(_) => "Deadline exceeded",
             GatewayError::NotFound => "No route matches the request",
             GatewayError::MethodNotAllowed(_) => "Method not allowed",
             GatewayError::BodyTooLarge(_) => "Request body too large",
@@ -73,6 +105,12 @@ impl GatewayError {
         match self {
             GatewayError::BadPath(_) => "bad-path",
             GatewayError::BadRequest(_) => "bad-request",
+            GatewayError::VersionRequired(_) => "version-required",
+            GatewayError::UnknownVersion { retired: true, .. } => "version-retired",
+            GatewayError::UnknownVersion { .. } => "unknown-version",
+            GatewayError::CircuitOpen { .. } => "circuit-open",
+            GatewayError::Overloaded(_) => "overloaded",
+            GatewayError::DeadlineExceeded(_) => "deadline-exceeded",
             GatewayError::NotFound => "no-route",
             GatewayError::MethodNotAllowed(_) => "method-not-allowed",
             GatewayError::BodyTooLarge(_) => "body-too-large",
@@ -86,11 +124,34 @@ impl GatewayError {
         }
     }
 
-    fn detail(&self) -> String {
+    /// A sentence on what went wrong, for the problem body and `portico routes`.
+    pub fn detail(&self) -> String {
         match self {
             GatewayError::BadPath(why) | GatewayError::BadRequest(why) => why.clone(),
             GatewayError::NotFound => {
                 "no route is configured for this host, path and method".into()
+            }
+            GatewayError::VersionRequired(supported) => {
+                format!("name an API version; supported: {}", supported.join(", "))
+            }
+            GatewayError::UnknownVersion {
+                requested,
+                supported,
+                retired,
+                ..
+            } => format!(
+                "version `{requested}` is {}; supported: {}",
+                if *retired { "retired" } else { "not served" },
+                supported.join(", ")
+            ),
+            GatewayError::CircuitOpen { cluster, .. } => {
+                format!("`{cluster}` is failing; requests fail fast until it recovers")
+            }
+            GatewayError::Overloaded(cluster) => {
+                format!("`{cluster}` has reached its concurrency limit")
+            }
+            GatewayError::DeadlineExceeded(cluster) => {
+                format!("no answer from `{cluster}` within the route's deadline")
             }
             GatewayError::MethodNotAllowed(allowed) => format!(
                 "this route allows {}",
@@ -127,6 +188,13 @@ impl GatewayError {
             GatewayError::MethodNotAllowed(m) => Some(m.iter().map(|m| m.as_str()).collect()),
             _ => None,
         };
+        let supported_versions = match self {
+            GatewayError::VersionRequired(s)
+            | GatewayError::UnknownVersion { supported: s, .. } => {
+                Some(s.iter().map(String::as_str).collect())
+            }
+            _ => None,
+        };
         let kind = format!("urn:portico:problem:{}", self.slug());
         let problem = Problem {
             kind: &kind,
@@ -136,6 +204,7 @@ impl GatewayError {
             instance: path,
             request_id,
             allowed,
+            supported_versions,
         };
         Bytes::from(serde_json::to_vec(&problem).unwrap_or_default())
     }
@@ -147,7 +216,14 @@ impl GatewayError {
                 http::header::ALLOW,
                 m.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", "),
             )],
-            GatewayError::NoHealthyEndpoint(_) => vec![(http::header::RETRY_AFTER, "1".into())],
+            GatewayError::NoHealthyEndpoint(_) | GatewayError::Overloaded(_) => {
+                vec![(http::header::RETRY_AFTER, "1".into())]
+            }
+            GatewayError::CircuitOpen {
+                retry_after_secs, ..
+            } => {
+                vec![(http::header::RETRY_AFTER, retry_after_secs.to_string())]
+            }
             _ => Vec::new(),
         }
     }

@@ -1,10 +1,11 @@
 //! The Pingora `ProxyHttp` implementation. Each phase hook only calls into the modules
-//! that own the work — `router` for matching, `portico_plugins` for the plugin chain,
-//! `upstream` for endpoint selection and outlier bookkeeping, `observe` for metrics and
-//! logs — and keeps the per-request state in [`Ctx`].
+//! that own the work — `router` for matching and version selection, `portico_plugins` for
+//! the plugin chain, `upstream` for breakers, bulkheads, endpoint selection and outlier
+//! bookkeeping, `observe` for metrics and logs — and keeps per-request state in [`Ctx`].
 
 pub mod error;
 mod headers;
+mod retry;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,18 +17,18 @@ use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use portico_plugins::{Flow, PluginCtx, PluginResponse};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::observe::access_log::{now_rfc3339, Record};
 use crate::observe::metrics::METRICS;
 use crate::observe::trace::TraceContext;
+use crate::router::version::{split_uri_version, VersionError};
 use crate::router::{normalize_path, rewrite_prefix, RouteMatch};
-use crate::runtime::{Rewrite, Route, Snapshot, State};
+use crate::runtime::{Rewrite, Route, Snapshot, State, Target};
+use crate::upstream::breaker::Admission;
 use crate::upstream::{HashInput, Outcome};
 pub use error::GatewayError;
-
-/// How many endpoints one request may try when connecting fails. A failed connect sent
-/// nothing, so trying the next endpoint is safe for every method.
-const MAX_CONNECT_ATTEMPTS: u32 = 3;
+use retry::{Failure, RETRYABLE_STATUS};
 
 /// The gateway's proxy logic, shared by all requests.
 pub struct Gateway {
@@ -44,17 +45,28 @@ impl Gateway {
 pub struct Ctx {
     snapshot: Arc<Snapshot>,
     route: Option<Arc<Route>>,
+    /// The route's destination for this request (its version's, when versioned).
+    target: Option<Arc<Target>>,
     plugin: PluginCtx,
     start: Instant,
+    deadline: Option<Instant>,
     trace: Option<TraceContext>,
+    /// The path without its version segment, when the version came from the URI.
+    unversioned_path: Option<String>,
     /// Endpoints this request has tried, in order.
     tried: Vec<usize>,
-    /// The endpoint of the attempt in progress, until its outcome is recorded.
-    current: Option<usize>,
+    /// The attempt in progress: endpoint index and whether it is a breaker probe.
+    current: Option<(usize, bool)>,
     attempts: u32,
+    /// `Retry-After` of the last retried response, honoured by the next backoff.
+    retry_after: Option<Duration>,
     upstream_start: Option<Instant>,
     upstream_time: Option<Duration>,
     upstream_status: Option<u16>,
+    /// The cluster breaker admitted this request (as a half-open probe when true).
+    cluster_admission: Option<bool>,
+    /// The bulkhead slot, released when the request context is dropped.
+    _slot: Option<OwnedSemaphorePermit>,
     /// Set when the gateway answers itself with an error.
     error: Option<GatewayError>,
     body_bytes: u64,
@@ -69,7 +81,14 @@ impl Ctx {
     }
 
     fn cluster_name(&self) -> &str {
-        self.route.as_ref().map_or("", |r| r.cluster.name.as_str())
+        self.target.as_ref().map_or("", |t| t.cluster.name.as_str())
+    }
+
+    /// Ends the attempt in progress, if any, with its outcome.
+    fn finish_attempt(&mut self, outcome: Outcome) {
+        if let (Some(target), Some((index, probe))) = (&self.target, self.current.take()) {
+            target.cluster.finish(index, probe, outcome);
+        }
     }
 }
 
@@ -81,15 +100,21 @@ impl ProxyHttp for Gateway {
         Ctx {
             snapshot: self.state.snapshot(),
             route: None,
+            target: None,
             plugin: PluginCtx::default(),
             start: Instant::now(),
+            deadline: None,
             trace: None,
+            unversioned_path: None,
             tried: Vec::new(),
             current: None,
             attempts: 0,
+            retry_after: None,
             upstream_start: None,
             upstream_time: None,
             upstream_status: None,
+            cluster_admission: None,
+            _slot: None,
             error: None,
             body_bytes: 0,
             active: false,
@@ -143,30 +168,18 @@ impl ProxyHttp for Gateway {
             return self.answer(session, ctx, resp).await;
         }
 
-        let found = {
-            let req = session.req_header();
-            let host = req
-                .headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .or_else(|| req.uri.host());
-            match snapshot
-                .router
-                .find(host, &req.method, req.uri.path(), &req.headers)
-            {
-                RouteMatch::Found { value, .. } => Ok(value.clone()),
-                RouteMatch::MethodNotAllowed { allowed } => {
-                    Err(GatewayError::MethodNotAllowed(allowed))
-                }
-                RouteMatch::NotFound => Err(GatewayError::NotFound),
-            }
-        };
-        let route = match found {
-            Ok(route) => route,
+        let Resolved {
+            route,
+            target,
+            unversioned_path,
+        } = match resolve(&snapshot, session.req_header()) {
+            Ok(found) => found,
             Err(e) => return self.answer_error(session, ctx, e).await,
         };
         ctx.plugin.route_id = route.id.clone();
         ctx.route = Some(route.clone());
+        ctx.target = Some(target.clone());
+        ctx.unversioned_path = unversioned_path;
 
         if let Some(resp) =
             run_request_hooks(&route.plugins.request, &mut ctx.plugin, session).await
@@ -174,6 +187,40 @@ impl ProxyHttp for Gateway {
             return self.answer(session, ctx, resp).await;
         }
         ctx.request_id();
+
+        // Resilience gates, cheapest first; none of them touches the network.
+        let cluster = &target.cluster;
+        if let Some(breaker) = &cluster.breaker {
+            match breaker.admit() {
+                Admission::Allowed { probe } => ctx.cluster_admission = Some(probe),
+                Admission::Rejected { retry_after } => {
+                    METRICS
+                        .breaker_rejections
+                        .with_label_values(&[cluster.name.as_str()])
+                        .inc();
+                    let err = GatewayError::CircuitOpen {
+                        cluster: cluster.name.clone(),
+                        retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,
+                    };
+                    return self.answer_error(session, ctx, err).await;
+                }
+            }
+        }
+        if let Some(bulkhead) = &cluster.bulkhead {
+            match bulkhead.acquire().await {
+                Ok(slot) => ctx._slot = Some(slot),
+                Err(rejection) => {
+                    METRICS
+                        .bulkhead_rejections
+                        .with_label_values(&[cluster.name.as_str(), rejection.as_str()])
+                        .inc();
+                    let err = GatewayError::Overloaded(cluster.name.clone());
+                    return self.answer_error(session, ctx, err).await;
+                }
+            }
+        }
+        cluster.retry_budget.record_request();
+        ctx.deadline = route.deadline.map(|d| ctx.start + d);
         Ok(false)
     }
 
@@ -197,52 +244,87 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let Some(route) = ctx.route.clone() else {
+        let (Some(route), Some(target)) = (ctx.route.clone(), ctx.target.clone()) else {
             ctx.error = Some(GatewayError::Internal);
             return Error::e_explain(ErrorType::InternalError, "no route selected");
         };
-        let cluster = &route.cluster;
-        if let Some(previous) = ctx.current.take() {
-            cluster.finish(previous, Outcome::Other);
+        ctx.finish_attempt(Outcome::Abandoned);
+        let cluster = &target.cluster;
+
+        if ctx.attempts > 0 {
+            let wait = route.retry.backoff(ctx.attempts, ctx.retry_after.take());
+            if ctx.deadline.is_some_and(|d| Instant::now() + wait >= d) {
+                ctx.error = Some(GatewayError::DeadlineExceeded(cluster.name.clone()));
+                return Error::e_explain(ErrorType::HTTPStatus(504), "deadline before retry");
+            }
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
         }
+        let remaining = ctx
+            .deadline
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        if remaining.is_some_and(|r| r.is_zero()) {
+            ctx.error = Some(GatewayError::DeadlineExceeded(cluster.name.clone()));
+            return Error::e_explain(ErrorType::HTTPStatus(504), "deadline exceeded");
+        }
+
         let input = HashInput {
             client_ip: ctx.plugin.client_ip,
             headers: &session.req_header().headers,
         };
-        match cluster.select(&input, &ctx.tried) {
-            Ok((index, _)) => {
-                ctx.tried.push(index);
-                ctx.current = Some(index);
-                ctx.attempts += 1;
-                ctx.upstream_start = Some(Instant::now());
-                Ok(cluster.start(index))
+        // An endpoint whose breaker turns a request away is skipped like a tried one.
+        let mut skipped = Vec::new();
+        let attempt = loop {
+            let exclude: Vec<usize> = ctx.tried.iter().chain(&skipped).copied().collect();
+            match cluster.select(&input, &exclude) {
+                Ok((index, _)) => match cluster.start(index) {
+                    Some(attempt) => break attempt,
+                    None if skipped.len() < cluster.endpoints.len() => skipped.push(index),
+                    None => break_no_endpoint(ctx, &cluster.name)?,
+                },
+                Err(_) => break_no_endpoint(ctx, &cluster.name)?,
             }
-            Err(_) => {
-                ctx.error = Some(GatewayError::NoHealthyEndpoint(cluster.name.clone()));
-                Error::e_explain(ErrorType::HTTPStatus(503), "no healthy endpoint")
+        };
+        ctx.tried.push(attempt.index);
+        ctx.current = Some((attempt.index, attempt.probe));
+        ctx.attempts += 1;
+        ctx.upstream_start = Some(Instant::now());
+        ctx.upstream_status = None;
+        let mut peer = attempt.peer;
+        // Each attempt gets at most its per-try timeout and never more than the deadline.
+        let cap = match (route.retry.per_try_timeout, remaining) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(cap) = cap {
+            let o = &mut peer.options;
+            for t in [
+                &mut o.connection_timeout,
+                &mut o.total_connection_timeout,
+                &mut o.read_timeout,
+                &mut o.write_timeout,
+            ] {
+                *t = Some(t.map_or(cap, |t| t.min(cap)));
             }
         }
+        Ok(peer)
     }
 
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let (Some(route), Some(index)) = (&ctx.route, ctx.current.take()) {
-            route.cluster.finish(index, Outcome::ConnectFailure);
-            METRICS
-                .upstream_attempts
-                .with_label_values(&[route.cluster.name.as_str(), "connect_error"])
-                .inc();
-            if ctx.attempts < MAX_CONNECT_ATTEMPTS
-                && ctx.tried.len() < route.cluster.endpoints.len()
-            {
-                e.set_retry(true);
-            }
-        }
+        ctx.finish_attempt(Outcome::ConnectFailure);
+        METRICS
+            .upstream_attempts
+            .with_label_values(&[ctx.cluster_name(), "connect_error"])
+            .inc();
+        // Nothing was sent, so a failed connect may be retried for any method.
+        e.set_retry(retry::decide(ctx, session, Failure::Connect));
         e
     }
 
@@ -252,28 +334,37 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         e: Box<Error>,
         ctx: &mut Ctx,
-        client_reused: bool,
+        _client_reused: bool,
     ) -> Box<Error> {
-        if let (Some(route), Some(index)) = (&ctx.route, ctx.current.take()) {
-            route.cluster.finish(index, Outcome::Other);
-            let result = match e.etype() {
-                ErrorType::ReadTimedout | ErrorType::WriteTimedout => "timeout",
-                _ => "error",
-            };
-            METRICS
-                .upstream_attempts
-                .with_label_values(&[route.cluster.name.as_str(), result])
-                .inc();
-        }
         let mut e = e.more_context(format!("Peer: {peer}"));
-        // Only idempotent requests whose body is still replayable go to another attempt,
-        // and only when a reused (possibly stale) connection broke.
-        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
-        {
-            e.set_retry(false);
+        let failure = match e.etype() {
+            ErrorType::Custom(RETRYABLE_STATUS) => None,
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout => Some(Failure::Timeout),
+            _ if e.esource() == &ErrorSource::Upstream => Some(Failure::Reset),
+            // The client's side broke: nothing to retry, nothing against the upstream.
+            _ => {
+                ctx.finish_attempt(Outcome::Abandoned);
+                e.set_retry(false);
+                return e;
+            }
+        };
+        let Some(failure) = failure else {
+            // The retry of a retryable status was decided (and the attempt finished) in
+            // `upstream_response_filter`.
+            e.set_retry(true);
+            return e;
+        };
+        ctx.finish_attempt(Outcome::Failure);
+        let result = if failure == Failure::Timeout {
+            "timeout"
         } else {
-            e.retry.decide_reuse(client_reused);
-        }
+            "error"
+        };
+        METRICS
+            .upstream_attempts
+            .with_label_values(&[ctx.cluster_name(), result])
+            .inc();
+        e.set_retry(retry::decide(ctx, session, failure));
         e
     }
 
@@ -288,16 +379,26 @@ impl ProxyHttp for Gateway {
         if let Some(trace) = &ctx.trace {
             upstream.insert_header("traceparent", trace.header_value())?;
         }
-        if let Some(route) = ctx.route.clone() {
-            if let Rewrite::Prefix { prefix, with } = &route.rewrite {
-                let path = rewrite_prefix(upstream.uri.path(), prefix, with);
+        if let Some(target) = ctx.target.clone() {
+            let base = ctx
+                .unversioned_path
+                .as_deref()
+                .unwrap_or(upstream.uri.path());
+            let path = match &target.rewrite {
+                Rewrite::Prefix { prefix, with } => Some(rewrite_prefix(base, prefix, with)),
+                Rewrite::None => ctx.unversioned_path.clone(),
+            };
+            if let Some(path) = path {
                 set_path(upstream, &path).map_err(|e| {
                     Error::explain(ErrorType::InternalError, format!("rewrite failed: {e}"))
                 })?;
             }
-            for p in &ctx.snapshot.global_plugins.upstream_request {
-                p.upstream_request(&mut ctx.plugin, upstream).await;
-            }
+        }
+        let snapshot = ctx.snapshot.clone();
+        for p in &snapshot.global_plugins.upstream_request {
+            p.upstream_request(&mut ctx.plugin, upstream).await;
+        }
+        if let Some(route) = ctx.route.clone() {
             for p in &route.plugins.upstream_request {
                 p.upstream_request(&mut ctx.plugin, upstream).await;
             }
@@ -307,13 +408,32 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        ctx.upstream_status = Some(upstream_response.status.as_u16());
+        let status = upstream_response.status.as_u16();
+        ctx.upstream_status = Some(status);
         if let Some(start) = ctx.upstream_start {
             ctx.upstream_time = Some(start.elapsed());
+        }
+        let retryable = ctx
+            .route
+            .as_ref()
+            .is_some_and(|r| r.retry.statuses.contains(&status));
+        if retryable && retry::decide(ctx, session, Failure::Status(status)) {
+            ctx.retry_after = retry::retry_after(upstream_response);
+            ctx.finish_attempt(Outcome::Response(status));
+            METRICS
+                .upstream_attempts
+                .with_label_values(&[ctx.cluster_name(), "response"])
+                .inc();
+            let mut e = Error::explain(
+                ErrorType::Custom(RETRYABLE_STATUS),
+                format!("upstream answered {status}, retrying"),
+            );
+            e.set_retry(true);
+            return Err(e);
         }
         Ok(())
     }
@@ -325,6 +445,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         headers::strip_hop_by_hop_response(resp);
+        finish_response_headers(ctx, resp);
         run_response_hooks(ctx, session.req_header(), resp).await;
         Ok(())
     }
@@ -369,27 +490,39 @@ impl ProxyHttp for Gateway {
             .map(|r| r.status.as_u16())
             .or_else(|| ctx.error.as_ref().map(|e| e.status()))
             .unwrap_or(0);
-        let route = ctx.route.clone();
-        if let (Some(route), Some(index)) = (&route, ctx.current.take()) {
-            let outcome = match (ctx.upstream_status, e) {
-                (Some(s), _) => Outcome::Response(s),
-                (None, _) => Outcome::Other,
-            };
-            route.cluster.finish(index, outcome);
-            if ctx.upstream_status.is_some() {
-                METRICS
-                    .upstream_attempts
-                    .with_label_values(&[route.cluster.name.as_str(), "response"])
-                    .inc();
+        let outcome = match (ctx.upstream_status, e) {
+            (Some(s), _) => Outcome::Response(s),
+            (None, Some(_)) => Outcome::Failure,
+            (None, None) => Outcome::Abandoned,
+        };
+        if ctx.current.is_some() && ctx.upstream_status.is_some() {
+            METRICS
+                .upstream_attempts
+                .with_label_values(&[ctx.cluster_name(), "response"])
+                .inc();
+        }
+        ctx.finish_attempt(outcome);
+        let target = ctx.target.clone();
+        if let (Some(target), Some(probe)) = (&target, ctx.cluster_admission) {
+            if let Some(breaker) = &target.cluster.breaker {
+                // The cluster breaker judges the request as a whole: did it get a good
+                // answer in the end? Requests that never reached the upstream say nothing.
+                match (ctx.attempts, status) {
+                    (0, _) => breaker.cancel(probe),
+                    (_, s) => breaker.record(s != 0 && s < 500, probe),
+                }
+            }
+            if let (Some(bulkhead), Some(up)) = (&target.cluster.bulkhead, ctx.upstream_time) {
+                bulkhead.observe(up);
             }
         }
         if ctx.active {
             METRICS.active_requests.dec();
         }
         let elapsed = ctx.start.elapsed();
-        let metrics = route
+        let metrics = target
             .as_ref()
-            .map_or(&ctx.snapshot.unrouted_metrics, |r| &r.metrics);
+            .map_or(&ctx.snapshot.unrouted_metrics, |t| &t.metrics);
         let req = session.req_header();
         metrics.count(&req.method, status);
         metrics.duration.observe(elapsed.as_secs_f64());
@@ -402,8 +535,8 @@ impl ProxyHttp for Gateway {
 
         if ctx.snapshot.access_log.wants(status) {
             let req = session.req_header();
-            let upstream = match (&route, ctx.tried.last()) {
-                (Some(r), Some(&i)) => r.cluster.endpoints.get(i).map(|e| e.name.as_str()),
+            let upstream = match (&target, ctx.tried.last()) {
+                (Some(t), Some(&i)) => t.cluster.endpoints.get(i).map(|e| e.name.as_str()),
                 _ => None,
             };
             let error = ctx
@@ -422,8 +555,9 @@ impl ProxyHttp for Gateway {
                     .headers
                     .get(http::header::HOST)
                     .and_then(|h| h.to_str().ok()),
-                route: route.as_ref().map(|r| &*r.id),
-                cluster: route.as_ref().map(|r| r.cluster.name.as_str()),
+                route: ctx.route.as_ref().map(|r| &*r.id),
+                version: target.as_ref().and_then(|t| t.version.as_deref()),
+                cluster: target.as_ref().map(|t| t.cluster.name.as_str()),
                 upstream,
                 status,
                 request_bytes: read,
@@ -439,12 +573,88 @@ impl ProxyHttp for Gateway {
         for p in &ctx.snapshot.global_plugins.log {
             p.log(&ctx.plugin, status).await;
         }
-        if let Some(route) = &route {
+        if let Some(route) = &ctx.route {
             for p in &route.plugins.log {
                 p.log(&ctx.plugin, status).await;
             }
         }
     }
+}
+
+/// Records that no endpoint can take the request (for `upstream_peer`'s selection loop).
+fn break_no_endpoint<T>(ctx: &mut Ctx, cluster: &str) -> Result<T> {
+    ctx.error = Some(GatewayError::NoHealthyEndpoint(cluster.to_string()));
+    Error::e_explain(ErrorType::HTTPStatus(503), "no healthy endpoint")
+}
+
+/// Where a request goes.
+pub struct Resolved {
+    pub route: Arc<Route>,
+    pub target: Arc<Target>,
+    /// The path without its version segment, when the version came from the URI.
+    pub unversioned_path: Option<String>,
+}
+
+/// Finds the route and target (API version) of a request. A leading version segment
+/// (`/v2/orders`) is tried first against routes that read versions from the URI;
+/// otherwise the whole path is matched. `portico routes` explains requests with this
+/// same function.
+pub fn resolve(snapshot: &Snapshot, req: &RequestHeader) -> Result<Resolved, GatewayError> {
+    let host = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.host());
+    let path = req.uri.path();
+    let mut found = None;
+    if let Some((version, rest)) = split_uri_version(path) {
+        if let RouteMatch::Found { value, .. } =
+            snapshot.router.find(host, &req.method, rest, &req.headers)
+        {
+            if value.versioning.as_ref().is_some_and(|v| v.accepts_uri()) {
+                found = Some((value.clone(), Some((version, rest))));
+            }
+        }
+    }
+    let (route, uri_version) = match found {
+        Some(found) => found,
+        None => match snapshot.router.find(host, &req.method, path, &req.headers) {
+            RouteMatch::Found { value, .. } => (value.clone(), None),
+            RouteMatch::MethodNotAllowed { allowed } => {
+                return Err(GatewayError::MethodNotAllowed(allowed))
+            }
+            RouteMatch::NotFound => return Err(GatewayError::NotFound),
+        },
+    };
+    let target = match &route.versioning {
+        None => route.targets[0].clone(),
+        Some(selector) => {
+            let uri_v = uri_version.map(|(v, _)| v);
+            match selector.select(uri_v, &req.headers, req.uri.query()) {
+                Ok(i) => route.targets[i].clone(),
+                Err(VersionError::Missing) => {
+                    return Err(GatewayError::VersionRequired(selector.supported.clone()))
+                }
+                Err(VersionError::Unknown(requested)) | Err(VersionError::Retired(requested)) => {
+                    let retired = route
+                        .targets
+                        .iter()
+                        .any(|t| t.version.as_deref() == Some(requested.as_str()));
+                    return Err(GatewayError::UnknownVersion {
+                        in_uri: uri_v == Some(requested.as_str()),
+                        retired,
+                        requested,
+                        supported: selector.supported.clone(),
+                    });
+                }
+            }
+        }
+    };
+    Ok(Resolved {
+        route,
+        target,
+        unversioned_path: uri_version.map(|(_, rest)| rest.to_string()),
+    })
 }
 
 impl Gateway {
@@ -502,6 +712,7 @@ impl Gateway {
         body: Bytes,
     ) -> Result<()> {
         ctx.request_id();
+        finish_response_headers(ctx, &mut resp);
         run_response_hooks(ctx, session.req_header(), &mut resp).await;
         let head_only = session.req_header().method == http::Method::HEAD;
         let empty = body.is_empty() || head_only;
@@ -510,6 +721,19 @@ impl Gateway {
             session.write_response_body(Some(body), true).await?;
         }
         Ok(())
+    }
+}
+
+/// Headers the gateway itself puts on every response: the version's deprecation signals
+/// and the attempt count.
+fn finish_response_headers(ctx: &Ctx, resp: &mut ResponseHeader) {
+    if let Some(target) = &ctx.target {
+        for (name, value) in &target.deprecation {
+            let _ = resp.append_header(name.clone(), value.clone());
+        }
+    }
+    if ctx.attempts > 0 && ctx.route.as_ref().is_some_and(|r| r.retry.attempts_header) {
+        let _ = resp.insert_header("X-Portico-Attempts", ctx.attempts.to_string());
     }
 }
 

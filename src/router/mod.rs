@@ -22,6 +22,7 @@ mod normalize;
 mod table;
 #[cfg(test)]
 mod tests;
+pub mod version;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 pub mod serve;
 pub mod supervisor;
@@ -17,16 +17,85 @@ use portico_plugins::{Hooks, Plugin};
 use crate::config::{self, Config, PathMatchKind};
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::RouteMetrics;
+use crate::router::version::{Source, VersionSelector};
 use crate::router::{self, HeaderMatch, PathMatch, RouteSpec, Router};
 use crate::upstream::Cluster;
 
 /// A route ready to serve.
 pub struct Route {
     pub id: Arc<str>,
-    pub cluster: Arc<Cluster>,
     pub plugins: PluginChain,
+    /// Where requests go: one target, or one per API version (config order).
+    pub targets: Vec<Arc<Target>>,
+    /// How the version is chosen among `targets`; `None` for unversioned routes.
+    pub versioning: Option<VersionSelector>,
+    pub retry: RetryRules,
+    /// Overall deadline of a request.
+    pub deadline: Option<Duration>,
+}
+
+/// One destination of a route: a cluster, with the version it serves.
+pub struct Target {
+    pub version: Option<Arc<str>>,
+    pub cluster: Arc<Cluster>,
     pub rewrite: Rewrite,
     pub metrics: RouteMetrics,
+    /// `Deprecation`, `Sunset` and `Link` headers for every response of this version.
+    pub deprecation: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+/// A route's retry policy, compiled for the hot path.
+#[derive(Debug, Clone)]
+pub struct RetryRules {
+    pub attempts: u32,
+    pub on_connect_failure: bool,
+    pub on_reset: bool,
+    pub on_timeout: bool,
+    pub statuses: Vec<u16>,
+    pub non_idempotent: bool,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    pub per_try_timeout: Option<Duration>,
+    pub attempts_header: bool,
+}
+
+impl RetryRules {
+    /// Without a `retry` section a route retries only failed connects (nothing was sent,
+    /// so it is safe for every method) on other endpoints.
+    fn from_config(policy: Option<&config::RetryPolicy>) -> RetryRules {
+        let default_connect_only = config::RetryPolicy {
+            on: vec!["connect_failure".into()],
+            attempts_header: false,
+            ..config::RetryPolicy::default()
+        };
+        let p = policy.unwrap_or(&default_connect_only);
+        RetryRules {
+            attempts: p.attempts.max(1),
+            on_connect_failure: p.on.iter().any(|o| o == "connect_failure"),
+            on_reset: p.on.iter().any(|o| o == "reset"),
+            on_timeout: p.on.iter().any(|o| o == "timeout"),
+            statuses: p.on.iter().filter_map(|o| o.parse().ok()).collect(),
+            non_idempotent: p.non_idempotent,
+            backoff_base: p.backoff_base,
+            backoff_cap: p.backoff_cap,
+            per_try_timeout: p.per_try_timeout,
+            attempts_header: p.attempts_header,
+        }
+    }
+
+    /// Full-jitter exponential backoff before retry number `retry` (1 = first retry):
+    /// a uniform wait in [0, min(cap, base × 2^(retry-1))], at least `retry_after`
+    /// (from the upstream's `Retry-After`) but never above the cap.
+    pub fn backoff(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
+        let exp = self
+            .backoff_base
+            .saturating_mul(1u32 << (retry.saturating_sub(1)).min(16))
+            .min(self.backoff_cap);
+        let jitter = exp.mul_f64(rand::random::<f64>());
+        jitter
+            .max(retry_after.unwrap_or_default())
+            .min(self.backoff_cap)
+    }
 }
 
 /// How a route changes the upstream path.
@@ -124,25 +193,77 @@ impl Snapshot {
 
         let mut routes = Vec::with_capacity(config.routes.len());
         for r in &config.routes {
-            let cluster = clusters
-                .get(&r.cluster)
-                .cloned()
-                .ok_or_else(|| format!("route {}: unknown cluster {}", r.id, r.cluster))?;
             // Global plugins are not repeated here: the proxy runs them for every request.
             let mut plugins = PluginChain::default();
             build_plugins(&r.plugins, &mut plugins)?;
-            let rewrite = if r.strip_prefix {
-                Rewrite::Prefix {
-                    prefix: r.path.clone(),
-                    with: String::new(),
+            let rewrite_of = |prefix_override: Option<&String>| {
+                if let Some(with) = prefix_override {
+                    Rewrite::Prefix {
+                        prefix: r.path.clone(),
+                        with: with.clone(),
+                    }
+                } else if r.strip_prefix {
+                    Rewrite::Prefix {
+                        prefix: r.path.clone(),
+                        with: String::new(),
+                    }
+                } else if let Some(with) = &r.rewrite_prefix {
+                    Rewrite::Prefix {
+                        prefix: r.path.clone(),
+                        with: with.clone(),
+                    }
+                } else {
+                    Rewrite::None
                 }
-            } else if let Some(with) = &r.rewrite_prefix {
-                Rewrite::Prefix {
-                    prefix: r.path.clone(),
-                    with: with.clone(),
-                }
+            };
+            let cluster_of = |name: &str| {
+                clusters
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| format!("route {}: unknown cluster {name}", r.id))
+            };
+            let mut targets = Vec::new();
+            let versioning = if r.versions.is_empty() {
+                let name = r.cluster.as_deref().unwrap_or_default();
+                targets.push(Arc::new(Target {
+                    version: None,
+                    cluster: cluster_of(name)?,
+                    rewrite: rewrite_of(None),
+                    metrics: RouteMetrics::new(&r.id, name, ""),
+                    deprecation: Vec::new(),
+                }));
+                None
             } else {
-                Rewrite::None
+                for v in &r.versions {
+                    let name = router::version::normalize_version(&v.name);
+                    targets.push(Arc::new(Target {
+                        version: Some(Arc::from(name)),
+                        cluster: cluster_of(&v.cluster)?,
+                        rewrite: rewrite_of(v.rewrite_prefix.as_ref()),
+                        metrics: RouteMetrics::new(&r.id, &v.cluster, name),
+                        deprecation: deprecation_headers(r, v),
+                    }));
+                }
+                let v = r.versioning.clone().unwrap_or_default();
+                Some(VersionSelector::new(
+                    v.sources
+                        .iter()
+                        .map(|s| match s {
+                            config::VersionSource::Uri => Source::Uri,
+                            config::VersionSource::Header => Source::Header,
+                            config::VersionSource::MediaType => Source::MediaType,
+                            config::VersionSource::Query => Source::Query,
+                        })
+                        .collect(),
+                    http::HeaderName::from_bytes(v.header.as_bytes())
+                        .map_err(|e| format!("route {}: versioning.header: {e}", r.id))?,
+                    v.query,
+                    v.default.as_deref(),
+                    &r.versions
+                        .iter()
+                        .map(|v| (v.name.clone(), v.retired))
+                        .collect::<Vec<_>>(),
+                ))
             };
             let spec = RouteSpec {
                 id: r.id.clone(),
@@ -172,10 +293,11 @@ impl Snapshot {
             };
             let route = Route {
                 id: Arc::from(r.id.as_str()),
-                metrics: RouteMetrics::new(&r.id, &r.cluster),
-                cluster,
                 plugins,
-                rewrite,
+                targets,
+                versioning,
+                retry: RetryRules::from_config(r.retry.as_ref()),
+                deadline: r.timeout,
             };
             routes.push((spec, Arc::new(route)));
         }
@@ -209,7 +331,7 @@ impl Snapshot {
             global_plugins,
             limits: config.limits.clone(),
             access_log,
-            unrouted_metrics: RouteMetrics::new("", ""),
+            unrouted_metrics: RouteMetrics::new("", "", ""),
             config,
             loaded_at: SystemTime::now(),
             version,
@@ -222,6 +344,47 @@ impl Snapshot {
         redact(&mut value, &self.config.secrets, false);
         value
     }
+}
+
+/// RFC 9745 `Deprecation: @<unix seconds>`, RFC 8594 `Sunset: <HTTP-date>`, and `Link`s
+/// to the successor version and to migration docs. Dates were validated at load.
+fn deprecation_headers(
+    route: &config::Route,
+    version: &config::Version,
+) -> Vec<(http::HeaderName, http::HeaderValue)> {
+    let Some(d) = &version.deprecated else {
+        return Vec::new();
+    };
+    let mut headers = Vec::new();
+    let mut push = |name: &'static str, value: String| {
+        if let Ok(value) = http::HeaderValue::from_str(&value) {
+            headers.push((http::HeaderName::from_static(name), value));
+        }
+    };
+    if let Ok(since) = humantime::parse_rfc3339_weak(&d.since) {
+        let secs = since
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        push("deprecation", format!("@{secs}"));
+    }
+    if let Some(Ok(sunset)) = d.sunset.as_deref().map(humantime::parse_rfc3339_weak) {
+        push("sunset", httpdate::fmt_http_date(sunset));
+    }
+    if let Some(successor) = &d.successor {
+        let successor = router::version::normalize_version(successor);
+        let path = route.path.trim_end_matches('/');
+        push(
+            "link",
+            format!("</v{successor}{path}>; rel=\"successor-version\""),
+        );
+    }
+    if let Some(link) = &d.link {
+        push(
+            "link",
+            format!("<{link}>; rel=\"deprecation\"; type=\"text/html\""),
+        );
+    }
+    headers
 }
 
 fn same(a: &config::Cluster, b: &config::Cluster) -> bool {

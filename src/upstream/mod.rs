@@ -5,6 +5,9 @@
 //! Everything the proxy touches per request is an atomic: selecting an endpoint or
 //! recording its outcome never takes a lock.
 
+pub mod breaker;
+pub mod budget;
+pub mod bulkhead;
 mod health;
 
 use std::net::{IpAddr, SocketAddr};
@@ -17,6 +20,9 @@ use pingora_ketama::{Bucket, Continuum};
 use serde::Serialize;
 
 use crate::config::{self, HashBy, LbKind};
+use breaker::{Admission, BreakerState, CircuitBreaker};
+use budget::RetryBudget;
+use bulkhead::Bulkhead;
 
 pub use health::spawn_health_checks;
 
@@ -38,6 +44,7 @@ pub struct Endpoint {
     consecutive_5xx: AtomicU32,
     consecutive_connect_failures: AtomicU32,
     in_flight: AtomicUsize,
+    breaker: Option<CircuitBreaker>,
     // Counters of the active checker, touched only by its task.
     check_passes: AtomicU32,
     check_failures: AtomicU32,
@@ -80,6 +87,11 @@ pub struct Cluster {
     balancer: Balancer,
     outlier: config::Outlier,
     pub(crate) health_check: Option<config::HealthCheck>,
+    /// Fails requests fast while the cluster as a whole is failing.
+    pub breaker: Option<CircuitBreaker>,
+    pub bulkhead: Option<Bulkhead>,
+    pub retry_budget: RetryBudget,
+    max_per_endpoint: usize,
     /// The definition this cluster was built from, so a reload can keep an unchanged
     /// cluster (and its live state) as it is.
     pub definition: config::Cluster,
@@ -126,6 +138,7 @@ impl Cluster {
                 consecutive_5xx: AtomicU32::new(0),
                 consecutive_connect_failures: AtomicU32::new(0),
                 in_flight: AtomicUsize::new(0),
+                breaker: def.endpoint_breaker.as_ref().map(CircuitBreaker::new),
                 check_passes: AtomicU32::new(0),
                 check_failures: AtomicU32::new(0),
             }));
@@ -155,6 +168,10 @@ impl Cluster {
             balancer,
             outlier: def.outlier.clone(),
             health_check: def.health_check.clone(),
+            breaker: def.breaker.as_ref().map(CircuitBreaker::new),
+            bulkhead: def.bulkhead.as_ref().map(Bulkhead::new),
+            retry_budget: RetryBudget::new(&def.retry_budget),
+            max_per_endpoint: def.max_requests_per_endpoint.unwrap_or(usize::MAX),
             definition: def.clone(),
             epoch: Instant::now(),
         })
@@ -165,8 +182,12 @@ impl Cluster {
         self.epoch.elapsed().as_millis() as u64 + 1
     }
 
+    /// Healthy, not ejected, its breaker would let a request through, and not full.
     fn available(&self, e: &Endpoint, now_ms: u64) -> bool {
-        e.is_healthy() && !e.is_ejected(now_ms)
+        e.is_healthy()
+            && !e.is_ejected(now_ms)
+            && e.breaker.as_ref().is_none_or(|b| b.would_allow())
+            && e.in_flight() < self.max_per_endpoint
     }
 
     /// How many endpoints would get traffic right now.
@@ -242,21 +263,37 @@ impl Cluster {
         }
     }
 
-    /// The peer to connect to for an endpoint; counts the attempt as in flight until
-    /// [`Cluster::finish`].
-    pub fn start(&self, index: usize) -> Box<HttpPeer> {
+    /// Starts an attempt on a selected endpoint: asks its breaker (which may have changed
+    /// its mind since selection, or has no half-open probe left) and counts the attempt
+    /// as in flight until [`Cluster::finish`]. `None` means pick another endpoint.
+    pub fn start(&self, index: usize) -> Option<Attempt> {
         let e = &self.endpoints[index];
+        let probe = match e.breaker.as_ref().map(CircuitBreaker::admit) {
+            Some(Admission::Rejected { .. }) => return None,
+            Some(Admission::Allowed { probe }) => probe,
+            None => false,
+        };
         e.in_flight.fetch_add(1, Ordering::Relaxed);
-        Box::new(e.peer.clone())
+        Some(Attempt {
+            index,
+            probe,
+            peer: Box::new(e.peer.clone()),
+        })
     }
 
     /// Records the outcome of an attempt started with [`Cluster::start`] for passive outlier
     /// ejection.
-    pub fn finish(&self, index: usize, outcome: Outcome) {
+    pub fn finish(&self, index: usize, probe: bool, outcome: Outcome) {
         let Some(e) = self.endpoints.get(index) else {
             return;
         };
         e.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(b) = &e.breaker {
+            match outcome.success() {
+                Some(success) => b.record(success, probe),
+                None => b.cancel(probe),
+            }
+        }
         let o = &self.outlier;
         match outcome {
             Outcome::Response(status) if status >= 500 => {
@@ -283,7 +320,7 @@ impl Cluster {
                     self.eject(e, "consecutive connect failures");
                 }
             }
-            Outcome::Other => {}
+            Outcome::Failure | Outcome::Abandoned => {}
         }
     }
 
@@ -319,6 +356,12 @@ impl Cluster {
             name: self.name.clone(),
             lb: self.definition.lb,
             available: self.available_count(),
+            breaker: self.breaker.as_ref().map(CircuitBreaker::state),
+            bulkhead: self.bulkhead.as_ref().map(|b| BulkheadStatus {
+                limit: b.limit(),
+                in_flight: b.in_flight(),
+                queued: b.queued(),
+            }),
             endpoints: self
                 .endpoints
                 .iter()
@@ -333,19 +376,41 @@ impl Cluster {
                         .saturating_sub(now)
                         .min(if e.is_ejected(now) { u64::MAX } else { 0 }),
                     in_flight: e.in_flight(),
+                    breaker: e.breaker.as_ref().map(CircuitBreaker::state),
                 })
                 .collect(),
         }
     }
 }
 
-/// What happened to one attempt, for passive outlier detection.
+/// One attempt in progress on an endpoint.
+pub struct Attempt {
+    pub index: usize,
+    /// A half-open breaker probe: its outcome decides whether the breaker closes.
+    pub probe: bool,
+    pub peer: Box<HttpPeer>,
+}
+
+/// What happened to one attempt, for outlier detection and breakers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Response(u16),
     ConnectFailure,
-    /// Timeouts or errors after connecting; they count against no one here.
-    Other,
+    /// Timed out or the connection broke after connecting.
+    Failure,
+    /// Ended for a reason that says nothing about the upstream (the client left).
+    Abandoned,
+}
+
+impl Outcome {
+    /// Success or failure for a breaker; `None` when it should not count.
+    pub fn success(self) -> Option<bool> {
+        match self {
+            Outcome::Response(status) => Some(status < 500),
+            Outcome::ConnectFailure | Outcome::Failure => Some(false),
+            Outcome::Abandoned => None,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -353,6 +418,8 @@ pub struct ClusterStatus {
     pub name: String,
     pub lb: LbKind,
     pub available: usize,
+    pub breaker: Option<BreakerState>,
+    pub bulkhead: Option<BulkheadStatus>,
     pub endpoints: Vec<EndpointStatus>,
 }
 
@@ -364,6 +431,14 @@ pub struct EndpointStatus {
     pub ejected: bool,
     pub ejected_for_ms: u64,
     pub in_flight: usize,
+    pub breaker: Option<BreakerState>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BulkheadStatus {
+    pub limit: usize,
+    pub in_flight: usize,
+    pub queued: usize,
 }
 
 /// Nginx's smooth weighted round robin, unrolled once into a cycle: weights 5,1,1 give
@@ -502,12 +577,12 @@ mod tests {
         let h = http::HeaderMap::new();
         for _ in 0..2 {
             c.start(0);
-            c.finish(0, Outcome::Response(503));
+            c.finish(0, false, Outcome::Response(503));
         }
         assert_eq!(c.available_count(), 1);
         // The last available endpoint is never ejected.
         c.start(1);
-        c.finish(1, Outcome::ConnectFailure);
+        c.finish(1, false, Outcome::ConnectFailure);
         assert_eq!(c.available_count(), 1);
         assert_eq!(c.select(&input(&h), &[]).unwrap().0, 1);
         assert!(c.status().endpoints[0].ejected);

@@ -1,0 +1,95 @@
+//! Retry decisions: whether a failed attempt is tried again, by the route's policy (what
+//! failed, how many attempts, which methods), the request's state (body still replayable,
+//! nothing sent to the client yet) and the cluster's retry budget.
+
+use std::time::Duration;
+
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+
+use super::Ctx;
+use crate::observe::metrics::METRICS;
+
+/// The error type that carries "the upstream answered a retryable status".
+pub const RETRYABLE_STATUS: &str = "retryable upstream status";
+
+/// What went wrong with an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    Connect,
+    Reset,
+    Timeout,
+    Status(u16),
+}
+
+impl Failure {
+    fn reason(self) -> &'static str {
+        match self {
+            Failure::Connect => "connect_failure",
+            Failure::Reset => "reset",
+            Failure::Timeout => "timeout",
+            Failure::Status(_) => "status",
+        }
+    }
+}
+
+/// Decides whether to retry, and takes the retry from the cluster's budget if so.
+pub fn decide(ctx: &Ctx, session: &Session, failure: Failure) -> bool {
+    let (Some(route), Some(target)) = (&ctx.route, &ctx.target) else {
+        return false;
+    };
+    let rules = &route.retry;
+    let wanted = match failure {
+        Failure::Connect => rules.on_connect_failure,
+        Failure::Reset => rules.on_reset,
+        Failure::Timeout => rules.on_timeout,
+        Failure::Status(s) => rules.statuses.contains(&s),
+    };
+    if !wanted || ctx.attempts >= rules.attempts {
+        return false;
+    }
+    // Once a request was sent, only a request that is safe to repeat is repeated.
+    if failure != Failure::Connect {
+        let req = session.req_header();
+        let safe = req.method.is_idempotent()
+            || rules.non_idempotent
+            || req.headers.contains_key("idempotency-key");
+        if !safe || session.as_ref().retry_buffer_truncated() {
+            return false;
+        }
+    }
+    if session.response_written().is_some() {
+        return false;
+    }
+    if ctx.deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+        return false;
+    }
+    let cluster = &target.cluster;
+    if !cluster.retry_budget.try_retry() {
+        METRICS
+            .retry_budget_exhausted
+            .with_label_values(&[cluster.name.as_str()])
+            .inc();
+        return false;
+    }
+    METRICS
+        .retries
+        .with_label_values(&[cluster.name.as_str(), failure.reason()])
+        .inc();
+    true
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+pub fn retry_after(resp: &ResponseHeader) -> Option<Duration> {
+    let value = resp
+        .headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    at.duration_since(std::time::SystemTime::now()).ok()
+}
