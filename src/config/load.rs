@@ -70,6 +70,10 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
 }
 
 /// Parses and validates config text; `file` names it in errors.
+///
+/// Every problem is reported, not just the first: a field serde rejects is removed and the
+/// document parsed again (up to a bound), and the config that finally parses is validated
+/// too. Only a TOML syntax error or a missing required field stops early.
 pub fn load_str(file: &str, text: &str) -> Result<Config, ConfigErrors> {
     let error = |offset: Option<usize>, field: String, message: String| ConfigError {
         file: file.to_string(),
@@ -77,40 +81,186 @@ pub fn load_str(file: &str, text: &str) -> Result<Config, ConfigErrors> {
         field,
         message,
     };
-    let (text, secrets) = interpolate_env(text).map_err(|(offset, message)| {
-        ConfigErrors(vec![error(Some(offset), String::new(), message)])
-    })?;
+    // The original text locates fields by path (its `${…}` are inside strings, so it
+    // parses like the interpolated one, with the same keys on the same lines).
+    let original = toml_edit::ImDocument::parse(text).ok();
+    let locate = |path: &[Seg]| original.as_ref().and_then(|d| span_of(d.as_table(), path));
+    let mut errors = Vec::new();
 
-    let deserializer = toml::Deserializer::new(&text);
-    let mut config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let field = if path == "." { String::new() } else { path };
-        ConfigErrors(vec![error(
-            inner.span().map(|s| s.start),
-            field,
-            inner.message().trim().to_string(),
-        )])
-    })?;
-
-    config.secrets = secrets;
-    let problems = validate::validate(&config);
-    if problems.is_empty() {
-        return Ok(config);
+    let (text, secrets, env_problems) = interpolate_env(text);
+    for (offset, message) in env_problems {
+        let field = original
+            .as_ref()
+            .map(|d| render_path(&path_at(d.as_table(), offset)))
+            .unwrap_or_default();
+        errors.push(error(Some(offset), field, message));
     }
-    // Parsing succeeded above, so the same text parses again here; spans come from toml_edit,
-    // which keeps them, while the serde structs do not.
-    let doc = toml_edit::ImDocument::parse(text.as_str()).ok();
-    let mut errors: Vec<ConfigError> = problems
-        .into_iter()
-        .map(|p| {
-            let offset = doc.as_ref().and_then(|d| span_of(d.as_table(), &p.path));
-            error(offset, render_path(&p.path), p.message)
-        })
-        .collect();
-    // In file order, as an editor would walk them; problems without a place come first.
+
+    let mut doc: toml_edit::DocumentMut = match text.parse() {
+        Ok(doc) => doc,
+        Err(e) => {
+            let e: toml_edit::TomlError = e;
+            errors.push(error(
+                e.span().map(|s| s.start),
+                String::new(),
+                e.message().trim().to_string(),
+            ));
+            return Err(sorted(errors));
+        }
+    };
+    let mut config = None;
+    for round in 0..32 {
+        let current = if round == 0 {
+            text.clone()
+        } else {
+            doc.to_string()
+        };
+        match serde_path_to_error::deserialize::<_, Config>(toml::Deserializer::new(&current)) {
+            Ok(c) => {
+                config = Some(c);
+                break;
+            }
+            Err(e) => {
+                let path = path_of(e.path());
+                let inner = e.into_inner();
+                let message = inner.message().trim().to_string();
+                // Spans are exact in the first round; later texts are re-rendered.
+                let offset = if round == 0 {
+                    inner.span().map(|s| s.start)
+                } else {
+                    locate(&path)
+                };
+                let missing = message.starts_with("missing field");
+                errors.push(error(offset, render_path(&path), message));
+                if missing || path.is_empty() || !remove_path(&mut doc, &path) {
+                    break;
+                }
+            }
+        }
+    }
+
+    if let Some(mut config) = config {
+        config.secrets = secrets;
+        for p in validate::validate(&config) {
+            errors.push(error(locate(&p.path), render_path(&p.path), p.message));
+        }
+        if errors.is_empty() {
+            return Ok(config);
+        }
+    }
+    Err(sorted(errors))
+}
+
+/// In file order, as an editor would walk them; problems without a place come first.
+fn sorted(mut errors: Vec<ConfigError>) -> ConfigErrors {
     errors.sort_by_key(|e| e.location.as_ref().map(|l| (l.line, l.column)));
-    Err(ConfigErrors(errors))
+    ConfigErrors(errors)
+}
+
+fn path_of(path: &serde_path_to_error::Path) -> Vec<Seg> {
+    use serde_path_to_error::Segment;
+    path.iter()
+        .filter_map(|seg| match seg {
+            Segment::Seq { index } => Some(Seg::Index(*index)),
+            Segment::Map { key } => Some(Seg::Key(key.clone())),
+            Segment::Enum { variant } => Some(Seg::Key(variant.clone())),
+            Segment::Unknown => None,
+        })
+        .collect()
+}
+
+/// Removes the item at `path` so the document can be parsed again past it.
+fn remove_path(doc: &mut toml_edit::DocumentMut, path: &[Seg]) -> bool {
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut item = doc.as_item_mut();
+    for seg in parents {
+        let next = match seg {
+            Seg::Key(k) if item.get(k.as_str()).is_some() => item.get_mut(k.as_str()),
+            Seg::Index(i) => item.get_mut(*i),
+            Seg::Key(_) => None,
+        };
+        match next {
+            Some(n) => item = n,
+            None => return false,
+        }
+    }
+    match last {
+        Seg::Key(k) => item
+            .as_table_like_mut()
+            .is_some_and(|t| t.remove(k).is_some()),
+        Seg::Index(i) => match item {
+            toml_edit::Item::ArrayOfTables(a) if *i < a.len() => {
+                a.remove(*i);
+                true
+            }
+            toml_edit::Item::Value(toml_edit::Value::Array(a)) if *i < a.len() => {
+                a.remove(*i);
+                true
+            }
+            _ => false,
+        },
+    }
+}
+
+/// The path of the deepest item whose span contains `offset`.
+fn path_at(root: &toml_edit::Table, offset: usize) -> Vec<Seg> {
+    use toml_edit::{Item, Value};
+    fn contains(span: Option<std::ops::Range<usize>>, offset: usize) -> bool {
+        span.is_some_and(|s| s.start <= offset && offset < s.end)
+    }
+    fn in_value(v: &Value, offset: usize, path: &mut Vec<Seg>) {
+        match v {
+            Value::Array(a) => {
+                for (i, v) in a.iter().enumerate() {
+                    if contains(v.span(), offset) {
+                        path.push(Seg::Index(i));
+                        return in_value(v, offset, path);
+                    }
+                }
+            }
+            Value::InlineTable(t) => {
+                for (k, v) in t.iter() {
+                    if contains(v.span(), offset) {
+                        path.push(Seg::Key(k.to_string()));
+                        return in_value(v, offset, path);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    fn in_table(t: &toml_edit::Table, offset: usize, path: &mut Vec<Seg>) {
+        for (k, item) in t.iter() {
+            let here = path.len();
+            path.push(Seg::Key(k.to_string()));
+            match item {
+                Item::Value(v) if contains(v.span(), offset) => return in_value(v, offset, path),
+                Item::Table(sub) => {
+                    in_table(sub, offset, path);
+                    if path.len() > here + 1 {
+                        return;
+                    }
+                }
+                Item::ArrayOfTables(a) => {
+                    for (i, sub) in a.iter().enumerate() {
+                        path.push(Seg::Index(i));
+                        in_table(sub, offset, path);
+                        if path.len() > here + 2 {
+                            return;
+                        }
+                        path.pop();
+                    }
+                }
+                _ => {}
+            }
+            path.truncate(here);
+        }
+    }
+    let mut path = Vec::new();
+    in_table(root, offset, &mut path);
+    path
 }
 
 /// One step of a field path.
@@ -204,11 +354,14 @@ fn location_of(text: &str, offset: usize) -> Location {
 /// escaped for a TOML basic string so a secret containing `"` or `\\` cannot change the
 /// document's structure. Comments and literal ('…') strings are left alone, and `$${`
 /// writes a literal `${`. Values never add lines, so error lines stay right.
-/// Also returns the substituted values, which are treated as secrets.
-fn interpolate_env(text: &str) -> Result<(String, Vec<String>), (usize, String)> {
+/// Returns the text, the substituted values (treated as secrets), and every problem with
+/// its offset; a reference that cannot be substituted becomes an empty string so parsing
+/// can go on and report the rest.
+fn interpolate_env(text: &str) -> (String, Vec<String>, Vec<(usize, String)>) {
     let mut secrets = Vec::new();
+    let mut problems = Vec::new();
     if !text.contains("${") {
-        return Ok((text.to_string(), secrets));
+        return (text.to_string(), secrets, problems);
     }
     #[derive(PartialEq)]
     enum At {
@@ -233,21 +386,30 @@ fn interpolate_env(text: &str) -> Result<(String, Vec<String>), (usize, String)>
         }
         if in_basic && rest.starts_with("${") {
             let after = &rest[2..];
-            let end = after
+            let Some(end) = after
                 .find(['}', '"', '\n'])
                 .filter(|&e| after.as_bytes()[e] == b'}')
-                .ok_or((i, "unterminated `${` in config".to_string()))?;
+            else {
+                problems.push((i, "unterminated `${` in config".to_string()));
+                out.push_str("${");
+                i += 2;
+                continue;
+            };
             let name = &after[..end];
             let valid =
                 !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-            if !valid {
-                return Err((
+            let value = if !valid {
+                problems.push((
                     i,
                     format!("`${{{name}}}` is not a valid environment variable reference"),
                 ));
-            }
-            let value = std::env::var(name)
-                .map_err(|_| (i, format!("environment variable `{name}` is not set")))?;
+                String::new()
+            } else {
+                std::env::var(name).unwrap_or_else(|_| {
+                    problems.push((i, format!("environment variable `{name}` is not set")));
+                    String::new()
+                })
+            };
             for c in value.chars() {
                 match c {
                     '"' => out.push_str("\\\""),
@@ -314,7 +476,7 @@ fn interpolate_env(text: &str) -> Result<(String, Vec<String>), (usize, String)>
         out.push_str(&rest[..step.min(rest.len())]);
         i += step.min(rest.len());
     }
-    Ok((out, secrets))
+    (out, secrets, problems)
 }
 
 #[cfg(test)]
@@ -324,18 +486,19 @@ mod tests {
     #[test]
     fn interpolation_escapes_and_keeps_literal() {
         std::env::set_var("PORTICO_TEST_SECRET", "a\"b\\c");
-        let (out, secrets) = interpolate_env(
+        let (out, secrets, problems) = interpolate_env(
             "k = \"${PORTICO_TEST_SECRET} $${X}\" # ${NOT_SUBSTITUTED}\nl = '${LITERAL}'",
-        )
-        .unwrap();
+        );
+        assert!(problems.is_empty());
         assert_eq!(secrets, vec!["a\"b\\c".to_string()]);
         assert_eq!(
             out,
             "k = \"a\\\"b\\\\c ${X}\" # ${NOT_SUBSTITUTED}\nl = '${LITERAL}'"
         );
-        let err = interpolate_env("a = 1\nk = \"${PORTICO_SURELY_UNSET_VAR}\"").unwrap_err();
-        assert_eq!(location_of("a = 1\nk = \"${X", err.0).line, 2);
-        assert!(err.1.contains("PORTICO_SURELY_UNSET_VAR"));
+        let (_, _, problems) = interpolate_env("a = 1\nk = \"${PORTICO_SURELY_UNSET_VAR}\"");
+        let (offset, message) = &problems[0];
+        assert_eq!(location_of("a = 1\nk = \"${X", *offset).line, 2);
+        assert!(message.contains("PORTICO_SURELY_UNSET_VAR"));
     }
 
     #[test]

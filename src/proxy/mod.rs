@@ -470,6 +470,9 @@ impl ProxyHttp for Gateway {
             (None, _) => GatewayError::from_pingora(e, ctx.cluster_name()),
         };
         let status = err.status();
+        // Pingora closes the client connection after a failed proxy attempt whatever this
+        // hook answers, so the error response must say so rather than promise keep-alive.
+        session.set_keepalive(None);
         if session.response_written().is_none() {
             if let Err(write_error) = self.write_error(session, ctx, &err).await {
                 log::debug!("cannot send error response: {write_error}");
@@ -478,9 +481,7 @@ impl ProxyHttp for Gateway {
         ctx.error = Some(err);
         FailToProxy {
             error_code: status,
-            // Nothing of the request is left unread when the gateway fails before the
-            // upstream: the client connection can carry on.
-            can_reuse_downstream: ctx.attempts == 0 && status != 400,
+            can_reuse_downstream: false,
         }
     }
 

@@ -1,0 +1,577 @@
+//! The `portico` command line: `check` (exit 0, or exit 2 listing every problem as
+//! `file:line:col: field.path: message`), `routes` (explains a request), `--version`, and
+//! `serve -t` (builds everything and exits without serving).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_addr, PORTICO};
+
+/// What a finished `portico` run left.
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs portico with `args` (and extra environment), killing it after 10 s.
+fn portico(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("stdout");
+    let err_path = dir.path().join("stderr");
+    let mut command = Command::new(PORTICO);
+    command
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env_remove("PORTICO_SURELY_MISSING_VAR")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().expect("start portico");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "`portico {}` did not exit within 10 s; stderr:\n{}",
+                args.join(" "),
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Run {
+        code: status.code(),
+        stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
+        stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
+    }
+}
+
+/// Writes `text` to `name` in `dir` and returns the path as a string.
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path: PathBuf = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+/// A minimal valid header: server files in `dir`, a listener and the admin API on free ports.
+fn header(dir: &Path) -> String {
+    format!(
+        "[server]\nthreads = 1\npid_file = \"{d}/p.pid\"\nupgrade_sock = \"{d}/u.sock\"\n\n[[listeners]]\naddress = \"{}\"\n\n[admin]\naddress = \"{}\"\n\n[logging]\naccess_log = \"off\"\n\n",
+        free_addr(),
+        free_addr(),
+        d = dir.display()
+    )
+}
+
+/// The 1-based line of the first line of `text` containing `needle`.
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("`{needle}` not in the config"))
+        + 1
+}
+
+/// The 1-based column of `needle` on that line.
+fn col_of(text: &str, needle: &str, at: &str) -> usize {
+    let line = text.lines().find(|l| l.contains(needle)).unwrap();
+    line.find(at)
+        .unwrap_or_else(|| panic!("`{at}` not on line `{line}`"))
+        + 1
+}
+
+/// Asserts stderr has a line `error: FILE:LINE:COL: FIELD: …MESSAGE…`.
+fn assert_problem(stderr: &str, file: &str, line: usize, col: usize, field: &str, message: &str) {
+    let prefix = format!("{file}:{line}:{col}: {field}: ");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains(&prefix) && l[l.find(&prefix).unwrap()..].contains(message)),
+        "expected a problem `{prefix}…{message}…` in:\n{stderr}"
+    );
+}
+
+#[test]
+fn check_accepts_the_example_config() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/portico.toml");
+    if !example.exists() {
+        eprintln!(
+            "NOTE: {} does not exist yet; skipping `portico check` on it",
+            example.display()
+        );
+        return;
+    }
+    let run = portico(&["check", "-c", example.to_str().unwrap()], &[]);
+    assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
+}
+
+#[test]
+fn check_accepts_a_valid_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"{}[limits]
+max_uri_bytes = 4096
+
+[[plugins]]
+name = "request-id"
+
+[[plugins]]
+name = "cors"
+allow_origins = ["https://app.example.com"]
+
+[[routes]]
+id = "orders"
+hosts = ["api.example.com", "*.example.com"]
+path = "/orders"
+methods = ["GET", "POST"]
+headers = [{{ name = "X-Tenant" }}]
+cluster = "orders"
+rewrite_prefix = "/api/orders"
+
+[[routes.plugins]]
+name = "headers"
+request = {{ set = {{ "Authorization" = "Bearer ${{PORTICO_IT_CHECK_TOKEN}}" }} }}
+
+[[routes]]
+id = "stock"
+path = "/stock"
+path_match = "exact"
+cluster = "stock"
+
+[clusters.orders]
+lb = "least_request"
+endpoints = [{{ address = "127.0.0.1:9101", weight = 3 }}, {{ address = "127.0.0.1:9102" }}]
+timeouts = {{ connect = "250ms", read = "5s" }}
+health_check = {{ path = "/healthz", interval = "2s", timeout = "500ms" }}
+outlier = {{ consecutive_5xx = 3, base_ejection = "5s", max_ejection = "1m" }}
+
+[clusters.stock]
+lb = "consistent_hash"
+hash = {{ by = "cookie", name = "sid" }}
+endpoints = [{{ address = "localhost:9201" }}]
+"#,
+        header(dir.path())
+    );
+    let file = write(dir.path(), "valid.toml", &text);
+    let run = portico(
+        &["check", "-c", &file],
+        &[("PORTICO_IT_CHECK_TOKEN", "abc")],
+    );
+    assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
+    assert!(run.stdout.contains("ok"), "{}", run.stdout);
+    assert!(run.stderr.trim().is_empty(), "{}", run.stderr);
+}
+
+/// One config with every kind of validation problem: all are listed, in file order, each
+/// with its line, column and field path.
+#[test]
+fn check_lists_every_validation_problem_with_its_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"[server]
+threads = 1
+
+[[listeners]]
+address = "not-an-address"
+
+[[plugins]]
+name = "no-such-plugin"
+
+[[routes]]
+id = "orders"
+path = "/orders"
+cluster = "missing"
+
+[[routes]]
+id = "orders"
+path = "/orders/"
+cluster = "a"
+
+[[routes.plugins]]
+name = "cors"
+bogus_field = true
+
+[clusters.a]
+endpoints = [{ address = "127.0.0.1:9101", weight = 0 }]
+
+[clusters.b]
+endpoints = []
+
+[clusters.h]
+lb = "consistent_hash"
+endpoints = [{ address = "127.0.0.1:9102" }]
+"#;
+    let file = write(dir.path(), "broken.toml", text);
+    let run = portico(&["check", "-c", &file], &[]);
+    assert_eq!(
+        run.code,
+        Some(2),
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout,
+        run.stderr
+    );
+    let err = &run.stderr;
+    let at = |needle: &str, value: &str| (line_of(text, needle), col_of(text, needle, value));
+
+    let (l, c) = at("not-an-address", "\"not-an-address\"");
+    assert_problem(
+        err,
+        &file,
+        l,
+        c,
+        "listeners[0].address",
+        "not an ip:port address",
+    );
+    let (l, c) = at("no-such-plugin", "\"no-such-plugin\"");
+    assert_problem(
+        err,
+        &file,
+        l,
+        c,
+        "plugins[0].name",
+        "unknown plugin `no-such-plugin`",
+    );
+    let (l, c) = at("\"missing\"", "\"missing\"");
+    assert_problem(
+        err,
+        &file,
+        l,
+        c,
+        "routes[0].cluster",
+        "unknown cluster `missing`",
+    );
+    // The second `id = "orders"`, on line 16.
+    assert_problem(
+        err,
+        &file,
+        16,
+        6,
+        "routes[1].id",
+        "duplicate route id `orders`",
+    );
+    let (l, c) = at("\"/orders/\"", "\"/orders/\"");
+    assert_problem(err, &file, l, c, "routes[1].path", "routes[0]");
+    let (l, c) = at("bogus_field", "true");
+    assert_problem(
+        err,
+        &file,
+        l,
+        c,
+        "routes[1].plugins[0].bogus_field",
+        "unknown field `bogus_field`",
+    );
+    let (l, c) = at("weight = 0", "0 }");
+    assert_problem(
+        err,
+        &file,
+        l,
+        c,
+        "clusters.a.endpoints[0].weight",
+        "at least 1",
+    );
+    let (l, c) = at("endpoints = []", "[]");
+    assert_problem(
+        err,
+        &file,
+        l,
+        c,
+        "clusters.b.endpoints",
+        "at least one endpoint",
+    );
+    // A missing field points at its table.
+    let hash_line = err
+        .lines()
+        .find(|l| l.contains(": clusters.h.hash: "))
+        .unwrap_or_else(|| panic!("no problem for clusters.h.hash in:\n{err}"));
+    let table_line = line_of(text, "[clusters.h]");
+    assert!(
+        hash_line.contains(&format!("{file}:{table_line}:"))
+            || hash_line.contains(&format!("{file}:{}:", table_line + 1)),
+        "clusters.h.hash should point at [clusters.h]: {hash_line}"
+    );
+    assert!(hash_line.contains("consistent_hash"), "{hash_line}");
+
+    let problems: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(problems.len(), 9, "{err}");
+    assert!(err.contains("9 problem(s) found"), "{err}");
+    // In file order.
+    let lines: Vec<usize> = problems
+        .iter()
+        .map(|p| {
+            p[7 + file.len() + 1..]
+                .split(':')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    let mut sorted = lines.clone();
+    sorted.sort();
+    assert_eq!(lines, sorted, "{err}");
+}
+
+#[test]
+fn check_reports_an_unknown_field_with_its_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}[clusters.a]\nendpoints = [{{ address = \"127.0.0.1:9101\" }}]\nretries = 3\n",
+        header(dir.path())
+    );
+    let file = write(dir.path(), "unknown.toml", &text);
+    let run = portico(&["check", "-c", &file], &[]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert_problem(
+        &run.stderr,
+        &file,
+        line_of(&text, "retries = 3"),
+        1,
+        "clusters.a.retries",
+        "unknown field `retries`",
+    );
+}
+
+#[test]
+fn check_reports_a_bad_duration_with_its_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}[clusters.a]\nendpoints = [{{ address = \"127.0.0.1:9101\" }}]\ntimeouts = {{ connect = \"1s\", read = \"5 parsecs\" }}\n",
+        header(dir.path())
+    );
+    let file = write(dir.path(), "duration.toml", &text);
+    let run = portico(&["check", "-c", &file], &[]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert_problem(
+        &run.stderr,
+        &file,
+        line_of(&text, "parsecs"),
+        col_of(&text, "parsecs", "\"5 parsecs\""),
+        "clusters.a.timeouts.read",
+        "invalid duration `5 parsecs`",
+    );
+}
+
+#[test]
+fn check_reports_a_missing_env_var_with_its_location_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}[[plugins]]\nname = \"headers\"\nrequest = {{ set = {{ \"X-Token\" = \"${{PORTICO_SURELY_MISSING_VAR}}\" }} }}\n",
+        header(dir.path())
+    );
+    let file = write(dir.path(), "env.toml", &text);
+    let run = portico(&["check", "-c", &file], &[]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    let line = line_of(&text, "PORTICO_SURELY_MISSING_VAR");
+    let col = col_of(&text, "PORTICO_SURELY_MISSING_VAR", "${");
+    let problem = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("PORTICO_SURELY_MISSING_VAR"))
+        .unwrap_or_else(|| panic!("the missing variable is not named:\n{}", run.stderr));
+    assert!(
+        problem.contains(&format!("{file}:{line}:{col}: ")),
+        "points at the reference: {problem}"
+    );
+    assert!(problem.contains("is not set"), "{problem}");
+    assert!(
+        problem.contains(": plugins[0].request.set."),
+        "the problem should name its field path like every other config error: {problem}"
+    );
+}
+
+/// Problems found while parsing (unknown fields, bad values, missing variables) are listed
+/// together with each other and with the cross-reference problems, not one per run.
+#[test]
+fn check_reports_every_problem_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"{}[[routes]]
+id = "a"
+path = "/a"
+cluster = "nope"
+priority = 1
+
+[clusters.a]
+endpoints = [{{ address = "127.0.0.1:9101" }}]
+timeouts = {{ read = "soon" }}
+retries = 3
+"#,
+        header(dir.path())
+    );
+    let file = write(dir.path(), "many.toml", &text);
+    let run = portico(&["check", "-c", &file], &[]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    for (needle, field) in [
+        ("priority = 1", "routes[0].priority"),
+        ("\"soon\"", "clusters.a.timeouts.read"),
+        ("retries = 3", "clusters.a.retries"),
+        ("\"nope\"", "routes[0].cluster"),
+    ] {
+        let prefix = format!("{file}:{}:", line_of(&text, needle));
+        assert!(
+            run.stderr
+                .lines()
+                .any(|l| l.contains(&prefix) && l.contains(&format!(": {field}: "))),
+            "`{field}` (line {}) is not reported in:\n{}",
+            line_of(&text, needle),
+            run.stderr
+        );
+    }
+}
+
+#[test]
+fn check_fails_on_a_missing_file() {
+    let run = portico(&["check", "-c", "/nonexistent/portico.toml"], &[]);
+    assert_eq!(run.code, Some(2));
+    assert!(
+        run.stderr.contains("/nonexistent/portico.toml"),
+        "{}",
+        run.stderr
+    );
+}
+
+fn routes_config(dir: &Path) -> String {
+    let text = format!(
+        r#"{}[[plugins]]
+name = "request-id"
+
+[[routes]]
+id = "orders-admin"
+hosts = ["admin.example.com"]
+path = "/orders"
+methods = ["GET"]
+cluster = "orders"
+
+[[routes.plugins]]
+name = "headers"
+response = {{ remove = ["Server"] }}
+
+[[routes.plugins]]
+name = "cors"
+
+[[routes]]
+id = "orders"
+path = "/orders"
+cluster = "orders"
+rewrite_prefix = "/api/orders"
+
+[clusters.orders]
+endpoints = [{{ address = "127.0.0.1:9101" }}]
+"#,
+        header(dir)
+    );
+    write(dir, "routes.toml", &text)
+}
+
+#[test]
+fn routes_explains_the_route_cluster_and_plugins() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = routes_config(dir.path());
+    let run = portico(
+        &[
+            "routes",
+            "-c",
+            &file,
+            "GET",
+            "/orders/42",
+            "-H",
+            "Host: admin.example.com",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
+    let out = &run.stdout;
+    assert!(out.contains("orders-admin"), "{out}");
+    assert!(out.contains("cluster:") && out.contains("orders"), "{out}");
+    assert!(out.contains("127.0.0.1:9101"), "{out}");
+    assert!(out.contains("request-id"), "global plugins: {out}");
+    assert!(
+        out.contains("headers") && out.contains("cors"),
+        "route plugins: {out}"
+    );
+
+    // Another host gets the other route, with the rewritten upstream path.
+    let run = portico(
+        &[
+            "routes",
+            "-c",
+            &file,
+            "GET",
+            "/orders/42?x=1",
+            "-H",
+            "Host: other.example.com",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let route_line = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("route:"))
+        .unwrap_or_else(|| panic!("no route line: {}", run.stdout));
+    assert!(
+        route_line.contains("orders") && !route_line.contains("orders-admin"),
+        "{route_line}"
+    );
+    assert!(run.stdout.contains("/api/orders/42?x=1"), "{}", run.stdout);
+}
+
+#[test]
+fn routes_without_a_match_exits_1_with_404() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = routes_config(dir.path());
+    let run = portico(&["routes", "-c", &file, "GET", "/nothing/here"], &[]);
+    assert_eq!(run.code, Some(1), "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("404"), "{}", run.stdout);
+}
+
+#[test]
+fn version_prints_the_package_version() {
+    let run = portico(&["--version"], &[]);
+    assert_eq!(run.code, Some(0));
+    assert!(
+        run.stdout.contains(env!("CARGO_PKG_VERSION")),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.starts_with("portico"), "{}", run.stdout);
+}
+
+#[test]
+fn serve_test_mode_exits_0_without_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let text = format!(
+        "[server]\nthreads = 1\npid_file = \"{d}/p.pid\"\nupgrade_sock = \"{d}/u.sock\"\n\n[[listeners]]\naddress = \"{listen}\"\n\n[admin]\naddress = \"{}\"\n\n[logging]\naccess_log = \"off\"\n\n[[routes]]\nid = \"a\"\npath = \"/\"\ncluster = \"a\"\n\n[clusters.a]\nendpoints = [{{ address = \"127.0.0.1:9101\" }}]\n",
+        free_addr(),
+        d = dir.path().display()
+    );
+    let file = write(dir.path(), "serve.toml", &text);
+    let started = Instant::now();
+    let run = portico(&["serve", "-t", "-c", &file], &[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        std::net::TcpStream::connect(listen).is_err(),
+        "nothing listens after `serve -t`"
+    );
+
+    // A broken config fails the test run with exit 2 and the problem.
+    let broken = write(
+        dir.path(),
+        "broken.toml",
+        &text.replace("cluster = \"a\"", "cluster = \"b\""),
+    );
+    let run = portico(&["serve", "-t", "-c", &broken], &[]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("unknown cluster `b`"), "{}", run.stderr);
+}
