@@ -4,6 +4,7 @@
 //! tests and benchmarks use the same code. See `DESIGN.md` in the shared folder for the map.
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod observe;

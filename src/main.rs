@@ -25,6 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The OAuth2 token service: serve it, or manage its clients and signing keys.
+    Auth(portico::auth::cli::AuthArgs),
     /// Run the gateway.
     Serve {
         /// The config file.
@@ -121,6 +123,7 @@ fn main() -> ExitCode {
             path,
             headers,
         } => explain(&config, &method, &path, &headers),
+        Command::Auth(args) => portico::auth::cli::run(args),
         Command::Demo { listen, admin } => {
             match portico::demo::run(portico::demo::DemoOptions { listen, admin }) {
                 Ok(()) => ExitCode::SUCCESS,

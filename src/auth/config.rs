@@ -1,0 +1,548 @@
+//! The token service's config file (`conf/auth.toml`): plain serde structs with
+//! `deny_unknown_fields`, defaults that are safe for production, and validation whose
+//! errors name the file, line, column and field, like the gateway's own config.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ConfigError, ConfigErrors, Location};
+
+/// The whole `auth.toml`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Where the token service listens, `ip:port`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// The `iss` of every token and the base of every endpoint URL in the metadata.
+    /// Default: `http://<listen>`; set the public `https://` URL in production.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// `sqlite://<path>` (relative paths are relative to this file's directory) or
+    /// `postgres://user@host:port/db`. `${NAME}` is replaced by an environment variable.
+    #[serde(default = "default_database_url")]
+    pub database_url: String,
+    /// Worker threads of the service's runtime.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    /// Open client connections served at once; more wait in the accept queue.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    #[serde(default)]
+    pub tokens: Tokens,
+    #[serde(default)]
+    pub keys: Keys,
+    #[serde(default)]
+    pub failed_auth: FailedAuth,
+    #[serde(default)]
+    pub argon2: Argon2Cost,
+    /// The directory of the config file; relative SQLite paths resolve against it so the
+    /// CLI and the service find the same database whatever their working directory.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// Signing algorithms the service can issue tokens with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum Algorithm {
+    ES256,
+    RS256,
+    EdDSA,
+}
+
+impl Algorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::ES256 => "ES256",
+            Algorithm::RS256 => "RS256",
+            Algorithm::EdDSA => "EdDSA",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Algorithm> {
+        match s {
+            "ES256" => Some(Algorithm::ES256),
+            "RS256" => Some(Algorithm::RS256),
+            "EdDSA" => Some(Algorithm::EdDSA),
+            _ => None,
+        }
+    }
+
+    pub fn jwt(self) -> jsonwebtoken::Algorithm {
+        match self {
+            Algorithm::ES256 => jsonwebtoken::Algorithm::ES256,
+            Algorithm::RS256 => jsonwebtoken::Algorithm::RS256,
+            Algorithm::EdDSA => jsonwebtoken::Algorithm::EdDSA,
+        }
+    }
+}
+
+/// What the issued access tokens look like.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tokens {
+    /// `exp - iat` of every token.
+    #[serde(with = "duration")]
+    pub lifetime: Duration,
+    /// Algorithm of newly generated signing keys (a change takes effect through a
+    /// rotation, which the service starts by itself).
+    pub algorithm: Algorithm,
+    /// Modulus size of generated RSA keys (2048, 3072 or 4096).
+    pub rsa_bits: usize,
+}
+
+impl Default for Tokens {
+    fn default() -> Self {
+        Tokens {
+            lifetime: Duration::from_secs(600),
+            algorithm: Algorithm::ES256,
+            rsa_bits: 2048,
+        }
+    }
+}
+
+/// Signing-key rotation.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Keys {
+    /// Age of the newest key after which a new one is generated; `off` disables the
+    /// schedule (`portico auth keys rotate` still works).
+    #[serde(with = "optional_duration")]
+    pub rotate_every: Option<Duration>,
+    /// How long a new key is published in the JWKS before it signs anything, so every
+    /// verifier can fetch it first.
+    #[serde(with = "duration")]
+    pub publish_ahead: Duration,
+    /// How often each replica re-reads the key set from the database.
+    #[serde(with = "duration")]
+    pub refresh_interval: Duration,
+    /// How long an old key stays published after the last token it signed has expired
+    /// (clock skew between hosts and verifiers' caches).
+    #[serde(with = "duration")]
+    pub retire_grace: Duration,
+    /// `Cache-Control: max-age` of the JWKS response.
+    #[serde(with = "duration")]
+    pub jwks_max_age: Duration,
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Keys {
+            rotate_every: Some(Duration::from_secs(30 * 24 * 3600)),
+            publish_ahead: Duration::from_secs(600),
+            refresh_interval: Duration::from_secs(30),
+            retire_grace: Duration::from_secs(120),
+            jwks_max_age: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Limiting repeated failed client authentication, per client id, per process.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailedAuth {
+    /// Failures within `window` that lock the client id out.
+    pub max_failures: u32,
+    #[serde(with = "duration")]
+    pub window: Duration,
+    /// How long a locked-out client id is refused (429 with `Retry-After`).
+    #[serde(with = "duration")]
+    pub lockout: Duration,
+}
+
+impl Default for FailedAuth {
+    fn default() -> Self {
+        FailedAuth {
+            max_failures: 5,
+            window: Duration::from_secs(60),
+            lockout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Cost of the argon2id hashes of client secrets. Defaults follow OWASP's minimum
+/// (19 MiB, 2 passes); lower only for tests.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Argon2Cost {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+}
+
+impl Default for Argon2Cost {
+    fn default() -> Self {
+        Argon2Cost {
+            memory_kib: 19 * 1024,
+            iterations: 2,
+            parallelism: 1,
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:9100".into()
+}
+fn default_database_url() -> String {
+    "sqlite://portico-auth.db".into()
+}
+fn default_threads() -> usize {
+    2
+}
+fn default_max_connections() -> usize {
+    1024
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            listen: default_listen(),
+            issuer: None,
+            database_url: default_database_url(),
+            threads: default_threads(),
+            max_connections: default_max_connections(),
+            tokens: Tokens::default(),
+            keys: Keys::default(),
+            failed_auth: FailedAuth::default(),
+            argon2: Argon2Cost::default(),
+            base_dir: PathBuf::from("."),
+        }
+    }
+}
+
+/// Where the client registry, keys and revocations live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl AuthConfig {
+    /// The database named by `database_url`, with `${NAME}` expanded.
+    pub fn database(&self) -> Result<Database, String> {
+        let url = expand_env(&self.database_url)?;
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err("`sqlite://` needs a file path".into());
+            }
+            let path = Path::new(path);
+            let path = if path.is_absolute() {
+                path.to_path_buf()
+            } else {
+                self.base_dir.join(path)
+            };
+            Ok(Database::Sqlite(path))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Database::Postgres(url))
+        } else {
+            Err("must start with `sqlite://` or `postgres://`".into())
+        }
+    }
+
+    /// The issuer, defaulting to `http://<listen address>`.
+    pub fn issuer_for(&self, bound: std::net::SocketAddr) -> String {
+        self.issuer
+            .clone()
+            .unwrap_or_else(|| format!("http://{bound}"))
+    }
+}
+
+/// Replaces `${NAME}` with the environment variable's value (for a database password).
+fn expand_env(text: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| "unterminated `${`".to_string())?;
+        let name = &after[..end];
+        let value =
+            std::env::var(name).map_err(|_| format!("environment variable `{name}` is not set"))?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Reads and validates an auth config file.
+pub fn load_file(path: &Path) -> Result<AuthConfig, ConfigErrors> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: name.clone(),
+            location: None,
+            field: String::new(),
+            message: format!("cannot read config file: {e}"),
+        }])
+    })?;
+    let mut config = load_str(&name, &text)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    config.base_dir = if dir.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        dir.to_path_buf()
+    };
+    Ok(config)
+}
+
+/// Parses and validates auth config text; `file` names it in errors.
+pub fn load_str(file: &str, text: &str) -> Result<AuthConfig, ConfigErrors> {
+    let error = |offset: Option<usize>, field: String, message: String| ConfigError {
+        file: file.to_string(),
+        location: offset.map(|o| location_of(text, o)),
+        field,
+        message,
+    };
+    let deserializer = toml::Deserializer::new(text);
+    let config: AuthConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let field = if path == "." { String::new() } else { path };
+        ConfigErrors(vec![error(
+            inner.span().map(|s| s.start),
+            field,
+            inner.message().trim().to_string(),
+        )])
+    })?;
+    let problems = validate(&config);
+    if problems.is_empty() {
+        return Ok(config);
+    }
+    let doc = toml_edit::ImDocument::parse(text).ok();
+    let mut errors: Vec<ConfigError> = problems
+        .into_iter()
+        .map(|(path, message)| {
+            let offset = doc.as_ref().and_then(|d| span_of(d.as_table(), &path));
+            error(offset, path.join("."), message)
+        })
+        .collect();
+    errors.sort_by_key(|e| e.location.as_ref().map(|l| (l.line, l.column)));
+    Err(ConfigErrors(errors))
+}
+
+/// Everything serde cannot check, as (field path, message).
+fn validate(c: &AuthConfig) -> Vec<(Vec<&'static str>, String)> {
+    let mut p = Vec::new();
+    if c.listen.parse::<std::net::SocketAddr>().is_err() {
+        p.push((vec!["listen"], format!("`{}` is not ip:port", c.listen)));
+    }
+    if let Some(issuer) = &c.issuer {
+        if let Err(e) = check_issuer(issuer) {
+            p.push((vec!["issuer"], e));
+        }
+    }
+    if let Err(e) = c.database() {
+        p.push((vec!["database_url"], e));
+    }
+    if c.threads == 0 {
+        p.push((vec!["threads"], "must be at least 1".into()));
+    }
+    if c.max_connections == 0 {
+        p.push((vec!["max_connections"], "must be at least 1".into()));
+    }
+    let t = &c.tokens;
+    if t.lifetime < Duration::from_secs(1) || t.lifetime > Duration::from_secs(24 * 3600) {
+        p.push((
+            vec!["tokens", "lifetime"],
+            "must be between 1s and 24h".into(),
+        ));
+    }
+    if ![2048, 3072, 4096].contains(&t.rsa_bits) {
+        p.push((
+            vec!["tokens", "rsa_bits"],
+            "must be 2048, 3072 or 4096".into(),
+        ));
+    }
+    let k = &c.keys;
+    if k.refresh_interval < Duration::from_millis(100) {
+        p.push((
+            vec!["keys", "refresh_interval"],
+            "must be at least 100ms".into(),
+        ));
+    }
+    // Every replica must have re-read the key set at least once between a key's creation
+    // and its first signature, or a verifier could meet a kid its issuer never published.
+    if k.publish_ahead < k.refresh_interval * 2 {
+        p.push((
+            vec!["keys", "publish_ahead"],
+            format!(
+                "must be at least twice keys.refresh_interval ({})",
+                humantime::format_duration(k.refresh_interval)
+            ),
+        ));
+    }
+    if let Some(every) = k.rotate_every {
+        if every <= k.publish_ahead {
+            p.push((
+                vec!["keys", "rotate_every"],
+                "must be longer than keys.publish_ahead".into(),
+            ));
+        }
+    }
+    let f = &c.failed_auth;
+    if f.max_failures == 0 {
+        p.push((
+            vec!["failed_auth", "max_failures"],
+            "must be at least 1".into(),
+        ));
+    }
+    if f.window.is_zero() {
+        p.push((vec!["failed_auth", "window"], "must be positive".into()));
+    }
+    let a = &c.argon2;
+    if let Err(e) = argon2::Params::new(a.memory_kib, a.iterations, a.parallelism, None) {
+        p.push((vec!["argon2"], format!("invalid argon2 cost: {e}")));
+    }
+    p
+}
+
+fn check_issuer(issuer: &str) -> Result<(), String> {
+    let rest = issuer
+        .strip_prefix("https://")
+        .or_else(|| issuer.strip_prefix("http://"))
+        .ok_or("must be an http:// or https:// URL")?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err("has no host".into());
+    }
+    if issuer.contains(['?', '#']) {
+        return Err("must not have a query or fragment (RFC 8414)".into());
+    }
+    if issuer.ends_with('/') {
+        return Err("must not end with `/` (endpoint URLs are appended to it)".into());
+    }
+    if issuer.chars().any(|c| c.is_whitespace()) {
+        return Err("must not contain whitespace".into());
+    }
+    Ok(())
+}
+
+/// The byte offset of the value at a dotted key path, or of its closest existing parent.
+fn span_of(root: &toml_edit::Table, path: &[&str]) -> Option<usize> {
+    let mut best = None;
+    let mut table: Option<&dyn toml_edit::TableLike> = Some(root);
+    for key in path {
+        let Some(t) = table else { break };
+        let Some((k, item)) = t.get_key_value(key) else {
+            break;
+        };
+        best = item.span().or_else(|| k.span()).map(|s| s.start).or(best);
+        table = item.as_table_like();
+    }
+    best
+}
+
+fn location_of(text: &str, offset: usize) -> Location {
+    let offset = offset.min(text.len());
+    let before = &text.as_bytes()[..offset];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |p| p + 1);
+    let column = String::from_utf8_lossy(&before[line_start..])
+        .chars()
+        .count()
+        + 1;
+    Location { line, column }
+}
+
+/// Durations as humantime strings (`90s`, `10m`, `30d`).
+mod duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration `{text}`: {e} (write e.g. `500ms`, `30s`, `10m`, `30d`)"
+            ))
+        })
+    }
+}
+
+/// A duration, or `off`.
+mod optional_duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_str("off"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text == "off" {
+            return Ok(None);
+        }
+        humantime::parse_duration(&text).map(Some).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration `{text}`: {e} (write e.g. `30d`, or `off`)"
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = load_str("auth.toml", "").unwrap();
+        assert_eq!(c.tokens.algorithm, Algorithm::ES256);
+        assert_eq!(
+            c.database().unwrap(),
+            Database::Sqlite(PathBuf::from("portico-auth.db"))
+        );
+    }
+
+    #[test]
+    fn errors_name_line_column_and_field() {
+        let err = load_str(
+            "a.toml",
+            "listen = \"127.0.0.1:1\"\n[tokens]\nalgorithm = \"HS256\"\n",
+        )
+        .unwrap_err();
+        let e = &err.0[0];
+        assert_eq!(
+            e.location,
+            Some(Location {
+                line: 3,
+                column: 13
+            })
+        );
+        assert_eq!(e.field, "tokens.algorithm");
+
+        let err = load_str(
+            "a.toml",
+            "[keys]\npublish_ahead = \"1s\"\nrefresh_interval = \"1s\"\n",
+        )
+        .unwrap_err();
+        let e = &err.0[0];
+        assert_eq!(e.field, "keys.publish_ahead");
+        assert_eq!(
+            e.location,
+            Some(Location {
+                line: 2,
+                column: 17
+            })
+        );
+
+        let err = load_str("a.toml", "colour = 1\n").unwrap_err();
+        assert!(err.0[0].message.contains("unknown field"), "{err}");
+        assert_eq!(err.0[0].location.as_ref().unwrap().line, 1);
+    }
+}

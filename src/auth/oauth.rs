@@ -1,0 +1,803 @@
+//! The OAuth2 endpoints, independent of the HTTP server: the client credentials grant
+//! (RFC 6749 §4.4) issuing RFC 9068 JWT access tokens, introspection (RFC 7662),
+//! revocation (RFC 7009), the JWKS and the authorization server metadata (RFC 8414).
+//!
+//! Errors follow RFC 6749 §5.2 exactly (JSON `error`/`error_description`, 401 with
+//! `WWW-Authenticate: Basic` for `invalid_client`). Log lines are JSON objects naming the
+//! client and the token id, never a secret or a token.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use super::config::{Argon2Cost, AuthConfig};
+use super::keys::KeyManager;
+use super::limiter::FailureLimiter;
+use super::metrics::AUTH_METRICS;
+use super::secrets;
+use super::store::{ClientRecord, Store};
+use super::unix_now;
+
+/// Longest client id or secret accepted before any lookup.
+const MAX_CREDENTIAL: usize = 512;
+/// Longest token accepted by introspection and revocation.
+const MAX_TOKEN: usize = 16 * 1024;
+
+/// An HTTP request as the endpoints see it.
+pub struct Request {
+    pub method: Method,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub peer: SocketAddr,
+}
+
+/// An HTTP response to send.
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: Vec<(header::HeaderName, HeaderValue)>,
+    pub body: Bytes,
+}
+
+impl Reply {
+    fn json(status: StatusCode, value: &serde_json::Value) -> Reply {
+        Reply {
+            status,
+            headers: vec![(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body: serde_json::to_vec(value).unwrap_or_default().into(),
+        }
+    }
+
+    /// Token-endpoint style: never cached (RFC 6749 §5.1).
+    fn no_store(mut self) -> Reply {
+        self.headers
+            .push((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
+        self.headers
+            .push((header::PRAGMA, HeaderValue::from_static("no-cache")));
+        self
+    }
+}
+
+/// An RFC 6749 §5.2 error response.
+#[derive(Debug)]
+pub struct OAuthError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub description: String,
+    pub retry_after: Option<u64>,
+}
+
+impl OAuthError {
+    fn new(status: StatusCode, code: &'static str, description: impl Into<String>) -> Self {
+        OAuthError {
+            status,
+            code,
+            description: description.into(),
+            retry_after: None,
+        }
+    }
+    fn invalid_request(d: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", d)
+    }
+    fn invalid_client(d: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "invalid_client", d)
+    }
+    fn server_error() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "the token service could not complete the request",
+        )
+    }
+
+    /// The metric label: the error code, or `rate_limited`.
+    fn reason(&self) -> &'static str {
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            "rate_limited"
+        } else {
+            self.code
+        }
+    }
+
+    fn reply(&self) -> Reply {
+        let mut r = Reply::json(
+            self.status,
+            &json!({ "error": self.code, "error_description": self.description }),
+        )
+        .no_store();
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers.push((
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(r#"Basic realm="portico""#),
+            ));
+        }
+        if let Some(secs) = self.retry_after {
+            r.headers
+                .push((header::RETRY_AFTER, HeaderValue::from(secs)));
+        }
+        r
+    }
+}
+
+/// The RFC 9068 claims of an access token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccessClaims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: Audience,
+    pub exp: i64,
+    pub iat: i64,
+    pub nbf: i64,
+    pub jti: String,
+    pub client_id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub scope: String,
+}
+
+/// `aud` is a string for one audience and an array for several (RFC 7519 §4.1.3).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// The token service's state, shared by every connection.
+pub struct TokenService {
+    pub issuer: String,
+    pub lifetime: i64,
+    pub store: Store,
+    pub keys: Arc<KeyManager>,
+    pub argon2: Argon2Cost,
+    limiter: FailureLimiter,
+    /// Bounds concurrent argon2 work (CPU and memory) however many requests arrive.
+    hashing: Semaphore,
+    /// Verified against when the client id is unknown, so unknown and known ids cost
+    /// the same time.
+    dummy_hash: String,
+    jwks_max_age: u64,
+    metadata: Bytes,
+    metadata_paths: Vec<String>,
+}
+
+impl TokenService {
+    pub fn new(
+        config: &AuthConfig,
+        issuer: String,
+        store: Store,
+        keys: Arc<KeyManager>,
+    ) -> Result<TokenService, String> {
+        let dummy_hash = secrets::hash_secret(&secrets::generate_secret(), &config.argon2)?;
+        let metadata = json!({
+            "issuer": issuer,
+            "token_endpoint": format!("{issuer}/oauth2/token"),
+            "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
+            "introspection_endpoint": format!("{issuer}/oauth2/introspect"),
+            "revocation_endpoint": format!("{issuer}/oauth2/revoke"),
+            "grant_types_supported": ["client_credentials"],
+            "response_types_supported": [],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "access_token_signing_alg_values_supported": [config.tokens.algorithm.as_str()],
+        });
+        // RFC 8414 §3: an issuer with a path has its metadata under the well-known prefix
+        // followed by that path.
+        let issuer_path = issuer
+            .split_once("://")
+            .and_then(|(_, rest)| rest.find('/').map(|i| rest[i..].to_string()))
+            .unwrap_or_default();
+        let mut metadata_paths = vec!["/.well-known/oauth-authorization-server".to_string()];
+        if !issuer_path.is_empty() {
+            metadata_paths.push(format!(
+                "/.well-known/oauth-authorization-server{issuer_path}"
+            ));
+        }
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Ok(TokenService {
+            issuer,
+            lifetime: config.tokens.lifetime.as_secs().max(1) as i64,
+            store,
+            keys,
+            argon2: config.argon2.clone(),
+            limiter: FailureLimiter::new(config.failed_auth.clone()),
+            hashing: Semaphore::new(workers * 2),
+            dummy_hash,
+            jwks_max_age: config.keys.jwks_max_age.as_secs(),
+            metadata: serde_json::to_vec(&metadata).unwrap_or_default().into(),
+            metadata_paths,
+        })
+    }
+
+    /// Answers one request.
+    pub async fn handle(&self, req: Request) -> Reply {
+        let path = req.path.as_str();
+        let endpoint = match path {
+            "/oauth2/token" | "/oauth2/introspect" | "/oauth2/revoke" => Some("POST"),
+            "/.well-known/jwks.json" | "/metrics" | "/healthz" => Some("GET"),
+            p if self.metadata_paths.iter().any(|m| m == p) => Some("GET"),
+            _ => None,
+        };
+        let Some(allowed) = endpoint else {
+            return Reply::json(StatusCode::NOT_FOUND, &json!({ "error": "not_found" }));
+        };
+        let method_ok =
+            req.method.as_str() == allowed || (allowed == "GET" && req.method == Method::HEAD);
+        if !method_ok {
+            let mut r = Reply::json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &json!({ "error": "method_not_allowed" }),
+            );
+            r.headers.push((
+                header::ALLOW,
+                HeaderValue::from_static(if allowed == "GET" {
+                    "GET, HEAD"
+                } else {
+                    "POST"
+                }),
+            ));
+            return r;
+        }
+        match path {
+            "/oauth2/token" => self.token(&req).await,
+            "/oauth2/introspect" => self.introspect(&req).await,
+            "/oauth2/revoke" => self.revoke(&req).await,
+            "/.well-known/jwks.json" => {
+                let body = self.keys.current().jwks.clone();
+                Reply {
+                    status: StatusCode::OK,
+                    headers: vec![
+                        (
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static("application/jwk-set+json"),
+                        ),
+                        (
+                            header::CACHE_CONTROL,
+                            HeaderValue::from_str(&format!(
+                                "public, max-age={}",
+                                self.jwks_max_age
+                            ))
+                            .unwrap_or(HeaderValue::from_static("no-cache")),
+                        ),
+                    ],
+                    body,
+                }
+            }
+            "/metrics" => Reply {
+                status: StatusCode::OK,
+                headers: vec![(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                )],
+                body: crate::observe::metrics::METRICS.render().into(),
+            },
+            "/healthz" => Reply::json(StatusCode::OK, &json!({ "status": "ok" })),
+            _ => Reply {
+                status: StatusCode::OK,
+                headers: vec![(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                body: self.metadata.clone(),
+            },
+        }
+    }
+
+    async fn token(&self, req: &Request) -> Reply {
+        match self.issue(req).await {
+            Ok(r) => r,
+            Err(e) => self.refused("token", req, None, e),
+        }
+    }
+
+    /// Counts, logs and renders a refusal.
+    fn refused(
+        &self,
+        endpoint: &str,
+        req: &Request,
+        client_id: Option<&str>,
+        e: OAuthError,
+    ) -> Reply {
+        AUTH_METRICS
+            .token_failures
+            .with_label_values(&[e.reason()])
+            .inc();
+        log::info!(
+            "{}",
+            json!({
+                "event": "request_refused",
+                "endpoint": endpoint,
+                "reason": e.reason(),
+                "status": e.status.as_u16(),
+                "client_id": client_id,
+                "peer": req.peer.ip().to_string(),
+            })
+        );
+        e.reply()
+    }
+
+    async fn issue(&self, req: &Request) -> Result<Reply, OAuthError> {
+        let form = Form::parse(req)?;
+        match form.single("grant_type")? {
+            None => return Err(OAuthError::invalid_request("grant_type is required")),
+            Some("client_credentials") => {}
+            Some(_) => {
+                return Err(OAuthError::new(
+                    StatusCode::BAD_REQUEST,
+                    "unsupported_grant_type",
+                    "only the client_credentials grant is supported",
+                ))
+            }
+        }
+        let client = self.authenticate(req, &form).await?;
+
+        let scopes: Vec<String> = match form.single("scope")? {
+            None => client.scopes.clone(),
+            Some(requested) => {
+                let mut granted: Vec<String> = Vec::new();
+                for s in requested.split(' ').filter(|s| !s.is_empty()) {
+                    if !valid_scope_token(s) {
+                        return Err(OAuthError::new(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_scope",
+                            "the scope parameter is malformed",
+                        ));
+                    }
+                    if !client.scopes.iter().any(|a| a == s) {
+                        return Err(OAuthError::new(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_scope",
+                            format!("scope `{s}` is not allowed for this client"),
+                        ));
+                    }
+                    if !granted.iter().any(|g| g == s) {
+                        granted.push(s.to_string());
+                    }
+                }
+                granted
+            }
+        };
+
+        // `audience` (common practice) and `resource` (RFC 8707) both select audiences.
+        let mut audiences: Vec<String> = Vec::new();
+        for a in form.all("audience").chain(form.all("resource")) {
+            if !client.audiences.iter().any(|allowed| allowed == a) {
+                return Err(OAuthError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_target",
+                    "the requested audience is not allowed for this client",
+                ));
+            }
+            if !audiences.iter().any(|x| x == a) {
+                audiences.push(a.to_string());
+            }
+        }
+        if audiences.is_empty() {
+            match client.audiences.first() {
+                Some(a) => audiences.push(a.clone()),
+                None => {
+                    return Err(OAuthError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_target",
+                        "this client has no audience configured",
+                    ))
+                }
+            }
+        }
+
+        let now = unix_now();
+        let jti = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>());
+        let claims = AccessClaims {
+            iss: self.issuer.clone(),
+            sub: client.client_id.clone(),
+            aud: if audiences.len() == 1 {
+                Audience::One(audiences[0].clone())
+            } else {
+                Audience::Many(audiences.clone())
+            },
+            exp: now + self.lifetime,
+            iat: now,
+            nbf: now,
+            jti: jti.clone(),
+            client_id: client.client_id.clone(),
+            scope: scopes.join(" "),
+        };
+        let keys = self.keys.current();
+        let Some(signer) = keys.signer(now) else {
+            log::error!("{}", json!({ "event": "no_signing_key" }));
+            return Err(OAuthError::server_error());
+        };
+        let header = jsonwebtoken::Header {
+            typ: Some("at+jwt".into()),
+            kid: Some(signer.kid.clone()),
+            ..jsonwebtoken::Header::new(signer.alg)
+        };
+        let token = jsonwebtoken::encode(&header, &claims, &signer.key).map_err(|e| {
+            log::error!(
+                "{}",
+                json!({ "event": "signing_failed", "kid": signer.kid, "error": e.to_string() })
+            );
+            OAuthError::server_error()
+        })?;
+        AUTH_METRICS.tokens_issued.inc();
+        log::info!(
+            "{}",
+            json!({
+                "event": "token_issued",
+                "client_id": client.client_id,
+                "jti": jti,
+                "kid": signer.kid,
+                "scope": claims.scope,
+                "aud": audiences,
+                "exp": claims.exp,
+                "peer": req.peer.ip().to_string(),
+            })
+        );
+        let mut body = json!({
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": self.lifetime,
+        });
+        if !claims.scope.is_empty() {
+            body["scope"] = json!(claims.scope);
+        }
+        Ok(Reply::json(StatusCode::OK, &body).no_store())
+    }
+
+    async fn introspect(&self, req: &Request) -> Reply {
+        let result = async {
+            let form = Form::parse(req)?;
+            let caller = self.authenticate(req, &form).await?;
+            let token = form
+                .single("token")?
+                .ok_or_else(|| OAuthError::invalid_request("token is required"))?;
+            Ok::<_, OAuthError>((caller, self.inspect(token, true).await?))
+        }
+        .await;
+        match result {
+            Ok((caller, Some(claims))) => {
+                AUTH_METRICS
+                    .introspections
+                    .with_label_values(&["active"])
+                    .inc();
+                log::info!(
+                    "{}",
+                    json!({ "event": "introspected", "caller": caller.client_id, "jti": claims.jti, "active": true })
+                );
+                let mut body = serde_json::to_value(&claims).unwrap_or_default();
+                body["active"] = json!(true);
+                body["token_type"] = json!("Bearer");
+                Reply::json(StatusCode::OK, &body).no_store()
+            }
+            Ok((caller, None)) => {
+                AUTH_METRICS
+                    .introspections
+                    .with_label_values(&["inactive"])
+                    .inc();
+                log::info!(
+                    "{}",
+                    json!({ "event": "introspected", "caller": caller.client_id, "active": false })
+                );
+                Reply::json(StatusCode::OK, &json!({ "active": false })).no_store()
+            }
+            Err(e) => self.refused("introspect", req, None, e),
+        }
+    }
+
+    async fn revoke(&self, req: &Request) -> Reply {
+        let result = async {
+            let form = Form::parse(req)?;
+            let caller = self.authenticate(req, &form).await?;
+            let token = form
+                .single("token")?
+                .ok_or_else(|| OAuthError::invalid_request("token is required"))?;
+            // Expired, foreign or malformed tokens need no revocation: 200 (RFC 7009 §2.2).
+            let Some(claims) = self.inspect(token, false).await? else {
+                return Ok(None);
+            };
+            if claims.client_id != caller.client_id {
+                return Err(OAuthError::new(
+                    StatusCode::BAD_REQUEST,
+                    "unauthorized_client",
+                    "the token was not issued to this client",
+                ));
+            }
+            self.store
+                .revoke(&claims.jti, claims.exp)
+                .await
+                .map_err(|e| {
+                    log::error!("{}", json!({ "event": "revoke_failed", "error": e }));
+                    OAuthError::server_error()
+                })?;
+            Ok(Some((caller, claims)))
+        }
+        .await;
+        match result {
+            Ok(revoked) => {
+                if let Some((caller, claims)) = revoked {
+                    AUTH_METRICS.revocations.inc();
+                    log::info!(
+                        "{}",
+                        json!({ "event": "token_revoked", "client_id": caller.client_id, "jti": claims.jti })
+                    );
+                }
+                Reply {
+                    status: StatusCode::OK,
+                    headers: vec![],
+                    body: Bytes::new(),
+                }
+                .no_store()
+            }
+            Err(e) => self.refused("revoke", req, None, e),
+        }
+    }
+
+    /// The claims of a token this service issued and that is still good: our signature
+    /// and issuer, `typ: at+jwt`, not revoked, its client still registered; with
+    /// `check_time`, also within `nbf`..`exp`. `None` for anything else.
+    async fn inspect(
+        &self,
+        token: &str,
+        check_time: bool,
+    ) -> Result<Option<AccessClaims>, OAuthError> {
+        if token.len() > MAX_TOKEN {
+            return Ok(None);
+        }
+        let Ok(header) = jsonwebtoken::decode_header(token) else {
+            return Ok(None);
+        };
+        if header.typ.as_deref() != Some("at+jwt") {
+            return Ok(None);
+        }
+        let Some(kid) = header.kid.as_deref() else {
+            return Ok(None);
+        };
+        let claims = {
+            let keys = self.keys.current();
+            let Some((alg, key)) = keys.verifier(kid) else {
+                return Ok(None);
+            };
+            if header.alg != *alg {
+                return Ok(None);
+            }
+            let mut v = jsonwebtoken::Validation::new(*alg);
+            v.leeway = 0;
+            v.validate_aud = false;
+            v.validate_exp = check_time;
+            v.validate_nbf = check_time;
+            v.set_issuer(&[&self.issuer]);
+            v.set_required_spec_claims(&["exp", "iss", "sub", "nbf"]);
+            match jsonwebtoken::decode::<AccessClaims>(token, key, &v) {
+                Ok(data) => data.claims,
+                Err(_) => return Ok(None),
+            }
+        };
+        let store_error = |e: String| {
+            log::error!("{}", json!({ "event": "database_error", "error": e }));
+            OAuthError::server_error()
+        };
+        if self
+            .store
+            .is_revoked(&claims.jti)
+            .await
+            .map_err(store_error)?
+        {
+            return Ok(None);
+        }
+        if self
+            .store
+            .get_client(&claims.client_id)
+            .await
+            .map_err(store_error)?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        Ok(Some(claims))
+    }
+
+    /// Client authentication by `client_secret_basic` or `client_secret_post` (exactly
+    /// one), with failure limiting.
+    async fn authenticate(&self, req: &Request, form: &Form) -> Result<ClientRecord, OAuthError> {
+        let mut auth_headers = req.headers.get_all(header::AUTHORIZATION).iter();
+        let basic = match (auth_headers.next(), auth_headers.next()) {
+            (None, _) => None,
+            (Some(_), Some(_)) => {
+                return Err(OAuthError::invalid_request(
+                    "more than one Authorization header",
+                ))
+            }
+            (Some(v), None) => Some(parse_basic(v)?),
+        };
+        let post_id = form.single("client_id")?;
+        let post_secret = form.single("client_secret")?;
+        let (client_id, secret) = match (basic, post_id, post_secret) {
+            (Some(_), _, Some(_)) => {
+                return Err(OAuthError::invalid_request(
+                    "use one client authentication method, not both",
+                ))
+            }
+            (Some((id, secret)), post_id, None) => {
+                if post_id.is_some_and(|p| p != id) {
+                    return Err(OAuthError::invalid_request(
+                        "client_id does not match the Authorization header",
+                    ));
+                }
+                (id, secret)
+            }
+            (None, Some(id), Some(secret)) => (id.to_string(), secret.to_string()),
+            (None, _, _) => {
+                return Err(OAuthError::invalid_client(
+                    "client authentication is required",
+                ))
+            }
+        };
+        if client_id.is_empty() || client_id.len() > MAX_CREDENTIAL || secret.len() > MAX_CREDENTIAL
+        {
+            return Err(OAuthError::invalid_client("client authentication failed"));
+        }
+        if let Some(wait) = self.limiter.locked(&client_id) {
+            let mut e = OAuthError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "invalid_client",
+                "too many failed authentication attempts for this client; retry later",
+            );
+            e.retry_after = Some(wait.as_secs_f64().ceil() as u64);
+            return Err(e);
+        }
+        let client = self.store.get_client(&client_id).await.map_err(|e| {
+            log::error!("{}", json!({ "event": "database_error", "error": e }));
+            OAuthError::server_error()
+        })?;
+        let hash = client
+            .as_ref()
+            .map_or(self.dummy_hash.clone(), |c| c.secret_hash.clone());
+        let ok = {
+            let _permit = self
+                .hashing
+                .acquire()
+                .await
+                .map_err(|_| OAuthError::server_error())?;
+            tokio::task::spawn_blocking(move || secrets::verify_secret(&secret, &hash))
+                .await
+                .unwrap_or(false)
+        };
+        let known = client.is_some();
+        match client {
+            Some(c) if ok => {
+                self.limiter.succeeded(&client_id);
+                Ok(c)
+            }
+            _ => {
+                let locked = self.limiter.failed(&client_id);
+                log::warn!(
+                    "{}",
+                    json!({
+                        "event": "client_authentication_failed",
+                        "client_id": truncate(&client_id, 128),
+                        "known_client": known,
+                        "locked_out": locked.is_some(),
+                        "peer": req.peer.ip().to_string(),
+                    })
+                );
+                Err(OAuthError::invalid_client("client authentication failed"))
+            }
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ).
+fn valid_scope_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+}
+
+/// `Authorization: Basic base64(urlencode(id) ":" urlencode(secret))` (RFC 6749 §2.3.1).
+fn parse_basic(value: &HeaderValue) -> Result<(String, String), OAuthError> {
+    let bad = || OAuthError::invalid_client("malformed Basic credentials");
+    let text = value.to_str().map_err(|_| bad())?.trim();
+    let (scheme, encoded) = text.split_once(' ').ok_or_else(bad)?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(OAuthError::invalid_client(
+            "client authentication must use the Basic scheme",
+        ));
+    }
+    let decoded = STANDARD.decode(encoded.trim()).map_err(|_| bad())?;
+    let decoded = String::from_utf8(decoded).map_err(|_| bad())?;
+    let (id, secret) = decoded.split_once(':').ok_or_else(bad)?;
+    let unescape = |s: &str| -> String {
+        form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    Ok((unescape(id), unescape(secret)))
+}
+
+/// An `application/x-www-form-urlencoded` body. Empty values count as absent
+/// (RFC 6749 §3.1).
+struct Form {
+    params: Vec<(String, String)>,
+}
+
+impl Form {
+    fn parse(req: &Request) -> Result<Form, OAuthError> {
+        let content_type = req
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let mime = content_type.split(';').next().unwrap_or("").trim();
+        if !mime.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+            return Err(OAuthError::invalid_request(
+                "the body must be application/x-www-form-urlencoded",
+            ));
+        }
+        let params = form_urlencoded::parse(&req.body)
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        Ok(Form { params })
+    }
+
+    /// A parameter that may appear at most once (RFC 6749 §3.2).
+    fn single(&self, name: &'static str) -> Result<Option<&str>, OAuthError> {
+        let mut values = self.all(name);
+        let first = values.next();
+        if values.next().is_some() {
+            return Err(OAuthError::invalid_request(format!(
+                "parameter `{name}` is repeated"
+            )));
+        }
+        Ok(first)
+    }
+
+    fn all<'a>(&'a self, name: &'static str) -> impl Iterator<Item = &'a str> + 'a {
+        self.params
+            .iter()
+            .filter(move |(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_are_form_decoded() {
+        let v = HeaderValue::from_str(&format!("Basic {}", STANDARD.encode("svc%3Aa:p%2Bw+d")))
+            .unwrap();
+        assert_eq!(
+            parse_basic(&v).unwrap(),
+            ("svc:a".to_string(), "p+w d".to_string())
+        );
+        let v = HeaderValue::from_static("Bearer abc");
+        assert_eq!(parse_basic(&v).unwrap_err().code, "invalid_client");
+    }
+
+    #[test]
+    fn scope_tokens() {
+        assert!(valid_scope_token("orders:read"));
+        assert!(!valid_scope_token("a\"b"));
+        assert!(!valid_scope_token("a\\b"));
+    }
+}

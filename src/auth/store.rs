@@ -1,0 +1,604 @@
+//! The token service's database: registered clients (argon2 hashes of their secrets, never
+//! the secrets), signing keys with their publication schedule, and revoked token ids.
+//!
+//! SQLite (one file, embedded, zero set-up) or PostgreSQL, so several replicas share
+//! clients, keys and revocations. SQLite calls are blocking and run on tokio's blocking
+//! pool behind one connection; PostgreSQL uses one pipelining tokio-postgres connection,
+//! reconnected when it breaks, plus a short-lived one for each locked key insertion.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use super::config::Database;
+
+/// A registered machine client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientRecord {
+    pub client_id: String,
+    /// PHC string of the argon2id hash.
+    pub secret_hash: String,
+    pub scopes: Vec<String>,
+    /// The first one is the default audience.
+    pub audiences: Vec<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A signing key. The private half is base64 DER (PKCS#8 for EC and Ed25519, PKCS#1 for
+/// RSA); `Debug` leaves it out.
+#[derive(Clone)]
+pub struct KeyRecord {
+    pub kid: String,
+    pub alg: String,
+    pub private_key: String,
+    /// The public JWK as JSON, exactly as published.
+    pub public_jwk: String,
+    pub created_at: i64,
+    /// Unix time from which this key signs; published from `created_at`.
+    pub activates_at: i64,
+}
+
+impl std::fmt::Debug for KeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyRecord")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .field("created_at", &self.created_at)
+            .field("activates_at", &self.activates_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// When a key insertion may happen, checked under a database lock so that replicas
+/// running the same schedule add one key, not one each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyGuard {
+    Always,
+    /// Only if the newest key (by `created_at`) is still this one (`None`: no key yet).
+    NewestIs(Option<String>),
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS auth_clients (
+    client_id TEXT PRIMARY KEY,
+    secret_hash TEXT NOT NULL,
+    scopes TEXT NOT NULL,
+    audiences TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS auth_signing_keys (
+    kid TEXT PRIMARY KEY,
+    alg TEXT NOT NULL,
+    private_key TEXT NOT NULL,
+    public_jwk TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    activates_at BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS auth_revoked_tokens (
+    jti TEXT PRIMARY KEY,
+    expires_at BIGINT NOT NULL
+);
+";
+
+/// Any key; the advisory lock that serialises schema creation and key insertion on
+/// PostgreSQL ("portico" in ASCII).
+const PG_LOCK: i64 = 0x0070_6f72_7469_636f;
+
+/// The open database.
+#[derive(Clone)]
+pub enum Store {
+    Sqlite(Arc<Mutex<rusqlite::Connection>>),
+    Postgres(Arc<Pg>),
+}
+
+/// A PostgreSQL connection that reconnects on demand.
+pub struct Pg {
+    config: tokio_postgres::Config,
+    client: tokio::sync::Mutex<Option<Arc<tokio_postgres::Client>>>,
+}
+
+fn db_err(e: impl std::fmt::Display) -> String {
+    format!("database: {e}")
+}
+
+fn split(words: &str) -> Vec<String> {
+    words.split_whitespace().map(str::to_string).collect()
+}
+
+impl Store {
+    /// Opens (creating when needed) the database and its tables.
+    pub async fn open(db: &Database) -> Result<Store, String> {
+        match db {
+            Database::Sqlite(path) => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || open_sqlite(&path))
+                    .await
+                    .map_err(db_err)?
+            }
+            Database::Postgres(url) => {
+                let config: tokio_postgres::Config = url
+                    .parse()
+                    .map_err(|e| format!("database_url is not a valid PostgreSQL URL: {e}"))?;
+                let pg = Pg {
+                    config,
+                    client: tokio::sync::Mutex::new(None),
+                };
+                // Replicas starting together would race on CREATE TABLE IF NOT EXISTS.
+                let (mut client, _task) = pg.dedicated().await?;
+                let tx = client.transaction().await.map_err(db_err)?;
+                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PG_LOCK])
+                    .await
+                    .map_err(db_err)?;
+                tx.batch_execute(SCHEMA).await.map_err(db_err)?;
+                tx.commit().await.map_err(db_err)?;
+                Ok(Store::Postgres(Arc::new(pg)))
+            }
+        }
+    }
+
+    async fn sqlite<T: Send + 'static>(
+        conn: &Arc<Mutex<rusqlite::Connection>>,
+        f: impl FnOnce(&mut rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, String> {
+        let conn = conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard).map_err(db_err)
+        })
+        .await
+        .map_err(db_err)?
+    }
+
+    pub async fn get_client(&self, client_id: &str) -> Result<Option<ClientRecord>, String> {
+        let id = client_id.to_string();
+        match self {
+            Store::Sqlite(c) => {
+                Self::sqlite(c, move |c| {
+                    use rusqlite::OptionalExtension;
+                    c.query_row(
+                        "SELECT client_id, secret_hash, scopes, audiences, created_at, updated_at \
+                         FROM auth_clients WHERE client_id = ?1",
+                        [&id],
+                        client_from_sqlite,
+                    )
+                    .optional()
+                })
+                .await
+            }
+            Store::Postgres(pg) => {
+                let row = pg
+                    .client()
+                    .await?
+                    .query_opt(
+                        "SELECT client_id, secret_hash, scopes, audiences, created_at, updated_at \
+                         FROM auth_clients WHERE client_id = $1",
+                        &[&id],
+                    )
+                    .await
+                    .map_err(db_err)?;
+                Ok(row.map(|r| client_from_pg(&r)))
+            }
+        }
+    }
+
+    pub async fn list_clients(&self) -> Result<Vec<ClientRecord>, String> {
+        const Q: &str = "SELECT client_id, secret_hash, scopes, audiences, created_at, updated_at \
+                         FROM auth_clients ORDER BY client_id";
+        match self {
+            Store::Sqlite(c) => {
+                Self::sqlite(c, |c| {
+                    let mut stmt = c.prepare(Q)?;
+                    let rows = stmt.query_map([], client_from_sqlite)?;
+                    rows.collect()
+                })
+                .await
+            }
+            Store::Postgres(pg) => {
+                let rows = pg.client().await?.query(Q, &[]).await.map_err(db_err)?;
+                Ok(rows.iter().map(client_from_pg).collect())
+            }
+        }
+    }
+
+    /// Adds a client; false when the id is taken.
+    pub async fn insert_client(&self, rec: &ClientRecord) -> Result<bool, String> {
+        let rec = rec.clone();
+        let scopes = rec.scopes.join(" ");
+        let audiences = rec.audiences.join(" ");
+        let n = match self {
+            Store::Sqlite(c) => {
+                Self::sqlite(c, move |c| {
+                    c.execute(
+                        "INSERT INTO auth_clients \
+                         (client_id, secret_hash, scopes, audiences, created_at, updated_at) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+                        rusqlite::params![
+                            rec.client_id,
+                            rec.secret_hash,
+                            scopes,
+                            audiences,
+                            rec.created_at,
+                            rec.updated_at
+                        ],
+                    )
+                    .map(|n| n as u64)
+                })
+                .await?
+            }
+            Store::Postgres(pg) => pg
+                .client()
+                .await?
+                .execute(
+                    "INSERT INTO auth_clients \
+                     (client_id, secret_hash, scopes, audiences, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                    &[
+                        &rec.client_id,
+                        &rec.secret_hash,
+                        &scopes,
+                        &audiences,
+                        &rec.created_at,
+                        &rec.updated_at,
+                    ],
+                )
+                .await
+                .map_err(db_err)?,
+        };
+        Ok(n == 1)
+    }
+
+    /// Replaces a client's secret hash; false when there is no such client.
+    pub async fn update_secret(
+        &self,
+        client_id: &str,
+        hash: &str,
+        now: i64,
+    ) -> Result<bool, String> {
+        let (id, hash) = (client_id.to_string(), hash.to_string());
+        let n = match self {
+            Store::Sqlite(c) => {
+                Self::sqlite(c, move |c| {
+                    c.execute(
+                        "UPDATE auth_clients SET secret_hash = ?1, updated_at = ?2 WHERE client_id = ?3",
+                        rusqlite::params![hash, now, id],
+                    )
+                    .map(|n| n as u64)
+                })
+                .await?
+            }
+            Store::Postgres(pg) => pg
+                .client()
+                .await?
+                .execute(
+                    "UPDATE auth_clients SET secret_hash = $1, updated_at = $2 WHERE client_id = $3",
+                    &[&hash, &now, &id],
+                )
+                .await
+                .map_err(db_err)?,
+        };
+        Ok(n == 1)
+    }
+
+    /// Removes a client; false when there is no such client.
+    pub async fn delete_client(&self, client_id: &str) -> Result<bool, String> {
+        let id = client_id.to_string();
+        let n = match self {
+            Store::Sqlite(c) => {
+                Self::sqlite(c, move |c| {
+                    c.execute("DELETE FROM auth_clients WHERE client_id = ?1", [&id])
+                        .map(|n| n as u64)
+                })
+                .await?
+            }
+            Store::Postgres(pg) => pg
+                .client()
+                .await?
+                .execute("DELETE FROM auth_clients WHERE client_id = $1", &[&id])
+                .await
+                .map_err(db_err)?,
+        };
+        Ok(n == 1)
+    }
+
+    /// Every signing key, oldest activation first.
+    pub async fn list_keys(&self) -> Result<Vec<KeyRecord>, String> {
+        const Q: &str = "SELECT kid, alg, private_key, public_jwk, created_at, activates_at \
+                         FROM auth_signing_keys ORDER BY activates_at, created_at, kid";
+        match self {
+            Store::Sqlite(c) => {
+                Self::sqlite(c, |c| {
+                    let mut stmt = c.prepare(Q)?;
+                    let rows = stmt.query_map([], |r| {
+                        Ok(KeyRecord {
+                            kid: r.get(0)?,
+                            alg: r.get(1)?,
+                            private_key: r.get(2)?,
+                            public_jwk: r.get(3)?,
+                            created_at: r.get(4)?,
+                            activates_at: r.get(5)?,
+                        })
+                    })?;
+                    rows.collect()
+                })
+                .await
+            }
+            Store::Postgres(pg) => {
+                let rows = pg.client().await?.query(Q, &[]).await.map_err(db_err)?;
+                Ok(rows
+                    .iter()
+                    .map(|r| KeyRecord {
+                        kid: r.get(0),
+                        alg: r.get(1),
+                        private_key: r.get(2),
+                        public_jwk: r.get(3),
+                        created_at: r.get(4),
+                        activates_at: r.get(5),
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    /// Inserts a key if `guard` still holds, atomically; true when inserted.
+    pub async fn insert_key(&self, rec: &KeyRecord, guard: KeyGuard) -> Result<bool, String> {
+        const NEWEST_SQLITE: &str =
+            "SELECT kid FROM auth_signing_keys ORDER BY created_at DESC, kid DESC LIMIT 1";
+        let rec = rec.clone();
+        match self {
+            Store::Sqlite(c) => {
+                Self::sqlite(c, move |c| {
+                    use rusqlite::OptionalExtension;
+                    let tx =
+                        c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                    if let KeyGuard::NewestIs(expected) = &guard {
+                        let newest: Option<String> =
+                            tx.query_row(NEWEST_SQLITE, [], |r| r.get(0)).optional()?;
+                        if &newest != expected {
+                            return Ok(false);
+                        }
+                    }
+                    tx.execute(
+                        "INSERT INTO auth_signing_keys \
+                         (kid, alg, private_key, public_jwk, created_at, activates_at) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        rusqlite::params![
+                            rec.kid,
+                            rec.alg,
+                            rec.private_key,
+                            rec.public_jwk,
+                            rec.created_at,
+                            rec.activates_at
+                        ],
+                    )?;
+                    tx.commit()?;
+                    Ok(true)
+                })
+                .await
+            }
+            Store::Postgres(pg) => {
+                let (mut client, _task) = pg.dedicated().await?;
+                let tx = client.transaction().await.map_err(db_err)?;
+                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PG_LOCK])
+                    .await
+                    .map_err(db_err)?;
+                if let KeyGuard::NewestIs(expected) = &guard {
+                    let newest: Option<String> = tx
+                        .query_opt(NEWEST_SQLITE, &[])
+                        .await
+                        .map_err(db_err)?
+                        .map(|r| r.get(0));
+                    if &newest != expected {
+                        return Ok(false);
+                    }
+                }
+                tx.execute(
+                    "INSERT INTO auth_signing_keys \
+                     (kid, alg, private_key, public_jwk, created_at, activates_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                    &[
+                        &rec.kid,
+                        &rec.alg,
+                        &rec.private_key,
+                        &rec.public_jwk,
+                        &rec.created_at,
+                        &rec.activates_at,
+                    ],
+                )
+                .await
+                .map_err(db_err)?;
+                tx.commit().await.map_err(db_err)?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Deletes retired keys.
+    pub async fn delete_keys(&self, kids: &[String]) -> Result<(), String> {
+        for kid in kids {
+            let kid = kid.clone();
+            match self {
+                Store::Sqlite(c) => {
+                    Self::sqlite(c, move |c| {
+                        c.execute("DELETE FROM auth_signing_keys WHERE kid = ?1", [&kid])
+                    })
+                    .await?;
+                }
+                Store::Postgres(pg) => {
+                    pg.client()
+                        .await?
+                        .execute("DELETE FROM auth_signing_keys WHERE kid = $1", &[&kid])
+                        .await
+                        .map_err(db_err)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a revoked token id until the token would have expired anyway.
+    pub async fn revoke(&self, jti: &str, expires_at: i64) -> Result<(), String> {
+        let jti = jti.to_string();
+        match self {
+            Store::Sqlite(c) => {
+                Self::sqlite(c, move |c| {
+                    c.execute(
+                        "INSERT INTO auth_revoked_tokens (jti, expires_at) VALUES (?1, ?2) \
+                         ON CONFLICT DO NOTHING",
+                        rusqlite::params![jti, expires_at],
+                    )
+                })
+                .await?;
+            }
+            Store::Postgres(pg) => {
+                pg.client()
+                    .await?
+                    .execute(
+                        "INSERT INTO auth_revoked_tokens (jti, expires_at) VALUES ($1, $2) \
+                         ON CONFLICT DO NOTHING",
+                        &[&jti, &expires_at],
+                    )
+                    .await
+                    .map_err(db_err)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn is_revoked(&self, jti: &str) -> Result<bool, String> {
+        let jti = jti.to_string();
+        match self {
+            Store::Sqlite(c) => {
+                Self::sqlite(c, move |c| {
+                    c.query_row(
+                        "SELECT COUNT(*) FROM auth_revoked_tokens WHERE jti = ?1",
+                        [&jti],
+                        |r| r.get::<_, i64>(0),
+                    )
+                    .map(|n| n > 0)
+                })
+                .await
+            }
+            Store::Postgres(pg) => Ok(pg
+                .client()
+                .await?
+                .query_opt("SELECT 1 FROM auth_revoked_tokens WHERE jti = $1", &[&jti])
+                .await
+                .map_err(db_err)?
+                .is_some()),
+        }
+    }
+
+    /// Forgets revocations of tokens that expired before `before`.
+    pub async fn purge_revoked(&self, before: i64) -> Result<u64, String> {
+        match self {
+            Store::Sqlite(c) => {
+                Self::sqlite(c, move |c| {
+                    c.execute(
+                        "DELETE FROM auth_revoked_tokens WHERE expires_at < ?1",
+                        [before],
+                    )
+                    .map(|n| n as u64)
+                })
+                .await
+            }
+            Store::Postgres(pg) => pg
+                .client()
+                .await?
+                .execute(
+                    "DELETE FROM auth_revoked_tokens WHERE expires_at < $1",
+                    &[&before],
+                )
+                .await
+                .map_err(db_err),
+        }
+    }
+}
+
+impl Pg {
+    /// The shared connection, reconnecting if it broke.
+    async fn client(&self) -> Result<Arc<tokio_postgres::Client>, String> {
+        let mut slot = self.client.lock().await;
+        if let Some(c) = slot.as_ref() {
+            if !c.is_closed() {
+                return Ok(c.clone());
+            }
+        }
+        let (client, _task) = self.dedicated().await?;
+        let client = Arc::new(client);
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+
+    /// A new connection whose I/O task runs on the current runtime until it is dropped.
+    async fn dedicated(
+        &self,
+    ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), String> {
+        let (client, connection) = self
+            .config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
+        let task = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                log::warn!("PostgreSQL connection closed: {e}");
+            }
+        });
+        Ok((client, task))
+    }
+}
+
+fn open_sqlite(path: &Path) -> Result<Store, String> {
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+    }
+    let conn = rusqlite::Connection::open(path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    // WAL lets the CLI write while the service reads; the busy timeout makes the
+    // service and the CLI wait for each other's short transactions instead of failing.
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(db_err)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(db_err)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(db_err)?;
+    conn.execute_batch(SCHEMA).map_err(db_err)?;
+    restrict_permissions(path);
+    Ok(Store::Sqlite(Arc::new(Mutex::new(conn))))
+}
+
+/// The file holds private signing keys: readable by its owner only.
+fn restrict_permissions(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+            log::warn!("cannot restrict permissions of {}: {e}", path.display());
+        }
+    }
+}
+
+fn client_from_sqlite(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClientRecord> {
+    Ok(ClientRecord {
+        client_id: r.get(0)?,
+        secret_hash: r.get(1)?,
+        scopes: split(&r.get::<_, String>(2)?),
+        audiences: split(&r.get::<_, String>(3)?),
+        created_at: r.get(4)?,
+        updated_at: r.get(5)?,
+    })
+}
+
+fn client_from_pg(r: &tokio_postgres::Row) -> ClientRecord {
+    ClientRecord {
+        client_id: r.get(0),
+        secret_hash: r.get(1),
+        scopes: split(r.get::<_, &str>(2)),
+        audiences: split(r.get::<_, &str>(3)),
+        created_at: r.get(4),
+        updated_at: r.get(5),
+    }
+}
