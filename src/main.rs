@@ -71,8 +71,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    init_logging(matches!(cli.command, Command::Auth(_)));
     match cli.command {
         Command::Serve {
             config,
@@ -134,6 +134,32 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `RUST_LOG` filters (default `info`). `PORTICO_LOG_FORMAT=json` writes one JSON object
+/// per line (timestamp, level, target, message) for central collection; `text` is the
+/// human format. The token service defaults to JSON, everything else to text.
+fn init_logging(json_by_default: bool) {
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    let json = match std::env::var("PORTICO_LOG_FORMAT").as_deref() {
+        Ok("json") => true,
+        Ok("text") => false,
+        _ => json_by_default,
+    };
+    if json {
+        builder.format(|buf, record| {
+            use std::io::Write;
+            let line = serde_json::json!({
+                "timestamp": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                "level": record.level().as_str(),
+                "target": record.target(),
+                "message": record.args().to_string(),
+            });
+            writeln!(buf, "{line}")
+        });
+    }
+    builder.init();
 }
 
 /// Prints every config problem and returns exit code 2, like `nginx -t`.

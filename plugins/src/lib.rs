@@ -16,6 +16,8 @@ pub use pingora_http::{RequestHeader, ResponseHeader};
 
 pub mod cors;
 pub mod headers;
+pub mod jwt;
+pub mod rate_limit;
 pub mod registry;
 pub mod request_id;
 
