@@ -67,12 +67,21 @@ enum Command {
         /// The admin listener (falls back to a free port when taken).
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin: std::net::SocketAddr,
+        /// Skip service A's scripted walk-through; just serve.
+        #[arg(long)]
+        no_script: bool,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(matches!(cli.command, Command::Auth(_)));
+    // The demo's own output is the show; only warnings (ejections, breakers) join it.
+    let default_filter = if matches!(cli.command, Command::Demo { .. }) {
+        "warn,pingora_proxy=off,pingora_core=off,portico::auth=error"
+    } else {
+        "info"
+    };
+    init_logging(matches!(cli.command, Command::Auth(_)), default_filter);
     match cli.command {
         Command::Serve {
             config,
@@ -124,8 +133,16 @@ fn main() -> ExitCode {
             headers,
         } => explain(&config, &method, &path, &headers),
         Command::Auth(args) => portico::auth::cli::run(args),
-        Command::Demo { listen, admin } => {
-            match portico::demo::run(portico::demo::DemoOptions { listen, admin }) {
+        Command::Demo {
+            listen,
+            admin,
+            no_script,
+        } => {
+            match portico::demo::run(portico::demo::DemoOptions {
+                listen,
+                admin,
+                no_script,
+            }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("portico demo: {e}");
@@ -139,9 +156,9 @@ fn main() -> ExitCode {
 /// `RUST_LOG` filters (default `info`). `PORTICO_LOG_FORMAT=json` writes one JSON object
 /// per line (timestamp, level, target, message) for central collection; `text` is the
 /// human format. The token service defaults to JSON, everything else to text.
-fn init_logging(json_by_default: bool) {
+fn init_logging(json_by_default: bool, default_filter: &str) {
     let mut builder =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_filter));
     let json = match std::env::var("PORTICO_LOG_FORMAT").as_deref() {
         Ok("json") => true,
         Ok("text") => false,

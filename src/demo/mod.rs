@@ -1,19 +1,23 @@
-//! `portico demo`: the gateway with a working setup on loopback — two small example
-//! services (`orders` with two instances, `inventory` with one), a generated config that
-//! routes to them with health checks and plugins, and a printed guide of URLs and curl
-//! commands. Serves until Ctrl-C.
+//! `portico demo`: the whole service-to-service story on loopback, in one command. It
+//! starts the token service (SQLite in a temp dir) with client `service-a`, the gateway,
+//! service B (`orders`) in versions 1 and 2 with two instances each and service C
+//! (`inventory`), then plays service A's part step by step (see [`script`]), and keeps
+//! everything running with a printed guide of URLs and curl commands until Ctrl-C.
 
+pub mod script;
 pub mod services;
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::runtime::serve;
 
-/// Where the demo listens.
+/// Where the demo listens and what it does.
 pub struct DemoOptions {
     pub listen: SocketAddr,
     pub admin: SocketAddr,
+    /// Skip the scripted walk-through and just serve.
+    pub no_script: bool,
 }
 
 impl Default for DemoOptions {
@@ -21,6 +25,7 @@ impl Default for DemoOptions {
         DemoOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            no_script: false,
         }
     }
 }
@@ -35,14 +40,20 @@ fn free_or_any(preferred: SocketAddr) -> SocketAddr {
     }
 }
 
-/// The demo gateway config for the given example-service addresses.
-pub fn demo_config(
-    listen: SocketAddr,
-    admin: SocketAddr,
-    orders: &[SocketAddr],
-    inventory: SocketAddr,
-    dir: &std::path::Path,
-) -> String {
+/// What the generated gateway config points at.
+pub struct DemoTopology<'a> {
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub issuer: &'a str,
+    pub jwks_url: &'a str,
+    pub orders_v1: &'a [SocketAddr],
+    pub orders_v2: &'a [SocketAddr],
+    pub inventory: SocketAddr,
+    pub dir: &'a Path,
+}
+
+/// The demo gateway config.
+pub fn demo_config(t: &DemoTopology<'_>) -> String {
     let endpoints = |addrs: &[SocketAddr]| {
         addrs
             .iter()
@@ -71,94 +82,134 @@ access_log = "{dir}/access.log"
 [[plugins]]
 name = "request-id"
 
-[[plugins]]
-name = "cors"
-allow_origins = ["http://localhost:3000"]
-
+# Service B: two API versions, each its own deployment. v1 is deprecated.
 [[routes]]
 id = "orders"
 path = "/orders"
-cluster = "orders"
+versioning = {{ sources = ["uri", "header", "media_type", "query"], default = "2" }}
+versions = [
+  {{ name = "1", cluster = "orders-v1", deprecated = {{ since = "2026-06-01T00:00:00Z", sunset = "2027-06-01T00:00:00Z", successor = "2" }} }},
+  {{ name = "2", cluster = "orders-v2" }},
+]
+timeout = "2s"
+retry = {{ attempts = 3, backoff_base = "10ms", backoff_cap = "100ms" }}
 
 [[routes.plugins]]
-name = "headers"
-response = {{ set = {{ "X-Served-By" = "portico-demo" }} }}
+name = "jwt"
+realm = "orders"
+scopes_any = ["orders:read"]
 
+[[routes.plugins.issuers]]
+issuer = "{issuer}"
+audiences = ["portico"]
+jwks_url = "{jwks}"
+typ = "at+jwt"
+
+[[routes.plugins]]
+name = "rate-limit"
+by = "client_id"
+rate = 10
+period = "1s"
+burst = 15
+
+# Service C: a bulkhead and a breaker keep its trouble away from B.
 [[routes]]
 id = "inventory"
 path = "/inventory"
-methods = ["GET", "HEAD"]
 cluster = "inventory"
+timeout = "500ms"
 
-[[routes]]
-id = "inventory-api"
-path = "/api/stock"
-cluster = "inventory"
-rewrite_prefix = "/inventory"
+[[routes.plugins]]
+name = "jwt"
+realm = "inventory"
+scopes_any = ["inventory:read"]
 
-[clusters.orders]
-endpoints = [{orders}]
-lb = "round_robin"
-health_check = {{ path = "/healthz", interval = "2s", timeout = "500ms", healthy_threshold = 1, unhealthy_threshold = 2 }}
+[[routes.plugins.issuers]]
+issuer = "{issuer}"
+audiences = ["portico"]
+jwks_url = "{jwks}"
+
+[clusters.orders-v1]
+endpoints = [{v1}]
+health_check = {{ path = "/healthz", interval = "1s", timeout = "500ms", healthy_threshold = 1, unhealthy_threshold = 2 }}
+
+[clusters.orders-v2]
+endpoints = [{v2}]
+health_check = {{ path = "/healthz", interval = "1s", timeout = "500ms", healthy_threshold = 1, unhealthy_threshold = 2 }}
 
 [clusters.inventory]
-endpoints = [{inventory}]
-health_check = {{ path = "/healthz", interval = "2s", timeout = "500ms" }}
+endpoints = [{c}]
+bulkhead = {{ max_concurrent = 3, max_queue = 0 }}
+breaker = {{ consecutive_failures = 4, min_requests = 1000, open_for = "3s", half_open_probes = 2 }}
 "#,
-        dir = dir.display(),
-        orders = endpoints(orders),
-        inventory = endpoints(&[inventory]),
+        dir = t.dir.display(),
+        listen = t.listen,
+        admin = t.admin,
+        issuer = t.issuer,
+        jwks = t.jwks_url,
+        v1 = endpoints(t.orders_v1),
+        v2 = endpoints(t.orders_v2),
+        c = endpoints(&[t.inventory]),
     )
 }
 
 /// Runs the demo until Ctrl-C.
 pub fn run(options: DemoOptions) -> Result<(), String> {
-    let (orders, inventory) = services::spawn_demo_services()?;
-    let listen = free_or_any(options.listen);
-    let admin = free_or_any(options.admin);
     let dir = std::env::temp_dir().join(format!("portico-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    println!("portico demo: starting the token service, services B and C, and the gateway…");
+    let (auth_addr, secret) = crate::auth::spawn_for_demo(&dir)?;
+    let services = services::spawn_demo_services()?;
+    let listen = free_or_any(options.listen);
+    let admin = free_or_any(options.admin);
+    let issuer = format!("http://{auth_addr}");
+    let jwks_url = format!("{issuer}/.well-known/jwks.json");
+    let addrs = |v: &[services::Instance]| v.iter().map(|i| i.addr).collect::<Vec<_>>();
+    let config_text = demo_config(&DemoTopology {
+        listen,
+        admin,
+        issuer: &issuer,
+        jwks_url: &jwks_url,
+        orders_v1: &addrs(&services.orders_v1),
+        orders_v2: &addrs(&services.orders_v2),
+        inventory: services.inventory.addr,
+        dir: &dir,
+    });
     let config_path: PathBuf = dir.join("portico.toml");
-    std::fs::write(
-        &config_path,
-        demo_config(listen, admin, &orders, inventory, &dir),
-    )
-    .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
+    std::fs::write(&config_path, config_text)
+        .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
     let config = crate::config::load_file(&config_path).map_err(|e| e.to_string())?;
-    let (server, _state) = serve::build(
+    let (server, state) = serve::build(
         config,
         Some(config_path.clone()),
         &serve::ProcessOptions::default(),
     )?;
 
-    let orders_list = orders
-        .iter()
-        .map(|a| a.to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
-    println!(
-        r#"
-portico demo is running (Ctrl-C stops it)
-
-  gateway     http://{listen}
-  admin API   http://{admin}   (/healthz /readyz /metrics /admin/clusters /admin/config)
-  services    orders at {orders_list}; inventory at {inventory}
-  config      {config}
-  access log  {dir}/access.log
-
-Try:
-  curl -i http://{listen}/orders/42                  # round robin over the two orders instances
-  curl -i http://{listen}/inventory/sku-1            # the inventory service
-  curl -i http://{listen}/api/stock/sku-1            # prefix rewritten to /inventory/sku-1
-  curl -i -X DELETE http://{listen}/inventory/sku-1  # 405: the route allows GET and HEAD
-  curl -i http://{listen}/nowhere                    # 404 as application/problem+json
-  curl -i http://{listen}/public/../orders/7         # normalised to /orders/7 before routing
-  curl -s http://{admin}/admin/clusters              # endpoint health and in-flight counts
-  curl -s http://{admin}/metrics | grep portico_requests_total
-"#,
-        config = config_path.display(),
-        dir = dir.display(),
-    );
+    let guide = script::Guide {
+        gateway: listen,
+        admin,
+        auth: auth_addr,
+        secret,
+        config: config_path,
+        dir: dir.clone(),
+    };
+    let run_script = !options.no_script;
+    std::thread::Builder::new()
+        .name("portico-demo-script".into())
+        .spawn(move || {
+            // Wait for the gateway (started below on this thread's parent) to be ready.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while !state.is_ready() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            if run_script {
+                if let Err(e) = script::play(&guide, &services) {
+                    println!("\nthe scripted walk-through stopped: {e}");
+                }
+            }
+            guide.print();
+        })
+        .map_err(|e| format!("cannot start the demo script: {e}"))?;
     serve::run(server);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
