@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod demo;
 pub mod observe;
