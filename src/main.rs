@@ -167,12 +167,22 @@ fn init_logging(json_by_default: bool, default_filter: &str) {
     if json {
         builder.format(|buf, record| {
             use std::io::Write;
-            let line = serde_json::json!({
+            let message = record.args().to_string();
+            let mut line = serde_json::json!({
                 "timestamp": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
                 "level": record.level().as_str(),
                 "target": record.target(),
-                "message": record.args().to_string(),
             });
+            // Structured events (a JSON object as the message) keep their fields at the
+            // top level instead of becoming an escaped string.
+            match serde_json::from_str::<serde_json::Value>(&message) {
+                Ok(serde_json::Value::Object(fields)) => {
+                    for (k, v) in fields {
+                        line.as_object_mut().map(|o| o.entry(k).or_insert(v));
+                    }
+                }
+                _ => line["message"] = serde_json::Value::String(message),
+            }
             writeln!(buf, "{line}")
         });
     }
