@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""Idle keep-alive connection memory of a proxy (used by run.sh MODE=memory).
+
+Opens N client connections to the proxy, sends one `GET /` on each and reads the whole
+response, so every connection ends up idle in keep-alive state inside the proxy. It reads
+the proxy's RSS (VmRSS from /proc/<pid>/status, summed over the given pids) before, while
+the connections are open, and after closing them (once after SETTLE seconds and again after
+RELEASE_WAIT more seconds, so allocators that return memory lazily get their chance).
+During that wait it sends a trickle of requests (TRICKLE per second, each on a new
+connection): jemalloc without its background thread only purges freed pages when the
+process allocates, so a fully idle process would keep them however long one waited, and a
+real proxy is never fully idle. Repeats for CYCLES cycles: a second cycle that costs nothing new shows
+the memory is reused, one that grows again shows it is not.
+
+Prints one JSON object per cycle on stdout; diagnostics go to stderr.
+"""
+
+import argparse
+import json
+import os
+import resource
+import selectors
+import socket
+import sys
+import time
+
+BATCH = 100  # connections opened before their responses are read (bounded accept backlog)
+
+
+def rss_kib(pids):
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+                    break
+    return total
+
+
+def fd_count(pids):
+    n = 0
+    for pid in pids:
+        try:
+            n += len(os.listdir(f"/proc/{pid}/fd"))
+        except OSError:
+            return None  # not ours to look at
+    return n
+
+
+def read_response(sock, deadline):
+    """Reads one HTTP/1.1 response with a Content-Length body; returns the status or None."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        if time.monotonic() > deadline:
+            return None
+        chunk = sock.recv(65536)
+        if not chunk:
+            return None
+        buf += chunk
+    head, _, body = buf.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    try:
+        status = int(lines[0].split()[1])
+    except (IndexError, ValueError):
+        return None
+    length = 0
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    while len(body) < length:
+        if time.monotonic() > deadline:
+            return None
+        chunk = sock.recv(65536)
+        if not chunk:
+            return None
+        body += chunk
+    return status
+
+
+def still_open(sock):
+    """True when the proxy has not closed this idle connection (no EOF, no reset)."""
+    # Non-blocking for real: with a Python timeout set, recv would first wait for data.
+    sock.setblocking(False)
+    try:
+        data = sock.recv(1, socket.MSG_PEEK)
+        return data != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
+def open_idle(host, port, n, timeout):
+    socks, ok, failed = [], 0, 0
+    request = f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: idle-conns\r\n\r\n".encode()
+    deadline = time.monotonic() + timeout
+    for start in range(0, n, BATCH):
+        batch = []
+        for _ in range(min(BATCH, n - start)):
+            try:
+                s = socket.create_connection((host, port), timeout=10)
+                s.sendall(request)
+                batch.append(s)
+            except OSError as e:
+                failed += 1
+                print(f"connect/send failed: {e}", file=sys.stderr)
+        for s in batch:
+            try:
+                status = read_response(s, deadline)
+            except OSError as e:
+                status = None
+                print(f"read failed: {e}", file=sys.stderr)
+            if status == 200:
+                ok += 1
+            else:
+                failed += 1
+            socks.append(s)
+        if time.monotonic() > deadline:
+            print("gave up: opening the connections took too long", file=sys.stderr)
+            break
+    return socks, ok, failed
+
+
+def trickle(host, port, seconds, rate):
+    """One request per 1/rate seconds on a fresh connection, for `seconds`."""
+    request = f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if rate > 0:
+            try:
+                with socket.create_connection((host, port), timeout=5) as s:
+                    s.sendall(request)
+                    read_response(s, time.monotonic() + 5)
+            except OSError as e:
+                print(f"trickle request failed: {e}", file=sys.stderr)
+            time.sleep(1 / rate)
+        else:
+            time.sleep(min(0.2, max(0.0, end - time.monotonic())))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--pid", type=int, action="append", required=True,
+                   help="process whose RSS is measured (repeat to sum several)")
+    p.add_argument("-n", "--connections", type=int, default=2000)
+    p.add_argument("--cycles", type=int, default=2)
+    p.add_argument("--settle", type=float, default=2.0)
+    p.add_argument("--release-wait", type=float, default=20.0)
+    p.add_argument("--trickle", type=float, default=10.0,
+                   help="requests per second during the release wait (0 = none)")
+    p.add_argument("--timeout", type=float, default=60.0)
+    a = p.parse_args()
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = a.connections + 64
+    if soft < want:
+        new_soft = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new_soft, hard))
+        if new_soft < want:
+            print(f"fd limit {new_soft} < {want}: fewer connections will open", file=sys.stderr)
+
+    for cycle in range(1, a.cycles + 1):
+        time.sleep(0.5)
+        before = rss_kib(a.pid)
+        fds_before = fd_count(a.pid)
+        t0 = time.monotonic()
+        socks, ok, failed = open_idle(a.host, a.port, a.connections, a.timeout)
+        open_s = time.monotonic() - t0
+        time.sleep(a.settle)
+        during = rss_kib(a.pid)
+        fds_during = fd_count(a.pid)
+        alive = sum(1 for s in socks if still_open(s))
+        for s in socks:
+            s.close()
+        time.sleep(a.settle)
+        after = rss_kib(a.pid)
+        trickle(a.host, a.port, a.release_wait, a.trickle)
+        after_wait = rss_kib(a.pid)
+        grown = during - before
+        print(json.dumps({
+            "cycle": cycle,
+            "connections": a.connections,
+            "ok": ok,
+            "failed": failed,
+            "alive_at_close": alive,
+            "open_seconds": round(open_s, 2),
+            "rss_before_kib": before,
+            "rss_open_kib": during,
+            "rss_after_kib": after,
+            "rss_after_wait_kib": after_wait,
+            "kib_per_conn": round(grown / ok, 3) if ok else None,
+            "retained_kib": after_wait - before,
+            "retained_share": round((after_wait - before) / grown, 3) if grown > 0 else None,
+            "fds_before": fds_before,
+            "fds_open": fds_during,
+        }), flush=True)
+
+
+if __name__ == "__main__":
+    main()

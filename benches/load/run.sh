@@ -1,0 +1,599 @@
+#!/usr/bin/env bash
+# Load benchmark: portico against nginx proxy_pass on one shared upstream.
+# See benches/load/README.md for the method and how to read the results.
+#
+#   benches/load/run.sh                        # MODE=load, ROUNDS=3, DURATION=10
+#   ROUNDS=2 DURATION=5 benches/load/run.sh    # a quick run
+#   MODE=memory benches/load/run.sh            # idle keep-alive connection memory
+#   MODE=all benches/load/run.sh               # both
+#
+# Environment (defaults in brackets):
+#   MODE [load]            load | memory | all
+#   ROUNDS [3]             interleaved rounds (A B C A B C ...)
+#   DURATION [10]          seconds per measured wrk run
+#   WARMUP [2]             seconds of wrk warm-up before every measured run (0 = none)
+#   CONNECTIONS [50]       wrk -c
+#   CONTENDERS ["nginx portico portico+log"]   any subset, in this order of interleaving
+#   MEM_CONNS [2000]       idle connections per proxy in MODE=memory
+#   MEM_CYCLES [2]         open/close cycles per proxy in MODE=memory
+#   MEM_SETTLE [2]         seconds between opening/closing and reading RSS
+#   MEM_RELEASE_WAIT [20]  extra seconds before the last RSS read (allocator decay)
+#   MEM_TRICKLE [10]       requests/s sent during MEM_RELEASE_WAIT (0 = none; see README)
+#   NICE [-20 as root, else 0]  niceness of everything the script starts after the build, so
+#                          that other sessions' builds on a shared machine yield the CPUs
+#   QUIET_THRESHOLD [15]   CPU % (100 = one core) used by other processes that counts as busy
+#   QUIET_WAIT [20, 0 when NICE < 0]  seconds to wait, before each run, for the machine to be quiet
+#   PORTICO_BIN            use this binary instead of `cargo build --release`
+#   NGINX_BIN [nginx]      nginx binary
+#   PROXY_CPU [0]          core the proxies run on
+#   LOAD_CPU [1]           core wrk and the upstream run on
+#   PORT_BASE [18000]      first port tried; every port is checked free on 127.0.0.1
+#   RESULTS [benches/load/RESULTS.md]   where results are appended
+#   RECORD [1]             0 = print only, do not append to RESULTS
+#   KEEP_TMP [0]           1 = keep the temp dir (configs, logs, raw wrk output)
+#   MAX_SECONDS            hard cap on the run after the build (default: estimate + 180)
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+
+MODE=${MODE:-load}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+CONNECTIONS=${CONNECTIONS:-50}
+WRK_THREADS=1
+CONTENDERS=${CONTENDERS:-"nginx portico portico+log"}
+MEM_CONNS=${MEM_CONNS:-2000}
+MEM_CYCLES=${MEM_CYCLES:-2}
+MEM_SETTLE=${MEM_SETTLE:-2}
+MEM_RELEASE_WAIT=${MEM_RELEASE_WAIT:-20}
+MEM_TRICKLE=${MEM_TRICKLE:-10}
+QUIET_THRESHOLD=${QUIET_THRESHOLD:-15}
+if ((EUID == 0)); then NICE=${NICE:--20}; else NICE=${NICE:-0}; fi
+[[ $NICE =~ ^-?[0-9]+$ ]] || { echo "run.sh: NICE must be an integer (got '$NICE')" >&2; exit 1; }
+if ((NICE < 0)); then QUIET_WAIT=${QUIET_WAIT:-0}; else QUIET_WAIT=${QUIET_WAIT:-20}; fi
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+PORT_BASE=${PORT_BASE:-18000}
+RESULTS=${RESULTS:-$HERE/RESULTS.md}
+RECORD=${RECORD:-1}
+KEEP_TMP=${KEEP_TMP:-0}
+
+die() { echo "run.sh: $*" >&2; exit 1; }
+
+# With NICE < 0 and autogroup scheduling, rerun this script in a session of its own so that
+# its autogroup, whose niceness it lowers later, holds nothing but the benchmark. This outer
+# copy only forwards Ctrl-C / TERM (the new session has no terminal) and waits.
+if ((NICE < 0)) && [[ -z ${_PORTICO_BENCH_OWN_SESSION:-} ]] &&
+    [[ $(cat /proc/sys/kernel/sched_autogroup_enabled 2>/dev/null) == 1 ]] && command -v setsid >/dev/null; then
+    _PORTICO_BENCH_OWN_SESSION=1 setsid "$BASH" "${BASH_SOURCE[0]}" "$@" </dev/null &
+    inner=$!
+    trap 'kill -TERM "$inner" 2>/dev/null' INT TERM
+    rc=0
+    while :; do
+        wait "$inner" && rc=0 || rc=$?
+        kill -0 "$inner" 2>/dev/null || break # wait returned early for a trapped signal
+    done
+    exit "$rc"
+fi
+log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+
+# --- inputs -------------------------------------------------------------------------------
+is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
+for v in ROUNDS DURATION WARMUP CONNECTIONS MEM_CONNS MEM_CYCLES MEM_SETTLE MEM_RELEASE_WAIT \
+         MEM_TRICKLE QUIET_THRESHOLD QUIET_WAIT PROXY_CPU LOAD_CPU PORT_BASE; do
+    is_uint "${!v}" || die "$v must be a non-negative integer (got '${!v}')"
+done
+((ROUNDS >= 1)) || die "ROUNDS must be >= 1"
+((DURATION >= 1)) || die "DURATION must be >= 1"
+((CONNECTIONS >= 1)) || die "CONNECTIONS must be >= 1"
+((MEM_CONNS >= 1 && MEM_CYCLES >= 1)) || die "MEM_CONNS and MEM_CYCLES must be >= 1"
+case $MODE in load | memory | all) ;; *) die "MODE must be load, memory or all (got '$MODE')" ;; esac
+read -r -a CONTENDER_LIST <<<"$CONTENDERS"
+((${#CONTENDER_LIST[@]} >= 1)) || die "CONTENDERS is empty"
+for c in "${CONTENDER_LIST[@]}"; do
+    case $c in nginx | portico | portico+log) ;; *) die "unknown contender '$c' (nginx, portico, portico+log)" ;; esac
+done
+NPROC=$(nproc)
+((PROXY_CPU < NPROC && LOAD_CPU < NPROC)) || die "needs cores $PROXY_CPU and $LOAD_CPU; this machine has $NPROC"
+((PROXY_CPU != LOAD_CPU)) || die "PROXY_CPU and LOAD_CPU must differ"
+
+# --- tools --------------------------------------------------------------------------------
+NGINX_BIN=${NGINX_BIN:-$(command -v nginx || { [[ -x /usr/sbin/nginx ]] && echo /usr/sbin/nginx; } || true)}
+if [[ -z $NGINX_BIN ]] || ! command -v wrk >/dev/null; then
+    ((EUID == 0)) || die "nginx or wrk is missing; install them: sudo apt-get install -y nginx-light wrk"
+    log "installing nginx and wrk"
+    apt-get update
+    # nginx-light is gone from newer Debian releases; plain nginx serves the same purpose.
+    apt-get install -y nginx-light wrk || apt-get install -y nginx wrk
+    NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
+fi
+for tool in "$NGINX_BIN" wrk taskset python3 curl timeout; do
+    command -v "$tool" >/dev/null || die "missing tool: $tool"
+done
+
+# --- portico binary -----------------------------------------------------------------------
+if [[ -n ${PORTICO_BIN:-} ]]; then
+    [[ -x $PORTICO_BIN ]] || die "PORTICO_BIN=$PORTICO_BIN is not an executable"
+    BIN_ORIGIN="given via PORTICO_BIN"
+else
+    if [[ " ${CONTENDER_LIST[*]} " == *" portico"* ]]; then
+        log "building portico (cargo build --release)"
+        (cd "$REPO" && cargo build --release --bin portico) || die "cargo build --release failed"
+    fi
+    PORTICO_BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/portico
+    BIN_ORIGIN="cargo build --release of the working tree"
+fi
+
+# Everything started from here on (proxies, upstream, wrk, the memory client) inherits it.
+# With autogroup scheduling (the default on Linux desktops and these VMs) a nice value only
+# counts among the processes of one session, so the script runs in a session of its own
+# (see the top) and lowers its session's autogroup niceness as well. Both end with the run.
+if ((NICE != 0)); then
+    renice -n "$NICE" -p $$ >/dev/null || die "cannot renice to $NICE (set NICE=0)"
+    if [[ -n ${_PORTICO_BENCH_OWN_SESSION:-} && -w /proc/$$/autogroup ]]; then
+        echo "$NICE" >/proc/$$/autogroup || die "cannot set the autogroup niceness (set NICE=0)"
+    fi
+fi
+
+# --- time budget --------------------------------------------------------------------------
+ncont=${#CONTENDER_LIST[@]}
+estimate=15
+quiet_slack=0
+if [[ $MODE != memory ]]; then
+    estimate=$((estimate + ROUNDS * ncont * (WARMUP + DURATION + 4)))
+    quiet_slack=$((ROUNDS * ncont * QUIET_WAIT))
+fi
+if [[ $MODE != load ]]; then
+    estimate=$((estimate + ncont * (WARMUP + 3 + MEM_CYCLES * (2 * MEM_SETTLE + MEM_RELEASE_WAIT + 5 + MEM_CONNS / 500))))
+fi
+MAX_SECONDS=${MAX_SECONDS:-$((estimate + quiet_slack + 180))}
+is_uint "$MAX_SECONDS" || die "MAX_SECONDS must be a non-negative integer"
+DEADLINE=$((SECONDS + MAX_SECONDS))
+check_deadline() {
+    ((SECONDS <= DEADLINE)) || die "over the time budget (MAX_SECONDS=$MAX_SECONDS) before: $1"
+}
+log "mode $MODE, contenders: ${CONTENDER_LIST[*]}; expected ~${estimate}s, capped at ${MAX_SECONDS}s"
+
+# --- processes and cleanup ----------------------------------------------------------------
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/portico-load.XXXXXX")
+chmod 755 "$TMP" # nginx workers drop to an unprivileged user and must reach their temp dirs
+STARTED=()       # "pid:signal" of everything this script started, stopped in reverse
+
+cleanup() {
+    local rc=$? entry pid sig i
+    trap - EXIT INT TERM
+    set +e
+    for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do
+        entry=${STARTED[i]}
+        pid=${entry%%:*} sig=${entry#*:}
+        kill -0 "$pid" 2>/dev/null && kill -"$sig" "$pid" 2>/dev/null
+    done
+    local until=$((SECONDS + 10))
+    for entry in "${STARTED[@]}"; do
+        pid=${entry%%:*}
+        while kill -0 "$pid" 2>/dev/null && ((SECONDS < until)); do sleep 0.1; done
+        if kill -0 "$pid" 2>/dev/null; then
+            echo "run.sh: pid $pid did not stop; killing it" >&2
+            kill -KILL "$pid" 2>/dev/null
+        fi
+        wait "$pid" 2>/dev/null
+    done
+    if ((rc == 0 && KEEP_TMP == 0)); then
+        rm -rf "$TMP"
+    else
+        # The access log of portico+log can be large; the rest is small and useful.
+        rm -f "$TMP/portico-log.access.log"
+        echo "run.sh: temp dir kept: $TMP" >&2
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'echo "run.sh: interrupted" >&2; exit 130' INT
+trap 'echo "run.sh: terminated" >&2; exit 143' TERM
+
+# The proxies and the memory client may need more descriptors than the default 1024.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || ulimit -n 65536 2>/dev/null || true
+
+# Free ports on 127.0.0.1, scanning up from PORT_BASE; bind-tested, not guessed.
+free_ports() { # count
+    python3 - "$PORT_BASE" "$1" <<'EOF'
+import socket, sys
+port, want, found = int(sys.argv[1]), int(sys.argv[2]), []
+while len(found) < want and port < 65535:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as nginx and Pingora do
+    try:
+        s.bind(("127.0.0.1", port))
+        found.append(port)
+    except OSError:
+        pass
+    finally:
+        s.close()
+    port += 1
+if len(found) < want:
+    sys.exit("not enough free ports")
+print(" ".join(map(str, found)))
+EOF
+}
+
+render() { # template output key=value...
+    local text kv
+    text=$(<"$1")
+    for kv in "${@:3}"; do
+        text=${text//"@${kv%%=*}@"/"${kv#*=}"}
+    done
+    printf '%s\n' "$text" >"$2"
+    ! grep -q '@[A-Z_]*@' "$2" || die "unfilled placeholder in $2"
+}
+
+wait_http() { # url pid what seconds
+    local until=$((SECONDS + $4))
+    while ! curl -fsS -o /dev/null --max-time 1 "$1" 2>/dev/null; do
+        kill -0 "$2" 2>/dev/null || { tail -n 30 "$TMP"/*.log >&2 || true; die "$3 exited while starting"; }
+        ((SECONDS < until)) || die "$3 not ready at $1 after $4 s"
+        sleep 0.1
+    done
+}
+
+# --- configs and processes ----------------------------------------------------------------
+ports=$(free_ports 6) || die "cannot find 6 free ports from $PORT_BASE"
+read -r UPSTREAM_PORT NGINX_PORT PORTICO_PORT PORTICO_ADMIN LOG_PORT LOG_ADMIN <<<"$ports"
+declare -A PORT PID MEASURE_PIDS
+PORT[nginx]=$NGINX_PORT
+PORT[portico]=$PORTICO_PORT
+PORT[portico+log]=$LOG_PORT
+
+start_nginx() { # name conf cpu -> sets $started_pid
+    mkdir -p "$TMP/$1.tmp"
+    taskset -c "$3" "$NGINX_BIN" -p "$TMP" -c "$2" -g 'daemon off; master_process on;' \
+        >"$TMP/$1.log" 2>&1 &
+    started_pid=$!
+    STARTED+=("$started_pid:TERM")
+}
+
+check_deadline "starting the upstream"
+render "$HERE/upstream.nginx.conf.tmpl" "$TMP/upstream.conf" DIR="$TMP" PORT="$UPSTREAM_PORT"
+mkdir -p "$TMP/upstream.tmp" "$TMP/nginx-proxy.tmp"
+"$NGINX_BIN" -t -q -p "$TMP" -c "$TMP/upstream.conf" -g 'daemon off;' || die "upstream nginx config invalid"
+start_nginx upstream "$TMP/upstream.conf" "$LOAD_CPU"
+UPSTREAM_PID=$started_pid
+wait_http "http://127.0.0.1:$UPSTREAM_PORT/" "$UPSTREAM_PID" "upstream nginx" 10
+mapfile -t UPSTREAM_WORKERS < <(pgrep -P "$UPSTREAM_PID")
+((${#UPSTREAM_WORKERS[@]} > 0)) || die "upstream nginx has no worker process"
+log "upstream nginx on 127.0.0.1:$UPSTREAM_PORT (core $LOAD_CPU)"
+
+start_portico() { # name stem port admin access_log plugins
+    render "$HERE/portico.toml.tmpl" "$TMP/$2.toml" DIR="$TMP" NAME="$2" PORT="$3" \
+        ADMIN_PORT="$4" UPSTREAM_PORT="$UPSTREAM_PORT" ACCESS_LOG="$5" PLUGINS="$6"
+    "$PORTICO_BIN" check -c "$TMP/$2.toml" >/dev/null || die "portico rejects $TMP/$2.toml"
+    taskset -c "$PROXY_CPU" "$PORTICO_BIN" serve -c "$TMP/$2.toml" >"$TMP/$2.log" 2>&1 &
+    PID[$1]=$!
+    STARTED+=("${PID[$1]}:INT") # SIGINT: Pingora's fast shutdown
+    MEASURE_PIDS[$1]=${PID[$1]}
+    wait_http "http://127.0.0.1:$4/readyz" "${PID[$1]}" "$1" 30
+    log "$1 on 127.0.0.1:$3 (admin $4, core $PROXY_CPU), pid ${PID[$1]}"
+}
+
+for c in "${CONTENDER_LIST[@]}"; do
+    check_deadline "starting $c"
+    case $c in
+    nginx)
+        render "$HERE/proxy.nginx.conf.tmpl" "$TMP/nginx-proxy.conf" DIR="$TMP" \
+            PORT="$NGINX_PORT" UPSTREAM_PORT="$UPSTREAM_PORT"
+        "$NGINX_BIN" -t -q -p "$TMP" -c "$TMP/nginx-proxy.conf" -g 'daemon off;' || die "proxy nginx config invalid"
+        start_nginx nginx-proxy "$TMP/nginx-proxy.conf" "$PROXY_CPU"
+        PID[nginx]=$started_pid
+        wait_http "http://127.0.0.1:$NGINX_PORT/" "${PID[nginx]}" "nginx proxy" 10
+        # The worker does the proxying; the master only supervises.
+        MEASURE_PIDS[nginx]=$(pgrep -P "${PID[nginx]}" | tr '\n' ' ')
+        [[ -n ${MEASURE_PIDS[nginx]// /} ]] || die "nginx proxy has no worker process"
+        log "nginx proxy on 127.0.0.1:$NGINX_PORT (core $PROXY_CPU), worker ${MEASURE_PIDS[nginx]}"
+        ;;
+    portico)
+        start_portico portico portico "$PORTICO_PORT" "$PORTICO_ADMIN" off ""
+        ;;
+    portico+log)
+        start_portico portico+log portico-log "$LOG_PORT" "$LOG_ADMIN" \
+            "$TMP/portico-log.access.log" $'[[plugins]]\nname = "request-id"'
+        ;;
+    esac
+done
+
+# Every contender must really proxy to the upstream before anything is measured.
+EXPECTED_BODY=$(curl -fsS "http://127.0.0.1:$UPSTREAM_PORT/")
+for c in "${CONTENDER_LIST[@]}"; do
+    curl -sS -D "$TMP/$c.headers" -o "$TMP/$c.body" "http://127.0.0.1:${PORT[$c]}/bench/check?x=1" >/dev/null
+    status=$(head -n1 "$TMP/$c.headers" | tr -d '\r')
+    [[ $status == *" 200"* ]] || die "$c answered '$status' instead of 200"
+    [[ $(<"$TMP/$c.body") == "$EXPECTED_BODY" ]] || die "$c returned a body that is not the upstream's"
+done
+
+# --- measuring ----------------------------------------------------------------------------
+CLK_TCK=$(getconf CLK_TCK)
+proc_ticks() { # pids... -> utime+stime summed (whole thread groups)
+    local p total=0 t
+    for p in "$@"; do
+        t=$(sed 's/^.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')
+        total=$((total + t))
+    done
+    echo "$total"
+}
+# Busy % of the whole machine (100 = one core) over a short sleep, while nothing of ours
+# runs: CPU taken by other processes, which would steal from the contender being measured.
+busy_sample() { # seconds
+    local a b
+    a=$(awk '/^cpu[0-9]/ { for (i = 2; i <= 9; i++) t += $i; d += $5 + $6 } END { print t, d }' /proc/stat)
+    sleep "$1"
+    b=$(awk '/^cpu[0-9]/ { for (i = 2; i <= 9; i++) t += $i; d += $5 + $6 } END { print t, d }' /proc/stat)
+    awk -v a="$a" -v b="$b" -v n="$NPROC" 'BEGIN { split(a, x, " "); split(b, y, " ");
+        dt = y[1] - x[1]; printf "%.0f", (dt > 0 ? (1 - (y[2] - x[2]) / dt) * 100 * n : 0) }'
+}
+# Waits up to QUIET_WAIT seconds for other processes to leave the CPUs alone; prints the
+# last sample, which goes into the results either way.
+wait_quiet() { # what
+    local until=$((SECONDS + QUIET_WAIT)) bg waited=0
+    bg=$(busy_sample 1)
+    while ((bg > QUIET_THRESHOLD && SECONDS < until)); do
+        ((waited == 1)) || log "other processes use ${bg}% CPU; waiting up to ${QUIET_WAIT}s before $1"
+        waited=1
+        bg=$(busy_sample 1)
+    done
+    echo "$bg"
+}
+# Nanoseconds the threads of these processes spent runnable but waiting for a CPU.
+runqueue_wait_ns() { # pids...
+    local p
+    for p in "$@"; do cat /proc/"$p"/task/*/schedstat 2>/dev/null; done | awk '{ s += $2 } END { printf "%.0f", s }'
+}
+
+run_wrk() { # port seconds outfile
+    timeout -s INT $(($2 + 30)) taskset -c "$LOAD_CPU" \
+        wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$2"s --latency "http://127.0.0.1:$1/" >"$3" 2>&1 &
+    local pid=$! rc=0
+    STARTED+=("$pid:INT")
+    wait "$pid" || rc=$?
+    unset 'STARTED[${#STARTED[@]}-1]'
+    ((rc == 0)) || { cat "$3" >&2; die "wrk failed (exit $rc)"; }
+}
+
+# wrk output -> "rps p50_ms p99_ms requests non2xx socket_errors"
+parse_wrk() {
+    awk '
+    function ms(v) {
+        if (v ~ /us$/) { sub(/us$/, "", v); return v / 1000 }
+        if (v ~ /ms$/) { sub(/ms$/, "", v); return v + 0 }
+        if (v ~ /s$/)  { sub(/s$/, "", v);  return v * 1000 }
+        if (v ~ /m$/)  { sub(/m$/, "", v);  return v * 60000 }
+        if (v ~ /h$/)  { sub(/h$/, "", v);  return v * 3600000 }
+        return "nan"
+    }
+    BEGIN { rps = p50 = p99 = "nan"; reqs = non2xx = sock = 0 }
+    /^Requests\/sec:/ { rps = $2 }
+    $1 == "50%" { p50 = ms($2) }
+    $1 == "99%" { p99 = ms($2) }
+    / requests in / { reqs = $1 }
+    /Non-2xx or 3xx responses:/ { non2xx = $NF }
+    /Socket errors:/ { gsub(",", ""); sock = $4 + $6 + $8 + $10 }
+    END { printf "%s %s %s %s %s %s\n", rps, p50, p99, reqs, non2xx, sock }' "$1"
+}
+
+metric() { # admin_port name -> value summed over label sets
+    local body
+    body=$(curl -fsS --max-time 2 "http://127.0.0.1:$1/metrics" 2>/dev/null) || { echo n/a; return 0; }
+    printf '%s\n' "$body" |
+        awk -v m="$2" '$1 == m || index($1, m "{") == 1 { s += $NF; f = 1 } END { print f ? s : "n/a" }'
+}
+
+RUNS=$TMP/runs.tsv
+: >"$RUNS"
+ACCESS_LOG=$TMP/portico-log.access.log
+measure_round() { # contender round
+    local c=$1 r=$2 port=${PORT[$1]} out="$TMP/wrk.$1.$2.txt"
+    # shellcheck disable=SC2086
+    local mp=(${MEASURE_PIDS[$c]})
+    check_deadline "$c round $r"
+    local bg
+    bg=$(wait_quiet "$c round $r")
+    if ((WARMUP > 0)); then run_wrk "$port" "$WARMUP" "$TMP/wrk.$c.$r.warmup.txt"; fi
+    if [[ $c == portico+log ]]; then : >"$ACCESS_LOG"; fi
+    local t0 c0 u0 w0 t1 c1 u1 w1
+    t0=$(date +%s.%N) c0=$(proc_ticks "${mp[@]}") u0=$(proc_ticks "${UPSTREAM_WORKERS[@]}")
+    w0=$(runqueue_wait_ns "${mp[@]}")
+    times >"$TMP/times.before" # CPU of waited-for children: here, wrk's (via timeout)
+    run_wrk "$port" "$DURATION" "$out"
+    times >"$TMP/times.after"
+    t1=$(date +%s.%N) c1=$(proc_ticks "${mp[@]}") u1=$(proc_ticks "${UPSTREAM_WORKERS[@]}")
+    w1=$(runqueue_wait_ns "${mp[@]}")
+    local logged="-"
+    if [[ $c == portico+log ]]; then
+        sleep 0.5 # let the writer thread drain its queue
+        logged=$(wc -l <"$ACCESS_LOG")
+    fi
+    local cpu load waitpct wrk_s
+    waitpct=$(awk -v a="$w0" -v b="$w1" -v t0="$t0" -v t1="$t1" 'BEGIN { printf "%.1f", (b - a) / 1e9 / (t1 - t0) * 100 }')
+    cpu=$(awk -v a="$c0" -v b="$c1" -v t0="$t0" -v t1="$t1" -v hz="$CLK_TCK" \
+        'BEGIN { printf "%.0f", (b - a) / hz / (t1 - t0) * 100 }')
+    wrk_s=$(awk 'function sec(v, p) { split(v, p, "m"); sub("s", "", p[2]); return p[1] * 60 + p[2] }
+        FNR == 2 { t = sec($1) + sec($2); if (FILENAME ~ /after/) s += t; else s -= t } END { print s }' \
+        "$TMP/times.before" "$TMP/times.after")
+    load=$(awk -v a="$u0" -v b="$u1" -v w="$wrk_s" -v t0="$t0" -v t1="$t1" -v hz="$CLK_TCK" \
+        'BEGIN { printf "%.0f", ((b - a) / hz + w) / (t1 - t0) * 100 }')
+    read -r rps p50 p99 reqs non2xx sock <<<"$(parse_wrk "$out")"
+    [[ $rps != nan ]] || { cat "$out" >&2; die "could not parse wrk output for $c"; }
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+        "$c" "$r" "$rps" "$p50" "$p99" "$reqs" "$non2xx" "$sock" "$cpu" "$load" "$logged" "$bg" "$waitpct" >>"$RUNS"
+    log "$(printf '%-12s round %d: %6.0f req/s  p50 %.3f ms  p99 %.3f ms  proxy CPU %s%% (waited %s%%)  wrk+upstream CPU %s%%  background %s%%  non-2xx %s  socket errors %s' \
+        "$c" "$r" "$rps" "$p50" "$p99" "$cpu" "$waitpct" "$load" "$bg" "$non2xx" "$sock")"
+}
+
+median() { sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+col() { awk -F'\t' -v c="$1" -v k="$2" '$1 == c { print $k }' "$RUNS"; }
+
+LOAD_TABLE=""
+LOAD_NOTES=""
+LOAD_RUNS=""
+run_load() {
+    local r c
+    for ((r = 1; r <= ROUNDS; r++)); do
+        for c in "${CONTENDER_LIST[@]}"; do measure_round "$c" "$r"; done
+    done
+    local base_rps="" base_p99=""
+    if [[ " ${CONTENDER_LIST[*]} " == *" nginx "* ]]; then
+        base_rps=$(col nginx 3 | median) base_p99=$(col nginx 5 | median)
+    fi
+    LOAD_TABLE="| contender | req/s (median) | req/s min–max | p50 ms | p99 ms | req/s ÷ nginx | p99 ÷ nginx | proxy CPU % | wrk+upstream CPU % | background CPU % (max) | non-2xx | socket errors |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    for c in "${CONTENDER_LIST[@]}"; do
+        local rps p50 p99 lo hi cpu load bgmax non2xx sock ratio p99r
+        rps=$(col "$c" 3 | median) p50=$(col "$c" 4 | median) p99=$(col "$c" 5 | median)
+        lo=$(col "$c" 3 | sort -g | head -n1) hi=$(col "$c" 3 | sort -g | tail -n1)
+        cpu=$(col "$c" 9 | median) load=$(col "$c" 10 | median)
+        bgmax=$(col "$c" 12 | sort -g | tail -n1)
+        non2xx=$(col "$c" 7 | awk '{ s += $1 } END { print s + 0 }')
+        sock=$(col "$c" 8 | awk '{ s += $1 } END { print s + 0 }')
+        ratio=n/a p99r=n/a
+        if [[ -n $base_rps ]]; then
+            ratio=$(awk -v a="$rps" -v b="$base_rps" 'BEGIN { printf "%.2f×", a / b }')
+            p99r=$(awk -v a="$p99" -v b="$base_p99" 'BEGIN { printf "%.2f×", a / b }')
+        fi
+        LOAD_TABLE+=$'\n'$(printf '| %s | %.0f | %.0f–%.0f | %.3f | %.3f | %s | %s | %.0f | %.0f | %s | %s | %s |' \
+            "$c" "$rps" "$lo" "$hi" "$p50" "$p99" "$ratio" "$p99r" "$cpu" "$load" "$bgmax" "$non2xx" "$sock")
+        if [[ $c == portico+log ]]; then
+            local lines reqs dropped
+            lines=$(col "$c" 11 | awk '{ s += $1 } END { print s + 0 }')
+            reqs=$(col "$c" 6 | awk '{ s += $1 } END { print s + 0 }')
+            dropped=$(metric "$LOG_ADMIN" portico_access_log_dropped_total)
+            LOAD_NOTES+="- portico+log: $lines access-log lines for $reqs requests wrk counted in measured runs; portico_access_log_dropped_total = $dropped (whole process lifetime)."$'\n'
+        fi
+    done
+    LOAD_RUNS="| contender | round | req/s | p50 ms | p99 ms | requests | non-2xx | socket errors | proxy CPU % | proxy waited % | wrk+upstream CPU % | background CPU % before |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    LOAD_RUNS+=$'\n'$(awk -F'\t' '{ printf "| %s | %s | %.0f | %.3f | %.3f | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $13, $10, $12 }' "$RUNS")
+    local noisy
+    noisy=$(awk -F'\t' -v t="$QUIET_THRESHOLD" '$12 > t { n++ } END { print n + 0 }' "$RUNS")
+    if ((noisy > 0 && NICE >= 0)); then
+        LOAD_NOTES+="- **$noisy of $(wc -l <"$RUNS") measured runs started while other processes used more than ${QUIET_THRESHOLD}% CPU** (background column), and the benchmark ran at normal priority: those numbers are depressed by CPU the benchmark did not control; rerun on a quiet machine (or as root, with NICE=-20) before drawing conclusions."$'\n'
+    elif ((noisy > 0)); then
+        LOAD_NOTES+="- $noisy of $(wc -l <"$RUNS") measured runs started while other processes used more than ${QUIET_THRESHOLD}% CPU (background column); the benchmark ran at nice $NICE so they yielded, but caches and wake-up latency are still shared: compare with a quiet run before trusting small differences, and look at \"proxy waited %\" (time the proxy's threads were runnable but not running; for portico+log it includes waiting for its own log-writer thread)."$'\n'
+    fi
+}
+
+MEM_TABLE=""
+run_memory() {
+    local c json="$TMP/memory.jsonl"
+    : >"$json"
+    for c in "${CONTENDER_LIST[@]}"; do
+        check_deadline "memory $c"
+        # shellcheck disable=SC2086
+        local mp=(${MEASURE_PIDS[$c]}) args=() p
+        for p in "${mp[@]}"; do args+=(--pid "$p"); done
+        # Baseline after some traffic, so first-use buffers are not charged to connections.
+        if [[ $MODE == memory && $WARMUP -gt 0 ]]; then run_wrk "${PORT[$c]}" "$WARMUP" "$TMP/wrk.$c.mem-warmup.txt"; fi
+        log "memory: $MEM_CONNS idle keep-alive connections to $c, $MEM_CYCLES cycle(s)"
+        local budget=$((MEM_CYCLES * (2 * MEM_SETTLE + MEM_RELEASE_WAIT + 90) + 10))
+        timeout -s TERM "$budget" python3 "$HERE/idle_conns.py" --port "${PORT[$c]}" "${args[@]}" \
+            -n "$MEM_CONNS" --cycles "$MEM_CYCLES" --settle "$MEM_SETTLE" \
+            --release-wait "$MEM_RELEASE_WAIT" --trickle "$MEM_TRICKLE" >"$TMP/memory.$c.jsonl" 2>"$TMP/memory.$c.stderr" &
+        local pid=$! rc=0
+        STARTED+=("$pid:TERM")
+        wait "$pid" || rc=$?
+        unset 'STARTED[${#STARTED[@]}-1]'
+        ((rc == 0)) || { cat "$TMP/memory.$c.stderr" >&2; die "idle_conns.py failed for $c (exit $rc)"; }
+        sed "s/^{/{\"proxy\": \"$c\", /" "$TMP/memory.$c.jsonl" >>"$json"
+        if [[ -s "$TMP/memory.$c.stderr" ]]; then
+            log "memory client stderr for $c: $(sort "$TMP/memory.$c.stderr" | uniq -c | sort -rn | head -n 5)"
+        fi
+    done
+    MEM_TABLE=$(python3 - "$json" <<'EOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+print("| proxy | cycle | conns ok / alive | RSS before MiB | RSS open MiB | KiB per conn | RSS after close MiB | after wait MiB | kept after close | kept KiB per conn | given back? |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+mib = lambda k: f"{k / 1024:.1f}"
+for r in rows:
+    grown = r["rss_open_kib"] - r["rss_before_kib"]
+    kept = r["retained_kib"]
+    if grown <= 0 or r["ok"] == 0:
+        verdict = "n/a (no growth)"
+    elif kept <= 0.2 * grown:
+        verdict = "yes"
+    elif kept < 0.8 * grown:
+        verdict = "partly"
+    else:
+        verdict = "no"
+    share = f" ({100 * kept / grown:.0f}%)" if grown > 0 else ""
+    kpc = r["kib_per_conn"]
+    print(f"| {r['proxy']} | {r['cycle']} | {r['ok']} / {r['alive_at_close']} | {mib(r['rss_before_kib'])} | "
+          f"{mib(r['rss_open_kib'])} | {kpc if kpc is not None else 'n/a'} | {mib(r['rss_after_kib'])} | "
+          f"{mib(r['rss_after_wait_kib'])} | {kept} KiB{share} | "
+          f"{kept / r['ok'] if r['ok'] else float('nan'):.3f} | {verdict} |")
+EOF
+)
+}
+
+case $MODE in
+load) run_load ;;
+memory) run_memory ;;
+all) run_load; run_memory ;;
+esac
+
+# --- portico's own log ----------------------------------------------------------------------
+PORTICO_LOG_NOTES=""
+for c in portico portico+log; do
+    [[ " ${CONTENDER_LIST[*]} " == *" $c "* ]] || continue
+    f=$TMP/${c/+/-}.log
+    n=$(wc -l <"$f")
+    w=$(grep -cE '\b(WARN|ERROR)\b' "$f" || true)
+    PORTICO_LOG_NOTES+="- $c stderr/stdout: $n lines, $w WARN/ERROR."
+    if ((w > 0)); then
+        # Most frequent messages, timestamps stripped.
+        PORTICO_LOG_NOTES+=" Most frequent:"$'\n'
+        PORTICO_LOG_NOTES+=$(grep -E '\b(WARN|ERROR)\b' "$f" | sed -E 's/^\[[^ ]+ //; s/[0-9]+/N/g' |
+            sort | uniq -c | sort -rn | head -n 5 | sed -E 's/^ *([0-9]+) /  - \1× /')
+    fi
+    PORTICO_LOG_NOTES+=$'\n'
+done
+for f in "$TMP"/upstream.error.log "$TMP"/nginx-proxy.error.log; do
+    if [[ -s $f ]]; then
+        PORTICO_LOG_NOTES+="- $(basename "$f"): $(wc -l <"$f") lines, e.g. $(tail -n1 "$f" | cut -c1-200)"$'\n'
+    fi
+done
+
+# --- report -------------------------------------------------------------------------------
+COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ -n $(git -C "$REPO" status --porcelain --untracked-files=no -- src plugins Cargo.toml Cargo.lock 2>/dev/null) ]]; then
+    COMMIT+=" (src/plugins modified in the working tree)"
+fi
+CPU_MODEL=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+NGINX_VERSION=$("$NGINX_BIN" -v 2>&1 | sed 's/.*nginx\///')
+WRK_VERSION=$(wrk -v 2>&1 | awk 'NR == 1 { print $2 }' || true) # wrk -v exits 1
+REPORT=$(
+    printf '## %s — MODE=%s\n\n' "$(date -u '+%Y-%m-%d %H:%M UTC')" "$MODE"
+    printf -- '- commit %s; portico binary: %s (%s)\n' "$COMMIT" "$PORTICO_BIN" "$BIN_ORIGIN"
+    printf -- '- machine: nproc %s, %s, kernel %s; nginx %s, wrk %s\n' "$NPROC" "$CPU_MODEL" "$(uname -r)" "$NGINX_VERSION" "$WRK_VERSION"
+    if [[ $MODE != memory ]]; then
+        printf -- '- load: proxy on core %s; wrk -t%s -c%s -d%ss --latency and the upstream nginx on core %s; %ss warm-up before each run; %s interleaved rounds; medians; all at nice %s\n\n' \
+            "$PROXY_CPU" "$WRK_THREADS" "$CONNECTIONS" "$DURATION" "$LOAD_CPU" "$WARMUP" "$ROUNDS" "$NICE"
+        printf '%s\n\n' "$LOAD_TABLE"
+        printf '<details><summary>every measured run</summary>\n\n%s\n\n</details>\n\n' "$LOAD_RUNS"
+    fi
+    if [[ $MODE != load ]]; then
+        printf -- '- memory: %s idle keep-alive connections per proxy (one GET each, kept open), %s cycle(s); RSS read %ss after opening, %ss after closing and again %ss later (with %s req/s of trickle traffic in between)\n\n' \
+            "$MEM_CONNS" "$MEM_CYCLES" "$MEM_SETTLE" "$MEM_SETTLE" "$MEM_RELEASE_WAIT" "$MEM_TRICKLE"
+        printf '%s\n\n' "$MEM_TABLE"
+    fi
+    if [[ -n $LOAD_NOTES$PORTICO_LOG_NOTES ]]; then
+        printf 'Notes:\n\n%s%s\n' "$LOAD_NOTES" "$PORTICO_LOG_NOTES"
+    fi
+)
+echo
+printf '%s\n' "$REPORT"
+if ((RECORD == 1)); then
+    if [[ ! -s $RESULTS ]]; then
+        printf '# Load benchmark results\n\nAppended by `benches/load/run.sh`; read `benches/load/README.md` first. Compare rows of one run (ratios), not numbers across runs or machines.\n\n' >"$RESULTS"
+    fi
+    printf '%s\n\n' "$REPORT" >>"$RESULTS"
+    log "appended to $RESULTS"
+fi
