@@ -92,9 +92,15 @@ def still_open(sock):
         return False
 
 
-def open_idle(host, port, n, timeout):
+def extra_headers(headers):
+    """`Name: value` lines from --header (e.g. the bearer token of a protected contender)."""
+    return "".join(f"{h}\r\n" for h in headers)
+
+
+def open_idle(host, port, n, timeout, headers=()):
     socks, ok, failed = [], 0, 0
-    request = f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: idle-conns\r\n\r\n".encode()
+    request = (f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: idle-conns\r\n"
+               f"{extra_headers(headers)}\r\n").encode()
     deadline = time.monotonic() + timeout
     for start in range(0, n, BATCH):
         batch = []
@@ -123,9 +129,10 @@ def open_idle(host, port, n, timeout):
     return socks, ok, failed
 
 
-def trickle(host, port, seconds, rate):
+def trickle(host, port, seconds, rate, headers=()):
     """One request per 1/rate seconds on a fresh connection, for `seconds`."""
-    request = f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode()
+    request = (f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n"
+               f"{extra_headers(headers)}\r\n").encode()
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         if rate > 0:
@@ -153,6 +160,8 @@ def main():
     p.add_argument("--trickle", type=float, default=10.0,
                    help="requests per second during the release wait (0 = none)")
     p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--header", action="append", default=[],
+                   help="extra request header, `Name: value` (repeatable)")
     a = p.parse_args()
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -168,7 +177,7 @@ def main():
         before = rss_kib(a.pid)
         fds_before = fd_count(a.pid)
         t0 = time.monotonic()
-        socks, ok, failed = open_idle(a.host, a.port, a.connections, a.timeout)
+        socks, ok, failed = open_idle(a.host, a.port, a.connections, a.timeout, a.header)
         open_s = time.monotonic() - t0
         time.sleep(a.settle)
         during = rss_kib(a.pid)
@@ -178,7 +187,7 @@ def main():
             s.close()
         time.sleep(a.settle)
         after = rss_kib(a.pid)
-        trickle(a.host, a.port, a.release_wait, a.trickle)
+        trickle(a.host, a.port, a.release_wait, a.trickle, a.header)
         after_wait = rss_kib(a.pid)
         grown = during - before
         print(json.dumps({

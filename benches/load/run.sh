@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Load benchmark: portico against nginx proxy_pass on one shared upstream.
+# Load benchmark: portico against nginx proxy_pass on one shared upstream, and portico's
+# protected path (RS256 JWT) against HAProxy's native jwt_verify.
 # See benches/load/README.md for the method and how to read the results.
 #
 #   benches/load/run.sh                        # MODE=load, ROUNDS=3, DURATION=10
@@ -13,7 +14,8 @@
 #   DURATION [10]          seconds per measured wrk run
 #   WARMUP [2]             seconds of wrk warm-up before every measured run (0 = none)
 #   CONNECTIONS [50]       wrk -c
-#   CONTENDERS ["nginx portico portico+log"]   any subset, in this order of interleaving
+#   CONTENDERS ["nginx portico portico+log"]   any subset of nginx portico portico+log
+#                          portico+jwt haproxy+jwt, interleaved in the order given
 #   MEM_CONNS [2000]       idle connections per proxy in MODE=memory
 #   MEM_CYCLES [2]         open/close cycles per proxy in MODE=memory
 #   MEM_SETTLE [2]         seconds between opening/closing and reading RSS
@@ -25,6 +27,7 @@
 #   QUIET_WAIT [20, 0 when NICE < 0]  seconds to wait, before each run, for the machine to be quiet
 #   PORTICO_BIN            use this binary instead of `cargo build --release`
 #   NGINX_BIN [nginx]      nginx binary
+#   HAPROXY_BIN [haproxy]  haproxy binary (haproxy+jwt only; 2.6+ for jwt_verify)
 #   PROXY_CPU [0]          core the proxies run on
 #   LOAD_CPU [1]           core wrk and the upstream run on
 #   PORT_BASE [18000]      first port tried; every port is checked free on 127.0.0.1
@@ -93,8 +96,13 @@ case $MODE in load | memory | all) ;; *) die "MODE must be load, memory or all (
 read -r -a CONTENDER_LIST <<<"$CONTENDERS"
 ((${#CONTENDER_LIST[@]} >= 1)) || die "CONTENDERS is empty"
 for c in "${CONTENDER_LIST[@]}"; do
-    case $c in nginx | portico | portico+log) ;; *) die "unknown contender '$c' (nginx, portico, portico+log)" ;; esac
+    case $c in nginx | portico | portico+log | portico+jwt | haproxy+jwt) ;;
+    *) die "unknown contender '$c' (nginx, portico, portico+log, portico+jwt, haproxy+jwt)" ;;
+    esac
 done
+has_contender() { [[ " ${CONTENDER_LIST[*]} " == *" $1 "* ]]; }
+WANT_JWT=0
+if has_contender portico+jwt || has_contender haproxy+jwt; then WANT_JWT=1; fi
 NPROC=$(nproc)
 ((PROXY_CPU < NPROC && LOAD_CPU < NPROC)) || die "needs cores $PROXY_CPU and $LOAD_CPU; this machine has $NPROC"
 ((PROXY_CPU != LOAD_CPU)) || die "PROXY_CPU and LOAD_CPU must differ"
@@ -112,6 +120,26 @@ fi
 for tool in "$NGINX_BIN" wrk taskset python3 curl timeout; do
     command -v "$tool" >/dev/null || die "missing tool: $tool"
 done
+# The protected path: openssl makes the RSA key pair and signs the token; HAProxy is the
+# contender validating it natively (Debian's haproxy is 2.6+, which has jwt_verify).
+HAPROXY_BIN=${HAPROXY_BIN:-$(command -v haproxy || { [[ -x /usr/sbin/haproxy ]] && echo /usr/sbin/haproxy; } || true)}
+need_pkgs=()
+if ((WANT_JWT)) && ! command -v openssl >/dev/null; then need_pkgs+=(openssl); fi
+if has_contender haproxy+jwt && [[ -z $HAPROXY_BIN ]]; then need_pkgs+=(haproxy); fi
+if ((${#need_pkgs[@]} > 0)); then
+    ((EUID == 0)) || die "missing ${need_pkgs[*]}; install: sudo apt-get install -y ${need_pkgs[*]}"
+    log "installing ${need_pkgs[*]}"
+    apt-get update
+    apt-get install -y "${need_pkgs[@]}"
+    HAPROXY_BIN=$(command -v haproxy || echo /usr/sbin/haproxy)
+fi
+if has_contender haproxy+jwt; then
+    [[ -x $HAPROXY_BIN ]] || die "missing tool: haproxy"
+    HAPROXY_VERSION=$("$HAPROXY_BIN" -v 2>&1 | awk 'NR == 1 { print $3 }')
+    # jwt_verify and jwt_*_query appeared in 2.5; the budget names 2.6.
+    awk -v v="$HAPROXY_VERSION" 'BEGIN { split(v, a, "."); exit !(a[1] > 2 || (a[1] == 2 && a[2] >= 6)) }' ||
+        die "haproxy $HAPROXY_VERSION is too old: haproxy+jwt needs 2.6+ (jwt_verify)"
+fi
 
 # --- portico binary -----------------------------------------------------------------------
 if [[ -n ${PORTICO_BIN:-} ]]; then
@@ -183,8 +211,8 @@ cleanup() {
     if ((rc == 0 && KEEP_TMP == 0)); then
         rm -rf "$TMP"
     else
-        # The access log of portico+log can be large; the rest is small and useful.
-        rm -f "$TMP/portico-log.access.log"
+        # The access logs of portico+log and portico+jwt can be large; the rest is small and useful.
+        rm -f "$TMP/portico-log.access.log" "$TMP/portico-jwt.access.log"
         echo "run.sh: temp dir kept: $TMP" >&2
     fi
     exit "$rc"
@@ -238,12 +266,53 @@ wait_http() { # url pid what seconds
 }
 
 # --- configs and processes ----------------------------------------------------------------
-ports=$(free_ports 6) || die "cannot find 6 free ports from $PORT_BASE"
-read -r UPSTREAM_PORT NGINX_PORT PORTICO_PORT PORTICO_ADMIN LOG_PORT LOG_ADMIN <<<"$ports"
-declare -A PORT PID MEASURE_PIDS
+ports=$(free_ports 9) || die "cannot find 9 free ports from $PORT_BASE"
+read -r UPSTREAM_PORT NGINX_PORT PORTICO_PORT PORTICO_ADMIN LOG_PORT LOG_ADMIN JWT_PORT JWT_ADMIN \
+    HAPROXY_PORT <<<"$ports"
+declare -A PORT PID MEASURE_PIDS ADMIN
 PORT[nginx]=$NGINX_PORT
 PORT[portico]=$PORTICO_PORT
 PORT[portico+log]=$LOG_PORT
+PORT[portico+jwt]=$JWT_PORT
+PORT[haproxy+jwt]=$HAPROXY_PORT
+ADMIN[portico]=$PORTICO_ADMIN
+ADMIN[portico+log]=$LOG_ADMIN
+ADMIN[portico+jwt]=$JWT_ADMIN
+# Contenders on the protected path: wrk and the checks send the token to these.
+is_protected() { [[ $1 == *+jwt ]]; }
+
+# --- the token ----------------------------------------------------------------------------
+# A fresh RSA-2048 key pair per run and one long-lived RS256 access token (RFC 9068 profile:
+# typ at+jwt) signed with it. portico+jwt reads the public key from a local PEM file, and
+# haproxy+jwt loads the same file into jwt_verify's key cache at start.
+JWT_ISSUER=https://auth.portico-bench.test
+JWT_AUDIENCE=portico-bench
+JWT_PRIVKEY=$TMP/jwt.key.pem
+JWT_PUBKEY=$TMP/jwt.pub.pem
+TOKEN=""
+b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
+sign_token() { # payload-json -> compact JWS, RS256
+    local h p s
+    h=$(printf '%s' '{"alg":"RS256","typ":"at+jwt"}' | b64url)
+    p=$(printf '%s' "$1" | b64url)
+    s=$(printf '%s.%s' "$h" "$p" | openssl dgst -sha256 -sign "$JWT_PRIVKEY" -binary | b64url)
+    [[ -n $s ]] || die "openssl could not sign the token"
+    printf '%s.%s.%s' "$h" "$p" "$s"
+}
+if ((WANT_JWT)); then
+    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$JWT_PRIVKEY" 2>/dev/null ||
+        die "openssl could not generate an RSA key"
+    openssl pkey -in "$JWT_PRIVKEY" -pubout -out "$JWT_PUBKEY" || die "openssl could not write the public key"
+    now=$(date +%s)
+    TOKEN=$(sign_token "$(printf '{"iss":"%s","aud":"%s","sub":"service-a","client_id":"service-a","scope":"bench:read bench:write","iat":%d,"exp":%d}' \
+        "$JWT_ISSUER" "$JWT_AUDIENCE" "$now" $((now + 10 * 365 * 86400)))")
+    printf '%s\n' "$TOKEN" >"$TMP/jwt.token"
+    # The same token signed by another key: both protected contenders must refuse it too.
+    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$TMP/jwt.other.key.pem" 2>/dev/null
+    FORGED=$(JWT_PRIVKEY=$TMP/jwt.other.key.pem sign_token "$(printf '{"iss":"%s","aud":"%s","sub":"service-a","iat":%d,"exp":%d}' \
+        "$JWT_ISSUER" "$JWT_AUDIENCE" "$now" $((now + 3600)))")
+    log "RS256 token: ${#TOKEN} bytes, iss $JWT_ISSUER, aud $JWT_AUDIENCE (key pair and token in $TMP)"
+fi
 
 start_nginx() { # name conf cpu -> sets $started_pid
     mkdir -p "$TMP/$1.tmp"
@@ -264,9 +333,10 @@ mapfile -t UPSTREAM_WORKERS < <(pgrep -P "$UPSTREAM_PID")
 ((${#UPSTREAM_WORKERS[@]} > 0)) || die "upstream nginx has no worker process"
 log "upstream nginx on 127.0.0.1:$UPSTREAM_PORT (core $LOAD_CPU)"
 
-start_portico() { # name stem port admin access_log plugins
+start_portico() { # name stem port admin access_log plugins [route-extra [cluster-extra]]
     render "$HERE/portico.toml.tmpl" "$TMP/$2.toml" DIR="$TMP" NAME="$2" PORT="$3" \
-        ADMIN_PORT="$4" UPSTREAM_PORT="$UPSTREAM_PORT" ACCESS_LOG="$5" PLUGINS="$6"
+        ADMIN_PORT="$4" UPSTREAM_PORT="$UPSTREAM_PORT" ACCESS_LOG="$5" PLUGINS="$6" \
+        ROUTE="${7:-}" CLUSTER="${8:-}"
     "$PORTICO_BIN" check -c "$TMP/$2.toml" >/dev/null || die "portico rejects $TMP/$2.toml"
     taskset -c "$PROXY_CPU" "$PORTICO_BIN" serve -c "$TMP/$2.toml" >"$TMP/$2.log" 2>&1 &
     PID[$1]=$!
@@ -298,16 +368,68 @@ for c in "${CONTENDER_LIST[@]}"; do
         start_portico portico+log portico-log "$LOG_PORT" "$LOG_ADMIN" \
             "$TMP/portico-log.access.log" $'[[plugins]]\nname = "request-id"'
         ;;
+    portico+jwt)
+        # The protected path of DESIGN's budget: a valid RS256 token checked by the jwt plugin
+        # (local PEM key; iss, aud, exp, sub), request ids, the access log to a file, a retry
+        # policy on the route and a bulkhead on the cluster (roomy enough for wrk's 50
+        # connections: it must never reject here). Metrics are always on.
+        start_portico portico+jwt portico-jwt "$JWT_PORT" "$JWT_ADMIN" \
+            "$TMP/portico-jwt.access.log" $'[[plugins]]\nname = "request-id"' \
+            "retry = { attempts = 3, per_try_timeout = \"2s\" }
+
+[[routes.plugins]]
+name = \"jwt\"
+realm = \"bench\"
+
+[[routes.plugins.issuers]]
+issuer = \"$JWT_ISSUER\"
+audiences = [\"$JWT_AUDIENCE\"]
+algorithms = [\"RS256\"]
+keys = [\"$JWT_PUBKEY\"]" \
+            'bulkhead = { max_concurrent = 256, max_queue = 64, queue_timeout = "100ms" }'
+        ;;
+    haproxy+jwt)
+        render "$HERE/haproxy-jwt.cfg.tmpl" "$TMP/haproxy-jwt.cfg" DIR="$TMP" PORT="$HAPROXY_PORT" \
+            UPSTREAM_PORT="$UPSTREAM_PORT" PUBKEY="$JWT_PUBKEY" ISSUER="$JWT_ISSUER" AUDIENCE="$JWT_AUDIENCE"
+        "$HAPROXY_BIN" -c -q -f "$TMP/haproxy-jwt.cfg" || die "haproxy config invalid ($TMP/haproxy-jwt.cfg)"
+        # -db: foreground, one process (no master), so that process is the one measured.
+        taskset -c "$PROXY_CPU" "$HAPROXY_BIN" -db -f "$TMP/haproxy-jwt.cfg" >"$TMP/haproxy-jwt.log" 2>&1 &
+        PID[haproxy+jwt]=$!
+        STARTED+=("${PID[haproxy+jwt]}:TERM")
+        MEASURE_PIDS[haproxy+jwt]=${PID[haproxy+jwt]}
+        # Not ready until it answers (401 without a token counts as up).
+        ready_by=$((SECONDS + 10))
+        until [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$HAPROXY_PORT/" 2>/dev/null) =~ ^[1-5] ]]; do
+            kill -0 "${PID[haproxy+jwt]}" 2>/dev/null || { cat "$TMP/haproxy-jwt.log" >&2; die "haproxy exited while starting"; }
+            ((SECONDS < ready_by)) || die "haproxy not ready on 127.0.0.1:$HAPROXY_PORT after 10 s"
+            sleep 0.1
+        done
+        log "haproxy+jwt on 127.0.0.1:$HAPROXY_PORT (core $PROXY_CPU), pid ${PID[haproxy+jwt]}"
+        ;;
     esac
 done
 
 # Every contender must really proxy to the upstream before anything is measured.
 EXPECTED_BODY=$(curl -fsS "http://127.0.0.1:$UPSTREAM_PORT/")
+http_status() { # url [curl args...] -> status code
+    curl -sS -o /dev/null -w '%{http_code}' --max-time 5 "${@:2}" "$1" || true
+}
 for c in "${CONTENDER_LIST[@]}"; do
-    curl -sS -D "$TMP/$c.headers" -o "$TMP/$c.body" "http://127.0.0.1:${PORT[$c]}/bench/check?x=1" >/dev/null
+    auth=()
+    if is_protected "$c"; then auth=(-H "Authorization: Bearer $TOKEN"); fi
+    curl -sS -D "$TMP/$c.headers" -o "$TMP/$c.body" "${auth[@]}" "http://127.0.0.1:${PORT[$c]}/bench/check?x=1" >/dev/null
     status=$(head -n1 "$TMP/$c.headers" | tr -d '\r')
-    [[ $status == *" 200"* ]] || die "$c answered '$status' instead of 200"
+    [[ $status == *" 200"* ]] || die "$c answered '$status' instead of 200${auth:+ (with the token)}"
     [[ $(<"$TMP/$c.body") == "$EXPECTED_BODY" ]] || die "$c returned a body that is not the upstream's"
+    if is_protected "$c"; then
+        # ... and must refuse a request without the token, and one signed by another key.
+        url="http://127.0.0.1:${PORT[$c]}/bench/check?x=1"
+        s_none=$(http_status "$url")
+        s_forged=$(http_status "$url" -H "Authorization: Bearer $FORGED")
+        [[ $s_none == 401 ]] || die "$c answered $s_none instead of 401 without a token"
+        [[ $s_forged == 401 ]] || die "$c answered $s_forged instead of 401 to a token signed by another key"
+        log "$c: 200 with the token, 401 without it, 401 with a forged one"
+    fi
 done
 
 # --- measuring ----------------------------------------------------------------------------
@@ -348,9 +470,9 @@ runqueue_wait_ns() { # pids...
     for p in "$@"; do cat /proc/"$p"/task/*/schedstat 2>/dev/null; done | awk '{ s += $2 } END { printf "%.0f", s }'
 }
 
-run_wrk() { # port seconds outfile
+run_wrk() { # port seconds outfile [wrk args...]
     timeout -s INT $(($2 + 30)) taskset -c "$LOAD_CPU" \
-        wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$2"s --latency "http://127.0.0.1:$1/" >"$3" 2>&1 &
+        wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$2"s --latency "${@:4}" "http://127.0.0.1:$1/" >"$3" 2>&1 &
     local pid=$! rc=0
     STARTED+=("$pid:INT")
     wait "$pid" || rc=$?
@@ -388,28 +510,33 @@ metric() { # admin_port name -> value summed over label sets
 
 RUNS=$TMP/runs.tsv
 : >"$RUNS"
-ACCESS_LOG=$TMP/portico-log.access.log
+declare -A ACCESS_LOG=([portico+log]=$TMP/portico-log.access.log [portico+jwt]=$TMP/portico-jwt.access.log)
+# wrk's extra arguments per contender: the token for the protected ones.
+wrk_args() { # contender
+    if is_protected "$1"; then printf '%s\n' -H "Authorization: Bearer $TOKEN"; fi
+}
 measure_round() { # contender round
     local c=$1 r=$2 port=${PORT[$1]} out="$TMP/wrk.$1.$2.txt"
     # shellcheck disable=SC2086
-    local mp=(${MEASURE_PIDS[$c]})
+    local mp=(${MEASURE_PIDS[$c]}) wa
+    mapfile -t wa < <(wrk_args "$c")
     check_deadline "$c round $r"
     local bg
     bg=$(wait_quiet "$c round $r")
-    if ((WARMUP > 0)); then run_wrk "$port" "$WARMUP" "$TMP/wrk.$c.$r.warmup.txt"; fi
-    if [[ $c == portico+log ]]; then : >"$ACCESS_LOG"; fi
+    if ((WARMUP > 0)); then run_wrk "$port" "$WARMUP" "$TMP/wrk.$c.$r.warmup.txt" "${wa[@]}"; fi
+    if [[ -n ${ACCESS_LOG[$c]:-} ]]; then : >"${ACCESS_LOG[$c]}"; fi
     local t0 c0 u0 w0 t1 c1 u1 w1
     t0=$(date +%s.%N) c0=$(proc_ticks "${mp[@]}") u0=$(proc_ticks "${UPSTREAM_WORKERS[@]}")
     w0=$(runqueue_wait_ns "${mp[@]}")
     times >"$TMP/times.before" # CPU of waited-for children: here, wrk's (via timeout)
-    run_wrk "$port" "$DURATION" "$out"
+    run_wrk "$port" "$DURATION" "$out" "${wa[@]}"
     times >"$TMP/times.after"
     t1=$(date +%s.%N) c1=$(proc_ticks "${mp[@]}") u1=$(proc_ticks "${UPSTREAM_WORKERS[@]}")
     w1=$(runqueue_wait_ns "${mp[@]}")
     local logged="-"
-    if [[ $c == portico+log ]]; then
+    if [[ -n ${ACCESS_LOG[$c]:-} ]]; then
         sleep 0.5 # let the writer thread drain its queue
-        logged=$(wc -l <"$ACCESS_LOG")
+        logged=$(wc -l <"${ACCESS_LOG[$c]}")
     fi
     local cpu load waitpct wrk_s
     waitpct=$(awk -v a="$w0" -v b="$w1" -v t0="$t0" -v t1="$t1" 'BEGIN { printf "%.1f", (b - a) / 1e9 / (t1 - t0) * 100 }')
@@ -432,6 +559,7 @@ median() { sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "nan"; else if
 col() { awk -F'\t' -v c="$1" -v k="$2" '$1 == c { print $k }' "$RUNS"; }
 
 LOAD_TABLE=""
+PROTECTED_TABLE=""
 LOAD_NOTES=""
 LOAD_RUNS=""
 run_load() {
@@ -460,14 +588,39 @@ run_load() {
         fi
         LOAD_TABLE+=$'\n'$(printf '| %s | %.0f | %.0f–%.0f | %.3f | %.3f | %s | %s | %.0f | %.0f | %s | %s | %s |' \
             "$c" "$rps" "$lo" "$hi" "$p50" "$p99" "$ratio" "$p99r" "$cpu" "$load" "$bgmax" "$non2xx" "$sock")
-        if [[ $c == portico+log ]]; then
+        if [[ -n ${ACCESS_LOG[$c]:-} ]]; then
             local lines reqs dropped
             lines=$(col "$c" 11 | awk '{ s += $1 } END { print s + 0 }')
             reqs=$(col "$c" 6 | awk '{ s += $1 } END { print s + 0 }')
-            dropped=$(metric "$LOG_ADMIN" portico_access_log_dropped_total)
-            LOAD_NOTES+="- portico+log: $lines access-log lines for $reqs requests wrk counted in measured runs; portico_access_log_dropped_total = $dropped (whole process lifetime)."$'\n'
+            dropped=$(metric "${ADMIN[$c]}" portico_access_log_dropped_total)
+            LOAD_NOTES+="- $c: $lines access-log lines for $reqs requests wrk counted in measured runs; portico_access_log_dropped_total = $dropped (whole process lifetime)."$'\n'
+        fi
+        if [[ $c == portico+jwt ]]; then
+            local rej retries
+            rej=$(metric "$JWT_ADMIN" portico_bulkhead_rejections_total)
+            retries=$(metric "$JWT_ADMIN" portico_retries_total)
+            LOAD_NOTES+="- portico+jwt: portico_bulkhead_rejections_total = $rej, portico_retries_total = $retries (whole process lifetime; both should be 0 or n/a, i.e. never incremented)."$'\n'
         fi
     done
+    # The protected path against its budget (DESIGN.md, issue 4): ratios of medians.
+    if has_contender portico+jwt; then
+        local jrps jp99 other orps op99 target what
+        jrps=$(col portico+jwt 3 | median) jp99=$(col portico+jwt 5 | median)
+        PROTECTED_TABLE="| portico+jwt vs | its req/s | portico+jwt req/s ÷ its | target | p99 ÷ its |
+|---|---:|---:|---:|---:|"
+        for other in portico nginx haproxy+jwt; do
+            has_contender "$other" || continue
+            case $other in
+            portico) target="≥ 0.95" what="portico (plain proxy path)" ;;
+            nginx) target="≥ 0.90" what="nginx (plain proxy path)" ;;
+            haproxy+jwt) target="≥ 1.50" what="haproxy+jwt (jwt_verify)" ;;
+            esac
+            orps=$(col "$other" 3 | median) op99=$(col "$other" 5 | median)
+            PROTECTED_TABLE+=$'\n'$(awk -v w="$what" -v o="$orps" -v j="$jrps" -v t="$target" -v jp="$jp99" -v op="$op99" \
+                'BEGIN { r = j / o; split(t, tt, " "); ok = (r >= tt[2]) ? "met" : "**missed**";
+                         printf "| %s | %.0f | %.2f× | %s (%s) | %.2f× |", w, o, r, t, ok, jp / op }')
+        done
+    fi
     LOAD_RUNS="| contender | round | req/s | p50 ms | p99 ms | requests | non-2xx | socket errors | proxy CPU % | proxy waited % | wrk+upstream CPU % | background CPU % before |
 |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     LOAD_RUNS+=$'\n'$(awk -F'\t' '{ printf "| %s | %s | %.0f | %.3f | %.3f | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $13, $10, $12 }' "$RUNS")
@@ -476,7 +629,7 @@ run_load() {
     if ((noisy > 0 && NICE >= 0)); then
         LOAD_NOTES+="- **$noisy of $(wc -l <"$RUNS") measured runs started while other processes used more than ${QUIET_THRESHOLD}% CPU** (background column), and the benchmark ran at normal priority: those numbers are depressed by CPU the benchmark did not control; rerun on a quiet machine (or as root, with NICE=-20) before drawing conclusions."$'\n'
     elif ((noisy > 0)); then
-        LOAD_NOTES+="- $noisy of $(wc -l <"$RUNS") measured runs started while other processes used more than ${QUIET_THRESHOLD}% CPU (background column); the benchmark ran at nice $NICE so they yielded, but caches and wake-up latency are still shared: compare with a quiet run before trusting small differences, and look at \"proxy waited %\" (time the proxy's threads were runnable but not running; for portico+log it includes waiting for its own log-writer thread)."$'\n'
+        LOAD_NOTES+="- $noisy of $(wc -l <"$RUNS") measured runs started while other processes used more than ${QUIET_THRESHOLD}% CPU (background column); the benchmark ran at nice $NICE so they yielded, but caches and wake-up latency are still shared: compare with a quiet run before trusting small differences, and look at \"proxy waited %\" (time the proxy's threads were runnable but not running; for portico+log and portico+jwt it includes waiting for their own log-writer thread)."$'\n'
     fi
 }
 
@@ -487,10 +640,12 @@ run_memory() {
     for c in "${CONTENDER_LIST[@]}"; do
         check_deadline "memory $c"
         # shellcheck disable=SC2086
-        local mp=(${MEASURE_PIDS[$c]}) args=() p
+        local mp=(${MEASURE_PIDS[$c]}) args=() p wa
         for p in "${mp[@]}"; do args+=(--pid "$p"); done
+        if is_protected "$c"; then args+=(--header "Authorization: Bearer $TOKEN"); fi
+        mapfile -t wa < <(wrk_args "$c")
         # Baseline after some traffic, so first-use buffers are not charged to connections.
-        if [[ $MODE == memory && $WARMUP -gt 0 ]]; then run_wrk "${PORT[$c]}" "$WARMUP" "$TMP/wrk.$c.mem-warmup.txt"; fi
+        if [[ $MODE == memory && $WARMUP -gt 0 ]]; then run_wrk "${PORT[$c]}" "$WARMUP" "$TMP/wrk.$c.mem-warmup.txt" "${wa[@]}"; fi
         log "memory: $MEM_CONNS idle keep-alive connections to $c, $MEM_CYCLES cycle(s)"
         local budget=$((MEM_CYCLES * (2 * MEM_SETTLE + MEM_RELEASE_WAIT + 90) + 10))
         timeout -s TERM "$budget" python3 "$HERE/idle_conns.py" --port "${PORT[$c]}" "${args[@]}" \
@@ -541,7 +696,7 @@ esac
 
 # --- portico's own log ----------------------------------------------------------------------
 PORTICO_LOG_NOTES=""
-for c in portico portico+log; do
+for c in portico portico+log portico+jwt; do
     [[ " ${CONTENDER_LIST[*]} " == *" $c "* ]] || continue
     f=$TMP/${c/+/-}.log
     n=$(wc -l <"$f")
@@ -555,7 +710,7 @@ for c in portico portico+log; do
     fi
     PORTICO_LOG_NOTES+=$'\n'
 done
-for f in "$TMP"/upstream.error.log "$TMP"/nginx-proxy.error.log; do
+for f in "$TMP"/upstream.error.log "$TMP"/nginx-proxy.error.log "$TMP"/haproxy-jwt.log; do
     if [[ -s $f ]]; then
         PORTICO_LOG_NOTES+="- $(basename "$f"): $(wc -l <"$f") lines, e.g. $(tail -n1 "$f" | cut -c1-200)"$'\n'
     fi
@@ -573,10 +728,18 @@ REPORT=$(
     printf '## %s — MODE=%s\n\n' "$(date -u '+%Y-%m-%d %H:%M UTC')" "$MODE"
     printf -- '- commit %s; portico binary: %s (%s)\n' "$COMMIT" "$PORTICO_BIN" "$BIN_ORIGIN"
     printf -- '- machine: nproc %s, %s, kernel %s; nginx %s, wrk %s\n' "$NPROC" "$CPU_MODEL" "$(uname -r)" "$NGINX_VERSION" "$WRK_VERSION"
+    if ((WANT_JWT)); then
+        printf -- '- protected path: one RS256 token (RSA-2048, %s bytes; iss, aud, sub, exp, iat, scope) sent by wrk as `Authorization: Bearer`; %s%s\n' \
+            "${#TOKEN}" "$(has_contender portico+jwt && echo 'portico+jwt = jwt plugin (local PEM key, iss/aud/exp/sub checks, verified-token cache) + request-id + access log to a file + route retry policy + cluster bulkhead + metrics; ')" \
+            "$(has_contender haproxy+jwt && echo "haproxy+jwt = HAProxy $HAPROXY_VERSION, nbthread 1, jwt_verify + iss/aud/exp checks on every request, http-reuse always, no log; ")OpenSSL $(openssl version | awk '{ print $2 }')"
+    fi
     if [[ $MODE != memory ]]; then
         printf -- '- load: proxy on core %s; wrk -t%s -c%s -d%ss --latency and the upstream nginx on core %s; %ss warm-up before each run; %s interleaved rounds; medians; all at nice %s\n\n' \
             "$PROXY_CPU" "$WRK_THREADS" "$CONNECTIONS" "$DURATION" "$LOAD_CPU" "$WARMUP" "$ROUNDS" "$NICE"
         printf '%s\n\n' "$LOAD_TABLE"
+        if [[ -n $PROTECTED_TABLE ]]; then
+            printf 'Protected path (medians of this run):\n\n%s\n\n' "$PROTECTED_TABLE"
+        fi
         printf '<details><summary>every measured run</summary>\n\n%s\n\n</details>\n\n' "$LOAD_RUNS"
     fi
     if [[ $MODE != load ]]; then

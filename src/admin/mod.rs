@@ -44,8 +44,13 @@ impl AdminApi {
                     },
                     json!({
                         "ready": ready,
+                        // During a graceful upgrade both processes answer on this port:
+                        // the pid tells which one did.
+                        "pid": std::process::id(),
+                        "draining": self.state.is_draining(),
                         "config_version": self.state.snapshot().version,
                         "last_reload_error": last_error,
+                        "upgrade_required": self.state.upgrade_required(),
                     }),
                 )
             }
@@ -74,16 +79,6 @@ impl AdminApi {
                     }),
                 )
             }
-            ("POST", "/admin/reload") => match runtime::reload(&self.state) {
-                Ok(version) => json_body(
-                    StatusCode::OK,
-                    json!({ "reloaded": true, "version": version }),
-                ),
-                Err(e) => json_body(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    json!({ "reloaded": false, "error": e }),
-                ),
-            },
             (
                 _,
                 "/healthz" | "/readyz" | "/metrics" | "/admin/clusters" | "/admin/config"
@@ -100,6 +95,31 @@ impl AdminApi {
                 }),
             ),
         }
+    }
+
+    /// `POST /admin/reload`: answers once the new config is in effect (new clusters
+    /// probed), or with 422 and the errors. `upgrade_required` says when part of the new
+    /// config (listeners) needs a graceful upgrade to take effect.
+    async fn reload(&self) -> (StatusCode, &'static str, Vec<u8>) {
+        let (status, body) = match runtime::reload(&self.state).await {
+            Ok(version) => (
+                StatusCode::OK,
+                json!({
+                    "reloaded": true,
+                    "version": version,
+                    "upgrade_required": self.state.upgrade_required(),
+                }),
+            ),
+            Err(e) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({ "reloaded": false, "error": e }),
+            ),
+        };
+        (
+            status,
+            "application/json",
+            serde_json::to_vec_pretty(&body).unwrap_or_default(),
+        )
     }
 
     /// Endpoint gauges are set from the live cluster state at scrape time, and reset
@@ -155,7 +175,12 @@ impl ServeHttp for AdminApi {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
-        let (status, content_type, body) = self.route(&method, &path);
+        let (status, content_type, body) =
+            if method == http::Method::POST && path == "/admin/reload" {
+                self.reload().await
+            } else {
+                self.route(&method, &path)
+            };
         Response::builder()
             .status(status)
             .header(http::header::CONTENT_TYPE, content_type)

@@ -37,6 +37,9 @@ pub struct Config {
     pub routes: Vec<Route>,
     #[serde(default)]
     pub clusters: BTreeMap<String, Cluster>,
+    /// Span export over OTLP/HTTP; off without this section.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<Tracing>,
     /// Values substituted from `${ENV}` references: secrets, redacted from `/admin/config`.
     #[serde(skip)]
     pub secrets: Vec<String>,
@@ -60,6 +63,9 @@ pub struct ServerSection {
     pub graceful_shutdown_timeout_seconds: u64,
     /// Idle upstream connections kept for reuse, shared by all clusters.
     pub upstream_keepalive_pool_size: usize,
+    /// Reload the config by itself when the file's content changes (polled every second,
+    /// applied once it has been stable for 500 ms).
+    pub watch_config: bool,
 }
 
 impl Default for ServerSection {
@@ -74,24 +80,75 @@ impl Default for ServerSection {
             grace_period_seconds: 30,
             graceful_shutdown_timeout_seconds: 10,
             upstream_keepalive_pool_size: 1024,
+            watch_config: false,
         }
     }
 }
 
 /// A client-facing listening socket.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     pub address: String,
     pub tls: Option<ListenerTls>,
 }
 
-/// TLS termination for a listener (rustls).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// TLS termination for a listener (rustls, TLS 1.2 and 1.3). Certificates, keys and the
+/// client CA are read again on every config reload.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerTls {
+    /// The single-certificate form: a PEM chain (leaf first) and its key.
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    /// Several certificates on one listener, chosen by the client's SNI among the DNS
+    /// names of each certificate; the first one (or `cert`/`key`) answers clients whose
+    /// SNI matches none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<CertificateFiles>,
+    /// PEM bundle of the CAs that sign client certificates: turns on mTLS.
+    pub client_ca: Option<String>,
+    /// With `client_ca`: `required` (the default) refuses clients without a valid
+    /// certificate, `optional` verifies one only when the client sends it.
+    pub client_auth: Option<ClientAuth>,
+    /// Offer HTTP/2 by ALPN (`h2`, then `http/1.1`); default true.
+    #[serde(default = "yes")]
+    pub http2: bool,
+}
+
+impl ListenerTls {
+    /// Every certificate of the listener, the default one first.
+    pub fn all_certificates(&self) -> Vec<CertificateFiles> {
+        let mut all = Vec::with_capacity(self.certificates.len() + 1);
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            all.push(CertificateFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            });
+        }
+        all.extend(self.certificates.iter().cloned());
+        all
+    }
+}
+
+/// A certificate chain file and its private key file (PEM).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFiles {
     pub cert: String,
     pub key: String,
+}
+
+/// Whether a listener with `client_ca` insists on a client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    Required,
+    Optional,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The admin API listener: health, readiness, metrics, cluster state, effective config.
@@ -127,6 +184,59 @@ impl Default for Logging {
             success_sample_ratio: 1.0,
         }
     }
+}
+
+/// Span export to an OpenTelemetry collector over OTLP/HTTP (protobuf).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tracing {
+    /// `http://host:port/v1/traces`; a URL without a path gets `/v1/traces`.
+    pub otlp_endpoint: String,
+    /// Share of new traces exported (0.0–1.0). A caller's `traceparent` decides instead:
+    /// sampled-flag traces are always exported, the others never.
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+    /// `service.name` of the exported resource.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Spans per export request (about: a request's spans are never split).
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Longest a span waits before its batch is sent.
+    #[serde(default = "default_flush_interval", with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Timeout of one export request, connect included.
+    #[serde(default = "default_export_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Requests' span sets waiting for export at most; beyond that they are dropped.
+    #[serde(default = "default_queue_size")]
+    pub queue_size: usize,
+    /// Extra request headers, e.g. `authorization = "Bearer ${OTLP_TOKEN}"`; their values
+    /// are redacted from `/admin/config`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Extra resource attributes, e.g. `"deployment.environment.name" = "prod"`.
+    #[serde(default)]
+    pub resource: BTreeMap<String, String>,
+}
+
+fn default_sample_ratio() -> f64 {
+    1.0
+}
+fn default_service_name() -> String {
+    "portico".into()
+}
+fn default_batch_size() -> usize {
+    512
+}
+fn default_flush_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_export_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_queue_size() -> usize {
+    4096
 }
 
 /// Request size limits enforced before anything is proxied.
@@ -352,6 +462,18 @@ pub struct Cluster {
     pub tls: bool,
     /// SNI and certificate name for upstream TLS; defaults to the endpoint host.
     pub sni: Option<String>,
+    /// PEM bundle of the CAs trusted for the endpoints' certificates (a private CA);
+    /// without it the system's trust store is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// Verify the endpoints' certificates and names (default true; false is for tests).
+    #[serde(default = "yes")]
+    pub verify: bool,
+    /// Client certificate chain and key presented to the endpoints (upstream mTLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<String>,
     pub health_check: Option<HealthCheck>,
     #[serde(default)]
     pub outlier: Outlier,

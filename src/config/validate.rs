@@ -75,14 +75,7 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             ),
         }
         if let Some(tls) = &l.tls {
-            for (field, file) in [("cert", &tls.cert), ("key", &tls.key)] {
-                if !Path::new(file).is_file() {
-                    p.add(
-                        &[at[0].clone(), at[1].clone(), key("tls"), key(field)],
-                        format!("file `{file}` does not exist"),
-                    );
-                }
-            }
+            validate_listener_tls(tls, &[at[0].clone(), at[1].clone(), key("tls")], &mut p);
         }
     }
     if config.admin.address.parse::<SocketAddr>().is_err() {
@@ -114,10 +107,49 @@ pub fn validate(config: &Config) -> Vec<Problem> {
         }
     }
 
+    if let Some(tracing) = &config.tracing {
+        validate_tracing(tracing, &mut p);
+    }
     validate_clusters(config, &mut p);
     validate_plugins(&config.plugins, &[key("plugins")], &mut p);
     validate_routes(config, &mut p);
     p.0
+}
+
+fn validate_tracing(t: &super::Tracing, p: &mut Problems) {
+    let at = |f: &str| vec![key("tracing"), key(f)];
+    if let Err(msg) = crate::observe::otlp::endpoint_uri(&t.otlp_endpoint) {
+        p.add(&at("otlp_endpoint"), msg);
+    }
+    if !(0.0..=1.0).contains(&t.sample_ratio) {
+        p.add(
+            &at("sample_ratio"),
+            format!("{} is outside 0.0–1.0", t.sample_ratio),
+        );
+    }
+    if t.service_name.trim().is_empty() {
+        p.add(&at("service_name"), "must not be empty");
+    }
+    if !(1..=65_536).contains(&t.batch_size) {
+        p.add(&at("batch_size"), "must be between 1 and 65536");
+    }
+    if !(1..=1_048_576).contains(&t.queue_size) {
+        p.add(&at("queue_size"), "must be between 1 and 1048576");
+    }
+    if t.flush_interval.is_zero() {
+        p.add(&at("flush_interval"), "must be greater than 0");
+    }
+    if t.timeout.is_zero() {
+        p.add(&at("timeout"), "must be greater than 0");
+    }
+    for (name, value) in &t.headers {
+        let here = vec![key("tracing"), key("headers"), key(name)];
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            p.add(&here, format!("`{name}` is not a valid header name"));
+        } else if http::HeaderValue::from_str(value).is_err() {
+            p.add(&here, "not a valid header value");
+        }
+    }
 }
 
 fn validate_clusters(config: &Config, p: &mut Problems) {
@@ -168,6 +200,7 @@ fn validate_clusters(config: &Config, p: &mut Problems) {
                 "only used with lb = \"consistent_hash\"",
             );
         }
+        validate_cluster_tls(c, &at, p);
         if c.timeouts.connect.is_zero() || c.timeouts.read.is_zero() || c.timeouts.write.is_zero() {
             p.add(&sub(&[key("timeouts")]), "timeouts must be greater than 0");
         }
@@ -237,6 +270,136 @@ fn validate_clusters(config: &Config, p: &mut Problems) {
                 "must not be longer than max_ejection",
             );
         }
+    }
+}
+
+/// A file a TLS setting names: it must exist, and `parse` (which reads it) must accept it.
+/// Returns whether it passed.
+fn check_file(
+    path: &str,
+    at: &[Seg],
+    p: &mut Problems,
+    parse: impl FnOnce(&str) -> Result<(), String>,
+) -> bool {
+    if path.trim().is_empty() {
+        p.add(at, "must be a file path");
+        return false;
+    }
+    if !Path::new(path).is_file() {
+        p.add(at, format!("file `{path}` does not exist"));
+        return false;
+    }
+    match parse(path) {
+        Ok(()) => true,
+        Err(msg) => {
+            p.add(at, msg);
+            false
+        }
+    }
+}
+
+/// A certificate file and its key file: each readable and parseable, and the key the
+/// certificate's.
+fn check_pair(cert: &str, key_file: &str, cert_at: &[Seg], key_at: &[Seg], p: &mut Problems) {
+    use crate::runtime::tls;
+    let cert_ok = check_file(cert, cert_at, p, |f| tls::read_certificates(f).map(drop));
+    let key_ok = check_file(key_file, key_at, p, |f| tls::read_private_key(f).map(drop));
+    if cert_ok && key_ok {
+        let files = super::CertificateFiles {
+            cert: cert.to_string(),
+            key: key_file.to_string(),
+        };
+        match tls::certified_key(&files) {
+            Ok(_) => {}
+            Err(tls::PairError::Cert(m)) => p.add(cert_at, m),
+            Err(tls::PairError::Key(m)) => p.add(key_at, m),
+        }
+    }
+}
+
+fn validate_listener_tls(tls: &super::ListenerTls, at: &[Seg], p: &mut Problems) {
+    let field = |tail: &[Seg]| -> Vec<Seg> { at.iter().chain(tail).cloned().collect() };
+    match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key_file)) => check_pair(
+            cert,
+            key_file,
+            &field(&[key("cert")]),
+            &field(&[key("key")]),
+            p,
+        ),
+        (Some(_), None) => p.add(&field(&[key("key")]), "`cert` needs its `key`"),
+        (None, Some(_)) => p.add(&field(&[key("cert")]), "`key` needs its `cert`"),
+        (None, None) if tls.certificates.is_empty() => p.add(
+            at,
+            "give `cert` and `key`, or `certificates = [{ cert = ..., key = ... }, ...]`",
+        ),
+        (None, None) => {}
+    }
+    for (i, pair) in tls.certificates.iter().enumerate() {
+        let base = [key("certificates"), Seg::Index(i)];
+        check_pair(
+            &pair.cert,
+            &pair.key,
+            &field(&[base[0].clone(), base[1].clone(), key("cert")]),
+            &field(&[base[0].clone(), base[1].clone(), key("key")]),
+            p,
+        );
+    }
+    match &tls.client_ca {
+        Some(ca) => {
+            check_file(ca, &field(&[key("client_ca")]), p, |f| {
+                crate::runtime::tls::read_roots(f).map(drop)
+            });
+        }
+        None if tls.client_auth.is_some() => p.add(
+            &field(&[key("client_auth")]),
+            "needs `client_ca`, the CAs that sign client certificates",
+        ),
+        None => {}
+    }
+}
+
+fn validate_cluster_tls(c: &super::Cluster, at: &[Seg], p: &mut Problems) {
+    let field = |f: &str| -> Vec<Seg> { at.iter().cloned().chain([key(f)]).collect() };
+    if !c.tls {
+        for (name, set) in [
+            ("ca_file", c.ca_file.is_some()),
+            ("client_cert", c.client_cert.is_some()),
+            ("client_key", c.client_key.is_some()),
+            ("sni", c.sni.is_some()),
+            ("verify", !c.verify),
+        ] {
+            if set {
+                p.add(&field(name), "only used with `tls = true`");
+            }
+        }
+        return;
+    }
+    if let Some(ca) = &c.ca_file {
+        check_file(ca, &field("ca_file"), p, |f| {
+            crate::runtime::tls::read_certificates(f).map(drop)
+        });
+    }
+    match (&c.client_cert, &c.client_key) {
+        (Some(cert), Some(key_file)) => check_pair(
+            cert,
+            key_file,
+            &field("client_cert"),
+            &field("client_key"),
+            p,
+        ),
+        (Some(_), None) => p.add(&field("client_key"), "`client_cert` needs its `client_key`"),
+        (None, Some(_)) => p.add(
+            &field("client_cert"),
+            "`client_key` needs its `client_cert`",
+        ),
+        (None, None) => {}
+    }
+    if c.sni.as_deref().is_some_and(|s| s.trim().is_empty()) {
+        p.add(
+            &field("sni"),
+            "must not be empty (an empty SNI would turn certificate verification off)",
+        );
     }
 }
 

@@ -1,8 +1,9 @@
-//! Observability: the Prometheus metrics registry, the JSON access log, and W3C trace
-//! context.
+//! Observability: the Prometheus metrics registry, the JSON access log, W3C trace
+//! context, and span export over OTLP.
 
 pub mod access_log;
 pub mod metrics;
+pub mod otlp;
 pub mod trace;
 
 /// 32 lowercase hex characters from 128 random bits: request and trace ids.

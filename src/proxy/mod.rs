@@ -21,6 +21,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::observe::access_log::{now_rfc3339, Record};
 use crate::observe::metrics::METRICS;
+use crate::observe::otlp::{self, RequestInfo, RequestSpans};
 use crate::observe::trace::TraceContext;
 use crate::router::version::{split_uri_version, VersionError};
 use crate::router::{normalize_path, rewrite_prefix, RouteMatch};
@@ -51,6 +52,8 @@ pub struct Ctx {
     start: Instant,
     deadline: Option<Instant>,
     trace: Option<TraceContext>,
+    /// Span timings and outcomes, only when tracing is on and this request is sampled.
+    spans: Option<Box<RequestSpans>>,
     /// The path without its version segment, when the version came from the URI.
     unversioned_path: Option<String>,
     /// Endpoints this request has tried, in order.
@@ -86,8 +89,27 @@ impl Ctx {
 
     /// Ends the attempt in progress, if any, with its outcome.
     fn finish_attempt(&mut self, outcome: Outcome) {
+        let label = match outcome {
+            Outcome::Response(_) => "response",
+            Outcome::ConnectFailure => "connect_error",
+            Outcome::Failure => "error",
+            Outcome::Abandoned => "abandoned",
+        };
+        self.finish_attempt_as(outcome, label);
+    }
+
+    /// [`Ctx::finish_attempt`], naming the outcome for the attempt's span (`timeout` is
+    /// a `Failure` the span tells apart).
+    fn finish_attempt_as(&mut self, outcome: Outcome, label: &'static str) {
         if let (Some(target), Some((index, probe))) = (&self.target, self.current.take()) {
             target.cluster.finish(index, probe, outcome);
+            if let Some(spans) = &mut self.spans {
+                let status = match outcome {
+                    Outcome::Response(s) => Some(s),
+                    _ => None,
+                };
+                spans.end_attempt(label, status);
+            }
         }
     }
 }
@@ -105,6 +127,7 @@ impl ProxyHttp for Gateway {
             start: Instant::now(),
             deadline: None,
             trace: None,
+            spans: None,
             unversioned_path: None,
             tried: Vec::new(),
             current: None,
@@ -129,13 +152,20 @@ impl ProxyHttp for Gateway {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         ctx.plugin.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        ctx.trace = Some(TraceContext::from_header(
+        let mut trace = TraceContext::from_header(
             session
                 .req_header()
                 .headers
                 .get("traceparent")
                 .map(|v| v.as_bytes()),
-        ));
+        );
+        // The head sampling decision; with tracing off or unsampled, no span work at all.
+        if let Some(tracer) = &ctx.snapshot.tracer {
+            if tracer.sample(&mut trace) {
+                ctx.spans = Some(RequestSpans::new(ctx.start));
+            }
+        }
+        ctx.trace = Some(trace);
 
         if let Some(err) = check_limits(session.req_header(), &ctx.snapshot.limits) {
             return self.answer_error(session, ctx, err).await;
@@ -291,6 +321,11 @@ impl ProxyHttp for Gateway {
         ctx.attempts += 1;
         ctx.upstream_start = Some(Instant::now());
         ctx.upstream_status = None;
+        if let Some(spans) = &mut ctx.spans {
+            if let Some(endpoint) = cluster.endpoints.get(attempt.index) {
+                spans.start_attempt(&endpoint.name, endpoint.addr);
+            }
+        }
         let mut peer = attempt.peer;
         // Each attempt gets at most its per-try timeout and never more than the deadline.
         let cap = match (route.retry.per_try_timeout, remaining) {
@@ -354,12 +389,12 @@ impl ProxyHttp for Gateway {
             e.set_retry(true);
             return e;
         };
-        ctx.finish_attempt(Outcome::Failure);
         let result = if failure == Failure::Timeout {
             "timeout"
         } else {
             "error"
         };
+        ctx.finish_attempt_as(Outcome::Failure, result);
         METRICS
             .upstream_attempts
             .with_label_values(&[ctx.cluster_name(), result])
@@ -377,7 +412,13 @@ impl ProxyHttp for Gateway {
         headers::strip_hop_by_hop_request(upstream, session.is_upgrade_req());
         headers::add_forwarded(upstream, ctx.plugin.client_ip, ctx.plugin.tls);
         if let Some(trace) = &ctx.trace {
-            upstream.insert_header("traceparent", trace.header_value())?;
+            // A sampled request's upstream sees this attempt's span as its parent; others
+            // see the gateway's span.
+            let value = match ctx.spans.as_ref().and_then(|s| s.open_attempt()) {
+                Some(attempt) => otlp::attempt_traceparent(trace, attempt),
+                None => trace.header_value(),
+            };
+            upstream.insert_header("traceparent", value)?;
         }
         if let Some(target) = ctx.target.clone() {
             let base = ctx
@@ -447,6 +488,7 @@ impl ProxyHttp for Gateway {
         headers::strip_hop_by_hop_response(resp);
         finish_response_headers(ctx, resp);
         run_response_hooks(ctx, session.req_header(), resp).await;
+        self.close_if_draining(session);
         Ok(())
     }
 
@@ -533,6 +575,29 @@ impl ProxyHttp for Gateway {
         let (read, sent) = (session.body_bytes_read(), session.body_bytes_sent());
         metrics.request_bytes.inc_by(read as u64);
         metrics.response_bytes.inc_by(sent as u64);
+
+        if let (Some(spans), Some(tracer), Some(trace)) =
+            (ctx.spans.take(), &ctx.snapshot.tracer, &ctx.trace)
+        {
+            let req = session.req_header();
+            let info = RequestInfo {
+                method: &req.method,
+                path: req.uri.path(),
+                route: ctx.route.as_ref().map(|r| r.id.clone()),
+                version: target.as_ref().and_then(|t| t.version.clone()),
+                cluster: target.as_ref().map(|t| t.cluster.name.as_str()),
+                status,
+                attempts: ctx.attempts,
+                request_id: ctx.plugin.request_id.as_deref().unwrap_or(""),
+                client: ctx.plugin.client_ip,
+                error: ctx
+                    .error
+                    .as_ref()
+                    .map(|e| e.slug())
+                    .or(e.map(|e| e.etype().as_str())),
+            };
+            tracer.export(spans, trace, info);
+        }
 
         if ctx.snapshot.access_log.wants(status) {
             let req = session.req_header();
@@ -659,6 +724,15 @@ pub fn resolve(snapshot: &Snapshot, req: &RequestHeader) -> Result<Resolved, Gat
 }
 
 impl Gateway {
+    /// While the process drains (graceful stop or upgrade), responses ask the client to
+    /// close the connection, so no idle keep-alive connection is cut under a new request
+    /// (see `runtime::supervisor`).
+    fn close_if_draining(&self, session: &mut Session) {
+        if self.state.is_draining() {
+            session.set_keepalive(None);
+        }
+    }
+
     /// Answers with a gateway error and stops the request (for `request_filter`).
     async fn answer_error(
         &self,
@@ -715,6 +789,7 @@ impl Gateway {
         ctx.request_id();
         finish_response_headers(ctx, &mut resp);
         run_response_hooks(ctx, session.req_header(), &mut resp).await;
+        self.close_if_draining(session);
         let head_only = session.req_header().method == http::Method::HEAD;
         let empty = body.is_empty() || head_only;
         session.write_response_header(Box::new(resp), empty).await?;

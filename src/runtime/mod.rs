@@ -5,11 +5,13 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 pub mod serve;
 pub mod supervisor;
+pub mod tls;
+pub mod watch;
 
 use arc_swap::ArcSwap;
 use portico_plugins::{Hooks, Plugin};
@@ -17,6 +19,7 @@ use portico_plugins::{Hooks, Plugin};
 use crate::config::{self, Config, PathMatchKind};
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::RouteMetrics;
+use crate::observe::otlp::Tracer;
 use crate::router::version::{Source, VersionSelector};
 use crate::router::{self, HeaderMatch, PathMatch, RouteSpec, Router};
 use crate::upstream::Cluster;
@@ -152,6 +155,8 @@ pub struct Snapshot {
     pub global_plugins: PluginChain,
     pub limits: config::Limits,
     pub access_log: AccessLog,
+    /// Span export, when `[tracing]` is configured.
+    pub tracer: Option<Arc<Tracer>>,
     pub config: Config,
     /// Metrics for requests that matched no route.
     pub unrouted_metrics: RouteMetrics,
@@ -167,14 +172,24 @@ impl Snapshot {
     pub fn build(config: Config, previous: Option<&Snapshot>) -> Result<Snapshot, String> {
         let mut clusters = BTreeMap::new();
         for (name, def) in &config.clusters {
+            // Same definition and same TLS files (a rotated CA or client certificate
+            // builds the cluster anew).
             let reused = previous
                 .and_then(|p| p.clusters.get(name))
-                .filter(|c| same(&c.definition, def))
+                .filter(|c| {
+                    same(&c.definition, def)
+                        && c.tls.fingerprint == crate::upstream::tls_fingerprint(def)
+                })
                 .cloned();
             let cluster = match reused {
                 Some(c) => c,
                 None => {
-                    Arc::new(Cluster::build(name, def).map_err(|e| format!("cluster {name}: {e}"))?)
+                    let cluster =
+                        Cluster::build(name, def).map_err(|e| format!("cluster {name}: {e}"))?;
+                    if let Some(old) = previous.and_then(|p| p.clusters.get(name)) {
+                        cluster.inherit_health(old);
+                    }
+                    Arc::new(cluster)
                 }
             };
             clusters.insert(name.clone(), cluster);
@@ -317,6 +332,15 @@ impl Snapshot {
             .map_err(|e| format!("access log {}: {e}", config.logging.access_log))?,
         };
 
+        // Like the access log, an unchanged `[tracing]` keeps its exporter (and its queue).
+        let tracer = match (&config.tracing, previous) {
+            (None, _) => None,
+            (Some(t), Some(p)) if p.config.tracing.as_ref() == Some(t) => p.tracer.clone(),
+            (Some(t), _) => Some(Arc::new(
+                Tracer::new(t).map_err(|e| format!("tracing: {e}"))?,
+            )),
+        };
+
         let version = {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -331,6 +355,7 @@ impl Snapshot {
             global_plugins,
             limits: config.limits.clone(),
             access_log,
+            tracer,
             unrouted_metrics: RouteMetrics::new("", "", ""),
             config,
             loaded_at: SystemTime::now(),
@@ -342,6 +367,12 @@ impl Snapshot {
     pub fn redacted_config(&self) -> serde_json::Value {
         let mut value = serde_json::to_value(&self.config).unwrap_or_default();
         redact(&mut value, &self.config.secrets, false);
+        // Export headers carry credentials whatever their names.
+        if let Some(serde_json::Value::Object(headers)) = value.pointer_mut("/tracing/headers") {
+            for v in headers.values_mut() {
+                *v = serde_json::Value::String("<redacted>".into());
+            }
+        }
         value
     }
 }
@@ -433,8 +464,19 @@ pub struct State {
     /// Where the config came from, for reloads.
     pub config_path: Option<PathBuf>,
     ready: AtomicBool,
+    /// Set once a graceful stop or upgrade began: `/readyz` says no and responses ask
+    /// clients to close their connections.
+    draining: AtomicBool,
     /// Why the last reload failed, if it did.
     last_error: Mutex<Option<String>>,
+    /// One reload at a time (SIGHUP, admin API, file watch), each building on the last.
+    reload_lock: tokio::sync::Mutex<()>,
+    /// The listeners and admin address this process serves: fixed when it starts.
+    bound: OnceLock<(Vec<config::Listener>, String)>,
+    /// The live TLS state of each TLS listener, updated by reloads.
+    tls: OnceLock<Vec<Arc<tls::ListenerTlsState>>>,
+    /// Hash of the config file content last loaded (or tried), for the file watch.
+    file_hash: Mutex<Option<u64>>,
 }
 
 impl State {
@@ -447,7 +489,12 @@ impl State {
             current: ArcSwap::from_pointee(snapshot),
             config_path,
             ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             last_error: Mutex::new(None),
+            reload_lock: tokio::sync::Mutex::new(()),
+            bound: OnceLock::new(),
+            tls: OnceLock::new(),
+            file_hash: Mutex::new(None),
         })
     }
 
@@ -469,48 +516,131 @@ impl State {
         self.ready.store(ready, Ordering::Release);
     }
 
+    /// Whether this process is stopping or handing over to a new one.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+        self.ready.store(false, Ordering::Release);
+    }
+
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().ok().and_then(|e| e.clone())
     }
+
+    /// Records the listeners and admin address this process serves, and the listeners'
+    /// TLS state (once, at start).
+    pub fn set_listeners(
+        &self,
+        listeners: Vec<config::Listener>,
+        admin: String,
+        tls: Vec<Arc<tls::ListenerTlsState>>,
+    ) {
+        let _ = self.bound.set((listeners, admin));
+        let _ = self.tls.set(tls);
+    }
+
+    /// Why the running config cannot take full effect without a graceful upgrade
+    /// (`portico serve -u`): listeners added, removed, or changed in a way a reload cannot
+    /// apply. `None` when the loaded config is fully in effect.
+    pub fn upgrade_required(&self) -> Option<String> {
+        let (bound, admin) = self.bound.get()?;
+        let snapshot = self.snapshot();
+        let shape = |ls: &[config::Listener]| -> Vec<(String, Option<bool>)> {
+            ls.iter()
+                .map(|l| (l.address.clone(), l.tls.as_ref().map(|t| t.http2)))
+                .collect()
+        };
+        let mut reasons = Vec::new();
+        if shape(bound) != shape(&snapshot.config.listeners) {
+            reasons.push("listeners changed");
+        }
+        if snapshot.config.admin.address != *admin {
+            reasons.push("admin address changed");
+        }
+        (!reasons.is_empty()).then(|| reasons.join(", "))
+    }
+
+    /// The content hash of the config file as last loaded (or tried).
+    pub fn file_hash(&self) -> Option<u64> {
+        self.file_hash.lock().ok().and_then(|h| *h)
+    }
+
+    pub fn set_file_hash(&self, hash: Option<u64>) {
+        if let Ok(mut h) = self.file_hash.lock() {
+            *h = hash;
+        }
+    }
 }
 
-/// Reloads the config file: parse and validate it in full, build the new snapshot
-/// (keeping unchanged clusters and their state), start health checks of new clusters, then
-/// swap. On any error the running snapshot stays and the error is kept for `/readyz`.
-/// Returns the new config version.
-pub fn reload(state: &State) -> Result<String, String> {
-    let result = (|| {
-        let path = state
-            .config_path
-            .as_ref()
-            .ok_or("this gateway was not started from a config file")?;
-        let config = config::load_file(path).map_err(|e| e.to_string())?;
-        let previous = state.snapshot();
-        if config.listeners.iter().map(|l| &l.address).ne(previous
-            .config
-            .listeners
-            .iter()
-            .map(|l| &l.address))
-            || config.admin.address != previous.config.admin.address
-        {
-            log::warn!(
-                "listener changes take effect only with a graceful upgrade (portico serve -u)"
-            );
+/// A stable hash of a config file's bytes.
+pub fn content_hash(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+/// What a reload loaded and built, before anything is swapped in.
+struct Built {
+    snapshot: Snapshot,
+    tls: Vec<(Arc<tls::ListenerTlsState>, tls::Prepared)>,
+}
+
+/// Reads, validates and builds everything a reload needs, off the async threads (host names
+/// resolve and files are read here). Returns the file's content hash whatever happens.
+fn build_reload(
+    path: &std::path::Path,
+    previous: &Snapshot,
+    listeners: &[Arc<tls::ListenerTlsState>],
+) -> (Option<u64>, Result<Built, String>) {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => {
+            return (
+                None,
+                Err(format!("{}: cannot read config file: {e}", path.display())),
+            )
         }
-        let snapshot = Snapshot::build(config, Some(&previous))?;
-        for (name, cluster) in &snapshot.clusters {
-            let reused = previous
-                .clusters
-                .get(name)
-                .is_some_and(|old| Arc::ptr_eq(old, cluster));
-            if !reused {
-                crate::upstream::spawn_health_checks(cluster);
+    };
+    let hash = content_hash(&bytes);
+    let result = (|| {
+        let text = String::from_utf8(bytes)
+            .map_err(|_| format!("{}: the config file is not UTF-8", path.display()))?;
+        let config =
+            config::load_str(&path.display().to_string(), &text).map_err(|e| e.to_string())?;
+        let mut prepared = Vec::new();
+        for state in listeners {
+            let tls_conf = config
+                .listeners
+                .iter()
+                .find(|l| l.address == state.address)
+                .and_then(|l| l.tls.as_ref());
+            if let Some(tls_conf) = tls_conf {
+                let loaded = tls::Prepared::load(tls_conf)
+                    .map_err(|e| format!("listener {}: {e}", state.address))?;
+                prepared.push((state.clone(), loaded));
             }
         }
-        let version = snapshot.version.clone();
-        state.swap(snapshot);
-        Ok::<_, String>(version)
+        let snapshot = Snapshot::build(config, Some(previous))?;
+        Ok(Built {
+            snapshot,
+            tls: prepared,
+        })
     })();
+    (Some(hash), result)
+}
+
+/// Reloads the config file: parse and validate it in full and build the new snapshot
+/// (keeping unchanged clusters and their state) and listener certificates; start health
+/// checks of new clusters and wait for their first probe round, so they take traffic only
+/// once probed; then swap. On any error the running snapshot stays and the error is kept for
+/// `/readyz`. Returns the new config version.
+pub async fn reload(state: &Arc<State>) -> Result<String, String> {
+    let _one_at_a_time = state.reload_lock.lock().await;
+    let result = reload_locked(state).await;
     let label = if result.is_ok() { "success" } else { "failure" };
     crate::observe::metrics::METRICS
         .config_reloads
@@ -524,4 +654,59 @@ pub fn reload(state: &State) -> Result<String, String> {
         *last = result.as_ref().err().cloned();
     }
     result
+}
+
+async fn reload_locked(state: &Arc<State>) -> Result<String, String> {
+    let path = state
+        .config_path
+        .clone()
+        .ok_or("this gateway was not started from a config file")?;
+    let previous = state.snapshot();
+    let listeners = state.tls.get().cloned().unwrap_or_default();
+    let prev = previous.clone();
+    let (hash, built) = tokio::task::spawn_blocking(move || build_reload(&path, &prev, &listeners))
+        .await
+        .map_err(|e| format!("the reload task failed: {e}"))?;
+    if hash.is_some() {
+        state.set_file_hash(hash);
+    }
+    let Built { snapshot, tls } = built?;
+
+    let mut first_rounds = Vec::new();
+    for (name, cluster) in &snapshot.clusters {
+        let reused = previous
+            .clusters
+            .get(name)
+            .is_some_and(|old| Arc::ptr_eq(old, cluster));
+        if !reused {
+            if let Some(round) = crate::upstream::spawn_health_checks(cluster, true) {
+                first_rounds.push((name.clone(), round));
+            }
+        }
+    }
+    if !first_rounds.is_empty() {
+        let names: Vec<&str> = first_rounds.iter().map(|(n, _)| n.as_str()).collect();
+        log::info!(
+            "probing new clusters before they take traffic: {}",
+            names.join(", ")
+        );
+        let waits = first_rounds.into_iter().map(|(name, round)| async move {
+            if !round.wait().await {
+                log::warn!("cluster {name}: first health-check round did not finish in time");
+            }
+        });
+        futures::future::join_all(waits).await;
+    }
+
+    let version = snapshot.version.clone();
+    state.swap(snapshot);
+    for (listener, prepared) in tls {
+        listener.apply(prepared);
+    }
+    if let Some(why) = state.upgrade_required() {
+        log::warn!(
+            "{why}: this takes effect only with a graceful upgrade (portico serve -u, or systemctl reload portico)"
+        );
+    }
+    Ok(version)
 }

@@ -1,5 +1,6 @@
 //! Assembling and running the Pingora server: process settings from the config, the proxy
-//! service on every listener, the admin API, and the supervisor.
+//! service on every listener (TLS ones with certificates a reload can change), the admin
+//! API, and the supervisor.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 
 use super::supervisor::Supervisor;
+use super::tls::ListenerTlsState;
 use super::{Snapshot, State};
 use crate::admin::AdminApi;
 use crate::config::Config;
@@ -47,6 +49,10 @@ pub fn build(
     let section = &config.server;
     let mut conf = ServerConf {
         daemon: options.daemon,
+        // A daemon keeps the directory it was started in (Pingora would move to `/`), so
+        // relative paths in the config mean the same before and after daemonizing, and in
+        // every reload.
+        working_directory: std::env::current_dir().ok(),
         pid_file: absolute(Path::new(&section.pid_file)).display().to_string(),
         upgrade_sock: absolute(Path::new(&section.upgrade_sock))
             .display()
@@ -69,11 +75,28 @@ pub fn build(
         conf: None,
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
+    let phases = server.watch_execution_phase();
 
     let listeners = config.listeners.clone();
     let admin_address = config.admin.address.clone();
+    let mut tls_states = Vec::new();
+    for l in &listeners {
+        if let Some(tls) = &l.tls {
+            let tls_state = ListenerTlsState::new(&l.address, tls)
+                .map_err(|e| format!("listener {}: {e}", l.address))?;
+            tls_states.push(Arc::new(tls_state));
+        }
+    }
     let snapshot = Snapshot::build(config, None)?;
-    let state = State::new(snapshot, config_path.map(|p| absolute(&p)));
+    let config_path = config_path.map(|p| absolute(&p));
+    // What the file watch compares against (read again: `config` came from the caller).
+    let file_hash = config_path
+        .as_ref()
+        .and_then(|p| std::fs::read(p).ok())
+        .map(|b| super::content_hash(&b));
+    let state = State::new(snapshot, config_path);
+    state.set_file_hash(file_hash);
+    state.set_listeners(listeners.clone(), admin_address.clone(), tls_states.clone());
     // After the snapshot, so `--test` (which exits inside bootstrap) has built everything;
     // with `--upgrade` this is where the old process's listening sockets are received.
     server.bootstrap();
@@ -85,10 +108,13 @@ pub fn build(
     );
     let mut bound: Vec<SocketAddr> = Vec::new();
     for l in &listeners {
-        match &l.tls {
-            Some(tls) => proxy
-                .add_tls(&l.address, &tls.cert, &tls.key)
-                .map_err(|e| format!("listener {}: {e}", l.address))?,
+        match tls_states.iter().find(|t| t.address == l.address) {
+            Some(tls) => proxy.add_tls_with_settings(
+                &l.address,
+                None,
+                tls.settings()
+                    .map_err(|e| format!("listener {}: {e}", l.address))?,
+            ),
             None => proxy.add_tcp(&l.address),
         }
         if let Ok(addr) = l.address.parse() {
@@ -103,13 +129,15 @@ pub fn build(
 
     server.add_service(background_service(
         "portico supervisor",
-        Supervisor::new(state.clone(), bound),
+        Supervisor::new(state.clone(), bound, phases),
     ));
     Ok((server, state))
 }
 
 /// Runs the server until a shutdown signal (SIGTERM graceful, SIGINT fast, SIGQUIT
-/// graceful upgrade hand-off).
+/// graceful upgrade hand-off). A graceful stop usually ends inside the supervisor once the
+/// requests in flight are done; whatever way Pingora returns, the access log is flushed.
 pub fn run(server: Server) {
     server.run(RunArgs::default());
+    crate::observe::access_log::flush_all(std::time::Duration::from_secs(2));
 }

@@ -2,23 +2,47 @@
 //! request (Pingora's `HttpHealthCheck` does the probe) and flip the endpoint's health
 //! after the configured number of consecutive passes or failures.
 //!
+//! Endpoints start healthy, so a starting gateway serves at once. For a cluster a config
+//! reload adds or changes, the first round is decisive for the endpoints without a history
+//! (the ones it keeps inherit their health from the cluster it replaces): an endpoint that
+//! fails its very first probe starts unhealthy, and the reload waits for that round, so
+//! new endpoints take traffic only once a probe passed.
+//!
 //! The checking task holds only a weak reference to its cluster, so it ends by itself
 //! when a config reload drops the cluster.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use pingora_load_balancing::health_check::{HealthCheck as _, HttpHealthCheck};
 use pingora_load_balancing::Backend;
 
 use super::{Cluster, Endpoint};
 
+/// Completes when a cluster's first probe round is over.
+pub struct FirstRound {
+    done: tokio::sync::oneshot::Receiver<()>,
+    /// The longest the round can take: each probe is cut at twice the check timeout.
+    bound: Duration,
+}
+
+impl FirstRound {
+    /// Waits for the round, at most its bound; false when it did not finish in time.
+    pub async fn wait(self) -> bool {
+        matches!(
+            tokio::time::timeout(self.bound, self.done).await,
+            Ok(Ok(()))
+        )
+    }
+}
+
 /// Starts the checking task of a cluster that has `health_check` configured (needs a
-/// Tokio runtime). Does nothing for clusters without one.
-pub fn spawn_health_checks(cluster: &Arc<Cluster>) {
-    let Some(spec) = cluster.health_check.clone() else {
-        return;
-    };
+/// Tokio runtime) and returns its first round. With `decisive_first`, the first probe of
+/// an endpoint without a health history sets its health directly. Does nothing for
+/// clusters without checks.
+pub fn spawn_health_checks(cluster: &Arc<Cluster>, decisive_first: bool) -> Option<FirstRound> {
+    let spec = cluster.health_check.clone()?;
     let weak: Weak<Cluster> = Arc::downgrade(cluster);
     let probes: Vec<(Arc<Endpoint>, HttpHealthCheck, Backend)> = cluster
         .endpoints
@@ -29,6 +53,7 @@ pub fn spawn_health_checks(cluster: &Arc<Cluster>) {
             if let Some(sni) = &cluster.definition.sni {
                 check.peer_template.sni = sni.clone();
             }
+            cluster.tls.apply(&mut check.peer_template);
             check.peer_template.options.connection_timeout = Some(spec.timeout);
             check.peer_template.options.read_timeout = Some(spec.timeout);
             check.peer_template.options.total_connection_timeout = Some(spec.timeout);
@@ -64,7 +89,10 @@ pub fn spawn_health_checks(cluster: &Arc<Cluster>) {
         })
         .collect();
     let name = cluster.name.clone();
+    let (first_done, done) = tokio::sync::oneshot::channel();
+    let bound = spec.timeout * 2 + Duration::from_millis(250);
     tokio::spawn(async move {
+        let mut first_done = Some(first_done);
         let mut tick = tokio::time::interval(spec.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -80,17 +108,43 @@ pub fn spawn_health_checks(cluster: &Arc<Cluster>) {
                     .await
                     .map(|r| r.is_ok())
                     .unwrap_or(false);
-                record(
-                    name,
-                    endpoint,
-                    passed,
-                    spec.healthy_threshold,
-                    spec.unhealthy_threshold,
-                );
+                let fresh = !endpoint.probed.swap(true, Ordering::Relaxed);
+                if decisive_first && fresh {
+                    record_first(name, endpoint, passed);
+                } else {
+                    record(
+                        name,
+                        endpoint,
+                        passed,
+                        spec.healthy_threshold,
+                        spec.unhealthy_threshold,
+                    );
+                }
             });
             futures::future::join_all(round).await;
+            if let Some(done) = first_done.take() {
+                let _ = done.send(());
+            }
         }
     });
+    Some(FirstRound { done, bound })
+}
+
+/// The first probe of an endpoint sets its health directly.
+fn record_first(cluster: &str, e: &Endpoint, passed: bool) {
+    if passed {
+        e.check_passes.store(1, Ordering::Relaxed);
+        e.check_failures.store(0, Ordering::Relaxed);
+    } else {
+        e.check_passes.store(0, Ordering::Relaxed);
+        e.check_failures.store(1, Ordering::Relaxed);
+        if e.healthy.swap(false, Ordering::Relaxed) {
+            log::warn!(
+                "cluster {cluster}: endpoint {} failed its first health check; no traffic until it passes",
+                e.name
+            );
+        }
+    }
 }
 
 /// Applies one probe result with hysteresis: health flips only after `healthy` passes or

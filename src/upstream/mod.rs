@@ -24,7 +24,7 @@ use breaker::{Admission, BreakerState, CircuitBreaker};
 use budget::RetryBudget;
 use bulkhead::Bulkhead;
 
-pub use health::spawn_health_checks;
+pub use health::{spawn_health_checks, FirstRound};
 
 /// One upstream instance.
 pub struct Endpoint {
@@ -48,6 +48,10 @@ pub struct Endpoint {
     // Counters of the active checker, touched only by its task.
     check_passes: AtomicU32,
     check_failures: AtomicU32,
+    /// Whether the endpoint has a health history: probed already, or taken over from the
+    /// cluster a reload replaced. A reload-added endpoint without one is decided by its
+    /// first probe.
+    probed: AtomicBool,
 }
 
 impl Endpoint {
@@ -80,6 +84,70 @@ enum Balancer {
     },
 }
 
+/// A cluster's upstream TLS material, loaded from the files its definition names.
+#[derive(Clone, Default)]
+pub(crate) struct PeerTls {
+    ca: Option<Arc<pingora_core::protocols::tls::CaType>>,
+    client_cert: Option<Arc<pingora_core::utils::tls::CertKey>>,
+    verify: bool,
+    /// Of the files' contents: pooled connections made with other TLS material are
+    /// never reused for this cluster, and a reload notices rotated files.
+    pub(crate) fingerprint: u64,
+}
+
+impl PeerTls {
+    fn load(def: &config::Cluster) -> Result<PeerTls, String> {
+        if !def.tls {
+            return Ok(PeerTls::default());
+        }
+        let ca = match &def.ca_file {
+            Some(path) => Some(crate::runtime::tls::upstream_ca(path)?),
+            None => None,
+        };
+        let client_cert = match (&def.client_cert, &def.client_key) {
+            (Some(cert), Some(key)) => Some(
+                crate::runtime::tls::upstream_client_cert(cert, key).map_err(|e| e.to_string())?,
+            ),
+            _ => None,
+        };
+        Ok(PeerTls {
+            ca,
+            client_cert,
+            verify: def.verify,
+            fingerprint: tls_fingerprint(def),
+        })
+    }
+
+    /// Sets a peer's CA, client certificate and verification from this material.
+    pub(crate) fn apply(&self, peer: &mut HttpPeer) {
+        peer.options.ca = self.ca.clone();
+        peer.client_cert_key = self.client_cert.clone();
+        peer.group_key = self.fingerprint;
+        if !self.verify {
+            peer.options.verify_cert = false;
+            peer.options.verify_hostname = false;
+        }
+    }
+}
+
+/// A hash of the contents of the TLS files a cluster names (0 without upstream TLS).
+pub fn tls_fingerprint(def: &config::Cluster) -> u64 {
+    use std::hash::{Hash, Hasher};
+    if !def.tls {
+        return 0;
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for path in [&def.ca_file, &def.client_cert, &def.client_key]
+        .into_iter()
+        .flatten()
+    {
+        path.hash(&mut h);
+        std::fs::read(path).ok().hash(&mut h);
+    }
+    def.verify.hash(&mut h);
+    h.finish()
+}
+
 /// A group of interchangeable endpoints and its policies.
 pub struct Cluster {
     pub name: String,
@@ -87,6 +155,7 @@ pub struct Cluster {
     balancer: Balancer,
     outlier: config::Outlier,
     pub(crate) health_check: Option<config::HealthCheck>,
+    pub(crate) tls: PeerTls,
     /// Fails requests fast while the cluster as a whole is failing.
     pub breaker: Option<CircuitBreaker>,
     pub bulkhead: Option<Bulkhead>,
@@ -114,6 +183,7 @@ pub enum SelectError {
 impl Cluster {
     /// Builds a cluster from a validated definition (addresses were checked by validation).
     pub fn build(name: &str, def: &config::Cluster) -> Result<Cluster, String> {
+        let tls = PeerTls::load(def)?;
         let mut endpoints = Vec::with_capacity(def.endpoints.len());
         for e in &def.endpoints {
             let addr = crate::config::resolve_address(&e.address)?;
@@ -123,6 +193,7 @@ impl Cluster {
                     .map_or(e.address.clone(), |(h, _)| h.to_string())
             });
             let mut peer = HttpPeer::new(addr, def.tls, sni);
+            tls.apply(&mut peer);
             peer.options.connection_timeout = Some(def.timeouts.connect);
             peer.options.read_timeout = Some(def.timeouts.read);
             peer.options.write_timeout = Some(def.timeouts.write);
@@ -141,6 +212,7 @@ impl Cluster {
                 breaker: def.endpoint_breaker.as_ref().map(CircuitBreaker::new),
                 check_passes: AtomicU32::new(0),
                 check_failures: AtomicU32::new(0),
+                probed: AtomicBool::new(false),
             }));
         }
         let balancer = match def.lb {
@@ -168,6 +240,7 @@ impl Cluster {
             balancer,
             outlier: def.outlier.clone(),
             health_check: def.health_check.clone(),
+            tls,
             breaker: def.breaker.as_ref().map(CircuitBreaker::new),
             bulkhead: def.bulkhead.as_ref().map(Bulkhead::new),
             retry_budget: RetryBudget::new(&def.retry_budget),
@@ -175,6 +248,28 @@ impl Cluster {
             definition: def.clone(),
             epoch: Instant::now(),
         })
+    }
+
+    /// Takes over the active health state of the endpoints `previous` (the cluster of the
+    /// same name a reload replaces) has at the same address, so a changed cluster does not
+    /// forget what it knew about the endpoints it keeps.
+    pub fn inherit_health(&self, previous: &Cluster) {
+        for e in &self.endpoints {
+            let Some(old) = previous.endpoints.iter().find(|o| o.addr == e.addr) else {
+                continue;
+            };
+            if previous.health_check.is_none() || self.health_check.is_none() {
+                continue;
+            }
+            e.healthy.store(old.is_healthy(), Ordering::Relaxed);
+            e.check_passes
+                .store(old.check_passes.load(Ordering::Relaxed), Ordering::Relaxed);
+            e.check_failures.store(
+                old.check_failures.load(Ordering::Relaxed),
+                Ordering::Relaxed,
+            );
+            e.probed.store(true, Ordering::Relaxed);
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -586,6 +681,25 @@ mod tests {
         assert_eq!(c.available_count(), 1);
         assert_eq!(c.select(&input(&h), &[]).unwrap().0, 1);
         assert!(c.status().endpoints[0].ejected);
+    }
+
+    #[test]
+    fn a_changed_cluster_keeps_the_health_of_the_endpoints_it_keeps() {
+        let hc = r#"health_check = { path = "/h", interval = "1s", timeout = "1s" }"#;
+        let old = cluster(&format!(
+            "endpoints = [{{ address = \"127.0.0.1:1\" }}, {{ address = \"127.0.0.1:2\" }}]\n{hc}"
+        ));
+        old.endpoints[0].healthy.store(false, Ordering::Relaxed);
+        old.endpoints[0].check_failures.store(3, Ordering::Relaxed);
+        let new = cluster(&format!(
+            "endpoints = [{{ address = \"127.0.0.1:1\" }}, {{ address = \"127.0.0.1:3\" }}]\n{hc}"
+        ));
+        new.inherit_health(&old);
+        assert!(!new.endpoints[0].is_healthy());
+        assert_eq!(new.endpoints[0].check_failures.load(Ordering::Relaxed), 3);
+        assert!(new.endpoints[0].probed.load(Ordering::Relaxed));
+        // A new endpoint has no history: its first probe will decide.
+        assert!(!new.endpoints[1].probed.load(Ordering::Relaxed));
     }
 
     #[test]

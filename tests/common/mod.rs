@@ -58,8 +58,40 @@ pub async fn bounded<T>(body: impl Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("test did not finish within {TEST_TIMEOUT:?}"))
 }
 
-/// A free loopback address: binds `127.0.0.1:0`, reads the port and releases it.
+/// A free loopback address: a port that binds now, released for the caller to bind.
+///
+/// The port is taken below the kernel's ephemeral range (`ip_local_port_range`), from a
+/// per-process sequence: a port from `bind(0)` could be handed out again, between its
+/// release here and the gateway binding it, to an in-test [`Upstream`] (which binds port
+/// 0) or to a client socket of a test running in parallel. The gateway would then report
+/// ready (something accepts on its address) while Pingora retries the bind, and the test
+/// would talk to another test's upstream. Falls back to `bind(0)` when no such port is
+/// free.
 pub fn free_addr() -> SocketAddr {
+    static NEXT: AtomicUsize = AtomicUsize::new(usize::MAX);
+    const FIRST: usize = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<usize>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_low > FIRST + 1_000 {
+        let span = ephemeral_low - FIRST;
+        // Start each test process at its own offset so parallel processes rarely overlap.
+        let _ = NEXT.compare_exchange(
+            usize::MAX,
+            (std::process::id() as usize).wrapping_mul(7_919) % span,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+        for _ in 0..span {
+            let port = FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % span;
+            if let Ok(listener) = TcpListener::bind(("127.0.0.1", port as u16)) {
+                if let Ok(addr) = listener.local_addr() {
+                    return addr;
+                }
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("bind a free loopback port")
@@ -131,6 +163,12 @@ pub struct UpstreamState {
     pub requests: Mutex<Vec<Recorded>>,
     /// Extra headers on every non-health response.
     pub response_headers: Mutex<Vec<(String, String)>>,
+    /// Non-health requests being handled right now (from arrival until answered or dropped).
+    pub in_flight: AtomicUsize,
+    /// The highest `in_flight` seen since start.
+    pub max_in_flight: AtomicUsize,
+    /// When each non-health request arrived, in order.
+    pub arrivals: Mutex<Vec<Instant>>,
 }
 
 /// The health endpoint every [`Upstream`] serves.
@@ -165,6 +203,9 @@ impl Upstream {
             health_hits: AtomicUsize::new(0),
             requests: Mutex::new(Vec::new()),
             response_headers: Mutex::new(Vec::new()),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+            arrivals: Mutex::new(Vec::new()),
         });
         let shared = state.clone();
         let task = tokio::spawn(async move {
@@ -232,6 +273,16 @@ impl Upstream {
         self.state.health_hits.load(Ordering::SeqCst)
     }
 
+    /// The most non-health requests this upstream handled at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// When each non-health request arrived, in order.
+    pub fn arrivals(&self) -> Vec<Instant> {
+        self.state.arrivals.lock().unwrap().clone()
+    }
+
     /// A copy of every non-health request received so far.
     pub fn requests(&self) -> Vec<Recorded> {
         self.state.requests.lock().unwrap().clone()
@@ -267,6 +318,23 @@ impl Drop for Upstream {
     }
 }
 
+/// Counts one request in [`UpstreamState::in_flight`] while it lives.
+struct InFlight<'a>(&'a UpstreamState);
+
+impl<'a> InFlight<'a> {
+    fn enter(state: &'a UpstreamState) -> InFlight<'a> {
+        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(state)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 async fn handle(
     state: Arc<UpstreamState>,
     req: Request<Incoming>,
@@ -280,6 +348,9 @@ async fn handle(
             .unwrap());
     }
     state.hits.fetch_add(1, Ordering::SeqCst);
+    state.arrivals.lock().unwrap().push(Instant::now());
+    // Decremented on drop, so a request whose connection is aborted mid-delay counts too.
+    let _in_flight = InFlight::enter(&state);
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
@@ -875,4 +946,15 @@ pub async fn spread(
         *seen.entry(name).or_insert(0) += 1;
     }
     seen
+}
+
+/// The `p`-th percentile (0.0–1.0, nearest rank) of `samples`; zero when there are none.
+pub fn percentile(samples: &[Duration], p: f64) -> Duration {
+    if samples.is_empty() {
+        return Duration::ZERO;
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
 }
