@@ -555,7 +555,10 @@ impl ProxyHttp for Gateway {
                     (_, s) => breaker.record(s != 0 && s < 500, probe),
                 }
             }
-            if let (Some(bulkhead), Some(up)) = (&target.cluster.bulkhead, ctx.upstream_time) {
+        }
+        // The adaptive bulkhead learns from every answered request, breaker or not.
+        if let (Some(target), Some(up)) = (&target, ctx.upstream_time) {
+            if let Some(bulkhead) = &target.cluster.bulkhead {
                 bulkhead.observe(up);
             }
         }

@@ -221,10 +221,51 @@ async fn wait_for_listeners(addrs: &[SocketAddr]) {
             _ => *addr,
         };
         loop {
-            if tokio::net::TcpStream::connect(target).await.is_ok() {
+            // Accepting is not enough: another process may hold the port while Pingora
+            // retries its bind. The listening socket must be one of ours.
+            if tokio::net::TcpStream::connect(target).await.is_ok() && listens_here(addr.port()) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// Whether this process owns a listening TCP socket on `port`: the socket inodes in
+/// LISTEN state on that port (`/proc/net/tcp{,6}`) against this process's open file
+/// descriptors. Off Linux, where /proc is missing, it trusts the connect check.
+fn listens_here(port: u16) -> bool {
+    let mut inodes = Vec::new();
+    let mut readable = false;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        readable = true;
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local_address is HEXIP:HEXPORT, st 0A is LISTEN, inode is field 9.
+            let (Some(local), Some(state), Some(inode)) =
+                (fields.get(1), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            let listening_port = local
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if *state == "0A" && listening_port == Some(port) {
+                inodes.push(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    if !readable {
+        return true;
+    }
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return true;
+    };
+    fds.filter_map(Result::ok)
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .any(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
 }
