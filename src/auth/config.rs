@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ConfigError, ConfigErrors, Location};
+use crate::config::{location_of, ConfigError, ConfigErrors};
 
 /// The whole `auth.toml`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -436,21 +436,6 @@ fn span_of(root: &toml_edit::Table, path: &[&str]) -> Option<usize> {
     best
 }
 
-fn location_of(text: &str, offset: usize) -> Location {
-    let offset = offset.min(text.len());
-    let before = &text.as_bytes()[..offset];
-    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-    let line_start = before
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map_or(0, |p| p + 1);
-    let column = String::from_utf8_lossy(&before[line_start..])
-        .chars()
-        .count()
-        + 1;
-    Location { line, column }
-}
-
 /// Durations as humantime strings (`90s`, `10m`, `30d`).
 mod duration {
     use serde::{Deserialize, Deserializer, Serializer};
@@ -498,6 +483,7 @@ mod optional_duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Location;
 
     #[test]
     fn defaults_are_valid() {

@@ -335,7 +335,8 @@ fn span_of(root: &toml_edit::Table, path: &[Seg]) -> Option<usize> {
     best
 }
 
-fn location_of(text: &str, offset: usize) -> Location {
+/// The line and column (1-based, in characters) of a byte offset in `text`.
+pub(crate) fn location_of(text: &str, offset: usize) -> Location {
     let offset = offset.min(text.len());
     let before = &text.as_bytes()[..offset];
     let line = before.iter().filter(|&&b| b == b'\n').count() + 1;

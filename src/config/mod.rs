@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) use load::location_of;
 pub use load::{load_file, load_str, ConfigError, ConfigErrors, Location};
 pub use validate::resolve_address;
 
