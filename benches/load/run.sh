@@ -96,8 +96,8 @@ case $MODE in load | memory | all) ;; *) die "MODE must be load, memory or all (
 read -r -a CONTENDER_LIST <<<"$CONTENDERS"
 ((${#CONTENDER_LIST[@]} >= 1)) || die "CONTENDERS is empty"
 for c in "${CONTENDER_LIST[@]}"; do
-    case $c in nginx | portico | portico+log | portico+jwt | haproxy+jwt) ;;
-    *) die "unknown contender '$c' (nginx, portico, portico+log, portico+jwt, haproxy+jwt)" ;;
+    case $c in nginx | portico | portico+log | portico+resilience | portico+jwt | haproxy+jwt) ;;
+    *) die "unknown contender '$c' (nginx, portico, portico+log, portico+resilience, portico+jwt, haproxy+jwt)" ;;
     esac
 done
 has_contender() { [[ " ${CONTENDER_LIST[*]} " == *" $1 "* ]]; }
@@ -266,18 +266,20 @@ wait_http() { # url pid what seconds
 }
 
 # --- configs and processes ----------------------------------------------------------------
-ports=$(free_ports 9) || die "cannot find 9 free ports from $PORT_BASE"
+ports=$(free_ports 11) || die "cannot find 11 free ports from $PORT_BASE"
 read -r UPSTREAM_PORT NGINX_PORT PORTICO_PORT PORTICO_ADMIN LOG_PORT LOG_ADMIN JWT_PORT JWT_ADMIN \
-    HAPROXY_PORT <<<"$ports"
+    HAPROXY_PORT RES_PORT RES_ADMIN <<<"$ports"
 declare -A PORT PID MEASURE_PIDS ADMIN
 PORT[nginx]=$NGINX_PORT
 PORT[portico]=$PORTICO_PORT
 PORT[portico+log]=$LOG_PORT
 PORT[portico+jwt]=$JWT_PORT
+PORT[portico+resilience]=$RES_PORT
 PORT[haproxy+jwt]=$HAPROXY_PORT
 ADMIN[portico]=$PORTICO_ADMIN
 ADMIN[portico+log]=$LOG_ADMIN
 ADMIN[portico+jwt]=$JWT_ADMIN
+ADMIN[portico+resilience]=$RES_ADMIN
 # Contenders on the protected path: wrk and the checks send the token to these.
 is_protected() { [[ $1 == *+jwt ]]; }
 
@@ -367,6 +369,17 @@ for c in "${CONTENDER_LIST[@]}"; do
     portico+log)
         start_portico portico+log portico-log "$LOG_PORT" "$LOG_ADMIN" \
             "$TMP/portico-log.access.log" $'[[plugins]]\nname = "request-id"'
+        ;;
+    portico+resilience)
+        # The plain path plus the resilience machinery on the happy path (issue 5): a retry
+        # policy and deadline on the route, a circuit breaker on the cluster and on each
+        # endpoint, and a bulkhead roomy enough never to reject wrk's 50 connections.
+        start_portico portico+resilience portico-resilience "$RES_PORT" "$RES_ADMIN" off "" \
+            'timeout = "10s"
+retry = { attempts = 3, per_try_timeout = "2s" }' \
+            'breaker = {}
+endpoint_breaker = { consecutive_failures = 5 }
+bulkhead = { max_concurrent = 256, max_queue = 64, queue_timeout = "100ms" }'
         ;;
     portico+jwt)
         # The protected path of DESIGN's budget: a valid RS256 token checked by the jwt plugin
