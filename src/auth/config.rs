@@ -84,7 +84,7 @@ impl Algorithm {
 #[serde(deny_unknown_fields, default)]
 pub struct Tokens {
     /// `exp - iat` of every token.
-    #[serde(with = "duration")]
+    #[serde(with = "crate::config::humantime_serde")]
     pub lifetime: Duration,
     /// Algorithm of newly generated signing keys (a change takes effect through a
     /// rotation, which the service starts by itself).
@@ -113,17 +113,17 @@ pub struct Keys {
     pub rotate_every: Option<Duration>,
     /// How long a new key is published in the JWKS before it signs anything, so every
     /// verifier can fetch it first.
-    #[serde(with = "duration")]
+    #[serde(with = "crate::config::humantime_serde")]
     pub publish_ahead: Duration,
     /// How often each replica re-reads the key set from the database.
-    #[serde(with = "duration")]
+    #[serde(with = "crate::config::humantime_serde")]
     pub refresh_interval: Duration,
     /// How long an old key stays published after the last token it signed has expired
     /// (clock skew between hosts and verifiers' caches).
-    #[serde(with = "duration")]
+    #[serde(with = "crate::config::humantime_serde")]
     pub retire_grace: Duration,
     /// `Cache-Control: max-age` of the JWKS response.
-    #[serde(with = "duration")]
+    #[serde(with = "crate::config::humantime_serde")]
     pub jwks_max_age: Duration,
 }
 
@@ -145,10 +145,10 @@ impl Default for Keys {
 pub struct FailedAuth {
     /// Failures within `window` that lock the client id out.
     pub max_failures: u32,
-    #[serde(with = "duration")]
+    #[serde(with = "crate::config::humantime_serde")]
     pub window: Duration,
     /// How long a locked-out client id is refused (429 with `Retry-After`).
-    #[serde(with = "duration")]
+    #[serde(with = "crate::config::humantime_serde")]
     pub lockout: Duration,
 }
 
@@ -434,25 +434,6 @@ fn span_of(root: &toml_edit::Table, path: &[&str]) -> Option<usize> {
         table = item.as_table_like();
     }
     best
-}
-
-/// Durations as humantime strings (`90s`, `10m`, `30d`).
-mod duration {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "invalid duration `{text}`: {e} (write e.g. `500ms`, `30s`, `10m`, `30d`)"
-            ))
-        })
-    }
 }
 
 /// A duration, or `off`.

@@ -709,8 +709,9 @@ impl Default for Outlier {
     }
 }
 
-/// Serde for durations written as humantime strings (`1s`, `250ms`).
-mod humantime_serde {
+/// Serde for durations written as humantime strings (`1s`, `250ms`); the token service's
+/// config uses it too.
+pub(crate) mod humantime_serde {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
 
