@@ -463,7 +463,10 @@ impl ProxyHttp for Gateway {
             .as_ref()
             .is_some_and(|r| r.retry.statuses.contains(&status));
         if retryable && retry::decide(ctx, session, Failure::Status(status)) {
-            ctx.retry_after = retry::retry_after(upstream_response);
+            ctx.retry_after = crate::client::retry_after(
+                &upstream_response.headers,
+                std::time::SystemTime::now(),
+            );
             ctx.finish_attempt(Outcome::Response(status));
             METRICS
                 .upstream_attempts

@@ -2,9 +2,6 @@
 //! failed, how many attempts, which methods), the request's state (body still replayable,
 //! nothing sent to the client yet) and the cluster's retry budget.
 
-use std::time::Duration;
-
-use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
 use super::Ctx;
@@ -77,19 +74,4 @@ pub fn decide(ctx: &Ctx, session: &Session, failure: Failure) -> bool {
         .with_label_values(&[cluster.name.as_str(), failure.reason()])
         .inc();
     true
-}
-
-/// `Retry-After` as seconds or an HTTP date.
-pub fn retry_after(resp: &ResponseHeader) -> Option<Duration> {
-    let value = resp
-        .headers
-        .get(http::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    at.duration_since(std::time::SystemTime::now()).ok()
 }
