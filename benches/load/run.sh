@@ -14,8 +14,12 @@
 #   DURATION [10]          seconds per measured wrk run
 #   WARMUP [2]             seconds of wrk warm-up before every measured run (0 = none)
 #   CONNECTIONS [50]       wrk -c
-#   CONTENDERS ["nginx portico portico+log"]   any subset of nginx portico portico+log
-#                          portico+jwt haproxy+jwt, interleaved in the order given
+#   CONTENDERS ["nginx portico portico+log"]   any subset of nginx pingora portico portico+log
+#                          portico+resilience portico+jwt haproxy+jwt and portico~TAG variants,
+#                          interleaved in the order given. pingora is the bare Pingora proxy
+#                          (benches/bare_pingora.rs); portico~TAG is the plain portico contender
+#                          with [server] keys from PORTICO_SERVER_TAG and/or the binary
+#                          PORTICO_BIN_TAG (e.g. PORTICO_SERVER_nows="work_stealing = false")
 #   MEM_CONNS [2000]       idle connections per proxy in MODE=memory
 #   MEM_CYCLES [2]         open/close cycles per proxy in MODE=memory
 #   MEM_SETTLE [2]         seconds between opening/closing and reading RSS
@@ -26,6 +30,7 @@
 #   QUIET_THRESHOLD [15]   CPU % (100 = one core) used by other processes that counts as busy
 #   QUIET_WAIT [20, 0 when NICE < 0]  seconds to wait, before each run, for the machine to be quiet
 #   PORTICO_BIN            use this binary instead of `cargo build --release`
+#   BARE_WORK_STEALING [true]  work stealing of the bare Pingora contender (portico's default)
 #   NGINX_BIN [nginx]      nginx binary
 #   HAPROXY_BIN [haproxy]  haproxy binary (haproxy+jwt only; 2.6+ for jwt_verify)
 #   PROXY_CPU [0]          core the proxies run on
@@ -56,6 +61,7 @@ QUIET_THRESHOLD=${QUIET_THRESHOLD:-15}
 if ((EUID == 0)); then NICE=${NICE:--20}; else NICE=${NICE:-0}; fi
 [[ $NICE =~ ^-?[0-9]+$ ]] || { echo "run.sh: NICE must be an integer (got '$NICE')" >&2; exit 1; }
 if ((NICE < 0)); then QUIET_WAIT=${QUIET_WAIT:-0}; else QUIET_WAIT=${QUIET_WAIT:-20}; fi
+BARE_WORK_STEALING=${BARE_WORK_STEALING:-true}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 PORT_BASE=${PORT_BASE:-18000}
@@ -96,8 +102,14 @@ case $MODE in load | memory | all) ;; *) die "MODE must be load, memory or all (
 read -r -a CONTENDER_LIST <<<"$CONTENDERS"
 ((${#CONTENDER_LIST[@]} >= 1)) || die "CONTENDERS is empty"
 for c in "${CONTENDER_LIST[@]}"; do
-    case $c in nginx | portico | portico+log | portico+resilience | portico+jwt | haproxy+jwt) ;;
-    *) die "unknown contender '$c' (nginx, portico, portico+log, portico+resilience, portico+jwt, haproxy+jwt)" ;;
+    case $c in nginx | pingora | portico | portico+log | portico+resilience | portico+jwt | haproxy+jwt) ;;
+    portico~*)
+        tag=${c#portico~}
+        [[ $tag =~ ^[A-Za-z0-9_]+$ ]] || die "variant tag '$tag' must be letters, digits and _"
+        server_var=PORTICO_SERVER_$tag bin_var=PORTICO_BIN_$tag
+        [[ -n ${!server_var:-} || -n ${!bin_var:-} ]] || die "$c needs PORTICO_SERVER_$tag or PORTICO_BIN_$tag"
+        ;;
+    *) die "unknown contender '$c' (nginx, pingora, portico, portico+log, portico+resilience, portico+jwt, haproxy+jwt, portico~TAG)" ;;
     esac
 done
 has_contender() { [[ " ${CONTENDER_LIST[*]} " == *" $1 "* ]]; }
@@ -152,6 +164,17 @@ else
     fi
     PORTICO_BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/portico
     BIN_ORIGIN="cargo build --release of the working tree"
+fi
+# The bare Pingora reference: same Pingora, allocator and release profile, none of portico.
+if has_contender pingora; then
+    log "building the bare Pingora reference (cargo build --release --bench bare_pingora)"
+    BARE_BIN=$(cd "$REPO" && cargo build --release --bench bare_pingora --message-format=json |
+        python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "bare_pingora" and m.get("executable"):
+        print(m["executable"])') || die "cannot build benches/bare_pingora.rs"
+    [[ -x $BARE_BIN ]] || die "no bare_pingora executable"
 fi
 
 # Everything started from here on (proxies, upstream, wrk, the memory client) inherits it.
@@ -266,10 +289,19 @@ wait_http() { # url pid what seconds
 }
 
 # --- configs and processes ----------------------------------------------------------------
-ports=$(free_ports 11) || die "cannot find 11 free ports from $PORT_BASE"
+nports=$((12 + 2 * ${#CONTENDER_LIST[@]}))
+ports=$(free_ports "$nports") || die "cannot find $nports free ports from $PORT_BASE"
 read -r UPSTREAM_PORT NGINX_PORT PORTICO_PORT PORTICO_ADMIN LOG_PORT LOG_ADMIN JWT_PORT JWT_ADMIN \
-    HAPROXY_PORT RES_PORT RES_ADMIN <<<"$ports"
+    HAPROXY_PORT RES_PORT RES_ADMIN BARE_PORT VARIANT_PORTS <<<"$ports"
+read -r -a VARIANT_PORTS <<<"$VARIANT_PORTS"
 declare -A PORT PID MEASURE_PIDS ADMIN
+PORT[pingora]=$BARE_PORT
+i=0
+for c in "${CONTENDER_LIST[@]}"; do
+    [[ $c == portico~* ]] || continue
+    PORT[$c]=${VARIANT_PORTS[i]} ADMIN[$c]=${VARIANT_PORTS[i + 1]}
+    i=$((i + 2))
+done
 PORT[nginx]=$NGINX_PORT
 PORT[portico]=$PORTICO_PORT
 PORT[portico+log]=$LOG_PORT
@@ -335,12 +367,13 @@ mapfile -t UPSTREAM_WORKERS < <(pgrep -P "$UPSTREAM_PID")
 ((${#UPSTREAM_WORKERS[@]} > 0)) || die "upstream nginx has no worker process"
 log "upstream nginx on 127.0.0.1:$UPSTREAM_PORT (core $LOAD_CPU)"
 
-start_portico() { # name stem port admin access_log plugins [route-extra [cluster-extra]]
+start_portico() { # name stem port admin access_log plugins [route-extra [cluster-extra [server-extra [binary]]]]
+    local bin=${10:-$PORTICO_BIN}
     render "$HERE/portico.toml.tmpl" "$TMP/$2.toml" DIR="$TMP" NAME="$2" PORT="$3" \
         ADMIN_PORT="$4" UPSTREAM_PORT="$UPSTREAM_PORT" ACCESS_LOG="$5" PLUGINS="$6" \
-        ROUTE="${7:-}" CLUSTER="${8:-}"
-    "$PORTICO_BIN" check -c "$TMP/$2.toml" >/dev/null || die "portico rejects $TMP/$2.toml"
-    taskset -c "$PROXY_CPU" "$PORTICO_BIN" serve -c "$TMP/$2.toml" >"$TMP/$2.log" 2>&1 &
+        ROUTE="${7:-}" CLUSTER="${8:-}" SERVER="${9:-}"
+    "$bin" check -c "$TMP/$2.toml" >/dev/null || die "portico rejects $TMP/$2.toml"
+    taskset -c "$PROXY_CPU" "$bin" serve -c "$TMP/$2.toml" >"$TMP/$2.log" 2>&1 &
     PID[$1]=$!
     STARTED+=("${PID[$1]}:INT") # SIGINT: Pingora's fast shutdown
     MEASURE_PIDS[$1]=${PID[$1]}
@@ -363,8 +396,25 @@ for c in "${CONTENDER_LIST[@]}"; do
         [[ -n ${MEASURE_PIDS[nginx]// /} ]] || die "nginx proxy has no worker process"
         log "nginx proxy on 127.0.0.1:$NGINX_PORT (core $PROXY_CPU), worker ${MEASURE_PIDS[nginx]}"
         ;;
+    pingora)
+        # One thread, and work stealing as portico's [server] default, unless told otherwise.
+        taskset -c "$PROXY_CPU" "$BARE_BIN" "127.0.0.1:$BARE_PORT" "127.0.0.1:$UPSTREAM_PORT" \
+            1 "$BARE_WORK_STEALING" >"$TMP/pingora.log" 2>&1 &
+        PID[pingora]=$!
+        STARTED+=("${PID[pingora]}:INT")
+        MEASURE_PIDS[pingora]=${PID[pingora]}
+        wait_http "http://127.0.0.1:$BARE_PORT/" "${PID[pingora]}" "bare pingora" 10
+        log "bare pingora on 127.0.0.1:$BARE_PORT (core $PROXY_CPU), pid ${PID[pingora]}"
+        ;;
     portico)
         start_portico portico portico "$PORTICO_PORT" "$PORTICO_ADMIN" off ""
+        ;;
+    portico~*)
+        tag=${c#portico~}
+        server_var=PORTICO_SERVER_$tag bin_var=PORTICO_BIN_$tag
+        start_portico "$c" "portico-$tag" "${PORT[$c]}" "${ADMIN[$c]}" off "" "" "" \
+            "${!server_var:-}" "${!bin_var:-$PORTICO_BIN}"
+        log "$c: [server] ${!server_var:-(defaults)}, binary ${!bin_var:-$PORTICO_BIN}"
         ;;
     portico+log)
         start_portico portico+log portico-log "$LOG_PORT" "$LOG_ADMIN" \
