@@ -40,8 +40,9 @@ pub struct PluginCtx {
     /// The request id, once a plugin has accepted or generated one. The proxy generates one
     /// after the request phase if no plugin did, so logs and error bodies always have one.
     pub request_id: Option<String>,
-    /// The authenticated caller, once an auth plugin has verified one.
-    pub identity: Option<Identity>,
+    /// The authenticated caller, once an auth plugin has verified one. Shared with the
+    /// auth plugin's verified-token cache, so a cached token's identity costs no copy.
+    pub identity: Option<Arc<Identity>>,
 }
 
 /// The caller an authentication plugin verified.

@@ -179,7 +179,7 @@ fn invalid(description: &'static str) -> AuthError {
 pub struct VerifiedToken {
     claims: Map<String, Value>,
     expires_at: u64,
-    identity: Identity,
+    identity: Arc<Identity>,
     subject_value: Option<HeaderValue>,
     client_id_value: Option<HeaderValue>,
     scopes_value: Option<HeaderValue>,
@@ -697,11 +697,11 @@ impl Jwt {
         let subject_value = value(&self.subject_header, subject)?;
         let client_id_value = value(&self.client_id_header, client_id)?;
         let scopes_value = value(&self.scopes_header, Some(&scopes.join(" ")))?;
-        let identity = Identity {
+        let identity = Arc::new(Identity {
             subject: subject.unwrap_or_default().to_owned(),
             client_id: client_id.map(str::to_owned),
             scopes,
-        };
+        });
         Ok(VerifiedToken {
             claims,
             expires_at,

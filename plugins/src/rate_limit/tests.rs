@@ -31,11 +31,11 @@ fn ctx_from(ip: &str) -> PluginCtx {
 }
 
 fn with_identity(mut ctx: PluginCtx, subject: &str, client_id: Option<&str>) -> PluginCtx {
-    ctx.identity = Some(Identity {
+    ctx.identity = Some(std::sync::Arc::new(Identity {
         subject: subject.to_owned(),
         client_id: client_id.map(str::to_owned),
         scopes: Vec::new(),
-    });
+    }));
     ctx
 }
 
