@@ -24,8 +24,9 @@ pub struct Record<'a> {
     /// RFC 3339 UTC with milliseconds.
     pub timestamp: String,
     pub request_id: &'a str,
-    pub traceparent: Option<String>,
-    pub client: Option<String>,
+    pub traceparent: Option<&'a str>,
+    /// Serialized as text (serde formats it on the stack).
+    pub client: Option<std::net::IpAddr>,
     pub method: &'a str,
     pub path: &'a str,
     pub host: Option<&'a str>,

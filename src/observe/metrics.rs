@@ -247,6 +247,7 @@ pub struct RouteMetrics {
     version: String,
     cluster: String,
     counters: [[OnceLock<IntCounter>; 6]; 10],
+    attempts: [OnceLock<IntCounter>; 4],
     pub duration: prometheus::Histogram,
     pub upstream_duration: prometheus::Histogram,
     pub request_bytes: IntCounter,
@@ -261,6 +262,7 @@ impl RouteMetrics {
             version: version.to_string(),
             cluster: cluster.to_string(),
             counters: Default::default(),
+            attempts: Default::default(),
             duration: m.request_duration.with_label_values(&[route, version]),
             upstream_duration: m.upstream_duration.with_label_values(&[cluster]),
             request_bytes: m.request_bytes.with_label_values(&[route]),
@@ -283,7 +285,26 @@ impl RouteMetrics {
             })
             .inc();
     }
+
+    /// Counts one finished upstream attempt of this route's cluster by its result
+    /// (`response`, `connect_error`, `error` or `timeout`), without a label lookup per call.
+    pub fn count_attempt(&self, result: &'static str) {
+        let i = ATTEMPT_RESULTS
+            .iter()
+            .position(|r| *r == result)
+            .unwrap_or(ATTEMPT_RESULTS.len() - 1);
+        self.attempts[i]
+            .get_or_init(|| {
+                METRICS
+                    .upstream_attempts
+                    .with_label_values(&[self.cluster.as_str(), ATTEMPT_RESULTS[i]])
+            })
+            .inc();
+    }
 }
+
+/// The results `portico_upstream_attempts_total` counts (anything else counts as `error`).
+const ATTEMPT_RESULTS: [&str; 4] = ["response", "connect_error", "timeout", "error"];
 
 #[cfg(test)]
 mod tests {

@@ -36,16 +36,36 @@ impl TraceContext {
 
     /// The `traceparent` value to send upstream (version 00).
     pub fn header_value(&self) -> String {
-        format!(
-            "00-{}-{}-{:02x}",
-            hex(&self.trace_id),
-            hex(&self.span_id),
-            self.flags
-        )
+        // Only ASCII hex digits and dashes.
+        String::from_utf8_lossy(&self.header_bytes()).into_owned()
+    }
+
+    /// [`TraceContext::header_value`] written on the stack: the proxy renders it for every
+    /// request, so it costs no allocation besides the header value's own.
+    pub fn header_bytes(&self) -> [u8; TRACEPARENT_LEN] {
+        let mut out = [b'-'; TRACEPARENT_LEN];
+        out[0] = b'0';
+        out[1] = b'0';
+        write_hex(&mut out[3..35], &self.trace_id);
+        write_hex(&mut out[36..52], &self.span_id);
+        write_hex(&mut out[53..55], &[self.flags]);
+        out
     }
 
     pub fn trace_id_hex(&self) -> String {
         hex(&self.trace_id)
+    }
+}
+
+/// Length of a version-00 `traceparent`: `00-` + 32 + `-` + 16 + `-` + 2.
+pub const TRACEPARENT_LEN: usize = 55;
+
+/// Lowercase hex of `bytes` into `out`, which is exactly twice as long.
+fn write_hex(out: &mut [u8], bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[(b >> 4) as usize];
+        pair[1] = DIGITS[(b & 0xf) as usize];
     }
 }
 
@@ -134,5 +154,14 @@ mod tests {
         }
         let t = TraceContext::from_header(None);
         assert_eq!(t.header_value().len(), 55);
+        // The stack rendering is the same text as the formatted one.
+        let expected = format!(
+            "00-{}-{}-{:02x}",
+            hex(&t.trace_id),
+            hex(&t.span_id),
+            t.flags
+        );
+        assert_eq!(t.header_value(), expected);
+        assert_eq!(&t.header_bytes()[..], expected.as_bytes());
     }
 }

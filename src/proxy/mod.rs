@@ -83,6 +83,13 @@ impl Ctx {
             .get_or_insert_with(crate::observe::random_hex_128)
     }
 
+    /// Counts a finished upstream attempt under the request's route metrics.
+    fn count_attempt(&self, result: &'static str) {
+        if let Some(target) = &self.target {
+            target.metrics.count_attempt(result);
+        }
+    }
+
     fn cluster_name(&self) -> &str {
         self.target.as_ref().map_or("", |t| t.cluster.name.as_str())
     }
@@ -354,10 +361,7 @@ impl ProxyHttp for Gateway {
         mut e: Box<Error>,
     ) -> Box<Error> {
         ctx.finish_attempt(Outcome::ConnectFailure);
-        METRICS
-            .upstream_attempts
-            .with_label_values(&[ctx.cluster_name(), "connect_error"])
-            .inc();
+        ctx.count_attempt("connect_error");
         // Nothing was sent, so a failed connect may be retried for any method.
         e.set_retry(retry::decide(ctx, session, Failure::Connect));
         e
@@ -395,10 +399,7 @@ impl ProxyHttp for Gateway {
             "error"
         };
         ctx.finish_attempt_as(Outcome::Failure, result);
-        METRICS
-            .upstream_attempts
-            .with_label_values(&[ctx.cluster_name(), result])
-            .inc();
+        ctx.count_attempt(result);
         e.set_retry(retry::decide(ctx, session, failure));
         e
     }
@@ -416,8 +417,10 @@ impl ProxyHttp for Gateway {
             // see the gateway's span.
             let value = match ctx.spans.as_ref().and_then(|s| s.open_attempt()) {
                 Some(attempt) => otlp::attempt_traceparent(trace, attempt),
-                None => trace.header_value(),
+                None => trace.header_bytes(),
             };
+            let value = http::HeaderValue::from_bytes(&value)
+                .map_err(|e| Error::explain(ErrorType::InternalError, e.to_string()))?;
             upstream.insert_header("traceparent", value)?;
         }
         if let Some(target) = ctx.target.clone() {
@@ -468,10 +471,7 @@ impl ProxyHttp for Gateway {
                 std::time::SystemTime::now(),
             );
             ctx.finish_attempt(Outcome::Response(status));
-            METRICS
-                .upstream_attempts
-                .with_label_values(&[ctx.cluster_name(), "response"])
-                .inc();
+            ctx.count_attempt("response");
             let mut e = Error::explain(
                 ErrorType::Custom(RETRYABLE_STATUS),
                 format!("upstream answered {status}, retrying"),
@@ -542,10 +542,7 @@ impl ProxyHttp for Gateway {
             (None, None) => Outcome::Abandoned,
         };
         if ctx.current.is_some() && ctx.upstream_status.is_some() {
-            METRICS
-                .upstream_attempts
-                .with_label_values(&[ctx.cluster_name(), "response"])
-                .inc();
+            ctx.count_attempt("response");
         }
         ctx.finish_attempt(outcome);
         let target = ctx.target.clone();
@@ -616,11 +613,14 @@ impl ProxyHttp for Gateway {
                 .as_ref()
                 .map(|e| e.slug())
                 .or(e.map(|e| e.etype().as_str()));
+            let traceparent = ctx.trace.as_ref().map(TraceContext::header_bytes);
             let record = Record {
                 timestamp: now_rfc3339(),
                 request_id: ctx.plugin.request_id.as_deref().unwrap_or(""),
-                traceparent: ctx.trace.as_ref().map(|t| t.header_value()),
-                client: ctx.plugin.client_ip.map(|ip| ip.to_string()),
+                traceparent: traceparent
+                    .as_ref()
+                    .and_then(|t| std::str::from_utf8(t).ok()),
+                client: ctx.plugin.client_ip,
                 method: req.method.as_str(),
                 path: req.uri.path(),
                 host: req

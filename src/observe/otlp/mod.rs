@@ -281,13 +281,16 @@ fn unix_nanos(at: SystemTime) -> u64 {
 
 /// The `traceparent` an upstream sees for an attempt: the request's trace, the attempt's
 /// span as parent.
-pub fn attempt_traceparent(trace: &TraceContext, attempt_span: [u8; 8]) -> String {
+pub fn attempt_traceparent(
+    trace: &TraceContext,
+    attempt_span: [u8; 8],
+) -> [u8; crate::observe::trace::TRACEPARENT_LEN] {
     TraceContext {
         span_id: attempt_span,
         parent_id: None,
         ..*trace
     }
-    .header_value()
+    .header_bytes()
 }
 
 /// Timings and outcomes of a sampled request, kept in the proxy's context. Only sampled
@@ -883,7 +886,9 @@ mod tests {
         let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
         rec.start_attempt("127.0.0.1:9", addr);
         let first = rec.open_attempt().unwrap();
-        assert!(attempt_traceparent(&t, first).contains(&crate::observe::hex(&first)));
+        let rendered = attempt_traceparent(&t, first);
+        let rendered = std::str::from_utf8(&rendered).unwrap();
+        assert!(rendered.contains(&crate::observe::hex(&first)));
         rec.end_attempt("connect_error", None);
         assert_eq!(rec.open_attempt(), None);
         rec.start_attempt("127.0.0.1:9", addr);
