@@ -54,7 +54,8 @@ fn main() {
     let arg = |i: usize| args.get(i).map(String::as_str);
     let conf = ServerConf {
         threads: arg(2).and_then(|t| t.parse().ok()).unwrap_or(1),
-        work_stealing: arg(3).is_none_or(|w| w == "true"),
+        // portico's default: one runtime per thread.
+        work_stealing: arg(3) == Some("true"),
         upstream_keepalive_pool_size: arg(4).and_then(|p| p.parse().ok()).unwrap_or(1024),
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),

@@ -17,7 +17,8 @@
 #   CONTENDERS ["nginx portico portico+log"]   any subset of nginx pingora portico portico+log
 #                          portico+resilience portico+jwt haproxy+jwt and portico~TAG variants,
 #                          interleaved in the order given. pingora is the bare Pingora proxy
-#                          (benches/bare_pingora.rs); portico~TAG is the plain portico contender
+#                          (benches/bare_pingora.rs), pingora~ws the same with work
+#                          stealing; portico~TAG is the plain portico contender
 #                          with [server] keys from PORTICO_SERVER_TAG and/or the binary
 #                          PORTICO_BIN_TAG (e.g. PORTICO_SERVER_nows="work_stealing = false")
 #   MEM_CONNS [2000]       idle connections per proxy in MODE=memory
@@ -30,7 +31,7 @@
 #   QUIET_THRESHOLD [15]   CPU % (100 = one core) used by other processes that counts as busy
 #   QUIET_WAIT [20, 0 when NICE < 0]  seconds to wait, before each run, for the machine to be quiet
 #   PORTICO_BIN            use this binary instead of `cargo build --release`
-#   BARE_WORK_STEALING [true]  work stealing of the bare Pingora contender (portico's default)
+#   BARE_WORK_STEALING [false] work stealing of the bare Pingora contender (portico's default)
 #   NGINX_BIN [nginx]      nginx binary
 #   HAPROXY_BIN [haproxy]  haproxy binary (haproxy+jwt only; 2.6+ for jwt_verify)
 #   PROXY_CPU [0]          core the proxies run on
@@ -61,7 +62,7 @@ QUIET_THRESHOLD=${QUIET_THRESHOLD:-15}
 if ((EUID == 0)); then NICE=${NICE:--20}; else NICE=${NICE:-0}; fi
 [[ $NICE =~ ^-?[0-9]+$ ]] || { echo "run.sh: NICE must be an integer (got '$NICE')" >&2; exit 1; }
 if ((NICE < 0)); then QUIET_WAIT=${QUIET_WAIT:-0}; else QUIET_WAIT=${QUIET_WAIT:-20}; fi
-BARE_WORK_STEALING=${BARE_WORK_STEALING:-true}
+BARE_WORK_STEALING=${BARE_WORK_STEALING:-false}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 PORT_BASE=${PORT_BASE:-18000}
@@ -102,14 +103,14 @@ case $MODE in load | memory | all) ;; *) die "MODE must be load, memory or all (
 read -r -a CONTENDER_LIST <<<"$CONTENDERS"
 ((${#CONTENDER_LIST[@]} >= 1)) || die "CONTENDERS is empty"
 for c in "${CONTENDER_LIST[@]}"; do
-    case $c in nginx | pingora | portico | portico+log | portico+resilience | portico+jwt | haproxy+jwt) ;;
+    case $c in nginx | pingora | pingora~ws | portico | portico+log | portico+resilience | portico+jwt | haproxy+jwt) ;;
     portico~*)
         tag=${c#portico~}
         [[ $tag =~ ^[A-Za-z0-9_]+$ ]] || die "variant tag '$tag' must be letters, digits and _"
         server_var=PORTICO_SERVER_$tag bin_var=PORTICO_BIN_$tag
         [[ -n ${!server_var:-} || -n ${!bin_var:-} ]] || die "$c needs PORTICO_SERVER_$tag or PORTICO_BIN_$tag"
         ;;
-    *) die "unknown contender '$c' (nginx, pingora, portico, portico+log, portico+resilience, portico+jwt, haproxy+jwt, portico~TAG)" ;;
+    *) die "unknown contender '$c' (nginx, pingora, pingora~ws, portico, portico+log, portico+resilience, portico+jwt, haproxy+jwt, portico~TAG)" ;;
     esac
 done
 has_contender() { [[ " ${CONTENDER_LIST[*]} " == *" $1 "* ]]; }
@@ -166,7 +167,7 @@ else
     BIN_ORIGIN="cargo build --release of the working tree"
 fi
 # The bare Pingora reference: same Pingora, allocator and release profile, none of portico.
-if has_contender pingora; then
+if has_contender pingora || has_contender pingora~ws; then
     log "building the bare Pingora reference (cargo build --release --bench bare_pingora)"
     BARE_BIN=$(cd "$REPO" && cargo build --release --bench bare_pingora --message-format=json |
         python3 -c 'import json, sys
@@ -298,7 +299,7 @@ declare -A PORT PID MEASURE_PIDS ADMIN
 PORT[pingora]=$BARE_PORT
 i=0
 for c in "${CONTENDER_LIST[@]}"; do
-    [[ $c == portico~* ]] || continue
+    [[ $c == portico~* || $c == pingora~ws ]] || continue
     PORT[$c]=${VARIANT_PORTS[i]} ADMIN[$c]=${VARIANT_PORTS[i + 1]}
     i=$((i + 2))
 done
@@ -396,15 +397,18 @@ for c in "${CONTENDER_LIST[@]}"; do
         [[ -n ${MEASURE_PIDS[nginx]// /} ]] || die "nginx proxy has no worker process"
         log "nginx proxy on 127.0.0.1:$NGINX_PORT (core $PROXY_CPU), worker ${MEASURE_PIDS[nginx]}"
         ;;
-    pingora)
-        # One thread, and work stealing as portico's [server] default, unless told otherwise.
-        taskset -c "$PROXY_CPU" "$BARE_BIN" "127.0.0.1:$BARE_PORT" "127.0.0.1:$UPSTREAM_PORT" \
-            1 "$BARE_WORK_STEALING" >"$TMP/pingora.log" 2>&1 &
-        PID[pingora]=$!
-        STARTED+=("${PID[pingora]}:INT")
-        MEASURE_PIDS[pingora]=${PID[pingora]}
-        wait_http "http://127.0.0.1:$BARE_PORT/" "${PID[pingora]}" "bare pingora" 10
-        log "bare pingora on 127.0.0.1:$BARE_PORT (core $PROXY_CPU), pid ${PID[pingora]}"
+    pingora | pingora~ws)
+        # One thread, and work stealing as portico's [server] default (BARE_WORK_STEALING),
+        # or on for pingora~ws.
+        ws=$BARE_WORK_STEALING
+        if [[ $c == pingora~ws ]]; then ws=true; fi
+        taskset -c "$PROXY_CPU" "$BARE_BIN" "127.0.0.1:${PORT[$c]}" "127.0.0.1:$UPSTREAM_PORT" \
+            1 "$ws" >"$TMP/$c.log" 2>&1 &
+        PID[$c]=$!
+        STARTED+=("${PID[$c]}:INT")
+        MEASURE_PIDS[$c]=${PID[$c]}
+        wait_http "http://127.0.0.1:${PORT[$c]}/" "${PID[$c]}" "$c" 10
+        log "$c (bare Pingora, work stealing $ws) on 127.0.0.1:${PORT[$c]} (core $PROXY_CPU), pid ${PID[$c]}"
         ;;
     portico)
         start_portico portico portico "$PORTICO_PORT" "$PORTICO_ADMIN" off ""

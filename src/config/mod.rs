@@ -52,7 +52,9 @@ pub struct Config {
 pub struct ServerSection {
     /// Worker threads per listener service.
     pub threads: usize,
-    /// Let idle worker threads steal tasks from busy ones.
+    /// Let idle worker threads steal tasks from busy ones. Off by default: one tokio
+    /// runtime per thread, each connection staying on the thread it was handed to, is
+    /// 7–9 % more requests/s per core (benches/load/RESULTS.md, 2026-11-25 16:3x).
     pub work_stealing: bool,
     pub pid_file: String,
     pub upgrade_sock: String,
@@ -73,7 +75,7 @@ impl Default for ServerSection {
     fn default() -> Self {
         ServerSection {
             threads: 1,
-            work_stealing: true,
+            work_stealing: false,
             pid_file: "/tmp/portico.pid".into(),
             upgrade_sock: "/tmp/portico_upgrade.sock".into(),
             user: None,
