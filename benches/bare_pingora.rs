@@ -5,8 +5,9 @@
 //! costs, bare ÷ nginx is what Pingora costs.
 //!
 //! `cargo build --release --bench bare_pingora`, then
-//! `bare_pingora LISTEN UPSTREAM [THREADS] [WORK_STEALING] [POOL_SIZE]`. Run by `cargo bench`
-//! (which passes `--bench`) it only says what it is for and exits.
+//! `bare_pingora LISTEN UPSTREAM [THREADS] [WORK_STEALING] [POOL_SIZE]`, with
+//! `PORTICO_BENCH_L4_READ=<bytes>` to change the client connections' transport read buffer.
+//! Run by `cargo bench` (which passes `--bench`) it only says what it is for and exits.
 
 use async_trait::async_trait;
 use pingora_core::server::configuration::{Opt, ServerConf};
@@ -69,7 +70,19 @@ fn main() {
             upstream: args[1].clone(),
         },
     );
-    proxy.add_tcp(&args[0]);
+    // PORTICO_BENCH_L4_READ=<bytes>: the client connections' transport read buffer
+    // (Pingora's default is 64 KiB), to measure what it costs an idle connection.
+    match std::env::var("PORTICO_BENCH_L4_READ")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        Some(read) => proxy.add_listener(
+            pingora_core::listeners::ListenerConfig::tcp(args[0].as_str()).l4_buffer(
+                pingora_core::protocols::l4::stream::L4BufferSettings::default().read(read),
+            ),
+        ),
+        None => proxy.add_tcp(&args[0]),
+    }
     server.add_service(proxy);
     server.run_forever();
 }
