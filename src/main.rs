@@ -9,13 +9,7 @@ use clap::{Parser, Subcommand};
 use portico::config;
 use portico::runtime::{serve, Snapshot};
 
-#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+mod allocator;
 
 #[derive(Parser)]
 #[command(
@@ -104,10 +98,16 @@ fn main() -> ExitCode {
                 test,
             };
             match serve::build(loaded, Some(config), &options) {
-                Ok((server, _)) => {
+                Ok((mut server, _)) => {
                     if test {
                         println!("configuration and services built; exiting (--test)");
                         return ExitCode::SUCCESS;
+                    }
+                    if daemon {
+                        server.add_service(pingora_core::services::background::background_service(
+                            "allocator after fork",
+                            allocator::AfterFork,
+                        ));
                     }
                     serve::run(server);
                     ExitCode::SUCCESS
