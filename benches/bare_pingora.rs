@@ -16,13 +16,9 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::Result;
 use pingora_proxy::{ProxyHttp, Session};
 
-#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+/// The binary's allocator and its tuning, exactly as portico's.
+#[path = "../src/allocator.rs"]
+mod allocator;
 
 struct Bare {
     upstream: String,
@@ -84,5 +80,10 @@ fn main() {
         None => proxy.add_tcp(&args[0]),
     }
     server.add_service(proxy);
+    // As portico does (it only matters after daemonizing, which this never does).
+    server.add_service(pingora_core::services::background::background_service(
+        "allocator after fork",
+        allocator::AfterFork,
+    ));
     server.run_forever();
 }
