@@ -1,7 +1,7 @@
 //! W3C Trace Context (`traceparent`): continue the caller's trace with a new span for the
 //! gateway hop, or start a new trace when the caller sent none or an invalid one.
 
-use super::hex;
+use super::{hex, write_hex};
 
 /// The trace the gateway's hop belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,15 +59,6 @@ impl TraceContext {
 
 /// Length of a version-00 `traceparent`: `00-` + 32 + `-` + 16 + `-` + 2.
 pub const TRACEPARENT_LEN: usize = 55;
-
-/// Lowercase hex of `bytes` into `out`, which is exactly twice as long.
-fn write_hex(out: &mut [u8], bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = DIGITS[(b >> 4) as usize];
-        pair[1] = DIGITS[(b & 0xf) as usize];
-    }
-}
 
 fn nonzero_random<const N: usize>() -> [u8; N] {
     loop {

@@ -29,23 +29,16 @@ fn needs_stripping(headers: &http::HeaderMap) -> bool {
         .any(|name| name == header::CONNECTION || name == header::UPGRADE || is_hop_by_hop(name))
 }
 
-/// Names listed in `Connection` are hop-by-hop too (RFC 9110 §7.6.1).
-fn connection_listed(headers: &http::HeaderMap) -> Vec<String> {
-    headers
+/// The names to remove from a message: those listed in `Connection` (hop-by-hop too,
+/// RFC 9110 §7.6.1; `HeaderName` lowercases them), then the fixed set.
+fn hop_by_hop_present(headers: &http::HeaderMap) -> Vec<HeaderName> {
+    let mut names: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty() && t != "close" && t != "keep-alive" && t != "upgrade")
-        .collect()
-}
-
-/// The names to remove from a message: those listed in `Connection`, then the fixed set.
-fn hop_by_hop_present(headers: &http::HeaderMap) -> Vec<HeaderName> {
-    let mut names: Vec<HeaderName> = connection_listed(headers)
-        .into_iter()
-        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| n.as_str() != "close" && n != header::UPGRADE && n != KEEP_ALIVE)
         .collect();
     names.extend(headers.keys().filter(|n| is_hop_by_hop(n)).cloned());
     names
@@ -80,31 +73,20 @@ pub fn strip_hop_by_hop_response(resp: &mut ResponseHeader) {
 /// Appends the client to `X-Forwarded-For` and records the original scheme and host.
 pub fn add_forwarded(req: &mut RequestHeader, client: Option<IpAddr>, tls: bool) {
     if let Some(ip) = client {
-        // Rendered on the stack: the longest IPv6 text is 45 bytes, and a prior chain
-        // that does not fit with it takes the (rare) heap path.
+        // Written straight into the one buffer the header value keeps (the longest IPv6
+        // text is 45 bytes), with no intermediate String.
         let prior = req
             .headers
             .get("x-forwarded-for")
             .map(|v| v.as_bytes())
             .filter(|v| !v.trim_ascii().is_empty());
-        let mut stack = [0u8; 128];
-        let mut cursor = std::io::Cursor::new(&mut stack[..]);
-        let written = match prior {
-            Some(p) => cursor.write_all(p).and_then(|_| write!(cursor, ", {ip}")),
-            None => write!(cursor, "{ip}"),
-        };
-        let value = match written {
-            Ok(()) => {
-                let n = cursor.position() as usize;
-                HeaderValue::from_bytes(&stack[..n])
-            }
-            Err(_) => {
-                let mut heap = prior.map(<[u8]>::to_vec).unwrap_or_default();
-                let _ = write!(heap, ", {ip}");
-                HeaderValue::from_bytes(&heap)
-            }
-        };
-        if let Ok(value) = value {
+        let mut buf = Vec::with_capacity(prior.map_or(0, |p| p.len() + 2) + 45);
+        if let Some(p) = prior {
+            buf.extend_from_slice(p);
+            buf.extend_from_slice(b", ");
+        }
+        let _ = write!(buf, "{ip}");
+        if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(buf)) {
             let _ = req.insert_header("x-forwarded-for", value);
         }
     }
