@@ -1,7 +1,6 @@
 //! Proxy header hygiene: hop-by-hop headers (RFC 9110 §7.6.1) never cross the gateway,
 //! and the upstream learns the original client through `X-Forwarded-*`.
 
-use std::io::Write;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderName, HeaderValue};
@@ -9,6 +8,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Headers that describe one connection, not the message (besides `Connection` itself and
 /// `Upgrade`, which the callers treat on their own).
@@ -77,7 +77,7 @@ pub fn add_forwarded(req: &mut RequestHeader, client: Option<IpAddr>, tls: bool)
         // text is 45 bytes), with no intermediate String.
         let prior = req
             .headers
-            .get("x-forwarded-for")
+            .get(&X_FORWARDED_FOR)
             .map(|v| v.as_bytes())
             .filter(|v| !v.trim_ascii().is_empty());
         let mut buf = Vec::with_capacity(prior.map_or(0, |p| p.len() + 2) + 45);
@@ -85,7 +85,7 @@ pub fn add_forwarded(req: &mut RequestHeader, client: Option<IpAddr>, tls: bool)
             buf.extend_from_slice(p);
             buf.extend_from_slice(b", ");
         }
-        let _ = write!(buf, "{ip}");
+        crate::observe::write_ip(&mut buf, ip);
         if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(buf)) {
             let _ = req.insert_header("x-forwarded-for", value);
         }

@@ -19,7 +19,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use portico_plugins::{Flow, PluginCtx, PluginResponse};
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::observe::access_log::{now_rfc3339, Record};
+use crate::observe::access_log::{Record, Timestamp};
 use crate::observe::metrics::METRICS;
 use crate::observe::otlp::{self, RequestInfo, RequestSpans};
 use crate::observe::trace::TraceContext;
@@ -615,7 +615,7 @@ impl ProxyHttp for Gateway {
                 .or(e.map(|e| e.etype().as_str()));
             let traceparent = ctx.trace.as_ref().map(TraceContext::header_bytes);
             let record = Record {
-                timestamp: now_rfc3339(),
+                timestamp: Timestamp::now(),
                 request_id: ctx.plugin.request_id.as_deref().unwrap_or(""),
                 traceparent: traceparent
                     .as_ref()
@@ -634,8 +634,8 @@ impl ProxyHttp for Gateway {
                 status,
                 request_bytes: read,
                 response_bytes: sent,
-                total_ms: elapsed.as_secs_f64() * 1000.0,
-                upstream_ms: ctx.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
+                total: elapsed,
+                upstream_time: ctx.upstream_time,
                 attempts: ctx.attempts,
                 error,
             };
@@ -815,7 +815,28 @@ fn finish_response_headers(ctx: &Ctx, resp: &mut ResponseHeader) {
         }
     }
     if ctx.attempts > 0 && ctx.route.as_ref().is_some_and(|r| r.retry.attempts_header) {
-        let _ = resp.insert_header("X-Portico-Attempts", ctx.attempts.to_string());
+        let _ = resp.insert_header("X-Portico-Attempts", attempts_value(ctx.attempts));
+    }
+}
+
+/// The `X-Portico-Attempts` value: a shared constant for the counts retry policies use, so
+/// the common answer formats and allocates nothing.
+fn attempts_value(attempts: u32) -> http::HeaderValue {
+    static SMALL: [http::HeaderValue; 10] = [
+        http::HeaderValue::from_static("0"),
+        http::HeaderValue::from_static("1"),
+        http::HeaderValue::from_static("2"),
+        http::HeaderValue::from_static("3"),
+        http::HeaderValue::from_static("4"),
+        http::HeaderValue::from_static("5"),
+        http::HeaderValue::from_static("6"),
+        http::HeaderValue::from_static("7"),
+        http::HeaderValue::from_static("8"),
+        http::HeaderValue::from_static("9"),
+    ];
+    match SMALL.get(attempts as usize) {
+        Some(value) => value.clone(),
+        None => http::HeaderValue::from(attempts),
     }
 }
 
