@@ -651,7 +651,7 @@ fn ceil_secs(d: Duration) -> u64 {
 fn policy(rate: u64, period: Duration, burst: u64) -> String {
     const SEC: u128 = 1_000_000_000;
     let nanos = period.as_nanos();
-    let (quota, window) = if nanos % SEC == 0 {
+    let (quota, window) = if nanos.is_multiple_of(SEC) {
         (u128::from(rate), nanos / SEC)
     } else {
         let window = nanos.div_ceil(SEC);
