@@ -500,6 +500,51 @@ mod tests {
         assert_eq!(out, format!("\"{clean}\"").as_bytes());
     }
 
+    fn lines_in(path: &std::path::Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn lines_from_several_threads_are_all_written_by_a_flush_or_a_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let log = AccessLog::open(path.to_str().unwrap(), 1.0).unwrap();
+        std::thread::scope(|scope| {
+            for t in 0..4 {
+                let log = log.clone();
+                scope.spawn(move || {
+                    for i in 0..500 {
+                        let id = format!("{t}-{i}");
+                        let mut r = record("/p", None, None);
+                        r.request_id = &id;
+                        log.write(&r);
+                    }
+                });
+            }
+        });
+        assert!(flush_all(Duration::from_secs(5)));
+        let lines = lines_in(&path);
+        assert_eq!(lines.len(), 2000);
+        let mut ids: Vec<_> = lines.iter().map(|l| l["request_id"].to_string()).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 2000, "every line once, none torn");
+
+        // A replaced log (its last handle dropped) writes what it took, then its writer ends.
+        log.write(&record("/last", None, None));
+        drop(log);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while lines_in(&path).len() < 2001 {
+            assert!(Instant::now() < deadline, "the last line was not written");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(lines_in(&path)[2000]["path"], "/last");
+    }
+
     #[test]
     fn timestamps_match_rfc3339_with_milliseconds() {
         for millis in [0u64, 999, 1_000, 1_764_095_595_007, 4_102_444_799_999] {
