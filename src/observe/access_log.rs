@@ -67,22 +67,24 @@ impl Record<'_> {
         json::string(out, self.method);
         out.extend_from_slice(b",\"path\":");
         json::string(out, self.path);
-        out.extend_from_slice(b",\"host\":");
-        json::opt_string(out, self.host);
-        out.extend_from_slice(b",\"route\":");
-        json::opt_string(out, self.route);
-        out.extend_from_slice(b",\"version\":");
-        json::opt_string(out, self.version);
-        out.extend_from_slice(b",\"cluster\":");
-        json::opt_string(out, self.cluster);
-        out.extend_from_slice(b",\"upstream\":");
-        json::opt_string(out, self.upstream);
-        out.extend_from_slice(b",\"status\":");
-        json::uint(out, u64::from(self.status));
-        out.extend_from_slice(b",\"request_bytes\":");
-        json::uint(out, self.request_bytes as u64);
-        out.extend_from_slice(b",\"response_bytes\":");
-        json::uint(out, self.response_bytes as u64);
+        for (name, value) in [
+            (&b",\"host\":"[..], self.host),
+            (b",\"route\":", self.route),
+            (b",\"version\":", self.version),
+            (b",\"cluster\":", self.cluster),
+            (b",\"upstream\":", self.upstream),
+        ] {
+            out.extend_from_slice(name);
+            json::opt_string(out, value);
+        }
+        for (name, value) in [
+            (&b",\"status\":"[..], u64::from(self.status)),
+            (b",\"request_bytes\":", self.request_bytes as u64),
+            (b",\"response_bytes\":", self.response_bytes as u64),
+        ] {
+            out.extend_from_slice(name);
+            json::uint(out, value);
+        }
         out.extend_from_slice(b",\"total_ms\":");
         json::millis(out, self.total);
         out.extend_from_slice(b",\"upstream_ms\":");
