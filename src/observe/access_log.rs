@@ -122,10 +122,10 @@ mod json {
                 b'\r' => out.extend_from_slice(b"\\r"),
                 b'\t' => out.extend_from_slice(b"\\t"),
                 _ => {
-                    const HEX: &[u8; 16] = b"0123456789abcdef";
+                    let mut hex = [0u8; 2];
+                    crate::observe::write_hex(&mut hex, &[b]);
                     out.extend_from_slice(b"\\u00");
-                    out.push(HEX[usize::from(b >> 4)]);
-                    out.push(HEX[usize::from(b & 0xf)]);
+                    out.extend_from_slice(&hex);
                 }
             }
             rest = tail;
@@ -169,13 +169,17 @@ mod json {
     pub fn millis(out: &mut Vec<u8>, d: Duration) {
         let micros = d.as_micros().min(u128::from(u64::MAX)) as u64;
         uint(out, micros / 1000);
-        let frac = micros % 1000;
-        out.extend_from_slice(&[
-            b'.',
-            b'0' + (frac / 100) as u8,
-            b'0' + (frac / 10 % 10) as u8,
-            b'0' + (frac % 10) as u8,
-        ]);
+        out.push(b'.');
+        out.extend_from_slice(&three_digits((micros % 1000) as u16));
+    }
+
+    /// `n` (below 1000) as exactly three decimal digits, e.g. `034`.
+    pub fn three_digits(n: u16) -> [u8; 3] {
+        [
+            b'0' + (n / 100 % 10) as u8,
+            b'0' + (n / 10 % 10) as u8,
+            b'0' + (n % 10) as u8,
+        ]
     }
 }
 
@@ -209,13 +213,10 @@ impl Timestamp {
             cached.set((seconds, text));
             text
         });
-        let millis = since.subsec_millis();
         let mut out = [0u8; 24];
         out[..19].copy_from_slice(&prefix);
         out[19] = b'.';
-        out[20] = b'0' + (millis / 100) as u8;
-        out[21] = b'0' + (millis / 10 % 10) as u8;
-        out[22] = b'0' + (millis % 10) as u8;
+        out[20..23].copy_from_slice(&json::three_digits(since.subsec_millis() as u16));
         out[23] = b'Z';
         Timestamp(out)
     }
