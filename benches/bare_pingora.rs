@@ -16,8 +16,10 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::Result;
 use pingora_proxy::{ProxyHttp, Session};
 
-/// The binary's allocator and its tuning, exactly as portico's.
+/// The binary's allocator and its tuning, exactly as portico's. Its after-fork service is
+/// for a daemonized portico; this never daemonizes, so that part goes unused here.
 #[path = "../src/allocator.rs"]
+#[allow(dead_code)]
 mod allocator;
 
 struct Bare {
@@ -80,10 +82,5 @@ fn main() {
         None => proxy.add_tcp(&args[0]),
     }
     server.add_service(proxy);
-    // As portico does (it only matters after daemonizing, which this never does).
-    server.add_service(pingora_core::services::background::background_service(
-        "allocator after fork",
-        allocator::AfterFork,
-    ));
     server.run_forever();
 }
