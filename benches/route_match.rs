@@ -19,6 +19,7 @@ fn spec(id: String, hosts: &[&str], path: String, path_match: PathMatch) -> Rout
         path_match,
         methods: Vec::new(),
         headers: Vec::new(),
+        on_mismatch: Default::default(),
     }
 }
 

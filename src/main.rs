@@ -120,6 +120,9 @@ fn main() -> ExitCode {
         }
         Command::Check { config } => match config::load_file(&config) {
             Ok(c) => {
+                for warning in config::lint(&c) {
+                    eprintln!("warning: {}: {warning}", config.display());
+                }
                 println!(
                     "{}: ok ({} listeners, {} routes, {} clusters)",
                     config.display(),
@@ -235,6 +238,13 @@ fn explain(
             return ExitCode::from(1);
         }
     };
+    let traits = match portico::router::inspect_path(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            println!("400 Bad Request: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let query_suffix = query.map(|q| format!("?{q}")).unwrap_or_default();
     let request_target = format!("{path}{query_suffix}");
     let mut req =
@@ -267,7 +277,17 @@ fn explain(
         println!("normalised: {path}");
     }
     let globals = snapshot.global_plugins.names.join(", ");
-    match portico::proxy::resolve(&snapshot, &req) {
+    if !req.headers.contains_key(http::header::HOST) {
+        // Without `-H 'Host: …'` the question is "on any host"; an HTTP/1.0 request may
+        // leave Host out, where HTTP/1.1 would be refused for it.
+        req.set_version(http::Version::HTTP_10);
+    }
+    let checked = portico::proxy::clean_request(&mut req, &snapshot.identity_headers, false)
+        .and_then(|()| portico::proxy::resolve(&snapshot, &req))
+        .and_then(|resolved| {
+            portico::proxy::check_route_policy(&resolved.route, traits, &req).map(|()| resolved)
+        });
+    match checked {
         Ok(resolved) => {
             let (route, target) = (&resolved.route, &resolved.target);
             let base = resolved.unversioned_path.as_deref().unwrap_or(&path);

@@ -172,6 +172,58 @@ endpoints = [{{ address = "localhost:9201" }}]
     assert!(run.stderr.trim().is_empty(), "{}", run.stderr);
 }
 
+/// A protected route whose refused requests would fall through to a weaker route on the
+/// same cluster is valid but warned about; `on_mismatch` silences the warning.
+#[test]
+fn check_warns_when_a_protected_route_falls_through_to_a_weaker_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = |on_mismatch: &str| {
+        format!(
+            r#"{}
+[[routes]]
+id = "admin"
+path = "/admin"
+methods = ["GET"]
+cluster = "app"
+{on_mismatch}
+
+[[routes.plugins]]
+name = "rate-limit"
+rate = 10
+
+[[routes]]
+id = "root"
+path = "/"
+cluster = "app"
+
+[clusters.app]
+endpoints = [{{ address = "127.0.0.1:9101" }}]
+"#,
+            header(dir.path())
+        )
+    };
+    let file = write(dir.path(), "loose.toml", &routes(""));
+    let run = portico(&["check", "-c", &file], &[]);
+    assert_eq!(
+        run.code,
+        Some(0),
+        "a warning is not an error:\n{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("warning:")
+            && run.stderr.contains("routes[0]")
+            && run.stderr.contains("`root`")
+            && run.stderr.contains("on_mismatch"),
+        "{}",
+        run.stderr
+    );
+    let file = write(dir.path(), "strict.toml", &routes("on_mismatch = \"405\""));
+    let run = portico(&["check", "-c", &file], &[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(run.stderr.trim().is_empty(), "{}", run.stderr);
+}
+
 /// One config with every kind of validation problem: all are listed, in file order, each
 /// with its line, column and field path.
 #[test]

@@ -231,9 +231,11 @@ async fn no_route_is_a_404_problem() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dot_segments_and_double_slashes_are_normalised_before_routing() {
     bounded(async {
+        // Escaped slashes are refused by default (tests/request_integrity.rs); allowed here
+        // to show how they are normalised and that they never split a segment.
         let (gw, ups) = gateway_with_routes(&[
-            ("admin", "path = \"/admin\""),
-            ("public", "path = \"/public\""),
+            ("admin", "path = \"/admin\"\nallow_escaped_slashes = true"),
+            ("public", "path = \"/public\"\nallow_escaped_slashes = true"),
         ])
         .await;
         let admin = upstream(&ups, "admin");

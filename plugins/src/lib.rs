@@ -110,6 +110,13 @@ pub trait Plugin: Send + Sync {
     /// The hooks this plugin implements.
     fn hooks(&self) -> Hooks;
 
+    /// Request headers through which this plugin tells the upstream who the caller is.
+    /// The gateway removes every one of them (on every route) from what clients send, so
+    /// only the plugin that verified the caller can set them.
+    fn identity_headers(&self) -> Vec<HeaderName> {
+        Vec::new()
+    }
+
     /// Called after routing, before anything is sent upstream. May change the request
     /// header (what the upstream will see, before proxy headers are added) or answer itself.
     async fn request(&self, _ctx: &mut PluginCtx, _req: &mut RequestHeader) -> Flow {

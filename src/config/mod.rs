@@ -5,6 +5,7 @@
 //! These types are what an operator writes, not what the proxy runs on: the gateway builds
 //! its runtime objects (compiled route table, live clusters) from a validated [`Config`].
 
+mod lint;
 mod load;
 mod validate;
 
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use lint::{lint, Warning};
 pub(crate) use load::location_of;
 pub use load::{load_file, load_str, ConfigError, ConfigErrors, Location};
 pub use validate::resolve_address;
@@ -69,6 +71,10 @@ pub struct ServerSection {
     /// Reload the config by itself when the file's content changes (polled every second,
     /// applied once it has been stable for 500 ms).
     pub watch_config: bool,
+    /// Peers (addresses or CIDR blocks) whose `X-Forwarded-*`, `Forwarded` and `X-Real-IP`
+    /// headers are believed, e.g. the load balancer in front of portico. From anyone else
+    /// those headers are removed, and the client is the connection's peer.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerSection {
@@ -84,6 +90,7 @@ impl Default for ServerSection {
             graceful_shutdown_timeout_seconds: 10,
             upstream_keepalive_pool_size: 1024,
             watch_config: false,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -306,8 +313,53 @@ pub struct Route {
     pub strip_prefix: bool,
     /// Replace the matched path prefix with this one (`/orders/1` → `/api/orders/1`).
     pub rewrite_prefix: Option<String>,
+    /// Whether a request this route matches by host and path, but not by method or
+    /// headers, may fall through to a weaker route (`fallthrough`, the default), or is
+    /// answered here (`"405"`, or `"404"`).
+    #[serde(default)]
+    pub on_mismatch: OnMismatchKind,
+    /// Forward `;` path parameters (`/a;jsessionid=1`), routed by the path without them.
+    /// Off by default: such paths are refused with 400.
+    #[serde(default)]
+    pub allow_path_params: bool,
+    /// Forward escaped slashes and backslashes (`%2F`, `%5C`). Off by default: refused
+    /// with 400, since some upstreams decode them into segment separators.
+    #[serde(default)]
+    pub allow_escaped_slashes: bool,
+    /// Protocols a client may switch to with `Upgrade` (`h2c` is never allowed).
+    #[serde(default = "default_upgrades")]
+    pub upgrades: Vec<String>,
     #[serde(default)]
     pub plugins: Vec<PluginRef>,
+}
+
+/// An entry of `[server] trusted_proxies`: an address (`10.0.0.5`) or a CIDR block
+/// (`10.0.0.0/8`, `fd00::/8`).
+pub fn parse_trusted_proxy(entry: &str) -> Result<ipnet::IpNet, String> {
+    let entry = entry.trim();
+    if let Ok(ip) = entry.parse::<std::net::IpAddr>() {
+        return Ok(ipnet::IpNet::from(ip));
+    }
+    entry
+        .parse::<ipnet::IpNet>()
+        .map(|net| net.trunc())
+        .map_err(|_| format!("`{entry}` is not an IP address or CIDR block"))
+}
+
+fn default_upgrades() -> Vec<String> {
+    vec!["websocket".into()]
+}
+
+/// See [`Route::on_mismatch`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum OnMismatchKind {
+    #[default]
+    #[serde(rename = "fallthrough")]
+    FallThrough,
+    #[serde(rename = "405")]
+    MethodNotAllowed,
+    #[serde(rename = "404")]
+    NotFound,
 }
 
 /// Where a route reads the requested API version from.

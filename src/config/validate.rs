@@ -54,6 +54,12 @@ pub fn validate(config: &Config) -> Vec<Problem> {
         p.add(&[key("server"), key("threads")], "must be at least 1");
     }
 
+    for (i, entry) in config.server.trusted_proxies.iter().enumerate() {
+        if let Err(e) = super::parse_trusted_proxy(entry) {
+            p.add(&[key("server"), key("trusted_proxies"), Seg::Index(i)], e);
+        }
+    }
+
     if config.listeners.is_empty() {
         p.add(&[key("listeners")], "at least one listener is required");
     }
@@ -693,6 +699,22 @@ fn validate_routes(config: &Config, p: &mut Problems) {
                 "prefix rewriting needs path_match = \"prefix\"",
             );
         }
+        for (j, protocol) in r.upgrades.iter().enumerate() {
+            let at = [key("routes"), Seg::Index(i), key("upgrades"), Seg::Index(j)];
+            let name = protocol.split('/').next().unwrap_or_default();
+            if name.eq_ignore_ascii_case("h2c") {
+                p.add(
+                    &at,
+                    "`h2c` cannot be allowed: it would open an HTTP/2 tunnel past routing and plugins",
+                );
+            } else if protocol.is_empty()
+                || !protocol
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~/".contains(&b))
+            {
+                p.add(&at, format!("`{protocol}` is not a protocol name"));
+            }
+        }
         if let Some(rw) = &r.rewrite_prefix {
             if !rw.starts_with('/') {
                 p.add(&at("rewrite_prefix"), format!("`{rw}` must start with /"));
@@ -730,5 +752,37 @@ fn validate_routes(config: &Config, p: &mut Problems) {
             &[key("routes"), Seg::Index(i), key("plugins")],
             p,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn upgrades_and_trusted_proxies_are_validated() {
+        let text = |extra: &str, server: &str| {
+            format!(
+                "[server]\n{server}\n[[listeners]]\naddress = \"127.0.0.1:0\"\n[[routes]]\nid = \"r\"\npath = \"/\"\ncluster = \"c\"\n{extra}\n[clusters.c]\nendpoints = [{{ address = \"127.0.0.1:1\" }}]\n"
+            )
+        };
+        let errors = |extra: &str, server: &str| match crate::config::load_str(
+            "t.toml",
+            &text(extra, server),
+        ) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        };
+        assert_eq!(errors("upgrades = [\"websocket\", \"x-stream/2\"]", ""), "");
+        assert!(errors("upgrades = [\"h2c\"]", "").contains("routes[0].upgrades[0]"));
+        assert!(errors("upgrades = [\"a b\"]", "").contains("not a protocol name"));
+        assert_eq!(
+            errors(
+                "",
+                "trusted_proxies = [\"10.0.0.0/8\", \"::1\", \"192.168.1.7\"]"
+            ),
+            ""
+        );
+        let bad = errors("", "trusted_proxies = [\"10.0.0.0/33\"]");
+        assert!(bad.contains("server.trusted_proxies[0]"), "{bad}");
+        assert!(errors("on_mismatch = \"406\"", "").contains("on_mismatch"));
     }
 }

@@ -24,11 +24,12 @@ use crate::observe::metrics::METRICS;
 use crate::observe::otlp::{self, RequestInfo, RequestSpans};
 use crate::observe::trace::TraceContext;
 use crate::router::version::{split_uri_version, VersionError};
-use crate::router::{normalize_path, rewrite_prefix, RouteMatch};
+use crate::router::{inspect_path, normalize_path, rewrite_prefix, RouteMatch};
 use crate::runtime::{Rewrite, Route, Snapshot, State, Target};
 use crate::upstream::breaker::Admission;
 use crate::upstream::{HashInput, Outcome};
 pub use error::GatewayError;
+pub use headers::clean_request;
 use retry::{Failure, RETRYABLE_STATUS};
 
 /// The gateway's proxy logic, shared by all requests.
@@ -74,6 +75,10 @@ pub struct Ctx {
     error: Option<GatewayError>,
     body_bytes: u64,
     active: bool,
+    /// The address of the connection's peer (the client, or a proxy in front).
+    peer_ip: Option<std::net::IpAddr>,
+    /// What the path holds that its route must allow.
+    path_traits: crate::router::PathTraits,
 }
 
 impl Ctx {
@@ -148,16 +153,19 @@ impl ProxyHttp for Gateway {
             error: None,
             body_bytes: 0,
             active: false,
+            peer_ip: None,
+            path_traits: Default::default(),
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         METRICS.active_requests.inc();
         ctx.active = true;
-        ctx.plugin.client_ip = session
+        ctx.peer_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        ctx.plugin.client_ip = ctx.peer_ip;
         ctx.plugin.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let mut trace = TraceContext::from_header(
             session
@@ -178,6 +186,18 @@ impl ProxyHttp for Gateway {
             return self.answer_error(session, ctx, err).await;
         }
 
+        // Before routing and before any plugin: what is left is what the upstream sees.
+        let snapshot = ctx.snapshot.clone();
+        let trusted_peer = ctx.peer_ip.is_some_and(|ip| snapshot.is_trusted_proxy(ip));
+        let req = session.req_header_mut();
+        if let Err(err) = headers::clean_request(req, &snapshot.identity_headers, trusted_peer) {
+            return self.answer_error(session, ctx, err).await;
+        }
+        if let (Some(peer), true) = (ctx.peer_ip, trusted_peer) {
+            let client = headers::forwarded_client(req, peer, |ip| snapshot.is_trusted_proxy(ip));
+            ctx.plugin.client_ip = Some(client);
+        }
+
         // Match and forward the normalised path, so `/public/../admin` is matched — and
         // seen upstream — as `/admin`, with `/admin`'s plugins.
         let normalized = match normalize_path(session.req_header().uri.path()) {
@@ -196,9 +216,16 @@ impl ProxyHttp for Gateway {
                     .await;
             }
         }
+        ctx.path_traits = match inspect_path(session.req_header().uri.path()) {
+            Ok(traits) => traits,
+            Err(e) => {
+                return self
+                    .answer_error(session, ctx, GatewayError::BadPath(e.to_string()))
+                    .await
+            }
+        };
 
         // Global plugins run before routing so they also cover requests no route matches.
-        let snapshot = ctx.snapshot.clone();
         if let Some(resp) =
             run_request_hooks(&snapshot.global_plugins.request, &mut ctx.plugin, session).await
         {
@@ -213,6 +240,9 @@ impl ProxyHttp for Gateway {
             Ok(found) => found,
             Err(e) => return self.answer_error(session, ctx, e).await,
         };
+        if let Err(e) = check_route_policy(&route, ctx.path_traits, session.req_header()) {
+            return self.answer_error(session, ctx, e).await;
+        }
         ctx.plugin.route_id = route.id.clone();
         ctx.route = Some(route.clone());
         ctx.target = Some(target.clone());
@@ -334,6 +364,18 @@ impl ProxyHttp for Gateway {
             }
         }
         let mut peer = attempt.peer;
+        // Pingora forwards only WebSocket upgrades by default; another protocol got here
+        // because the route lists it, and `headers::clean_request` already reduced the
+        // request to `Upgrade` plus `Connection: upgrade`.
+        let other_upgrade = session
+            .req_header()
+            .headers
+            .get(http::header::UPGRADE)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        if other_upgrade {
+            peer.options.http_upstream_request_policy.h1_upgrade =
+                pingora_core::upstreams::peer::H1UpgradePolicy::Preserve;
+        }
         // Each attempt gets at most its per-try timeout and never more than the deadline.
         let cap = match (route.retry.per_try_timeout, remaining) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -406,12 +448,11 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_request_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        headers::strip_hop_by_hop_request(upstream, session.is_upgrade_req());
-        headers::add_forwarded(upstream, ctx.plugin.client_ip, ctx.plugin.tls);
+        headers::add_forwarded(upstream, ctx.peer_ip, ctx.plugin.tls);
         if let Some(trace) = &ctx.trace {
             // A sampled request's upstream sees this attempt's span as its parent; others
             // see the gateway's span.
@@ -677,7 +718,10 @@ pub fn resolve(snapshot: &Snapshot, req: &RequestHeader) -> Result<Resolved, Gat
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri.host());
-    let path = req.uri.path();
+    // Routed by the path without `;` parameters, as servlet containers read it; whether
+    // parameters may reach the upstream at all is the route's call (`check_route_policy`).
+    let path = crate::router::without_params(req.uri.path());
+    let path = &*path;
     let mut found = None;
     if let Some((version, rest)) = split_uri_version(path) {
         if let RouteMatch::Found { value, .. } =
@@ -727,6 +771,43 @@ pub fn resolve(snapshot: &Snapshot, req: &RequestHeader) -> Result<Resolved, Gat
         target,
         unversioned_path: uri_version.map(|(_, rest)| rest.to_string()),
     })
+}
+
+/// What a route must allow explicitly: `;` path parameters, escaped slashes and the
+/// protocol of an `Upgrade` (a client's `Upgrade` survives [`headers::clean_request`] only
+/// with `Connection: upgrade`). `portico routes` applies the same rules.
+pub fn check_route_policy(
+    route: &Route,
+    traits: crate::router::PathTraits,
+    req: &RequestHeader,
+) -> Result<(), GatewayError> {
+    if traits.params && !route.allow_path_params {
+        return Err(GatewayError::BadPath(
+            "`;` path parameters are not accepted on this route".into(),
+        ));
+    }
+    if traits.escaped_slash && !route.allow_escaped_slashes {
+        return Err(GatewayError::BadPath(
+            "escaped `/` or `\\` (%2F, %5C) is not accepted on this route".into(),
+        ));
+    }
+    for value in req.headers.get_all(http::header::UPGRADE) {
+        for protocol in value.as_bytes().split(|&b| b == b',') {
+            let protocol = protocol.trim_ascii();
+            let name = protocol.split(|&b| b == b'/').next().unwrap_or_default();
+            let allowed = route.upgrades.iter().any(|u| {
+                u.as_bytes().eq_ignore_ascii_case(name)
+                    || u.as_bytes().eq_ignore_ascii_case(protocol)
+            });
+            if !allowed && !protocol.is_empty() {
+                return Err(GatewayError::BadRequest(format!(
+                    "upgrading to `{}` is not allowed on this route",
+                    String::from_utf8_lossy(protocol)
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Gateway {

@@ -29,7 +29,9 @@ use std::fmt;
 
 use http::{HeaderMap, HeaderName, Method};
 
-pub use normalize::{normalize_path, rewrite_prefix, PathError};
+pub use normalize::{
+    inspect_path, normalize_path, rewrite_prefix, without_params, PathError, PathTraits,
+};
 
 use host::HostPattern;
 use table::PathTable;
@@ -42,6 +44,19 @@ pub enum PathMatch {
     /// The path must start with the route path on a segment boundary (`/v1` matches `/v1`,
     /// `/v1/` and `/v1/x`, not `/v10`); `/` matches every path.
     Prefix,
+}
+
+/// What a route does with a request whose host and path it matches but whose method or
+/// headers it does not.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum OnMismatch {
+    /// Let a less specific route (a shorter prefix, a wildcard or any-host table) take it.
+    #[default]
+    FallThrough,
+    /// Stop here: a method mismatch is answered 405 with `Allow`, a header mismatch 404.
+    MethodNotAllowed,
+    /// Stop here and answer 404.
+    NotFound,
 }
 
 /// A condition on one request header.
@@ -82,6 +97,8 @@ pub struct RouteSpec {
     pub methods: Vec<Method>,
     /// All must match.
     pub headers: Vec<HeaderMatch>,
+    /// Whether a mismatch of method or headers may fall through to a weaker route.
+    pub on_mismatch: OnMismatch,
 }
 
 impl RouteSpec {
@@ -239,10 +256,14 @@ impl<T> Router<T> {
     ) -> RouteMatch<'_, T> {
         let mut allowed = Vec::new();
         let found = self.find_index(host, method, path, headers, &mut allowed);
-        match found.and_then(|idx| self.routes.get(idx)) {
-            Some((spec, value)) => RouteMatch::Found { spec, value },
-            None if allowed.is_empty() => RouteMatch::NotFound,
-            None => {
+        match found {
+            Lookup::Found(idx) => match self.routes.get(idx) {
+                Some((spec, value)) => RouteMatch::Found { spec, value },
+                None => RouteMatch::NotFound,
+            },
+            Lookup::Stop(OnMismatch::NotFound) => RouteMatch::NotFound,
+            _ if allowed.is_empty() => RouteMatch::NotFound,
+            _ => {
                 allowed.sort_by(|a, b| a.as_str().cmp(b.as_str()));
                 allowed.dedup();
                 RouteMatch::MethodNotAllowed { allowed }
@@ -257,15 +278,16 @@ impl<T> Router<T> {
         path: &str,
         headers: &HeaderMap,
         allowed: &mut Vec<Method>,
-    ) -> Option<usize> {
+    ) -> Lookup {
         let lookup = |table: &PathTable, allowed: &mut Vec<Method>| {
             table.find(&self.routes, method, path, headers, allowed)
         };
 
         if let Some(host) = host.and_then(host::canonical_request_host) {
             if let Some(table) = self.exact_hosts.get(&*host) {
-                if let Some(idx) = lookup(table, allowed) {
-                    return Some(idx);
+                let found = lookup(table, allowed);
+                if found.is_final() {
+                    return found;
                 }
             }
             if !self.wildcard_hosts.is_empty() {
@@ -277,14 +299,32 @@ impl<T> Router<T> {
                         continue;
                     };
                     if let Some(table) = self.wildcard_hosts.get(suffix) {
-                        if let Some(idx) = lookup(table, allowed) {
-                            return Some(idx);
+                        let found = lookup(table, allowed);
+                        if found.is_final() {
+                            return found;
                         }
                     }
                 }
             }
         }
         lookup(&self.any_host, allowed)
+    }
+}
+
+/// The outcome of a lookup in one table (or in all of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lookup {
+    Found(usize),
+    /// A route that does not let mismatches fall through matched host and path: the search
+    /// ends without a route.
+    Stop(OnMismatch),
+    /// Nothing here; a less specific table may still match.
+    Continue,
+}
+
+impl Lookup {
+    fn is_final(self) -> bool {
+        self != Lookup::Continue
     }
 }
 

@@ -16,6 +16,16 @@ pub enum PathError {
     BadPercentEncoding,
     /// The path does not start with `/` (this includes `*` and an empty path).
     NotAbsolute,
+    /// An escaped control character (`%00`–`%1F`, `%7F`).
+    ControlCharacter,
+    /// An escaped `%` followed by two hex digits (`%252e`): a second decoding upstream
+    /// would read another path than the gateway routed.
+    DoubleEncoding,
+    /// Escapes that decode to bytes that are not UTF-8, such as the overlong `%C0%AE`.
+    InvalidUtf8,
+    /// A `;` parameter on an empty, `.` or `..` segment (`/public/..;/admin`), which
+    /// servlet containers resolve as a dot-segment after routing.
+    DotSegmentParameter,
 }
 
 impl fmt::Display for PathError {
@@ -23,6 +33,10 @@ impl fmt::Display for PathError {
         f.write_str(match self {
             PathError::BadPercentEncoding => "invalid percent-encoding in path",
             PathError::NotAbsolute => "path does not start with '/'",
+            PathError::ControlCharacter => "escaped control character in path",
+            PathError::DoubleEncoding => "double percent-encoding in path",
+            PathError::InvalidUtf8 => "path escapes do not decode to UTF-8",
+            PathError::DotSegmentParameter => "path parameter on an empty or dot segment",
         })
     }
 }
@@ -77,6 +91,97 @@ fn is_normal(path: &[u8]) -> Result<bool, PathError> {
     // A final empty segment is a trailing slash (or the root itself), which stays.
     let last = path.get(seg_start..).unwrap_or_default();
     Ok(last.is_empty() || !is_removable_segment(last))
+}
+
+/// What a normalised path holds that upstreams may read differently from the gateway and
+/// a route must allow explicitly (see [`inspect_path`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PathTraits {
+    /// A `;` path parameter (`/admin;jsessionid=1`), which Tomcat, Jetty and Spring strip
+    /// before they route.
+    pub params: bool,
+    /// An escaped `/` or `\` (`%2F`, `%5C`, or a literal `\`, which normalisation escapes),
+    /// which some upstreams decode into a segment separator.
+    pub escaped_slash: bool,
+}
+
+/// Checks a path already normalised by [`normalize_path`] for forms that no upstream may
+/// decode differently: escaped control characters, double encoding and escapes that are
+/// not UTF-8 are errors; path parameters and escaped slashes are reported, for the route
+/// to allow or refuse. A path with neither `%` nor `;` (nearly all) is one scan.
+pub fn inspect_path(path: &str) -> Result<PathTraits, PathError> {
+    let bytes = path.as_bytes();
+    let mut traits = PathTraits::default();
+    if !bytes.iter().any(|&b| b == b'%' || b == b';') {
+        return Ok(traits);
+    }
+    let mut seg_start = 0;
+    let mut non_ascii = false;
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'/' => seg_start = i + 1,
+            b';' => {
+                traits.params = true;
+                if is_removable_segment(bytes.get(seg_start..i).unwrap_or_default()) {
+                    return Err(PathError::DotSegmentParameter);
+                }
+            }
+            b'%' => {
+                match decode_escape(bytes, i)? {
+                    0x00..=0x1F | 0x7F => return Err(PathError::ControlCharacter),
+                    b'/' | b'\\' => traits.escaped_slash = true,
+                    b'%' if decode_escape(bytes, i + 2).is_ok() => {
+                        return Err(PathError::DoubleEncoding)
+                    }
+                    0x80..=0xFF => non_ascii = true,
+                    _ => {}
+                }
+                i += 2;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    if non_ascii && std::str::from_utf8(&percent_decode(bytes)).is_err() {
+        return Err(PathError::InvalidUtf8);
+    }
+    Ok(traits)
+}
+
+/// The path with every segment's `;` parameter removed (`/a;x/b;y` → `/a/b`): the path a
+/// servlet container routes by, and so the one the gateway must route by too.
+pub fn without_params(path: &str) -> Cow<'_, str> {
+    if !path.contains(';') {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    for (n, seg) in path.split('/').enumerate() {
+        if n > 0 {
+            out.push('/');
+        }
+        out.push_str(seg.split_once(';').map_or(seg, |(name, _)| name));
+    }
+    Cow::Owned(out)
+}
+
+/// Every escape decoded (escapes are known valid here).
+fn percent_decode(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match decode_escape(bytes, i) {
+            Ok(byte) if b == b'%' => {
+                out.push(byte);
+                i += 3;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 /// Empty, `.` or `..`: segments that normalisation removes when not last.
@@ -271,6 +376,66 @@ mod tests {
         ];
         for (raw, want) in cases {
             assert_eq!(normalize_path(raw), Err(*want), "input {raw:?}");
+        }
+    }
+
+    #[test]
+    fn inspection_refuses_ambiguous_forms() {
+        let refused: &[(&str, PathError)] = &[
+            ("/public/..;/admin", PathError::DotSegmentParameter),
+            ("/public/.;x/admin", PathError::DotSegmentParameter),
+            ("/;x/admin", PathError::DotSegmentParameter),
+            ("/a/..;", PathError::DotSegmentParameter),
+            ("/a%00b", PathError::ControlCharacter),
+            ("/a%0Ab", PathError::ControlCharacter),
+            ("/a%1F", PathError::ControlCharacter),
+            ("/a%7F", PathError::ControlCharacter),
+            ("/%252e%252e/admin", PathError::DoubleEncoding),
+            ("/a%252F", PathError::DoubleEncoding),
+            ("/a%2541", PathError::DoubleEncoding),
+            ("/%C0%AE%C0%AE/admin", PathError::InvalidUtf8),
+            ("/%C3", PathError::InvalidUtf8),
+            ("/%E0%80%AF", PathError::InvalidUtf8),
+            ("/%ED%A0%80", PathError::InvalidUtf8),
+        ];
+        for (path, want) in refused {
+            assert_eq!(inspect_path(path), Err(*want), "{path:?}");
+        }
+        let traits = |params, escaped_slash| PathTraits {
+            params,
+            escaped_slash,
+        };
+        let accepted: &[(&str, PathTraits)] = &[
+            ("/", traits(false, false)),
+            ("/v1/orders/12", traits(false, false)),
+            ("/discount/50%25", traits(false, false)),
+            ("/%25/x", traits(false, false)),
+            ("/caf%C3%A9", traits(false, false)),
+            ("/a%20b", traits(false, false)),
+            ("/admin;x", traits(true, false)),
+            ("/a;b=c/d;e", traits(true, false)),
+            ("/a;%2F..", traits(true, true)),
+            ("/a%2Fb", traits(false, true)),
+            ("/a%5Cb", traits(false, true)),
+            ("/a;x/b%2F", traits(true, true)),
+        ];
+        for (path, want) in accepted {
+            assert_eq!(inspect_path(path), Ok(*want), "{path:?}");
+        }
+        // Every form normalisation produces from a literal backslash is caught too.
+        let normalised = normalize_path("/a\\..\\admin").unwrap();
+        assert_eq!(inspect_path(&normalised).map(|t| t.escaped_slash), Ok(true));
+    }
+
+    #[test]
+    fn params_are_removed_per_segment() {
+        for (path, want) in [
+            ("/admin;x", "/admin"),
+            ("/a;b=c/d;e/f", "/a/d/f"),
+            ("/a/b", "/a/b"),
+            ("/a;x/", "/a/"),
+        ] {
+            assert_eq!(without_params(path), want, "{path:?}");
         }
     }
 

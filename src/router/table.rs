@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use http::{HeaderMap, Method};
 
-use super::{PathMatch, RouteSpec};
+use super::{Lookup, OnMismatch, PathMatch, RouteSpec};
 
 /// Index of the trie root, the node of prefix `/`.
 const ROOT: usize = 0;
@@ -101,8 +101,9 @@ impl PathTable {
         }
     }
 
-    /// The index of the winning route in this table, if any. Routes that matched everything
-    /// but the method add their methods to `allowed`.
+    /// The winning route in this table, if any. Routes that matched everything but the
+    /// method add their methods to `allowed`. A route that matched host and path but not
+    /// method or headers, and lets no mismatch fall through, ends the search.
     pub(super) fn find<T>(
         &self,
         routes: &[(RouteSpec, T)],
@@ -110,10 +111,11 @@ impl PathTable {
         path: &str,
         headers: &HeaderMap,
         allowed: &mut Vec<Method>,
-    ) -> Option<usize> {
+    ) -> Lookup {
         if let Some(slot) = self.exact.get(path) {
-            if let Some(idx) = pick(slot, routes, method, headers, allowed) {
-                return Some(idx);
+            let found = pick(slot, routes, method, headers, allowed);
+            if found.is_final() {
+                return found;
             }
         }
 
@@ -127,12 +129,13 @@ impl PathTable {
         // Deepest prefix first, then back up towards `/`.
         let mut current = self.nodes.get(node);
         while let Some(n) = current {
-            if let Some(idx) = pick(&n.routes, routes, method, headers, allowed) {
-                return Some(idx);
+            let found = pick(&n.routes, routes, method, headers, allowed);
+            if found.is_final() {
+                return found;
             }
             current = n.parent.and_then(|p| self.nodes.get(p));
         }
-        None
+        Lookup::Continue
     }
 }
 
@@ -149,18 +152,28 @@ fn pick<T>(
     method: &Method,
     headers: &HeaderMap,
     allowed: &mut Vec<Method>,
-) -> Option<usize> {
+) -> Lookup {
+    // The strictest answer among the candidates that refuse to let a mismatch fall
+    // through: a header mismatch is a 404 even on a route that answers 405 for methods.
+    let mut stop = None;
     for &idx in candidates {
         let Some((spec, _)) = routes.get(idx) else {
             continue;
         };
+        let strict = spec.on_mismatch != OnMismatch::FallThrough;
         if !spec.matches_headers(headers) {
+            if strict {
+                stop = Some(OnMismatch::NotFound);
+            }
             continue;
         }
         if spec.allows_method(method) {
-            return Some(idx);
+            return Lookup::Found(idx);
         }
         allowed.extend(spec.methods.iter().cloned());
+        if strict && stop.is_none() {
+            stop = Some(spec.on_mismatch);
+        }
     }
-    None
+    stop.map_or(Lookup::Continue, Lookup::Stop)
 }

@@ -11,7 +11,13 @@ fn route(id: &str, path: &str, path_match: PathMatch) -> RouteSpec {
         path_match,
         methods: Vec::new(),
         headers: Vec::new(),
+        on_mismatch: OnMismatch::FallThrough,
     }
+}
+
+fn strict(mut spec: RouteSpec, on_mismatch: OnMismatch) -> RouteSpec {
+    spec.on_mismatch = on_mismatch;
+    spec
 }
 
 fn exact(id: &str, path: &str) -> RouteSpec {
@@ -440,4 +446,74 @@ fn many_routes_resolve_correctly() {
     assert_eq!(get(&r, "/svc7/item1957"), "e1957");
     assert_eq!(get(&r, "/svc7/group1957/deep/er"), "p1957");
     assert_eq!(get(&r, "/svc7/group19570"), "404");
+}
+
+#[test]
+fn strict_route_stops_method_and_header_fall_through() {
+    let admin = methods(prefix("admin", "/admin"), &[Method::GET]);
+    let tenant = header(prefix("tenant", "/t"), "x-tenant", None);
+    // Today's default: a weaker route catches what the protected one refused.
+    let loose = router(vec![prefix("root", "/"), admin.clone(), tenant.clone()]);
+    let del = |r: &Router<usize>| find_in(r, None, Method::DELETE, "/admin/x", &HeaderMap::new());
+    assert_eq!(del(&loose), "root");
+    assert_eq!(get(&loose, "/t/1"), "root");
+
+    let r = router(vec![
+        prefix("root", "/"),
+        strict(admin.clone(), OnMismatch::MethodNotAllowed),
+        strict(tenant.clone(), OnMismatch::MethodNotAllowed),
+    ]);
+    assert_eq!(del(&r), "405 GET");
+    assert_eq!(get(&r, "/admin/x"), "admin");
+    // A header mismatch is never a 405: the method was fine.
+    assert_eq!(get(&r, "/t/1"), "404");
+    let mut h = HeaderMap::new();
+    h.insert("x-tenant", HeaderValue::from_static("a"));
+    assert_eq!(find_in(&r, None, Method::GET, "/t/1", &h), "tenant");
+    // Paths the strict route does not cover still reach the weaker one.
+    assert_eq!(get(&r, "/other"), "root");
+
+    let r = router(vec![
+        prefix("root", "/"),
+        strict(admin, OnMismatch::NotFound),
+    ]);
+    assert_eq!(del(&r), "404");
+}
+
+#[test]
+fn strict_route_lets_siblings_on_its_path_match() {
+    // DELETE has its own route on the same path: the strict GET route must not hide it.
+    let r = router(vec![
+        prefix("root", "/"),
+        strict(
+            methods(prefix("read", "/admin"), &[Method::GET]),
+            OnMismatch::MethodNotAllowed,
+        ),
+        methods(prefix("delete", "/admin"), &[Method::DELETE]),
+    ]);
+    assert_eq!(
+        find_in(&r, None, Method::DELETE, "/admin", &HeaderMap::new()),
+        "delete"
+    );
+    assert_eq!(
+        find_in(&r, None, Method::PUT, "/admin", &HeaderMap::new()),
+        "405 DELETE,GET"
+    );
+}
+
+#[test]
+fn strict_route_in_a_host_table_stops_any_host_fall_back() {
+    let r = router(vec![
+        prefix("any", "/"),
+        strict(
+            methods(
+                hosts(prefix("api", "/"), &["api.example.com"]),
+                &[Method::GET],
+            ),
+            OnMismatch::NotFound,
+        ),
+    ]);
+    let post = |host| find_in(&r, Some(host), Method::POST, "/x", &HeaderMap::new());
+    assert_eq!(post("api.example.com"), "404");
+    assert_eq!(post("other.example.com"), "any");
 }

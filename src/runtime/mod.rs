@@ -21,7 +21,7 @@ use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::RouteMetrics;
 use crate::observe::otlp::Tracer;
 use crate::router::version::{Source, VersionSelector};
-use crate::router::{self, HeaderMatch, PathMatch, RouteSpec, Router};
+use crate::router::{self, HeaderMatch, OnMismatch, PathMatch, RouteSpec, Router};
 use crate::upstream::Cluster;
 
 /// A route ready to serve.
@@ -35,6 +35,12 @@ pub struct Route {
     pub retry: RetryRules,
     /// Overall deadline of a request.
     pub deadline: Option<Duration>,
+    /// `;` path parameters are forwarded instead of refused.
+    pub allow_path_params: bool,
+    /// Escaped `/` and `\` are forwarded instead of refused.
+    pub allow_escaped_slashes: bool,
+    /// Protocols a client may `Upgrade` to, lowercase.
+    pub upgrades: Vec<Box<str>>,
 }
 
 /// One destination of a route: a cluster, with the version it serves.
@@ -163,6 +169,18 @@ pub struct Snapshot {
     pub loaded_at: SystemTime,
     /// A hash of the effective config, to tell versions apart.
     pub version: String,
+    /// Every identity header a plugin writes, on any route: the proxy removes them from
+    /// every client request.
+    pub identity_headers: Vec<http::HeaderName>,
+    /// Peers whose forwarding headers are believed (`[server] trusted_proxies`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl Snapshot {
+    /// Whether `ip` is one of the configured trusted proxies.
+    pub fn is_trusted_proxy(&self, ip: std::net::IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
 }
 
 impl Snapshot {
@@ -170,6 +188,9 @@ impl Snapshot {
     /// same as in `previous` are reused with their live state (health, ejections,
     /// in-flight counts).
     pub fn build(config: Config, previous: Option<&Snapshot>) -> Result<Snapshot, String> {
+        for warning in crate::config::lint(&config) {
+            log::warn!("config: {warning}");
+        }
         let mut clusters = BTreeMap::new();
         for (name, def) in &config.clusters {
             // Same definition and same TLS files (a rotated CA or client certificate
@@ -305,6 +326,11 @@ impl Snapshot {
                         })
                     })
                     .collect(),
+                on_mismatch: match r.on_mismatch {
+                    config::OnMismatchKind::FallThrough => OnMismatch::FallThrough,
+                    config::OnMismatchKind::MethodNotAllowed => OnMismatch::MethodNotAllowed,
+                    config::OnMismatchKind::NotFound => OnMismatch::NotFound,
+                },
             };
             let route = Route {
                 id: Arc::from(r.id.as_str()),
@@ -313,6 +339,13 @@ impl Snapshot {
                 versioning,
                 retry: RetryRules::from_config(r.retry.as_ref()),
                 deadline: r.timeout,
+                allow_path_params: r.allow_path_params,
+                allow_escaped_slashes: r.allow_escaped_slashes,
+                upgrades: r
+                    .upgrades
+                    .iter()
+                    .map(|u| u.to_ascii_lowercase().into_boxed_str())
+                    .collect(),
             };
             routes.push((spec, Arc::new(route)));
         }
@@ -349,7 +382,32 @@ impl Snapshot {
                 .hash(&mut h);
             format!("{:016x}", h.finish())
         };
+        let mut identity_headers: Vec<http::HeaderName> = Vec::new();
+        let chains = routes
+            .iter()
+            .map(|(_, route)| &route.plugins)
+            .chain(std::iter::once(&global_plugins));
+        for chain in chains {
+            for plugin in chain.request.iter().chain(&chain.upstream_request) {
+                for name in plugin.identity_headers() {
+                    // The proxy removes everything under `X-Portico-` by prefix already.
+                    if !name.as_str().starts_with("x-portico-") && !identity_headers.contains(&name)
+                    {
+                        identity_headers.push(name);
+                    }
+                }
+            }
+        }
+        let trusted_proxies = config
+            .server
+            .trusted_proxies
+            .iter()
+            .map(|t| crate::config::parse_trusted_proxy(t))
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("server.trusted_proxies: {e}"))?;
         Ok(Snapshot {
+            identity_headers,
+            trusted_proxies,
             router: Router::new(routes),
             clusters,
             global_plugins,

@@ -391,6 +391,7 @@ pub struct GatewayBuilder {
     access_log: bool,
     success_sample_ratio: Option<f64>,
     limits: Option<String>,
+    server: String,
 }
 
 impl GatewayBuilder {
@@ -417,6 +418,13 @@ impl GatewayBuilder {
         self
     }
 
+    /// Extra lines of the `[server]` table, e.g. `trusted_proxies = ["127.0.0.1"]`.
+    pub fn server(mut self, lines: &str) -> Self {
+        self.server.push_str(lines);
+        self.server.push('\n');
+        self
+    }
+
     /// The body of a `[limits]` table, e.g. `max_uri_bytes = 64`.
     pub fn limits(mut self, limits: &str) -> Self {
         self.limits = Some(limits.to_string());
@@ -436,7 +444,7 @@ pid_file = "{dir}/portico.pid"
 upgrade_sock = "{dir}/upgrade.sock"
 grace_period_seconds = 0
 graceful_shutdown_timeout_seconds = 0
-
+{server}
 [[listeners]]
 address = "{listen}"
 
@@ -447,6 +455,7 @@ address = "{admin}"
 access_log = "{log}"
 "#,
             threads = self.threads,
+            server = self.server,
             dir = dir.path().display(),
             log = if self.access_log {
                 access_log.display().to_string()
@@ -535,6 +544,7 @@ impl Gateway {
             access_log: true,
             success_sample_ratio: None,
             limits: None,
+            server: String::new(),
         }
     }
 

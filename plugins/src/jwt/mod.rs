@@ -915,6 +915,18 @@ impl Plugin for Jwt {
         }
     }
 
+    fn identity_headers(&self) -> Vec<HeaderName> {
+        [
+            &self.subject_header,
+            &self.client_id_header,
+            &self.scopes_header,
+        ]
+        .into_iter()
+        .flatten()
+        .map(|h| h.name.clone())
+        .collect()
+    }
+
     async fn request(&self, ctx: &mut PluginCtx, req: &mut RequestHeader) -> Flow {
         let (token, from_query) = match self.authenticate(req).await {
             Ok(found) => found,
