@@ -449,6 +449,80 @@ async fn introspection_and_revocation() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_revocation_list_names_revoked_tokens_until_they_expire() {
+    let (_dir, svc) = service("").await;
+    let base = base(&svc);
+    let a = add_client(&svc, "service-a", "orders:read", "portico").await;
+    let gw = add_client(&svc, "gateway", "", "portico").await;
+    let http = http();
+    let list = format!("{base}/oauth2/revoked");
+    let get = |auth: Option<String>| {
+        let mut req = http.get(&list);
+        if let Some(auth) = auth {
+            req = req.header("authorization", auth);
+        }
+        async move {
+            let resp = req.send().await.expect("request sent");
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            let body: Value =
+                serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap_or(Value::Null);
+            (status, headers, body)
+        }
+    };
+
+    // Authenticated like introspection: no or wrong credentials get 401 invalid_client.
+    for auth in [
+        None,
+        Some(basic("gateway", "nope")),
+        Some(basic("nobody", "x")),
+    ] {
+        let (status, headers, body) = get(auth).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some("invalid_client"))
+        );
+        assert!(headers.contains_key("www-authenticate"));
+    }
+    let (status, headers, body) = get(Some(basic("gateway", &gw))).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["cache-control"], "no-store");
+    assert_eq!(body, serde_json::json!({ "revoked": [] }));
+    // It is a GET; a POST is 405.
+    let (status, _, _) = post_basic(&http, &list, "gateway", &gw, &[]).await;
+    assert_eq!(status, 405);
+
+    let token = token(&http, &base, "service-a", &a, &[]).await;
+    let (_, claims) = verify(&http, &base, &token, ISSUER, "portico")
+        .await
+        .unwrap();
+    let (status, _, _) = post_basic(
+        &http,
+        &format!("{base}/oauth2/revoke"),
+        "service-a",
+        &a,
+        &[("token", &token)],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, _, body) = get(Some(basic("gateway", &gw))).await;
+    assert_eq!(
+        body,
+        serde_json::json!({ "revoked": [{ "jti": claims["jti"], "exp": claims["exp"] }] })
+    );
+
+    // Revocations of tokens that have expired are not listed.
+    svc.service
+        .store
+        .revoke("long-gone", portico::auth::unix_now() - 1)
+        .await
+        .unwrap();
+    let (_, _, body) = get(Some(basic("service-a", &a))).await;
+    assert_eq!(body["revoked"].as_array().unwrap().len(), 1);
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_failed_authentication_is_limited() {
     let (_dir, svc) =
         service("[failed_auth]\nmax_failures = 3\nwindow = \"1m\"\nlockout = \"2s\"\n").await;

@@ -4,11 +4,15 @@
 //! keys, duplicate credentials, query tokens, missing scopes) sent through the real gateway
 //! process get the exact status and `WWW-Authenticate` challenge and never reach the real
 //! upstream; valid tokens do, with the token's identity headers and never the client's.
+//! With portico's real token service: a revoked token is refused by the gateway within the
+//! revocation list's refresh, and opaque-token introspection goes through it.
 
+mod auth_support;
 mod common;
 
 use std::path::Path;
 use std::sync::LazyLock;
+use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -42,6 +46,9 @@ const DUPLICATE_AUTHORIZATION: &str = "more than one Authorization header";
 const QUERY_NOT_ALLOWED: &str = "access tokens in the query string are not accepted here";
 const MISSING_TOKEN: &str = "this route requires a bearer token";
 const LACKS_SCOPE: &str = "token lacks a scope this route requires";
+const BAD_TYP: &str = "unexpected token type";
+const REVOKED: &str = "token has been revoked";
+const INACTIVE: &str = "token is not active";
 
 // ---------------------------------------------------------------------------------------
 // Keys and tokens
@@ -506,6 +513,28 @@ async fn forged_tampered_and_misaddressed_tokens_are_refused() {
         );
 
         let attacks = [
+            // RFC 9068 §4: by default only `typ: at+jwt` is an access token, so an ID token
+            // (or any other JWT) signed by the same issuer for the same audience is not one.
+            attack(
+                "no typ (an ID token or plain JWT)",
+                "/orders/1",
+                &token_with(|h, _| {
+                    h.as_object_mut().unwrap().remove("typ");
+                }),
+                bad_token(BAD_TYP),
+            ),
+            attack(
+                "typ JWT",
+                "/orders/1",
+                &token_with(|h, _| h["typ"] = json!("JWT")),
+                bad_token(BAD_TYP),
+            ),
+            attack(
+                "typ of a logout token",
+                "/orders/1",
+                &token_with(|h, _| h["typ"] = json!("logout+jwt")),
+                bad_token(BAD_TYP),
+            ),
             attack(
                 "signed by another RSA key under the issuer's kid",
                 "/orders/1",
@@ -981,4 +1010,237 @@ async fn identity_headers_sent_by_the_client_never_reach_the_upstream() {
         assert_eq!(setup.up.hits(), 5);
     })
     .await
+}
+
+// ---------------------------------------------------------------------------------------
+// With portico's own token service
+// ---------------------------------------------------------------------------------------
+
+const SERVICE_ISSUER: &str = "https://auth.portico.test";
+
+/// The real token service (SQLite in a temp dir) with client `service-a` (audience
+/// `portico`) and `gateway`, the gateway's own credentials for the revocation list and
+/// introspection. Returns the service, its temp dir and the two secrets.
+async fn token_service() -> (portico::auth::Running, tempfile::TempDir, String, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = auth_support::config(
+        dir.path(),
+        &format!("issuer = \"{SERVICE_ISSUER}\""),
+        "[tokens]\nlifetime = \"10m\"\n",
+    );
+    let service = auth_support::start(&config).await;
+    let a = auth_support::add_client(&service, "service-a", "orders:read", "portico").await;
+    let gw = auth_support::add_client(&service, "gateway", "", "portico").await;
+    (service, dir, a, gw)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revoked_at_the_token_service_is_refused_within_the_refresh() {
+    bounded(async {
+        let (service, _dir, a, gw) = token_service().await;
+        let base = auth_support::base(&service);
+        let up = Upstream::start("a").await;
+        let gateway = Gateway::start(&format!(
+            r#"
+[[routes]]
+id = "orders"
+path = "/orders"
+cluster = "c"
+
+[[routes.plugins]]
+name = "jwt"
+realm = "{REALM}"
+
+[[routes.plugins.issuers]]
+issuer = "{SERVICE_ISSUER}"
+audiences = ["portico"]
+jwks_url = "{base}/.well-known/jwks.json"
+revocation_url = "{base}/oauth2/revoked"
+revocation_refresh = "1s"
+revocation_client_id = "gateway"
+revocation_client_secret = "{gw}"
+
+[clusters.c]
+endpoints = {}
+"#,
+            endpoints(&[&up])
+        ))
+        .await;
+        let setup = Setup {
+            up,
+            gw: gateway,
+            _keys: tempfile::tempdir().unwrap(),
+        };
+        let http = auth_support::http();
+        let token = auth_support::token(&http, &base, "service-a", &a, &[]).await;
+        let other = auth_support::token(&http, &base, "service-a", &a, &[]).await;
+        let (auth, other_auth) = (bearer(&token), bearer(&other));
+
+        // Valid and not revoked: through, twice (the second from the verified-token cache).
+        for _ in 0..2 {
+            admitted(
+                &setup,
+                Via::Client,
+                "/orders/1",
+                &[("Authorization", &auth)],
+            )
+            .await;
+        }
+        admitted(
+            &setup,
+            Via::Client,
+            "/orders/1",
+            &[("Authorization", &other_auth)],
+        )
+        .await;
+
+        let (status, _, _) = auth_support::post_basic(
+            &http,
+            &format!("{base}/oauth2/revoke"),
+            "service-a",
+            &a,
+            &[("token", &token)],
+        )
+        .await;
+        assert_eq!(status, 200);
+        let revoked_at = std::time::Instant::now();
+        // Refused within revocation_refresh (1s) plus a fetch; poll until it is.
+        let took = eventually(
+            Duration::from_secs(5),
+            "the revoked token is refused",
+            || {
+                let setup = &setup;
+                let auth = auth.clone();
+                async move {
+                    let got = send(
+                        &setup.gw,
+                        Via::Client,
+                        "/orders/1",
+                        &[("Authorization", &auth)],
+                    )
+                    .await;
+                    got.status == 401
+                }
+            },
+        )
+        .await;
+        assert!(
+            took < Duration::from_millis(2500) && revoked_at.elapsed() < Duration::from_secs(3),
+            "refused only after {took:?}"
+        );
+        // Exactly the invalid_token refusal, never reaching the upstream; the other token
+        // of the same client still passes.
+        assert_all_refused(
+            &setup,
+            &[attack(
+                "revoked at the token service",
+                "/orders/1",
+                &token,
+                bad_token(REVOKED),
+            )],
+        )
+        .await;
+        admitted(
+            &setup,
+            Via::Client,
+            "/orders/1",
+            &[("Authorization", &other_auth)],
+        )
+        .await;
+        service.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opaque_tokens_are_introspected_at_the_token_service() {
+    bounded(async {
+        let (service, _dir, a, gw) = token_service().await;
+        let base = auth_support::base(&service);
+        let up = Upstream::start("a").await;
+        // Introspection only: every token, JWT or not, is asked about.
+        let gateway = Gateway::start(&format!(
+            r#"
+[[routes]]
+id = "orders"
+path = "/orders"
+cluster = "c"
+
+[[routes.plugins]]
+name = "jwt"
+realm = "{REALM}"
+
+[routes.plugins.introspection]
+url = "{base}/oauth2/introspect"
+client_id = "gateway"
+client_secret = "{gw}"
+audiences = ["portico"]
+issuer = "{SERVICE_ISSUER}"
+cache_ttl = "1s"
+
+[clusters.c]
+endpoints = {}
+"#,
+            endpoints(&[&up])
+        ))
+        .await;
+        let setup = Setup {
+            up,
+            gw: gateway,
+            _keys: tempfile::tempdir().unwrap(),
+        };
+        let http = auth_support::http();
+        let token = auth_support::token(&http, &base, "service-a", &a, &[]).await;
+        let auth = bearer(&token);
+        let seen = admitted(
+            &setup,
+            Via::Client,
+            "/orders/1",
+            &[("Authorization", &auth)],
+        )
+        .await;
+        assert_eq!(seen.header("x-portico-client-id"), Some("service-a"));
+        assert_all_refused(
+            &setup,
+            &[attack(
+                "a random bearer",
+                "/orders/1",
+                "random-opaque-bearer",
+                bad_token(INACTIVE),
+            )],
+        )
+        .await;
+        let (status, _, _) = auth_support::post_basic(
+            &http,
+            &format!("{base}/oauth2/revoke"),
+            "service-a",
+            &a,
+            &[("token", &token)],
+        )
+        .await;
+        assert_eq!(status, 200);
+        // Refused once the cached answer (cache_ttl = 1s) is gone.
+        eventually(
+            Duration::from_secs(5),
+            "the revoked token is refused",
+            || {
+                let setup = &setup;
+                let auth = auth.clone();
+                async move {
+                    send(
+                        &setup.gw,
+                        Via::Client,
+                        "/orders/1",
+                        &[("Authorization", &auth)],
+                    )
+                    .await
+                    .status
+                        == 401
+                }
+            },
+        )
+        .await;
+        service.stop().await;
+    })
+    .await;
 }

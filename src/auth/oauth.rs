@@ -224,7 +224,7 @@ impl TokenService {
         let path = req.path.as_str();
         let endpoint = match path {
             "/oauth2/token" | "/oauth2/introspect" | "/oauth2/revoke" => Some("POST"),
-            "/.well-known/jwks.json" | "/metrics" | "/healthz" => Some("GET"),
+            "/.well-known/jwks.json" | "/oauth2/revoked" | "/metrics" | "/healthz" => Some("GET"),
             p if self.metadata_paths.iter().any(|m| m == p) => Some("GET"),
             _ => None,
         };
@@ -252,6 +252,7 @@ impl TokenService {
             "/oauth2/token" => self.token(&req).await,
             "/oauth2/introspect" => self.introspect(&req).await,
             "/oauth2/revoke" => self.revoke(&req).await,
+            "/oauth2/revoked" => self.revoked(&req).await,
             "/.well-known/jwks.json" => {
                 let body = self.keys.current().jwks.clone();
                 Reply {
@@ -539,6 +540,39 @@ impl TokenService {
                 .no_store()
             }
             Err(e) => self.refused("revoke", req, None, e),
+        }
+    }
+
+    /// The revocation list gateways poll (`GET /oauth2/revoked`): the `jti` and `exp` of
+    /// every revoked token that has not expired yet, so a gateway can refuse a revoked token
+    /// from its cache without introspecting each one. Callers authenticate as for
+    /// introspection (any registered client, `client_secret_basic`): the ids are random and
+    /// useless without the tokens, but the list still tells when and how often tokens are
+    /// revoked, which is nobody else's business.
+    async fn revoked(&self, req: &Request) -> Reply {
+        let result = async {
+            // A GET has no form: Basic credentials only.
+            let caller = self.authenticate(req, &Form { params: Vec::new() }).await?;
+            let list = self.store.list_revoked(unix_now()).await.map_err(|e| {
+                log::error!("{}", json!({ "event": "database_error", "error": e }));
+                OAuthError::server_error()
+            })?;
+            Ok::<_, OAuthError>((caller, list))
+        }
+        .await;
+        match result {
+            Ok((caller, list)) => {
+                log::debug!(
+                    "{}",
+                    json!({ "event": "revocation_list", "caller": caller.client_id, "entries": list.len() })
+                );
+                let revoked: Vec<serde_json::Value> = list
+                    .into_iter()
+                    .map(|(jti, exp)| json!({ "jti": jti, "exp": exp }))
+                    .collect();
+                Reply::json(StatusCode::OK, &json!({ "revoked": revoked })).no_store()
+            }
+            Err(e) => self.refused("revoked", req, None, e),
         }
     }
 

@@ -489,6 +489,37 @@ impl Store {
         }
     }
 
+    /// The revoked token ids whose tokens have not expired at `now`, with their `exp`,
+    /// oldest expiry first.
+    pub async fn list_revoked(&self, now: i64) -> Result<Vec<(String, i64)>, String> {
+        match self {
+            Store::Sqlite(c) => {
+                Self::sqlite(c, move |c| {
+                    let mut stmt = c.prepare(
+                        "SELECT jti, expires_at FROM auth_revoked_tokens \
+                         WHERE expires_at >= ?1 ORDER BY expires_at, jti",
+                    )?;
+                    let rows = stmt.query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                    rows.collect()
+                })
+                .await
+            }
+            Store::Postgres(pg) => Ok(pg
+                .client()
+                .await?
+                .query(
+                    "SELECT jti, expires_at FROM auth_revoked_tokens \
+                     WHERE expires_at >= $1 ORDER BY expires_at, jti",
+                    &[&now],
+                )
+                .await
+                .map_err(db_err)?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect()),
+        }
+    }
+
     /// Forgets revocations of tokens that expired before `before`.
     pub async fn purge_revoked(&self, before: i64) -> Result<u64, String> {
         match self {

@@ -72,8 +72,22 @@ pub(super) struct IssuerConfig {
     pub leeway: Duration,
     #[serde(default = "default_required_claims")]
     pub required_claims: Vec<String>,
+    #[serde(default = "default_typ")]
+    pub typ: String,
     #[serde(default)]
-    pub typ: Option<String>,
+    pub revocation_url: Option<String>,
+    #[serde(default = "default_revocation_refresh", deserialize_with = "duration")]
+    pub revocation_refresh: Duration,
+    #[serde(default = "default_fetch_timeout", deserialize_with = "duration")]
+    pub revocation_timeout: Duration,
+    #[serde(default = "default_revocation_max_age", deserialize_with = "duration")]
+    pub revocation_max_age: Duration,
+    #[serde(default)]
+    pub revocation_fail_open: bool,
+    #[serde(default)]
+    pub revocation_client_id: Option<String>,
+    #[serde(default)]
+    pub revocation_client_secret: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -90,6 +104,10 @@ pub(super) struct IntrospectionConfig {
     pub audiences: Vec<String>,
     #[serde(default)]
     pub issuer: Option<String>,
+    #[serde(default = "default_max_concurrent")]
+    pub max_concurrent: usize,
+    #[serde(default = "default_queue_timeout", deserialize_with = "duration")]
+    pub queue_timeout: Duration,
 }
 
 fn default_algorithms() -> Vec<String> {
@@ -110,6 +128,28 @@ fn default_fetch_timeout() -> Duration {
 
 fn default_leeway() -> Duration {
     Duration::from_secs(30)
+}
+
+/// RFC 9068 §2.1: JWT access tokens are typed `at+jwt`, so an ID token or any other JWT of
+/// the same issuer and audience is not taken for one.
+fn default_typ() -> String {
+    "at+jwt".to_owned()
+}
+
+fn default_revocation_refresh() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_revocation_max_age() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_max_concurrent() -> usize {
+    16
+}
+
+fn default_queue_timeout() -> Duration {
+    Duration::from_secs(1)
 }
 
 fn default_required_claims() -> Vec<String> {

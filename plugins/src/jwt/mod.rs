@@ -27,17 +27,31 @@
 //! jwks_refresh = "5m"                   # default
 //! jwks_min_refresh = "10s"              # default: floor between fetches for unknown kids
 //! jwks_timeout = "5s"                   # default
-//! leeway = "30s"                        # default, for exp and nbf
+//! leeway = "30s"                        # default, for exp and nbf; at most "5m"
 //! required_claims = ["sub"]             # default
-//! typ = "at+jwt"                        # optional header `typ` check (RFC 9068)
+//! typ = "at+jwt"                        # default: header `typ` must be at+jwt (RFC 9068);
+//!                                       # "" accepts any typ, for issuers of plain JWTs
 //! # hmac_secret = "${JWT_SECRET}"       # only with HS256/HS384/HS512 in `algorithms`
+//! # Optional revocation list (see below); tokens must then carry a `jti`:
+//! revocation_url = "https://auth.example.com/oauth2/revoked"
+//! revocation_refresh = "30s"            # default; at least "1s"
+//! revocation_timeout = "5s"             # default
+//! revocation_max_age = "5m"             # default: older than this, the list is stale
+//! revocation_fail_open = false          # default: a stale list answers 503
+//! revocation_client_id = "gateway"      # optional client_secret_basic credentials
+//! revocation_client_secret = "${REVOCATION_SECRET}"
 //!
 //! # Optional, for opaque (non-JWT) tokens:
 //! [routes.plugins.introspection]
 //! url = "https://auth.example.com/oauth2/introspect"
 //! client_id = "gateway"
 //! client_secret = "${INTROSPECTION_SECRET}"
-//! cache_ttl = "30s"                     # default
+//! audiences = ["orders"]                # required: the answer's `aud` must name one
+//! # issuer = "https://auth.example.com" # optional: the answer's `iss` must be this
+//! cache_ttl = "30s"                     # default; refusals are cached as long
+//! timeout = "5s"                        # default
+//! max_concurrent = 16                   # default: calls in flight at once, 1..=1024
+//! queue_timeout = "1s"                  # default: wait for a slot, then 503 + Retry-After
 //! ```
 //!
 //! Verification, in order: the token's size is bounded; its header and payload are decoded
@@ -48,12 +62,37 @@
 //! algorithm's own type (never from `jku`, `x5u`, `jwk` or `x5c`); jsonwebtoken then checks
 //! the signature and again `iss`, `aud`, `exp` and `nbf`. A verified token is cached by the
 //! SHA-256 of the whole token until its `exp`, so a repeated token costs no signature check.
+//!
+//! Token lifetimes against revocation. A JWT is checked locally, so on its own a revoked
+//! token would be taken until its `exp`. An issuer with `revocation_url` closes that gap:
+//! the list of revoked `jti`s (`{"revoked": [{"jti": "…", "exp": …}]}`, as portico's token
+//! service serves it at `GET /oauth2/revoked`) is polled in the background every
+//! `revocation_refresh`, and every use of a token — from the cache too — is checked against
+//! it, so a revoked token is refused (401 `invalid_token`) by every gateway within
+//! `revocation_refresh` plus one fetch (`revocation_timeout`). Such an issuer's tokens must
+//! carry a `jti`; one without is refused. A failed poll keeps the last good list (logged at
+//! warn, counted in [`JwtStats::revocation_failures`]). Once the last good list is older than
+//! `revocation_max_age` (or before any list was fetched) the issuer's tokens get 503 with
+//! `Retry-After` (fail closed: the list was configured to bound how long a revoked token
+//! lives, and silently dropping that bound is worse than a visible outage), unless
+//! `revocation_fail_open = true`, which keeps admitting them against the last good list.
+//! So the bound is `revocation_refresh` + `revocation_timeout` while the list can be
+//! fetched, and `revocation_max_age` + `revocation_timeout` through an outage (failing
+//! closed).
+//!
+//! Opaque tokens are introspected (RFC 7662) only by an endpoint the route trusts, and since
+//! any client can send any bearer, the load on it is bounded: `audiences` is required and
+//! checked against the answer; concurrent requests with the same unknown token share one
+//! call; at most `max_concurrent` calls run at once, a request waiting at most
+//! `queue_timeout` for a slot before 503 with `Retry-After: 1`; refusals are cached for
+//! `cache_ttl` like answers, so a repeated random bearer costs one call per `cache_ttl`.
 
 mod cache;
 mod config;
 mod fetch;
 mod introspect;
 mod keys;
+mod revocation;
 mod token;
 
 #[cfg(test)]
@@ -62,12 +101,12 @@ mod tests;
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderName, HeaderValue, StatusCode, Uri};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
@@ -77,8 +116,9 @@ use sha2::{Digest, Sha256};
 
 use self::cache::{TokenCache, TokenHash};
 use self::config::{Config, IntrospectionConfig, IssuerConfig};
-use self::introspect::{Answer, Introspection};
+use self::introspect::{Answer, FlightGuard, Introspection};
 use self::keys::{KeyKind, KeySet, RemoteKeys, VerifyKey};
+use self::revocation::{Revocation, RevocationList};
 use self::token::*;
 use crate::registry::{parse_config, BuildError};
 use crate::{Flow, Hooks, Identity, Plugin, PluginCtx, PluginResponse, RequestHeader};
@@ -88,6 +128,16 @@ pub const NAME: &str = "jwt";
 
 const KEYS_UNAVAILABLE: &str = "signing keys are unavailable";
 const INTROSPECTION_UNAVAILABLE: &str = "token introspection is unavailable";
+const INTROSPECTION_BUSY: &str = "too many token introspections in progress";
+const REVOCATION_UNAVAILABLE: &str = "the token revocation list is unavailable";
+
+/// The longest `leeway` accepted: clock skew between well-run hosts is seconds, and every
+/// second of leeway is a second an expired token is still taken.
+const MAX_LEEWAY: Duration = Duration::from_secs(300);
+/// The shortest `revocation_refresh` accepted, so a typo cannot poll the list in a loop.
+const MIN_REVOCATION_REFRESH: Duration = Duration::from_secs(1);
+/// The most concurrent introspection calls `max_concurrent` may allow.
+const MAX_INTROSPECTION_CONCURRENCY: usize = 1024;
 const DUPLICATE_AUTHORIZATION: &str = "more than one Authorization header";
 const EMPTY_TOKEN: &str = "empty bearer token";
 const MALFORMED_CREDENTIALS: &str = "malformed bearer credentials";
@@ -157,6 +207,16 @@ impl AuthError {
             AuthError::Unavailable(d) => d,
         }
     }
+
+    /// Seconds for the `Retry-After` of a 503: soon when only the introspection slots were
+    /// full, a little later when the authorization server itself could not be used.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            AuthError::Unavailable(INTROSPECTION_BUSY) => Some(1),
+            AuthError::Unavailable(_) => Some(5),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for AuthError {
@@ -183,6 +243,9 @@ pub struct VerifiedToken {
     subject_value: Option<HeaderValue>,
     client_id_value: Option<HeaderValue>,
     scopes_value: Option<HeaderValue>,
+    /// The issuer's revocation list and the token's `jti`, checked on every use (the
+    /// verified-token cache included).
+    revocable: Option<(Arc<Revocation>, String)>,
 }
 
 impl VerifiedToken {
@@ -223,6 +286,13 @@ pub struct JwtStats {
     pub jwks_fetches: u64,
     /// Introspection requests sent.
     pub introspections: u64,
+    /// Requests answered 503 because every introspection slot stayed busy.
+    pub introspections_busy: u64,
+    /// Revocation list polls started, and how many of them failed.
+    pub revocation_fetches: u64,
+    pub revocation_failures: u64,
+    /// Revoked token ids in the current lists.
+    pub revoked_ids: usize,
 }
 
 /// One configured issuer, ready for requests.
@@ -233,11 +303,12 @@ struct Issuer {
     validations: Vec<(Algorithm, Validation)>,
     leeway: u64,
     required_claims: Vec<String>,
-    /// Lower-case, without `application/`.
+    /// Lower-case, without `application/`; `None` when the issuer opted out (`typ = ""`).
     typ: Option<String>,
     hmac: Option<VerifyKey>,
     local: Option<KeySet>,
     remote: Option<Arc<RemoteKeys>>,
+    revocation: Option<Arc<Revocation>>,
 }
 
 impl Issuer {
@@ -450,14 +521,31 @@ impl Jwt {
         let hash: TokenHash = Sha256::digest(raw).into();
         let now = unix_now();
         if let Some(hit) = self.cache.get(&hash, now) {
+            not_revoked(&hit).await?;
             return Ok(hit);
         }
         let token = checked_token(raw)?;
-        let (verified, cache_until) = self.verify_fresh(token, &hash, now).await?;
-        let verified = Arc::new(verified);
+        if let Some(introspection) = self.introspection_for(token) {
+            return self
+                .introspect_shared(introspection, token, &hash, now)
+                .await;
+        }
+        let verified = Arc::new(self.verify_jwt(token, now).await?);
+        // Cached even when revoked: every use of a cached token asks the list again, so a
+        // replayed revoked token costs a lookup rather than a signature check.
         self.cache
-            .insert(hash, Arc::clone(&verified), cache_until, now);
+            .insert(hash, Arc::clone(&verified), verified.expires_at, now);
+        not_revoked(&verified).await?;
         Ok(verified)
+    }
+
+    /// The introspection endpoint, when it is the one to ask about `token`: always without
+    /// issuers, otherwise only for tokens that are not JWT-shaped.
+    fn introspection_for(&self, token: &str) -> Option<&Introspection> {
+        let jwt_shaped = token.bytes().filter(|&b| b == b'.').count() == 2;
+        self.introspection
+            .as_ref()
+            .filter(|_| self.issuers.is_empty() || !jwt_shaped)
     }
 
     /// [`Jwt::verify_token`] without the verified-token cache: every call checks the
@@ -466,10 +554,13 @@ impl Jwt {
         if token.len() > self.max_token_bytes {
             return Err(invalid(TOO_LARGE));
         }
-        let hash: TokenHash = Sha256::digest(token.as_bytes()).into();
-        self.verify_fresh(token, &hash, unix_now())
-            .await
-            .map(|(verified, _)| verified)
+        let now = unix_now();
+        let verified = match self.introspection_for(token) {
+            Some(introspection) => self.introspect_call(introspection, token, now).await?.0,
+            None => self.verify_jwt(token, now).await?,
+        };
+        not_revoked(&verified).await?;
+        Ok(verified)
     }
 
     /// How many signature checks were run since the plugin was built (each key tried
@@ -490,27 +581,18 @@ impl Jwt {
                 .map(|r| r.fetches())
                 .sum(),
             introspections: self.introspection.as_ref().map_or(0, |i| i.calls()),
+            introspections_busy: self.introspection.as_ref().map_or(0, |i| i.busy()),
+            revocation_fetches: self.revocation_lists().map(|l| l.fetches()).sum(),
+            revocation_failures: self.revocation_lists().map(|l| l.failures()).sum(),
+            revoked_ids: self.revocation_lists().map(|l| l.len()).sum(),
         }
     }
 
-    /// The verified token and until when (unix seconds) it may be served from the cache.
-    async fn verify_fresh(
-        &self,
-        token: &str,
-        hash: &TokenHash,
-        now: u64,
-    ) -> Result<(VerifiedToken, u64), AuthError> {
-        let jwt_shaped = token.bytes().filter(|&b| b == b'.').count() == 2;
-        match &self.introspection {
-            Some(introspection) if self.issuers.is_empty() || !jwt_shaped => {
-                self.introspect(introspection, token, hash, now).await
-            }
-            _ => {
-                let verified = self.verify_jwt(token, now).await?;
-                let until = verified.expires_at;
-                Ok((verified, until))
-            }
-        }
+    fn revocation_lists(&self) -> impl Iterator<Item = &RevocationList> {
+        self.issuers
+            .iter()
+            .filter_map(|i| i.revocation.as_deref())
+            .map(|r| &*r.list)
     }
 
     async fn verify_jwt(&self, token: &str, now: u64) -> Result<VerifiedToken, AuthError> {
@@ -559,10 +641,23 @@ impl Jwt {
         {
             return Err(invalid(MISSING_CLAIM));
         }
+        // With a revocation list, a token must be nameable on it.
+        let revocable = match &issuer.revocation {
+            Some(revocation) => {
+                let jti = token::string(&claims, "jti")
+                    .map_err(invalid)?
+                    .filter(|jti| !jti.is_empty())
+                    .ok_or(invalid(MISSING_JTI))?;
+                Some((Arc::clone(revocation), jti.to_owned()))
+            }
+            None => None,
+        };
 
         self.check_signature(issuer, token, alg, kid.as_deref(), validation)
             .await?;
-        self.verified(claims, exp)
+        let mut verified = self.verified(claims, exp)?;
+        verified.revocable = revocable;
+        Ok(verified)
     }
 
     async fn check_signature(
@@ -632,25 +727,109 @@ impl Jwt {
         Err(invalid(if tried { BAD_SIGNATURE } else { UNKNOWN_KEY }))
     }
 
-    async fn introspect(
+    /// Introspects `token` through the caches and the single flight: a cached answer is
+    /// used; a call already in flight for the same token is waited for; otherwise this
+    /// request makes the call, caches its outcome (refusals too) and hands it to everyone
+    /// who waited.
+    async fn introspect_shared(
         &self,
         introspection: &Introspection,
         token: &str,
         hash: &TokenHash,
         now: u64,
-    ) -> Result<(VerifiedToken, u64), AuthError> {
-        if introspection.inactive.get(hash, now).is_some() {
-            return Err(invalid(INACTIVE));
+    ) -> Result<Arc<VerifiedToken>, AuthError> {
+        enum Role {
+            Follow(introspect::Flight),
+            Lead(tokio::sync::watch::Sender<introspect::Outcome>),
         }
-        let inactive = || {
-            introspection
-                .inactive
-                .insert(*hash, (), now + introspection.cache_ttl, now);
-            invalid(INACTIVE)
+        loop {
+            let role = {
+                let mut flights = introspection
+                    .flights
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                // Asked under the lock: a call caches its outcome before it leaves the map,
+                // so one that just ended is seen here rather than repeated.
+                if let Some(description) = introspection.refused.get(hash, now) {
+                    return Err(invalid(description));
+                }
+                if let Some(hit) = self.cache.get(hash, now) {
+                    return Ok(hit);
+                }
+                match flights.get(hash) {
+                    Some(flight) => Role::Follow(flight.clone()),
+                    None => {
+                        let (tx, rx) = tokio::sync::watch::channel(None);
+                        flights.insert(*hash, rx);
+                        Role::Lead(tx)
+                    }
+                }
+            };
+            match role {
+                Role::Lead(tx) => {
+                    let in_flight = FlightGuard {
+                        flights: &introspection.flights,
+                        hash: *hash,
+                    };
+                    let outcome = match self.introspect_call(introspection, token, now).await {
+                        Ok((verified, until)) => {
+                            let verified = Arc::new(verified);
+                            self.cache.insert(*hash, Arc::clone(&verified), until, now);
+                            Ok(verified)
+                        }
+                        Err(AuthError::InvalidToken(description)) => {
+                            introspection.refused.insert(
+                                *hash,
+                                description,
+                                now + introspection.cache_ttl,
+                                now,
+                            );
+                            Err(invalid(description))
+                        }
+                        // Not cached: the next request asks again.
+                        Err(other) => Err(other),
+                    };
+                    drop(in_flight);
+                    tx.send_replace(Some(outcome.clone()));
+                    return outcome;
+                }
+                Role::Follow(mut flight) => {
+                    // Closed without a value when the leader went away; a value sent just
+                    // before closing is still read.
+                    let waited = flight.wait_for(Option::is_some).await.map(|v| v.clone());
+                    let outcome = match waited {
+                        Ok(outcome) => outcome,
+                        Err(_) => flight.borrow().clone(),
+                    };
+                    if let Some(outcome) = outcome {
+                        return outcome;
+                    }
+                    // The request making the call went away before it ended: try again.
+                }
+            }
+        }
+    }
+
+    /// One call to the introspection endpoint, in one of its slots, and what the answer means
+    /// for the token: the verified token and until when it may be cached, or why not.
+    async fn introspect_call(
+        &self,
+        introspection: &Introspection,
+        token: &str,
+        now: u64,
+    ) -> Result<(VerifiedToken, u64), AuthError> {
+        let Some(slot) = introspection.slot().await else {
+            log::warn!(
+                "jwt: all {} introspection slots stayed busy; answering 503",
+                introspection.max_concurrent
+            );
+            return Err(AuthError::Unavailable(INTROSPECTION_BUSY));
         };
-        let claims = match introspection.introspect(token).await {
+        let answer = introspection.introspect(token).await;
+        drop(slot);
+        let claims = match answer {
             Ok(Answer::Active(claims)) => claims,
-            Ok(Answer::Inactive) => return Err(inactive()),
+            Ok(Answer::Inactive) => return Err(invalid(INACTIVE)),
             Err(e) => {
                 log::warn!("jwt: token introspection failed: {e}");
                 return Err(AuthError::Unavailable(INTROSPECTION_UNAVAILABLE));
@@ -658,11 +837,9 @@ impl Jwt {
         };
         let exp = numeric(&claims, "exp").map_err(invalid)?;
         if exp.is_some_and(|exp| exp <= now) {
-            return Err(inactive());
+            return Err(invalid(INACTIVE));
         }
-        if !introspection.audiences.is_empty()
-            && !audience_ok(&claims, &introspection.audiences).map_err(invalid)?
-        {
+        if !audience_ok(&claims, &introspection.audiences).map_err(invalid)? {
             return Err(invalid(AUDIENCE));
         }
         if let Some(expected) = &introspection.issuer {
@@ -709,6 +886,7 @@ impl Jwt {
             subject_value,
             client_id_value,
             scopes_value,
+            revocable: None,
         })
     }
 
@@ -866,11 +1044,14 @@ impl Jwt {
 
         let mut resp = PluginResponse {
             status: err.status(),
-            headers: Vec::with_capacity(3),
+            headers: Vec::with_capacity(4),
             body: Bytes::from(body),
         };
         if let Some(challenge) = challenge {
             resp.headers.push((WWW_AUTHENTICATE, challenge));
+        }
+        if let Some(seconds) = err.retry_after() {
+            resp.headers.push((RETRY_AFTER, HeaderValue::from(seconds)));
         }
         resp.headers
             .push((CACHE_CONTROL, HeaderValue::from_static("no-store")));
@@ -1137,24 +1318,36 @@ fn build_issuer(i: usize, c: IssuerConfig) -> Result<Issuer, BuildError> {
             ));
         }
     }
-    let typ = match &c.typ {
-        None => None,
-        Some(typ) => {
-            let bare = match typ.get(..12) {
-                Some(prefix) if prefix.eq_ignore_ascii_case("application/") => &typ[12..],
-                _ => typ.as_str(),
-            };
-            if bare.is_empty() {
-                return Err(err(
-                    "typ",
-                    "must name a media type, e.g. \"at+jwt\"".to_owned(),
-                ));
-            }
-            Some(bare.to_ascii_lowercase())
+    // `typ = ""` is the explicit opt-out, for issuers that mint plain JWTs.
+    let typ = if c.typ.is_empty() {
+        None
+    } else {
+        let bare = match c.typ.get(..12) {
+            Some(prefix) if prefix.eq_ignore_ascii_case("application/") => &c.typ[12..],
+            _ => c.typ.as_str(),
+        };
+        if bare.is_empty() {
+            return Err(err(
+                "typ",
+                "must name a media type, e.g. \"at+jwt\" (the default), or be \"\" to \
+                 accept tokens of any type"
+                    .to_owned(),
+            ));
         }
+        Some(bare.to_ascii_lowercase())
     };
 
+    if c.leeway > MAX_LEEWAY {
+        return Err(err(
+            "leeway",
+            format!(
+                "must be at most {}s: a leeway keeps expired tokens valid that much longer",
+                MAX_LEEWAY.as_secs()
+            ),
+        ));
+    }
     let leeway = c.leeway.as_secs();
+    let revocation = build_revocation(&c, &err)?;
     let validations = algorithms
         .iter()
         .map(|&alg| {
@@ -1179,7 +1372,81 @@ fn build_issuer(i: usize, c: IssuerConfig) -> Result<Issuer, BuildError> {
         hmac,
         local,
         remote,
+        revocation,
     })
+}
+
+/// The issuer's revocation list, when it names one.
+fn build_revocation(
+    c: &IssuerConfig,
+    err: &dyn Fn(&str, String) -> BuildError,
+) -> Result<Option<Arc<Revocation>>, BuildError> {
+    let Some(url) = &c.revocation_url else {
+        for (name, set) in [
+            ("revocation_client_id", c.revocation_client_id.is_some()),
+            (
+                "revocation_client_secret",
+                c.revocation_client_secret.is_some(),
+            ),
+            ("revocation_fail_open", c.revocation_fail_open),
+        ] {
+            if set {
+                return Err(err(name, "is set, but `revocation_url` is not".to_owned()));
+            }
+        }
+        return Ok(None);
+    };
+    check_url(url).map_err(|e| err("revocation_url", e))?;
+    if c.revocation_refresh < MIN_REVOCATION_REFRESH {
+        return Err(err(
+            "revocation_refresh",
+            format!("must be at least {}s", MIN_REVOCATION_REFRESH.as_secs()),
+        ));
+    }
+    check_timeout(c.revocation_timeout).map_err(|e| err("revocation_timeout", e))?;
+    if c.revocation_max_age < c.revocation_refresh {
+        return Err(err(
+            "revocation_max_age",
+            "must not be shorter than `revocation_refresh`".to_owned(),
+        ));
+    }
+    let authorization = match (&c.revocation_client_id, &c.revocation_client_secret) {
+        (None, None) => None,
+        (Some(id), Some(secret)) if !id.is_empty() && !secret.is_empty() => {
+            Some(introspect::basic_authorization(id, secret))
+        }
+        (Some(id), _) if id.is_empty() => {
+            return Err(err("revocation_client_id", "must not be empty".to_owned()))
+        }
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "revocation_client_secret",
+                "must not be empty".to_owned(),
+            ))
+        }
+        (Some(_), None) => {
+            return Err(err(
+                "revocation_client_secret",
+                "is required with `revocation_client_id`".to_owned(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(err(
+                "revocation_client_id",
+                "is required with `revocation_client_secret`".to_owned(),
+            ))
+        }
+    };
+    Ok(Some(Arc::new(Revocation {
+        list: RevocationList::shared(
+            url,
+            c.revocation_refresh,
+            c.revocation_timeout,
+            authorization,
+        ),
+        max_age: c.revocation_max_age,
+        fail_open: c.revocation_fail_open,
+    })))
 }
 
 fn build_introspection(
@@ -1200,6 +1467,23 @@ fn build_introspection(
         return Err(err("cache_ttl", "must be at least 1s".to_owned()));
     }
     check_timeout(c.timeout).map_err(|e| err("timeout", e))?;
+    if c.audiences.is_empty() || c.audiences.iter().any(String::is_empty) {
+        return Err(err(
+            "audiences",
+            "list the audiences (`aud`) this route accepts: an active token for another \
+             service must not open this one"
+                .to_owned(),
+        ));
+    }
+    if !(1..=MAX_INTROSPECTION_CONCURRENCY).contains(&c.max_concurrent) {
+        return Err(err(
+            "max_concurrent",
+            format!("must be between 1 and {MAX_INTROSPECTION_CONCURRENCY}"),
+        ));
+    }
+    if c.queue_timeout > Duration::from_secs(60) {
+        return Err(err("queue_timeout", "must be at most 60s".to_owned()));
+    }
     Ok(Introspection::new(introspect::Settings {
         url: c.url,
         client_id: c.client_id,
@@ -1209,6 +1493,8 @@ fn build_introspection(
         audiences: c.audiences,
         issuer: c.issuer,
         cache_size,
+        max_concurrent: c.max_concurrent,
+        queue_timeout: c.queue_timeout,
     }))
 }
 
@@ -1360,6 +1646,19 @@ fn without_query_token(uri: &Uri) -> Option<Uri> {
     let mut parts = uri.clone().into_parts();
     parts.path_and_query = Some(path_and_query.parse().ok()?);
     Uri::from_parts(parts).ok()
+}
+
+/// Refuses a token its issuer's revocation list names (or, failing closed, any token of
+/// that issuer while the list is unavailable).
+async fn not_revoked(token: &VerifiedToken) -> Result<(), AuthError> {
+    let Some((revocation, jti)) = &token.revocable else {
+        return Ok(());
+    };
+    match revocation.status(jti).await {
+        revocation::Status::Allowed => Ok(()),
+        revocation::Status::Revoked => Err(invalid(REVOKED)),
+        revocation::Status::Unavailable => Err(AuthError::Unavailable(REVOCATION_UNAVAILABLE)),
+    }
 }
 
 fn unix_now() -> u64 {

@@ -164,6 +164,9 @@ struct ServerState {
     delay: Mutex<Duration>,
     hits: AtomicUsize,
     requests: Mutex<Vec<String>>,
+    /// Requests being answered now, and the most there ever were at once.
+    active: AtomicUsize,
+    max_active: AtomicUsize,
 }
 
 impl Server {
@@ -175,6 +178,8 @@ impl Server {
             delay: Mutex::new(Duration::ZERO),
             hits: AtomicUsize::new(0),
             requests: Mutex::new(Vec::new()),
+            active: AtomicUsize::new(0),
+            max_active: AtomicUsize::new(0),
         });
         let shared = Arc::clone(&state);
         tokio::spawn(async move {
@@ -202,6 +207,10 @@ impl Server {
 
     fn hits(&self) -> usize {
         self.state.hits.load(Ordering::SeqCst)
+    }
+
+    fn max_active(&self) -> usize {
+        self.state.max_active.load(Ordering::SeqCst)
     }
 
     fn last_request(&self) -> String {
@@ -264,10 +273,13 @@ async fn serve(mut conn: tokio::net::TcpStream, state: Arc<ServerState>) {
         .lock()
         .unwrap()
         .push(String::from_utf8_lossy(&buf).to_string());
+    let active = state.active.fetch_add(1, Ordering::SeqCst) + 1;
+    state.max_active.fetch_max(active, Ordering::SeqCst);
     let delay = *state.delay.lock().unwrap();
     tokio::time::sleep(delay).await;
     let (status, body) = state.reply.lock().unwrap().clone();
     state.hits.fetch_add(1, Ordering::SeqCst);
+    state.active.fetch_sub(1, Ordering::SeqCst);
     let response = format!(
         "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
          Connection: close\r\n\r\n{body}",
@@ -1310,10 +1322,17 @@ async fn hmac_works_only_with_its_own_secret() {
 // ---------------------------------------------------------------------------------------
 // Introspection
 
+/// An introspection-only plugin; `extra` goes into the introspection table, which names
+/// `audiences = [AUD]` unless `extra` names its own.
 fn introspection_config(url: &str, extra: &str) -> String {
+    let audiences = if extra.contains("audiences") {
+        String::new()
+    } else {
+        format!("audiences = [\"{AUD}\"]\n")
+    };
     format!(
         "realm = \"test\"\n[introspection]\nurl = \"{url}\"\nclient_id = \"gateway\"\n\
-         client_secret = \"s3cret:/+\"\n{extra}\n"
+         client_secret = \"s3cret:/+\"\n{audiences}{extra}\n"
     )
 }
 
@@ -1387,8 +1406,11 @@ async fn an_unreachable_introspection_endpoint_is_503() {
 async fn jwts_are_verified_locally_and_opaque_tokens_introspected() {
     let key = ec_key("k1");
     let jwks_server = Server::start(200, jwks(&[&key])).await;
-    let introspection =
-        Server::start(200, json!({"active": true, "sub": "opaque"}).to_string()).await;
+    let introspection = Server::start(
+        200,
+        json!({"active": true, "sub": "opaque", "aud": AUD}).to_string(),
+    )
+    .await;
     let p = plugin(&format!(
         "{}\n[[issuers]]\nissuer = \"{ISS}\"\naudiences = [\"{AUD}\"]\njwks_url = \"{}\"",
         introspection_config(&introspection.url(), ""),
@@ -1637,4 +1659,470 @@ fn the_documented_example_builds() {
     let p = plugin(&example);
     assert_eq!(p.issuers.len(), 1);
     assert!(p.introspection.is_some());
+}
+
+// ---------------------------------------------------------------------------------------
+// Token lifetimes against revocation (issue 19, item 8)
+
+#[tokio::test]
+async fn typ_at_jwt_is_required_by_default_and_can_be_turned_off() {
+    let key = ec_key("k1");
+    let (server, p) = served(&[&key], "", "").await;
+    admitted(&p, &token(&key)).await;
+    admitted(
+        &p,
+        &token_with(&key, |h, _| h["typ"] = json!("application/AT+JWT")),
+    )
+    .await;
+    // An ID token or any other JWT of the same issuer and audience is not an access token.
+    for typ in [
+        Value::Null,
+        json!("JWT"),
+        json!("application/jwt"),
+        json!(""),
+    ] {
+        let t = token_with(&key, |h, _| h["typ"] = typ.clone());
+        refused_token(&p, &t, 401, Some(&bad_token(BAD_TYP))).await;
+    }
+    let t = token_with(&key, |h, _| {
+        h.as_object_mut().unwrap().remove("typ");
+    });
+    refused_token(&p, &t, 401, Some(&bad_token(BAD_TYP))).await;
+    // None of those cost a signature check.
+    assert_eq!(p.signature_checks(), 2);
+
+    // `typ = ""`: the issuer mints plain JWTs; any typ, or none, passes.
+    let plain = remote(&server.url(), "", "typ = \"\"");
+    admitted(&plain, &t).await;
+    admitted(&plain, &token_with(&key, |h, _| h["typ"] = json!("JWT"))).await;
+    admitted(&plain, &token(&key)).await;
+    // Another explicit type is matched like the default.
+    let custom = remote(&server.url(), "", "typ = \"application/JWT\"");
+    admitted(&custom, &token_with(&key, |h, _| h["typ"] = json!("jwt"))).await;
+    refused_token(&custom, &token(&key), 401, Some(&bad_token(BAD_TYP))).await;
+}
+
+#[test]
+fn leeway_and_revocation_configs_are_checked() {
+    for (extra, field, hint) in [
+        ("leeway = \"301s\"", "issuers[0].leeway", "at most 300s"),
+        ("leeway = \"1h\"", "issuers[0].leeway", "at most 300s"),
+        ("typ = \"application/\"", "issuers[0].typ", "media type"),
+        (
+            "revocation_url = \"http://10.1.1.1/revoked\"",
+            "issuers[0].revocation_url",
+            "plain http",
+        ),
+        (
+            "revocation_url = \"https://a/r\"\nrevocation_refresh = \"500ms\"",
+            "issuers[0].revocation_refresh",
+            "at least 1s",
+        ),
+        (
+            "revocation_url = \"https://a/r\"\nrevocation_timeout = \"2m\"",
+            "issuers[0].revocation_timeout",
+            "between",
+        ),
+        (
+            "revocation_url = \"https://a/r\"\nrevocation_refresh = \"1m\"\n\
+             revocation_max_age = \"30s\"",
+            "issuers[0].revocation_max_age",
+            "revocation_refresh",
+        ),
+        (
+            "revocation_url = \"https://a/r\"\nrevocation_client_id = \"g\"",
+            "issuers[0].revocation_client_secret",
+            "required",
+        ),
+        (
+            "revocation_url = \"https://a/r\"\nrevocation_client_secret = \"s\"",
+            "issuers[0].revocation_client_id",
+            "required",
+        ),
+        (
+            "revocation_url = \"https://a/r\"\nrevocation_client_id = \"g\"\n\
+             revocation_client_secret = \"\"",
+            "issuers[0].revocation_client_secret",
+            "empty",
+        ),
+        (
+            "revocation_client_id = \"g\"",
+            "issuers[0].revocation_client_id",
+            "revocation_url",
+        ),
+        (
+            "revocation_fail_open = true",
+            "issuers[0].revocation_fail_open",
+            "revocation_url",
+        ),
+        (
+            "revocation_refresh = \"soon\"",
+            "issuers[0].revocation_refresh",
+            "not a duration",
+        ),
+    ] {
+        let (message, got) = config_error(&format!("{ISSUER}{extra}"));
+        assert_eq!(got.as_deref(), Some(field), "{extra}: {message}");
+        assert!(message.contains(hint), "{extra}: {message}");
+    }
+    // The cap itself and the opt-out are fine.
+    plugin(&format!("{ISSUER}leeway = \"5m\"\ntyp = \"\""));
+    plugin(&format!(
+        "{ISSUER}revocation_url = \"https://a/r\"\nrevocation_refresh = \"1s\"\n\
+         revocation_max_age = \"1s\"\nrevocation_client_id = \"g\"\nrevocation_client_secret = \"s\""
+    ));
+}
+
+fn revocation_list(entries: &[(&str, u64)]) -> String {
+    json!({ "revoked": entries.iter().map(|(jti, exp)| json!({"jti": jti, "exp": exp}))
+        .collect::<Vec<_>>() })
+    .to_string()
+}
+
+/// A JWKS server, a revocation list server (initially empty) and a plugin using both.
+async fn with_revocation(key: &TestKey, issuer: &str) -> (Server, Server, Jwt) {
+    let keys = Server::start(200, jwks(&[key])).await;
+    let list = Server::start(200, revocation_list(&[])).await;
+    let p = remote(
+        &keys.url(),
+        "",
+        &format!(
+            "revocation_url = \"{}\"\nrevocation_refresh = \"1s\"\n\
+             revocation_client_id = \"gateway\"\nrevocation_client_secret = \"li:st\"\n{issuer}",
+            list.url()
+        ),
+    );
+    (keys, list, p)
+}
+
+/// Waits (bounded) until `p` has finished `n` polls of its revocation list.
+async fn polled(p: &Jwt, list: &Server, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (p.stats().revocation_fetches < n || list.hits() < n as usize)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Let the poll store what it fetched.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+#[tokio::test]
+async fn a_revoked_jti_is_refused_within_the_refresh_even_from_the_cache() {
+    let key = ec_key("k1");
+    let (_keys, list, p) = with_revocation(&key, "").await;
+    let n = now();
+    let (a, b) = (
+        token_with(&key, |_, c| c["jti"] = json!("jti-a")),
+        token_with(&key, |_, c| c["jti"] = json!("jti-b")),
+    );
+    admitted(&p, &a).await;
+    admitted(&p, &b).await;
+    assert_eq!(p.signature_checks(), 2);
+    // The list is fetched with the configured credentials.
+    let sent = list.last_request();
+    assert!(sent.starts_with("GET /jwks HTTP/1.1\r\n"), "{sent}");
+    let basic = STANDARD.encode("gateway:li%3Ast");
+    assert!(
+        sent.contains(&format!("authorization: Basic {basic}\r\n")),
+        "{sent}"
+    );
+
+    // Revoked at the issuer; an entry already past its exp is dropped on arrival.
+    list.set(
+        200,
+        revocation_list(&[("jti-a", n + 300), ("jti-b", n - 1)]),
+    );
+    let started = Instant::now();
+    let polls = p.stats().revocation_fetches;
+    polled(&p, &list, polls + 1).await;
+    assert!(started.elapsed() < Duration::from_millis(2500));
+    assert_eq!(p.stats().revoked_ids, 1);
+    let resp = refused_token(&p, &a, 401, Some(&bad_token(REVOKED))).await;
+    assert_eq!(resp_header(&resp, "retry-after"), None);
+    admitted(&p, &b).await;
+    // Both were answered from the cache: a revoked token costs a lookup, not a signature.
+    assert_eq!(p.signature_checks(), 2);
+    let err = p.verify_token(&a).await.unwrap_err();
+    assert_eq!(err, AuthError::InvalidToken(REVOKED));
+    let err = p.verify_token_uncached(&a).await.unwrap_err();
+    assert_eq!(err, AuthError::InvalidToken(REVOKED));
+
+    // Without a jti the token cannot be checked against the list: refused.
+    for jti in [Value::Null, json!(""), json!(7)] {
+        let t = token_with(&key, |_, c| c["jti"] = jti.clone());
+        let want = if jti.is_number() {
+            MALFORMED_CLAIM
+        } else {
+            MISSING_JTI
+        };
+        refused_token(&p, &t, 401, Some(&bad_token(want))).await;
+    }
+    let t = token_with(&key, |_, c| {
+        c.as_object_mut().unwrap().remove("jti");
+    });
+    refused_token(&p, &t, 401, Some(&bad_token(MISSING_JTI))).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_list_fails_closed_unless_configured_open() {
+    let key = ec_key("k1");
+    // Never fetched: closed answers 503 with Retry-After, open admits.
+    let (keys, list, closed) = with_revocation(&key, "").await;
+    list.set(500, "{}");
+    let resp = refused_token(&closed, &token(&key), 503, None).await;
+    assert_eq!(resp_header(&resp, "retry-after"), Some("5"));
+    let body: Value = serde_json::from_slice(&resp.body).unwrap();
+    assert_eq!(body["detail"], REVOCATION_UNAVAILABLE);
+    assert!(closed.stats().revocation_failures >= 1);
+    let open = remote(
+        &keys.url(),
+        "",
+        &format!(
+            "revocation_url = \"{}\"\nrevocation_fail_open = true",
+            list.url()
+        ),
+    );
+    admitted(&open, &token(&key)).await;
+
+    // A list that was fetched and then goes stale: kept until `revocation_max_age`, then
+    // closed refuses with 503 and open keeps checking against the last good list.
+    let list = Server::start(200, revocation_list(&[("gone", now() + 300)])).await;
+    let issuer = |open: bool| {
+        format!(
+            "revocation_url = \"{}\"\nrevocation_refresh = \"1s\"\nrevocation_max_age = \"2s\"\n\
+             revocation_fail_open = {open}",
+            list.url()
+        )
+    };
+    let closed = remote(&keys.url(), "", &issuer(false));
+    let open = remote(&keys.url(), "cache_size = 0", &issuer(true));
+    let good = token(&key);
+    let gone = token_with(&key, |_, c| c["jti"] = json!("gone"));
+    admitted(&closed, &good).await;
+    admitted(&open, &good).await;
+    list.set(500, "{}");
+    let failures = closed.stats().revocation_failures;
+    polled(&closed, &list, closed.stats().revocation_fetches + 1).await;
+    // Within max_age: the last good list still answers.
+    assert!(closed.stats().revocation_failures > failures);
+    admitted(&closed, &good).await;
+    refused_token(&closed, &gone, 401, Some(&bad_token(REVOKED))).await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    refused_token(&closed, &good, 503, None).await;
+    // A token known to be revoked stays refused as such.
+    refused_token(&closed, &gone, 401, Some(&bad_token(REVOKED))).await;
+    admitted(&open, &good).await;
+    refused_token(&open, &gone, 401, Some(&bad_token(REVOKED))).await;
+    // Back: admitted again at the next poll.
+    list.set(200, revocation_list(&[]));
+    polled(&closed, &list, closed.stats().revocation_fetches + 1).await;
+    admitted(&closed, &good).await;
+    admitted(&closed, &gone).await;
+}
+
+#[tokio::test]
+async fn plugins_naming_one_list_share_its_polling_which_stops_with_them() {
+    let key = ec_key("k1");
+    let (keys, list, p) = with_revocation(&key, "").await;
+    let q = remote(
+        &keys.url(),
+        "",
+        &format!(
+            "revocation_url = \"{}\"\nrevocation_refresh = \"1s\"\n\
+             revocation_client_id = \"gateway\"\nrevocation_client_secret = \"li:st\"",
+            list.url()
+        ),
+    );
+    admitted(&p, &token(&key)).await;
+    admitted(&q, &token(&key)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // One poller: an immediate poll and about one a second, not two a second.
+    let hits = list.hits();
+    assert!((2..=4).contains(&hits), "{hits}");
+    drop((p, q));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = list.hits();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        list.hits(),
+        after,
+        "polling goes on after the last plugin went"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Introspection under load
+
+#[test]
+fn introspection_needs_audiences_and_a_sane_cap() {
+    let base = "[introspection]\nurl = \"https://a/i\"\nclient_id = \"g\"\nclient_secret = \"s\"\n";
+    for (extra, field, hint) in [
+        ("", "introspection.audiences", "list the audiences"),
+        (
+            "audiences = []",
+            "introspection.audiences",
+            "list the audiences",
+        ),
+        (
+            "audiences = [\"\"]",
+            "introspection.audiences",
+            "list the audiences",
+        ),
+        (
+            "audiences = [\"a\"]\nmax_concurrent = 0",
+            "introspection.max_concurrent",
+            "between 1 and 1024",
+        ),
+        (
+            "audiences = [\"a\"]\nmax_concurrent = 5000",
+            "introspection.max_concurrent",
+            "between 1 and 1024",
+        ),
+        (
+            "audiences = [\"a\"]\nqueue_timeout = \"2m\"",
+            "introspection.queue_timeout",
+            "at most 60s",
+        ),
+    ] {
+        let (message, got) = config_error(&format!("{base}{extra}"));
+        assert_eq!(got.as_deref(), Some(field), "{extra}: {message}");
+        assert!(message.contains(hint), "{extra}: {message}");
+    }
+    plugin(&format!(
+        "{base}audiences = [\"a\"]\nqueue_timeout = \"0s\""
+    ));
+}
+
+fn active_answer() -> String {
+    json!({"active": true, "sub": "service-b", "aud": [AUD], "exp": now() + 60}).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_requests_with_one_token_make_one_call() {
+    let server = Server::start(200, active_answer()).await;
+    server.set_delay(Duration::from_millis(300));
+    let p = Arc::new(plugin(&introspection_config(&server.url(), "")));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let p = Arc::clone(&p);
+        tasks.spawn(async move {
+            let mut req = request(Some("shared-opaque-token"));
+            let (flow, ctx) = run(&p, &mut req).await;
+            (
+                matches!(flow, Flow::Continue),
+                ctx.identity.map(|i| i.subject.clone()),
+            )
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        assert_eq!(done.unwrap(), (true, Some("service-b".to_owned())));
+    }
+    assert_eq!(server.hits(), 1);
+    assert_eq!(p.stats().introspections, 1);
+
+    // The same for a refusal: 50 at once with a dead token make one call, and it is then
+    // remembered.
+    server.set(200, "{\"active\": false}");
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let p = Arc::clone(&p);
+        tasks.spawn(async move { p.verify_token("dead-token").await.map(|_| ()) });
+    }
+    while let Some(done) = tasks.join_next().await {
+        assert_eq!(done.unwrap(), Err(AuthError::InvalidToken(INACTIVE)));
+    }
+    refused_token(&p, "dead-token", 401, Some(&bad_token(INACTIVE))).await;
+    assert_eq!(server.hits(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_bearers_never_exceed_the_cap_and_are_remembered() {
+    let server = Server::start(200, "{\"active\": false}").await;
+    server.set_delay(Duration::from_millis(50));
+    let p = Arc::new(plugin(&introspection_config(
+        &server.url(),
+        "max_concurrent = 4\nqueue_timeout = \"10s\"",
+    )));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..60 {
+        let p = Arc::clone(&p);
+        tasks.spawn(async move { p.verify_token(&format!("random-{i}")).await.map(|_| ()) });
+    }
+    while let Some(done) = tasks.join_next().await {
+        assert_eq!(done.unwrap(), Err(AuthError::InvalidToken(INACTIVE)));
+    }
+    assert_eq!(server.hits(), 60);
+    assert_eq!(
+        server.max_active(),
+        4,
+        "the cap was not reached or was exceeded"
+    );
+    // A repeated random bearer is answered from the refusal cache.
+    for i in 0..60 {
+        refused_token(&p, &format!("random-{i}"), 401, Some(&bad_token(INACTIVE))).await;
+    }
+    assert_eq!(server.hits(), 60);
+    // So is an active answer for another audience.
+    server.set(
+        200,
+        json!({"active": true, "sub": "x", "aud": "payments"}).to_string(),
+    );
+    refused_token(&p, "elsewhere", 401, Some(&bad_token(AUDIENCE))).await;
+    refused_token(&p, "elsewhere", 401, Some(&bad_token(AUDIENCE))).await;
+    assert_eq!(server.hits(), 61);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_cap_a_request_gets_503_with_retry_after() {
+    let server = Server::start(200, active_answer()).await;
+    server.set_delay(Duration::from_millis(500));
+    let p = Arc::new(plugin(&introspection_config(
+        &server.url(),
+        "max_concurrent = 2\nqueue_timeout = \"0s\"",
+    )));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..2 {
+        let p = Arc::clone(&p);
+        tasks.spawn(async move { p.verify_token(&format!("slow-{i}")).await.map(|_| ()) });
+    }
+    while server.state.active.load(Ordering::SeqCst) < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let resp = refused_token(&p, "third", 503, None).await;
+    assert_eq!(resp_header(&resp, "retry-after"), Some("1"));
+    let body: Value = serde_json::from_slice(&resp.body).unwrap();
+    assert_eq!(body["detail"], INTROSPECTION_BUSY);
+    assert_eq!(p.stats().introspections_busy, 1);
+    while let Some(done) = tasks.join_next().await {
+        assert_eq!(done.unwrap(), Ok(()));
+    }
+    // Busy is not remembered: with a free slot the same token goes through.
+    admitted(&p, "third").await;
+    assert_eq!(server.hits(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_goes_away_does_not_strand_the_others() {
+    let server = Server::start(200, active_answer()).await;
+    server.set_delay(Duration::from_millis(300));
+    let p = Arc::new(plugin(&introspection_config(&server.url(), "")));
+    // The first request leads the call and is dropped mid-call (its client went away).
+    let leader = {
+        let p = Arc::clone(&p);
+        tokio::spawn(async move { p.verify_token("orphan").await.map(|_| ()) })
+    };
+    while server.state.active.load(Ordering::SeqCst) < 1 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let follower = {
+        let p = Arc::clone(&p);
+        tokio::spawn(async move { p.verify_token("orphan").await.map(|_| ()) })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    leader.abort();
+    // The follower makes its own call and is answered.
+    let answered = tokio::time::timeout(Duration::from_secs(5), follower).await;
+    assert_eq!(answered.expect("not stranded").unwrap(), Ok(()));
+    assert_eq!(server.hits(), 2);
 }

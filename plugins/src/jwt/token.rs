@@ -34,6 +34,8 @@ pub(super) const UNKNOWN_KEY: &str = "unknown signing key";
 pub(super) const BAD_SIGNATURE: &str = "invalid signature";
 pub(super) const UNFORWARDABLE: &str = "claims cannot be forwarded as headers";
 pub(super) const INACTIVE: &str = "token is not active";
+pub(super) const REVOKED: &str = "token has been revoked";
+pub(super) const MISSING_JTI: &str = "token has no jti";
 
 /// A token split and decoded, not yet verified.
 pub(super) struct Unverified {
