@@ -56,7 +56,10 @@ pub struct ServerSection {
     /// runtime per thread, each connection staying on the thread it was handed to, is
     /// 7–9 % more requests/s per core (benches/load/RESULTS.md, 2026-11-25 16:3x).
     pub work_stealing: bool,
+    /// Default `portico.pid` in the runtime directory ([`crate::runtime::dirs`]).
     pub pid_file: String,
+    /// Default `upgrade.sock` in the runtime directory: whoever listens here receives the
+    /// listening sockets at an upgrade, so its directory must be private.
     pub upgrade_sock: String,
     pub user: Option<String>,
     pub group: Option<String>,
@@ -73,11 +76,12 @@ pub struct ServerSection {
 
 impl Default for ServerSection {
     fn default() -> Self {
+        let run = crate::runtime::dirs::default_runtime_dir();
         ServerSection {
             threads: 1,
             work_stealing: false,
-            pid_file: "/tmp/portico.pid".into(),
-            upgrade_sock: "/tmp/portico_upgrade.sock".into(),
+            pid_file: run.join("portico.pid").display().to_string(),
+            upgrade_sock: run.join("upgrade.sock").display().to_string(),
             user: None,
             group: None,
             grace_period_seconds: 30,

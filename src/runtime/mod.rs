@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
+pub mod dirs;
 pub mod serve;
 pub mod supervisor;
 pub mod tls;
