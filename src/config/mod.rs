@@ -164,12 +164,17 @@ fn yes() -> bool {
 pub struct Admin {
     /// Loopback by default so the admin API is never exposed by accident.
     pub address: String,
+    /// Host names the admin API answers to besides IP literals and `localhost`. Any other
+    /// `Host` gets 421: a web page whose name was rebound to the admin address (DNS
+    /// rebinding) sends its own name, and must not read or reload anything.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for Admin {
     fn default() -> Self {
         Admin {
             address: "127.0.0.1:9090".into(),
+            allowed_hosts: Vec::new(),
         }
     }
 }

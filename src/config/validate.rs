@@ -84,6 +84,19 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             format!("`{}` is not an ip:port address", config.admin.address),
         );
     }
+    for (i, host) in config.admin.allowed_hosts.iter().enumerate() {
+        let valid = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+        if !valid {
+            p.add(
+                &[key("admin"), key("allowed_hosts"), Seg::Index(i)],
+                format!("`{host}` is not a host name (no port, scheme or wildcard)"),
+            );
+        }
+    }
 
     let ratio = config.logging.success_sample_ratio;
     if !(0.0..=1.0).contains(&ratio) {
@@ -729,6 +742,35 @@ fn validate_routes(config: &Config, p: &mut Problems) {
             &r.plugins,
             &[key("routes"), Seg::Index(i), key("plugins")],
             p,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::load::load_str;
+
+    const BASE: &str = "[[listeners]]\naddress = \"127.0.0.1:8080\"\n\n[admin]\n";
+
+    #[test]
+    fn admin_allowed_hosts_are_plain_host_names() {
+        let ok = format!("{BASE}allowed_hosts = [\"admin.internal\", \"ops-1.example.com\"]\n");
+        let config = load_str("t.toml", &ok).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.admin.allowed_hosts.len(), 2);
+        let bad = format!(
+            "{BASE}allowed_hosts = [\"ok.example\", \"evil.example:80\", \"*.example\", \"\", \"http://x\"]\n"
+        );
+        let errors = load_str("t.toml", &bad).err().expect("refused").0;
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "admin.allowed_hosts[1]",
+                "admin.allowed_hosts[2]",
+                "admin.allowed_hosts[3]",
+                "admin.allowed_hosts[4]"
+            ],
+            "{errors:?}"
         );
     }
 }

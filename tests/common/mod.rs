@@ -391,6 +391,7 @@ pub struct GatewayBuilder {
     access_log: bool,
     success_sample_ratio: Option<f64>,
     limits: Option<String>,
+    admin_extra: String,
 }
 
 impl GatewayBuilder {
@@ -423,6 +424,12 @@ impl GatewayBuilder {
         self
     }
 
+    /// Extra lines of the `[admin]` table, e.g. `allowed_hosts = ["admin.internal"]`.
+    pub fn admin(mut self, lines: &str) -> Self {
+        self.admin_extra = lines.to_string();
+        self
+    }
+
     /// Writes the config, starts the gateway and waits until `/readyz` answers 200.
     pub async fn start(self) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -442,12 +449,14 @@ address = "{listen}"
 
 [admin]
 address = "{admin}"
+{admin_extra}
 
 [logging]
 access_log = "{log}"
 "#,
             threads = self.threads,
             dir = dir.path().display(),
+            admin_extra = self.admin_extra,
             log = if self.access_log {
                 access_log.display().to_string()
             } else {
@@ -535,6 +544,7 @@ impl Gateway {
             access_log: true,
             success_sample_ratio: None,
             limits: None,
+            admin_extra: String::new(),
         }
     }
 
