@@ -70,7 +70,9 @@ async fn the_token_reaches_the_upstream_unless_strip_authorization_is_set() {
         assert_eq!(seen.header_all("authorization"), [auth.as_str()]);
         assert_eq!(seen.header("x-portico-subject"), Some("service-a"));
 
-        let resp = gw.get_with("/stripped/1", &[("Authorization", &auth)]).await;
+        let resp = gw
+            .get_with("/stripped/1", &[("Authorization", &auth)])
+            .await;
         assert_eq!(resp.status(), 200);
         let seen = up.last_request();
         assert_eq!(seen.uri, "/stripped/1");
