@@ -84,12 +84,25 @@ async fn no_healthy_endpoint_is_a_503_problem_with_retry_after() {
         );
         let body = problem(resp, 503).await;
         assert_eq!(body["instance"], "/orders/1");
-        assert!(
-            body["detail"].as_str().unwrap().contains('c'),
-            "the detail names the cluster: {body}"
+        // The client learns neither the cluster nor its state; the log has both, under
+        // the request id the client was given.
+        let detail = body["detail"].as_str().unwrap();
+        assert_eq!(
+            detail,
+            "the service is temporarily unavailable; retry later and quote the request_id when reporting this"
         );
+        let text = body.to_string();
+        assert!(!text.contains("`c`"), "the body names the cluster: {body}");
+        assert!(!text.contains(&addr), "the body names the endpoint: {body}");
         let generated = body["request_id"].as_str().unwrap();
         assert_eq!(generated.len(), 32, "a generated id is 128 bits of hex");
+        eventually(Duration::from_secs(3), "the full detail in the log", || async {
+            gw.stderr().lines().any(|l| {
+                l.contains(&format!("request {generated}: 503 no-healthy-upstream"))
+                    && l.contains("every instance of `c` is unhealthy or ejected")
+            })
+        })
+        .await;
 
         let resp = gw
             .get_with("/orders/2", &[("X-Request-Id", "client-id-42")])
@@ -114,6 +127,11 @@ async fn connection_refused_everywhere_is_a_502_problem() {
             let resp = gw.get(path).await;
             let body = problem(resp, 502).await;
             assert_eq!(body["instance"], path);
+            assert_eq!(
+                body["detail"],
+                "the upstream service failed to answer; quote the request_id when reporting this"
+            );
+            assert!(!body.to_string().contains("`c`"), "{body}");
         }
     })
     .await
@@ -132,7 +150,12 @@ async fn upstream_slower_than_the_read_timeout_is_a_504_problem() {
         let start = Instant::now();
         let resp = gw.get("/slow").await;
         let took = start.elapsed();
-        problem(resp, 504).await;
+        let body = problem(resp, 504).await;
+        assert_eq!(
+            body["detail"],
+            "the upstream service did not answer in time; quote the request_id when reporting this"
+        );
+        assert!(!body.to_string().contains("`c`"), "{body}");
         assert!(
             took < Duration::from_millis(2000),
             "answered after {took:?}, the read timeout is 300 ms"
@@ -304,6 +327,115 @@ timeouts = {{ read = "200ms" }}
             }
         }
         assert!(failures.is_empty(), "{failures:#?}");
+    })
+    .await
+}
+
+/// Upstream failures tell the client nothing about the gateway's insides: not the
+/// cluster's name, not its endpoint, not that a breaker is open or a bulkhead full. The
+/// gateway's log has the full detail under the request id the client was given, and the
+/// open breaker's 503 keeps its `Retry-After`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_name_no_cluster_and_no_state_to_the_client() {
+    bounded(async {
+        let flaky = Upstream::with_status("flaky", 500).await;
+        let slow = Upstream::start("slow").await;
+        slow.set_delay(Duration::from_millis(1500));
+        let gw = Gateway::start(&format!(
+            r#"[[plugins]]
+name = "request-id"
+
+[[routes]]
+id = "flaky"
+path = "/flaky"
+cluster = "payments-internal"
+
+[[routes]]
+id = "slow"
+path = "/slow"
+cluster = "ledger-internal"
+
+[clusters.payments-internal]
+endpoints = {}
+outlier = {{ consecutive_5xx = 0, consecutive_connect_failures = 0 }}
+breaker = {{ consecutive_failures = 2, min_requests = 1000, open_for = "10s" }}
+
+[clusters.ledger-internal]
+endpoints = {}
+bulkhead = {{ max_concurrent = 1, max_queue = 0, queue_timeout = "10ms" }}
+"#,
+            endpoints(&[&flaky]),
+            endpoints(&[&slow])
+        ))
+        .await;
+
+        // Trip the breaker, then get its fast 503.
+        for i in 0..2 {
+            assert_eq!(gw.get(&format!("/flaky/{i}")).await.status(), 500);
+        }
+        eventually(Duration::from_secs(2), "the breaker opens", || async {
+            gw.admin_json("/admin/clusters").await["clusters"]
+                .as_array()
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["name"] == "payments-internal" && c["breaker"] == "open")
+                })
+        })
+        .await;
+        let resp = gw.get("/flaky/open").await;
+        assert!(
+            resp.headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .is_some_and(|s| s >= 1),
+            "Retry-After stays on an open breaker's 503"
+        );
+        let open = problem(resp, 503).await;
+        assert_eq!(
+            open["detail"],
+            "the service is temporarily unavailable; retry later and quote the request_id when reporting this"
+        );
+
+        // Fill the bulkhead with one slow request, then get its 503.
+        let held = {
+            let (client, url) = (gw.client.clone(), gw.url("/slow/held"));
+            tokio::spawn(async move { client.get(url).send().await.map(|r| r.status()) })
+        };
+        eventually(Duration::from_secs(2), "the slow request is upstream", || async {
+            slow.hits() == 1
+        })
+        .await;
+        let full = problem(gw.get("/slow/rejected").await, 503).await;
+        assert_eq!(full["detail"], open["detail"]);
+        assert_eq!(held.await.unwrap().unwrap(), 200);
+
+        for body in [&open, &full] {
+            let text = body.to_string();
+            for leak in [
+                "payments-internal",
+                "ledger-internal",
+                "failing",
+                "concurrency",
+                &flaky.address(),
+                &slow.address(),
+            ] {
+                assert!(!text.contains(leak), "`{leak}` in {text}");
+            }
+        }
+        // The operator's log keeps the full story under each request id.
+        for (body, want) in [
+            (&open, "`payments-internal` is failing"),
+            (&full, "`ledger-internal` has reached its concurrency limit"),
+        ] {
+            let id = body["request_id"].as_str().unwrap().to_string();
+            eventually(Duration::from_secs(3), want, || async {
+                gw.stderr()
+                    .lines()
+                    .any(|l| l.contains(&format!("request {id}: 503")) && l.contains(want))
+            })
+            .await;
+        }
     })
     .await
 }

@@ -402,3 +402,124 @@ async fn sigterm_lets_http2_streams_finish() {
     })
     .await;
 }
+
+/// Without `pid_file` and `upgrade_sock` in the config, both live in the runtime
+/// directory (here systemd's `$RUNTIME_DIRECTORY`), which the gateway creates private
+/// (0700) when missing; a binary upgrade hands the listeners over through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_runtime_directory_is_private_and_carries_an_upgrade() {
+    let _serial = SERIAL.lock().await;
+    bounded(async {
+        let up = Upstream::start("u").await;
+        let mut site = Site::new();
+        site.grace_period_seconds = 1;
+        site.runtime_paths = false;
+        let run = site.path("run/portico");
+        site.env
+            .push(("RUNTIME_DIRECTORY".into(), run.display().to_string()));
+        site.write_config(&route_to(&[&up]));
+        assert!(!site.config(&route_to(&[&up])).contains("upgrade_sock"));
+
+        let mut old = site.spawn(&[], "old.log");
+        wait_ready(&site, old.pid, Duration::from_secs(20)).await;
+        let meta = std::fs::metadata(&run).expect("the runtime directory was created");
+        assert!(meta.is_dir());
+        assert_eq!(meta.mode() & 0o7777, 0o700, "created private");
+        let config: serde_json::Value = reqwest::get(site.admin_url("/admin/config"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let sock = run.join("upgrade.sock");
+        assert_eq!(
+            config["config"]["server"]["upgrade_sock"],
+            sock.display().to_string()
+        );
+        assert_eq!(
+            config["config"]["server"]["pid_file"],
+            run.join("portico.pid").display().to_string()
+        );
+
+        let new = site.spawn(&["-u"], "new.log");
+        let start = Instant::now();
+        while !std::fs::metadata(&sock).is_ok_and(|m| m.file_type().is_socket()) {
+            assert!(
+                new.alive(),
+                "the new process exited:\n{}",
+                site.log("new.log")
+            );
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "no upgrade socket"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        old.signal("QUIT");
+        wait_ready(&site, new.pid, Duration::from_secs(20)).await;
+        let status = old
+            .wait_exit(Duration::from_secs(20))
+            .await
+            .expect("status");
+        assert!(status.success(), "{}", site.log("old.log"));
+        let resp = reqwest::get(site.url("/after")).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(up.last_request().uri, "/after");
+    })
+    .await;
+}
+
+/// A runtime directory that others can write, or that another user owns, stops the start
+/// with an error naming it: whoever binds the upgrade socket there first would receive
+/// the listeners at the next upgrade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_or_foreign_runtime_directory_refuses_to_start() {
+    use std::os::unix::fs::PermissionsExt;
+    bounded(async {
+        let up = Upstream::start("u").await;
+        let mut site = Site::new();
+        site.runtime_paths = false;
+        let shared = site.path("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        site.env
+            .push(("RUNTIME_DIRECTORY".into(), shared.display().to_string()));
+        site.write_config(&route_to(&[&up]));
+        let mut proc = site.spawn(&[], "shared.log");
+        let status = proc
+            .wait_exit(Duration::from_secs(20))
+            .await
+            .expect("status");
+        assert_eq!(status.code(), Some(1), "{}", site.log("shared.log"));
+        let log = site.log("shared.log");
+        assert!(log.contains(&shared.display().to_string()), "{log}");
+        assert!(log.contains("writable by group or others"), "{log}");
+        assert!(
+            std::fs::read_dir(&shared).unwrap().next().is_none(),
+            "nothing written"
+        );
+        assert!(
+            std::net::TcpStream::connect(site.listen).is_err(),
+            "nothing listens"
+        );
+
+        // Owned by another user (as root; as another user the directory is already foreign).
+        if std::fs::metadata(site.dir.path()).unwrap().uid() == 0 {
+            let foreign = site.path("foreign");
+            std::fs::create_dir(&foreign).unwrap();
+            std::fs::set_permissions(&foreign, std::fs::Permissions::from_mode(0o700)).unwrap();
+            std::os::unix::fs::chown(&foreign, Some(4242), Some(4242)).unwrap();
+            site.env = vec![("RUNTIME_DIRECTORY".into(), foreign.display().to_string())];
+            let mut proc = site.spawn(&[], "foreign.log");
+            let status = proc
+                .wait_exit(Duration::from_secs(20))
+                .await
+                .expect("status");
+            assert_eq!(status.code(), Some(1), "{}", site.log("foreign.log"));
+            let log = site.log("foreign.log");
+            assert!(log.contains(&foreign.display().to_string()), "{log}");
+            assert!(log.contains("owned by uid 4242"), "{log}");
+        }
+    })
+    .await;
+}

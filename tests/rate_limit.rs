@@ -179,8 +179,12 @@ fn readyz_status(admin: SocketAddr) -> Option<u16> {
     let mut stream =
         std::net::TcpStream::connect_timeout(&admin, Duration::from_millis(200)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    // The admin API answers only hosts that are IP literals (or localhost, or listed).
     stream
-        .write_all(b"GET /readyz HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n")
+        .write_all(
+            format!("GET /readyz HTTP/1.1\r\nhost: {admin}\r\nconnection: close\r\n\r\n")
+                .as_bytes(),
+        )
         .ok()?;
     // "HTTP/1.1 200 "
     let mut head = [0u8; 12];

@@ -58,7 +58,10 @@ pub struct ServerSection {
     /// runtime per thread, each connection staying on the thread it was handed to, is
     /// 7–9 % more requests/s per core (benches/load/RESULTS.md, 2026-11-25 16:3x).
     pub work_stealing: bool,
+    /// Default `portico.pid` in the runtime directory ([`crate::runtime::dirs`]).
     pub pid_file: String,
+    /// Default `upgrade.sock` in the runtime directory: whoever listens here receives the
+    /// listening sockets at an upgrade, so its directory must be private.
     pub upgrade_sock: String,
     pub user: Option<String>,
     pub group: Option<String>,
@@ -79,11 +82,12 @@ pub struct ServerSection {
 
 impl Default for ServerSection {
     fn default() -> Self {
+        let run = crate::runtime::dirs::default_runtime_dir();
         ServerSection {
             threads: 1,
             work_stealing: false,
-            pid_file: "/tmp/portico.pid".into(),
-            upgrade_sock: "/tmp/portico_upgrade.sock".into(),
+            pid_file: run.join("portico.pid").display().to_string(),
+            upgrade_sock: run.join("upgrade.sock").display().to_string(),
             user: None,
             group: None,
             grace_period_seconds: 30,
@@ -167,12 +171,17 @@ fn yes() -> bool {
 pub struct Admin {
     /// Loopback by default so the admin API is never exposed by accident.
     pub address: String,
+    /// Host names the admin API answers to besides IP literals and `localhost`. Any other
+    /// `Host` gets 421: a web page whose name was rebound to the admin address (DNS
+    /// rebinding) sends its own name, and must not read or reload anything.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for Admin {
     fn default() -> Self {
         Admin {
             address: "127.0.0.1:9090".into(),
+            allowed_hosts: Vec::new(),
         }
     }
 }

@@ -90,6 +90,19 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             format!("`{}` is not an ip:port address", config.admin.address),
         );
     }
+    for (i, host) in config.admin.allowed_hosts.iter().enumerate() {
+        let valid = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+        if !valid {
+            p.add(
+                &[key("admin"), key("allowed_hosts"), Seg::Index(i)],
+                format!("`{host}` is not a host name (no port, scheme or wildcard)"),
+            );
+        }
+    }
 
     let ratio = config.logging.success_sample_ratio;
     if !(0.0..=1.0).contains(&ratio) {
@@ -757,6 +770,10 @@ fn validate_routes(config: &Config, p: &mut Problems) {
 
 #[cfg(test)]
 mod tests {
+    use crate::config::load::load_str;
+
+    const BASE: &str = "[[listeners]]\naddress = \"127.0.0.1:8080\"\n\n[admin]\n";
+
     #[test]
     fn upgrades_and_trusted_proxies_are_validated() {
         let text = |extra: &str, server: &str| {
@@ -784,5 +801,30 @@ mod tests {
         let bad = errors("", "trusted_proxies = [\"10.0.0.0/33\"]");
         assert!(bad.contains("server.trusted_proxies[0]"), "{bad}");
         assert!(errors("on_mismatch = \"406\"", "").contains("on_mismatch"));
+    }
+
+    #[test]
+    fn admin_allowed_hosts_are_plain_host_names() {
+        let ok = format!("{BASE}allowed_hosts = [\"admin.internal\", \"ops-1.example.com\"]\n");
+        let config = load_str("t.toml", &ok).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.admin.allowed_hosts.len(), 2);
+        let bad = format!(
+            "{BASE}allowed_hosts = [\"ok.example\", \"evil.example:80\", \"*.example\", \"\", \"http://x\"]\n"
+        );
+        let Err(errors) = load_str("t.toml", &bad) else {
+            panic!("accepted {bad}")
+        };
+        let errors = errors.0;
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "admin.allowed_hosts[1]",
+                "admin.allowed_hosts[2]",
+                "admin.allowed_hosts[3]",
+                "admin.allowed_hosts[4]"
+            ],
+            "{errors:?}"
+        );
     }
 }

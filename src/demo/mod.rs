@@ -156,7 +156,10 @@ breaker = {{ consecutive_failures = 4, min_requests = 1000, open_for = "3s", hal
 /// Runs the demo until Ctrl-C.
 pub fn run(options: DemoOptions) -> Result<(), String> {
     let dir = std::env::temp_dir().join(format!("portico-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    // Private: it holds the pid file and the upgrade socket (see runtime::dirs).
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(&dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     println!("portico demo: starting the token service, services B and C, and the gateway…");
     let (auth_addr, secret) = crate::auth::spawn_for_demo(&dir)?;
     let services = services::spawn_demo_services()?;

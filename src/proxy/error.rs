@@ -124,7 +124,42 @@ impl GatewayError {
         }
     }
 
-    /// A sentence on what went wrong, for the problem body and `portico routes`.
+    /// Whether the full [`detail`](Self::detail) may go to the client: true for errors
+    /// about the client's own request (its path, version, method, size), false for errors
+    /// about the gateway's upstreams, whose detail names clusters and breaker or bulkhead
+    /// state.
+    fn detail_is_public(&self) -> bool {
+        !matches!(
+            self,
+            GatewayError::NoHealthyEndpoint(_)
+                | GatewayError::UpstreamConnect(_)
+                | GatewayError::UpstreamTimeout(_)
+                | GatewayError::UpstreamBroken(_)
+                | GatewayError::CircuitOpen { .. }
+                | GatewayError::Overloaded(_)
+                | GatewayError::DeadlineExceeded(_)
+                | GatewayError::Internal
+        )
+    }
+
+    /// The detail the client gets: the full one for errors in its own request, otherwise a
+    /// sentence that depends only on the status (no cluster, endpoint, breaker or limit).
+    /// The full detail goes to the gateway's log under the same request id.
+    pub fn public_detail(&self) -> String {
+        if self.detail_is_public() {
+            return self.detail();
+        }
+        match self.status() {
+            502 => "the upstream service failed to answer; quote the request_id when reporting this",
+            503 => "the service is temporarily unavailable; retry later and quote the request_id when reporting this",
+            504 => "the upstream service did not answer in time; quote the request_id when reporting this",
+            _ => "the gateway could not process the request; quote the request_id when reporting this",
+        }
+        .into()
+    }
+
+    /// A sentence on what went wrong, for operators: the gateway's log and `portico
+    /// routes`. Clients get [`public_detail`](Self::public_detail).
     pub fn detail(&self) -> String {
         match self {
             GatewayError::BadPath(why) | GatewayError::BadRequest(why) => why.clone(),
@@ -200,7 +235,7 @@ impl GatewayError {
             kind: &kind,
             title: self.title(),
             status: self.status(),
-            detail: self.detail(),
+            detail: self.public_detail(),
             instance: path,
             request_id,
             allowed,
@@ -251,13 +286,74 @@ impl GatewayError {
 mod tests {
     use super::*;
 
+    fn body(e: &GatewayError) -> serde_json::Value {
+        serde_json::from_slice(&e.body("/orders/1", "abc")).unwrap()
+    }
+
     #[test]
     fn problem_body_carries_status_and_request_id() {
-        let e = GatewayError::NoHealthyEndpoint("orders".into());
-        let body: serde_json::Value = serde_json::from_slice(&e.body("/orders/1", "abc")).unwrap();
+        let body = body(&GatewayError::NoHealthyEndpoint("orders-cluster".into()));
         assert_eq!(body["status"], 503);
         assert_eq!(body["request_id"], "abc");
         assert_eq!(body["instance"], "/orders/1");
-        assert!(body["detail"].as_str().unwrap().contains("orders"));
+        assert!(body["detail"].as_str().unwrap().contains("request_id"));
+    }
+
+    /// Upstream-side errors: the client's body names no cluster and no breaker or limit
+    /// state; the operator's detail keeps them.
+    #[test]
+    fn upstream_errors_keep_clusters_and_state_out_of_the_body() {
+        let c = || "orders-cluster".to_string();
+        let errors = [
+            GatewayError::NoHealthyEndpoint(c()),
+            GatewayError::UpstreamConnect(c()),
+            GatewayError::UpstreamTimeout(c()),
+            GatewayError::UpstreamBroken(c()),
+            GatewayError::CircuitOpen {
+                cluster: c(),
+                retry_after_secs: 7,
+            },
+            GatewayError::Overloaded(c()),
+            GatewayError::DeadlineExceeded(c()),
+        ];
+        for e in errors {
+            assert!(e.detail().contains("orders-cluster"), "{e:?}");
+            let text = String::from_utf8(e.body("/orders/1", "abc").to_vec()).unwrap();
+            for leak in [
+                "orders-cluster",
+                "failing",
+                "concurrency",
+                "limit",
+                "instance of",
+            ] {
+                assert!(!text.contains(leak), "{e:?} leaks `{leak}`: {text}");
+            }
+            assert_eq!(body(&e)["status"], e.status());
+        }
+        let open = GatewayError::CircuitOpen {
+            cluster: c(),
+            retry_after_secs: 7,
+        };
+        assert_eq!(
+            open.headers(),
+            [(http::header::RETRY_AFTER, "7".to_string())]
+        );
+    }
+
+    /// Errors about the client's own request keep their helpful detail.
+    #[test]
+    fn client_errors_keep_their_detail() {
+        let e = GatewayError::UnknownVersion {
+            requested: "9".into(),
+            supported: vec!["1".into(), "2".into()],
+            in_uri: false,
+            retired: false,
+        };
+        assert_eq!(body(&e)["detail"], e.detail());
+        assert!(e.detail().contains("supported: 1, 2"));
+        let e = GatewayError::MethodNotAllowed(vec![http::Method::GET]);
+        assert_eq!(body(&e)["detail"], "this route allows GET");
+        let e = GatewayError::BadPath("invalid percent-encoding".into());
+        assert_eq!(body(&e)["detail"], "invalid percent-encoding");
     }
 }

@@ -839,6 +839,25 @@ impl Gateway {
         err: &GatewayError,
     ) -> Result<()> {
         let body = err.body(session.req_header().uri.path(), ctx.request_id());
+        // The client's body has a generic detail for upstream failures; the full one
+        // (cluster, breaker or bulkhead state) is logged under the same request id.
+        if err.status() >= 500 {
+            log::warn!(
+                "request {}: {} {}: {}",
+                ctx.request_id(),
+                err.status(),
+                err.slug(),
+                err.detail()
+            );
+        } else {
+            log::debug!(
+                "request {}: {} {}: {}",
+                ctx.request_id(),
+                err.status(),
+                err.slug(),
+                err.detail()
+            );
+        }
         let mut resp = ResponseHeader::build(err.status(), Some(4))?;
         resp.insert_header(http::header::CONTENT_TYPE, "application/problem+json")?;
         resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;

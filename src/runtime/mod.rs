@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
+pub mod dirs;
 pub mod serve;
 pub mod supervisor;
 pub mod tls;
@@ -421,16 +422,12 @@ impl Snapshot {
         })
     }
 
-    /// The effective config as JSON with secrets replaced by `"<redacted>"`.
+    /// The effective config as JSON with secrets replaced by `"<redacted>"`: values of
+    /// secret-looking keys and header names, every value of a table of headers, every
+    /// `${ENV}` value, and the password of any `user:password@` URL.
     pub fn redacted_config(&self) -> serde_json::Value {
         let mut value = serde_json::to_value(&self.config).unwrap_or_default();
-        redact(&mut value, &self.config.secrets, false);
-        // Export headers carry credentials whatever their names.
-        if let Some(serde_json::Value::Object(headers)) = value.pointer_mut("/tracing/headers") {
-            for v in headers.values_mut() {
-                *v = serde_json::Value::String("<redacted>".into());
-            }
-        }
+        redact(&mut value, &self.config.secrets, Context::Plain);
         value
     }
 }
@@ -480,40 +477,105 @@ fn same(a: &config::Cluster, b: &config::Cluster) -> bool {
     serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
 }
 
-/// Field names whose values are secrets whatever they contain.
+const REDACTED: &str = "<redacted>";
+
+/// Field and header names whose values are secrets whatever they contain.
 fn is_secret_key(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    [
+    let k = key.to_ascii_lowercase().replace('_', "-");
+    const EXACT: [&str; 4] = [
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+    ];
+    const CONTAINS: [&str; 8] = [
         "secret",
         "password",
+        "passwd",
         "token",
         "credential",
         "private",
-        "api_key",
+        "api-key",
         "apikey",
-    ]
-    .iter()
-    .any(|s| k.contains(s))
+    ];
+    const ENDS: [&str; 1] = ["-key"];
+    EXACT.contains(&k.as_str())
+        || CONTAINS.iter().any(|s| k.contains(s))
+        || ENDS.iter().any(|s| k.ends_with(s))
 }
 
-fn redact(value: &mut serde_json::Value, secrets: &[String], secret_key: bool) {
+/// Where a value sits, for [`redact`].
+#[derive(Clone, Copy, PartialEq)]
+enum Context {
+    Plain,
+    /// Under a secret-looking key, or a value in a table of headers: always redacted.
+    Secret,
+    /// A `request` or `response` table, whose `set` and `add` are tables of headers (the
+    /// `headers` plugin).
+    HeaderEdits,
+}
+
+/// Tables whose entries are header name → value(s): OTLP `headers`, and the `set` and
+/// `add` edits of a `request` or `response` table. Their values are redacted whatever
+/// the header is called: the name of a header carrying a shared secret is free-form.
+fn is_header_table(key: &str, parent: Context) -> bool {
+    key == "headers" || (parent == Context::HeaderEdits && (key == "set" || key == "add"))
+}
+
+fn redact(value: &mut serde_json::Value, secrets: &[String], context: Context) {
     use serde_json::Value;
     match value {
-        Value::String(s)
-            if secret_key || secrets.iter().any(|secret| s.contains(secret.as_str())) =>
-        {
-            *s = "<redacted>".to_string();
+        Value::String(s) => {
+            if context == Context::Secret
+                || secrets
+                    .iter()
+                    .any(|secret| !secret.is_empty() && s.contains(secret.as_str()))
+            {
+                *s = REDACTED.to_string();
+            } else if let Some(clean) = redact_url_password(s) {
+                *s = clean;
+            }
         }
-        Value::Array(items) => items
-            .iter_mut()
-            .for_each(|v| redact(v, secrets, secret_key)),
+        Value::Array(items) => items.iter_mut().for_each(|v| redact(v, secrets, context)),
         Value::Object(map) => {
             for (k, v) in map.iter_mut() {
-                redact(v, secrets, secret_key || is_secret_key(k));
+                let inner = if context == Context::Secret
+                    || is_secret_key(k)
+                    || is_header_table(k, context)
+                {
+                    Context::Secret
+                } else if k == "request" || k == "response" {
+                    Context::HeaderEdits
+                } else {
+                    Context::Plain
+                };
+                redact(v, secrets, inner);
             }
         }
         _ => {}
     }
+}
+
+/// `scheme://user:password@host…` with the password replaced by `<redacted>`; `None` when
+/// the value holds no URL with a password.
+fn redact_url_password(value: &str) -> Option<String> {
+    let scheme_end = value.find("://")? + 3;
+    let rest = &value[scheme_end..];
+    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_len];
+    let at = authority.rfind('@')?;
+    let userinfo = &authority[..at];
+    let colon = userinfo.find(':')?;
+    if colon + 1 == userinfo.len() {
+        return None;
+    }
+    let password_start = scheme_end + colon + 1;
+    let password_end = scheme_end + at;
+    Some(format!(
+        "{}{REDACTED}{}",
+        &value[..password_start],
+        &value[password_end..]
+    ))
 }
 
 /// The gateway's shared state: the current snapshot and what the admin API reports.
@@ -767,4 +829,132 @@ async fn reload_locked(state: &Arc<State>) -> Result<String, String> {
         );
     }
     Ok(version)
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::{redact, redact_url_password, Context};
+    use serde_json::json;
+
+    fn redacted(mut v: serde_json::Value, secrets: &[&str]) -> serde_json::Value {
+        let secrets: Vec<String> = secrets.iter().map(|s| s.to_string()).collect();
+        redact(&mut v, &secrets, Context::Plain);
+        v
+    }
+
+    #[test]
+    fn header_like_keys_are_redacted_anywhere() {
+        let v = redacted(
+            json!({
+                "plugins": [{
+                    "name": "custom",
+                    "Authorization": "Bearer a",
+                    "proxy-authorization": "Basic b",
+                    "Cookie": "s=c",
+                    "set_cookie": "s=d",
+                    "X-Api-Key": "e",
+                    "upstream-token": "f",
+                    "signing_key": "g",
+                    "client_secret": "h",
+                    "db_password": ["i"],
+                    "header": "X-Api-Key",
+                    "max_token_bytes": 8192,
+                    "path": "/visible",
+                }],
+            }),
+            &[],
+        );
+        let p = &v["plugins"][0];
+        for k in [
+            "Authorization",
+            "proxy-authorization",
+            "Cookie",
+            "set_cookie",
+            "X-Api-Key",
+            "upstream-token",
+            "signing_key",
+            "client_secret",
+        ] {
+            assert_eq!(p[k], "<redacted>", "{k}: {v}");
+        }
+        assert_eq!(p["db_password"][0], "<redacted>");
+        // A header *name* under an ordinary key, numbers and plain values stay.
+        assert_eq!(p["header"], "X-Api-Key");
+        assert_eq!(p["max_token_bytes"], 8192);
+        assert_eq!(p["path"], "/visible");
+        assert_eq!(p["name"], "custom");
+    }
+
+    #[test]
+    fn every_value_of_a_header_table_is_redacted() {
+        let v = redacted(
+            json!({
+                "tracing": { "headers": { "x-tenant": "t1" }, "service_name": "portico" },
+                "routes": [{ "plugins": [{
+                    "name": "headers",
+                    "request": {
+                        "set": { "X-Internal-Auth": "s3cret", "X-Version": "2" },
+                        "add": { "X-Tag": ["a", "b"] },
+                        "remove": ["X-Debug"],
+                    },
+                    "response": { "set": { "Set-Cookie": "id=1" } },
+                }]}],
+            }),
+            &[],
+        );
+        assert_eq!(v["tracing"]["headers"]["x-tenant"], "<redacted>");
+        assert_eq!(v["tracing"]["service_name"], "portico");
+        let p = &v["routes"][0]["plugins"][0];
+        assert_eq!(p["request"]["set"]["X-Internal-Auth"], "<redacted>");
+        assert_eq!(p["request"]["set"]["X-Version"], "<redacted>");
+        assert_eq!(
+            p["request"]["add"]["X-Tag"],
+            json!(["<redacted>", "<redacted>"])
+        );
+        assert_eq!(p["response"]["set"]["Set-Cookie"], "<redacted>");
+        // Header names to remove are not values.
+        assert_eq!(p["request"]["remove"], json!(["X-Debug"]));
+    }
+
+    #[test]
+    fn url_passwords_are_redacted_and_the_rest_kept() {
+        assert_eq!(
+            redact_url_password("https://bob:pa55@hooks.example:8443/x?y=1").as_deref(),
+            Some("https://bob:<redacted>@hooks.example:8443/x?y=1")
+        );
+        assert_eq!(
+            redact_url_password("postgres://u:p@ss:w@db/app").as_deref(),
+            Some("postgres://u:<redacted>@db/app")
+        );
+        for plain in [
+            "https://hooks.example/x",
+            "https://bob@hooks.example/x",
+            "https://bob:@hooks.example/x",
+            "https://hooks.example/a:b@c",
+            "no url at all",
+            "",
+            "://",
+            "x://@",
+        ] {
+            assert_eq!(redact_url_password(plain), None, "{plain}");
+        }
+        let v = redacted(
+            json!({ "tracing": { "otlp_endpoint": "http://otel:hunter2@collector:4318" } }),
+            &[],
+        );
+        assert_eq!(
+            v["tracing"]["otlp_endpoint"],
+            "http://otel:<redacted>@collector:4318"
+        );
+    }
+
+    #[test]
+    fn environment_secrets_are_redacted_wherever_they_appear() {
+        let v = redacted(
+            json!({ "a": "prefix-SECRETVALUE", "b": "ok" }),
+            &["SECRETVALUE", ""],
+        );
+        assert_eq!(v["a"], "<redacted>");
+        assert_eq!(v["b"], "ok");
+    }
 }

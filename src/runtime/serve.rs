@@ -47,16 +47,18 @@ pub fn build(
     options: &ProcessOptions,
 ) -> Result<(Server, Arc<State>), String> {
     let section = &config.server;
+    let pid_file = absolute(Path::new(&section.pid_file));
+    let upgrade_sock = absolute(Path::new(&section.upgrade_sock));
+    // Before Pingora writes the pid file or binds the upgrade socket (see runtime::dirs).
+    super::dirs::prepare(&[&pid_file, &upgrade_sock], section.user.as_deref())?;
     let mut conf = ServerConf {
         daemon: options.daemon,
         // A daemon keeps the directory it was started in (Pingora would move to `/`), so
         // relative paths in the config mean the same before and after daemonizing, and in
         // every reload.
         working_directory: std::env::current_dir().ok(),
-        pid_file: absolute(Path::new(&section.pid_file)).display().to_string(),
-        upgrade_sock: absolute(Path::new(&section.upgrade_sock))
-            .display()
-            .to_string(),
+        pid_file: pid_file.display().to_string(),
+        upgrade_sock: upgrade_sock.display().to_string(),
         user: section.user.clone(),
         group: section.group.clone(),
         threads: section.threads,

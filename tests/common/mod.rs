@@ -392,6 +392,7 @@ pub struct GatewayBuilder {
     success_sample_ratio: Option<f64>,
     limits: Option<String>,
     server: String,
+    admin_extra: String,
 }
 
 impl GatewayBuilder {
@@ -431,6 +432,12 @@ impl GatewayBuilder {
         self
     }
 
+    /// Extra lines of the `[admin]` table, e.g. `allowed_hosts = ["admin.internal"]`.
+    pub fn admin(mut self, lines: &str) -> Self {
+        self.admin_extra = lines.to_string();
+        self
+    }
+
     /// Writes the config, starts the gateway and waits until `/readyz` answers 200.
     pub async fn start(self) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -450,6 +457,7 @@ address = "{listen}"
 
 [admin]
 address = "{admin}"
+{admin_extra}
 
 [logging]
 access_log = "{log}"
@@ -457,6 +465,7 @@ access_log = "{log}"
             threads = self.threads,
             server = self.server,
             dir = dir.path().display(),
+            admin_extra = self.admin_extra,
             log = if self.access_log {
                 access_log.display().to_string()
             } else {
@@ -545,6 +554,7 @@ impl Gateway {
             success_sample_ratio: None,
             limits: None,
             server: String::new(),
+            admin_extra: String::new(),
         }
     }
 

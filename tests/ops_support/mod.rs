@@ -45,6 +45,10 @@ pub struct Site {
     pub extra_listeners: String,
     /// Whether the plain listener on `listen` is written.
     pub plain_listener: bool,
+    /// Whether `pid_file` and `upgrade_sock` are written (false: the defaults apply).
+    pub runtime_paths: bool,
+    /// Environment variables of every process started here.
+    pub env: Vec<(String, String)>,
 }
 
 impl Site {
@@ -58,6 +62,8 @@ impl Site {
             watch_config: false,
             extra_listeners: String::new(),
             plain_listener: true,
+            runtime_paths: true,
+            env: Vec::new(),
         }
     }
 
@@ -86,9 +92,7 @@ impl Site {
         let mut text = format!(
             r#"[server]
 threads = 2
-pid_file = "{pid}"
-upgrade_sock = "{sock}"
-grace_period_seconds = {grace}
+{paths}grace_period_seconds = {grace}
 graceful_shutdown_timeout_seconds = {stop}
 watch_config = {watch}
 
@@ -98,8 +102,15 @@ address = "{admin}"
 [logging]
 access_log = "{log}"
 "#,
-            pid = self.pid_file().display(),
-            sock = self.upgrade_sock().display(),
+            paths = if self.runtime_paths {
+                format!(
+                    "pid_file = \"{}\"\nupgrade_sock = \"{}\"\n",
+                    self.pid_file().display(),
+                    self.upgrade_sock().display()
+                )
+            } else {
+                String::new()
+            },
             grace = self.grace_period_seconds,
             stop = self.graceful_shutdown_timeout_seconds,
             watch = self.watch_config,
@@ -142,6 +153,9 @@ access_log = "{log}"
             .stdin(Stdio::null())
             .stdout(self.log_file(log))
             .stderr(self.log_file(log));
+        for (name, value) in &self.env {
+            command.env(name, value);
+        }
         command
     }
 
