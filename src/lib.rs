@@ -4,8 +4,6 @@
 //! tests and benchmarks use the same code. See `DESIGN.md` in the shared folder for the map.
 
 pub mod admin;
-pub mod auth;
-pub mod client;
 pub mod config;
 pub mod demo;
 pub mod observe;
@@ -13,3 +11,8 @@ pub mod proxy;
 pub mod router;
 pub mod runtime;
 pub mod upstream;
+
+/// The token service (crate `portico-auth`), here for `portico auth` and the demo.
+pub use portico_auth as auth;
+/// The client library (crate `portico-client`); the proxy shares its `Retry-After` parser.
+pub use portico_client as client;

@@ -2,58 +2,11 @@
 //! validation, and turning every problem into a [`ConfigError`] that names the file, the
 //! line and column, and the field path.
 
-use std::fmt;
 use std::path::Path;
 
+use super::field_path::{render_path, Seg};
 use super::{validate, Config};
-
-/// Where in the file a problem is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Location {
-    pub line: usize,
-    pub column: usize,
-}
-
-/// One problem in a config file.
-#[derive(Debug, Clone)]
-pub struct ConfigError {
-    pub file: String,
-    pub location: Option<Location>,
-    /// Dotted field path such as `routes[2].cluster`; empty when the problem is the file itself.
-    pub field: String,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file)?;
-        if let Some(loc) = &self.location {
-            write!(f, ":{}:{}", loc.line, loc.column)?;
-        }
-        if !self.field.is_empty() {
-            write!(f, ": {}", self.field)?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
-
-/// Every problem found in one config file (never empty).
-#[derive(Debug, Clone)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
+pub use portico_common::config_error::{location_of, ConfigError, ConfigErrors, Location};
 
 /// Reads, parses and validates a config file.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
@@ -263,29 +216,6 @@ fn path_at(root: &toml_edit::Table, offset: usize) -> Vec<Seg> {
     path
 }
 
-/// One step of a field path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Seg {
-    Key(String),
-    Index(usize),
-}
-
-pub fn render_path(path: &[Seg]) -> String {
-    let mut out = String::new();
-    for seg in path {
-        match seg {
-            Seg::Key(k) => {
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push_str(k);
-            }
-            Seg::Index(i) => out.push_str(&format!("[{i}]")),
-        }
-    }
-    out
-}
-
 /// The byte offset of the item at `path`, or of its closest existing parent, so an error
 /// about a missing or defaulted field still points at the table it belongs in.
 fn span_of(root: &toml_edit::Table, path: &[Seg]) -> Option<usize> {
@@ -333,22 +263,6 @@ fn span_of(root: &toml_edit::Table, path: &[Seg]) -> Option<usize> {
         node = next;
     }
     best
-}
-
-/// The line and column (1-based, in characters) of a byte offset in `text`.
-pub(crate) fn location_of(text: &str, offset: usize) -> Location {
-    let offset = offset.min(text.len());
-    let before = &text.as_bytes()[..offset];
-    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-    let line_start = before
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map_or(0, |p| p + 1);
-    let column = String::from_utf8_lossy(&before[line_start..])
-        .chars()
-        .count()
-        + 1;
-    Location { line, column }
 }
 
 /// Replaces `${NAME}` inside double-quoted strings with the environment variable's value,

@@ -5,6 +5,7 @@
 //! These types are what an operator writes, not what the proxy runs on: the gateway builds
 //! its runtime objects (compiled route table, live clusters) from a validated [`Config`].
 
+mod field_path;
 mod lint;
 mod load;
 mod validate;
@@ -15,7 +16,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use lint::{lint, Warning};
-pub(crate) use load::location_of;
 pub use load::{load_file, load_str, ConfigError, ConfigErrors, Location};
 pub use validate::resolve_address;
 
@@ -772,43 +772,4 @@ impl Default for Outlier {
     }
 }
 
-/// Serde for durations written as humantime strings (`1s`, `250ms`); the token service's
-/// config uses it too.
-pub(crate) mod humantime_serde {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        parse(&text).map_err(serde::de::Error::custom)
-    }
-
-    fn parse(text: &str) -> Result<Duration, String> {
-        humantime::parse_duration(text)
-            .map_err(|e| format!("invalid duration `{text}`: {e} (write e.g. `250ms`, `5s`, `1m`)"))
-    }
-
-    /// The same for optional durations.
-    pub mod option {
-        use serde::{Deserialize, Deserializer, Serializer};
-        use std::time::Duration;
-
-        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-            match d {
-                Some(d) => super::serialize(d, s),
-                None => s.serialize_none(),
-            }
-        }
-
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-            let text = String::deserialize(d)?;
-            super::parse(&text)
-                .map(Some)
-                .map_err(serde::de::Error::custom)
-        }
-    }
-}
+pub(crate) use portico_common::humantime_serde;

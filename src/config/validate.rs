@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 
-use super::load::Seg;
+use super::field_path::Seg;
 use super::{Config, HashBy, LbKind, PathMatchKind, PluginRef};
 use crate::router::version::normalize_version;
 
@@ -770,7 +770,7 @@ fn validate_routes(config: &Config, p: &mut Problems) {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::load::load_str;
+    use crate::config::load_str;
 
     const BASE: &str = "[[listeners]]\naddress = \"127.0.0.1:8080\"\n\n[admin]\n";
 

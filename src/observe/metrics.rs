@@ -44,7 +44,8 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
 impl Metrics {
     fn new() -> Metrics {
-        let registry = Registry::new();
+        // The default registry, shared with the token service's metrics (portico-auth).
+        let registry = prometheus::default_registry().clone();
         let requests = IntCounterVec::new(
             Opts::new(
                 "portico_requests_total",

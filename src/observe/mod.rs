@@ -4,20 +4,8 @@
 pub mod access_log;
 pub mod metrics;
 pub mod otlp;
-pub mod trace;
-
-/// 32 lowercase hex characters from 128 random bits: request and trace ids.
-pub fn random_hex_128() -> String {
-    hex(rand::random::<u128>().to_be_bytes().as_slice())
-}
-
-/// Lowercase hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    let mut out = vec![0u8; bytes.len() * 2];
-    write_hex(&mut out, bytes);
-    // Only ASCII hex digits.
-    String::from_utf8(out).unwrap_or_default()
-}
+pub use portico_common::trace;
+pub use portico_common::{hex, random_hex_128, write_hex};
 
 /// Appends `ip` as text, as `Display` writes it; IPv4, the common case, without the
 /// formatter machinery, which costs more than the rest of a header or log field.
@@ -38,15 +26,6 @@ pub fn write_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
             out.push(b'0' + octet / 10 % 10);
         }
         out.push(b'0' + octet % 10);
-    }
-}
-
-/// Lowercase hex of `bytes` into `out`, which is exactly twice as long.
-pub fn write_hex(out: &mut [u8], bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = DIGITS[(b >> 4) as usize];
-        pair[1] = DIGITS[(b & 0xf) as usize];
     }
 }
 

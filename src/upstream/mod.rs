@@ -340,9 +340,9 @@ impl Cluster {
             1 => Some(candidates[0]),
             n => {
                 use rand::Rng;
-                let mut rng = rand::rng();
-                let a = candidates[rng.random_range(0..n)];
-                let mut b = candidates[rng.random_range(0..n - 1)];
+                let mut rng = rand::thread_rng();
+                let a = candidates[rng.gen_range(0..n)];
+                let mut b = candidates[rng.gen_range(0..n - 1)];
                 if b == a {
                     b = candidates[n - 1];
                 }

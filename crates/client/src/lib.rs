@@ -26,7 +26,7 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use portico::client::{Client, Error, Versioning};
+//! use portico_client::{Client, Error, Versioning};
 //!
 //! # async fn service_a() -> Result<(), Error> {
 //! let secret = std::env::var("SERVICE_A_SECRET").unwrap_or_default();
@@ -78,7 +78,7 @@ use http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use reqwest::Url;
 
-use crate::observe::trace::TraceContext;
+use portico_common::trace::TraceContext;
 
 pub use breaker::{BreakerConfig, BreakerState};
 pub use error::{Error, Problem, StatusError, TokenError};
@@ -589,7 +589,7 @@ impl RequestBuilder {
         {
             Some(id) if !id.is_empty() => id.to_string(),
             _ => {
-                let id = crate::observe::random_hex_128();
+                let id = portico_common::random_hex_128();
                 headers.insert(
                     inner.request_id_header.clone(),
                     HeaderValue::from_str(&id).expect("hex is valid header text"),

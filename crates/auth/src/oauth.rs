@@ -280,7 +280,7 @@ impl TokenService {
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
                 )],
-                body: crate::observe::metrics::METRICS.render().into(),
+                body: crate::metrics::render().into(),
             },
             "/healthz" => Reply::json(StatusCode::OK, &json!({ "status": "ok" })),
             _ => Reply {

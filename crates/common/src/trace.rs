@@ -1,7 +1,7 @@
 //! W3C Trace Context (`traceparent`): continue the caller's trace with a new span for the
 //! gateway hop, or start a new trace when the caller sent none or an invalid one.
 
-use super::{hex, write_hex};
+use crate::{hex, write_hex};
 
 /// The trace the gateway's hop belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +62,8 @@ pub const TRACEPARENT_LEN: usize = 55;
 
 fn nonzero_random<const N: usize>() -> [u8; N] {
     loop {
-        let bytes: [u8; N] = rand::random();
+        let mut bytes = [0u8; N];
+        rand::Rng::fill(&mut rand::thread_rng(), &mut bytes[..]);
         if bytes.iter().any(|&b| b != 0) {
             return bytes;
         }

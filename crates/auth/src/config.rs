@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{location_of, ConfigError, ConfigErrors};
+use portico_common::config_error::{location_of, ConfigError, ConfigErrors};
 
 /// The whole `auth.toml`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -84,7 +84,7 @@ impl Algorithm {
 #[serde(deny_unknown_fields, default)]
 pub struct Tokens {
     /// `exp - iat` of every token.
-    #[serde(with = "crate::config::humantime_serde")]
+    #[serde(with = "portico_common::humantime_serde")]
     pub lifetime: Duration,
     /// Algorithm of newly generated signing keys (a change takes effect through a
     /// rotation, which the service starts by itself).
@@ -113,17 +113,17 @@ pub struct Keys {
     pub rotate_every: Option<Duration>,
     /// How long a new key is published in the JWKS before it signs anything, so every
     /// verifier can fetch it first.
-    #[serde(with = "crate::config::humantime_serde")]
+    #[serde(with = "portico_common::humantime_serde")]
     pub publish_ahead: Duration,
     /// How often each replica re-reads the key set from the database.
-    #[serde(with = "crate::config::humantime_serde")]
+    #[serde(with = "portico_common::humantime_serde")]
     pub refresh_interval: Duration,
     /// How long an old key stays published after the last token it signed has expired
     /// (clock skew between hosts and verifiers' caches).
-    #[serde(with = "crate::config::humantime_serde")]
+    #[serde(with = "portico_common::humantime_serde")]
     pub retire_grace: Duration,
     /// `Cache-Control: max-age` of the JWKS response.
-    #[serde(with = "crate::config::humantime_serde")]
+    #[serde(with = "portico_common::humantime_serde")]
     pub jwks_max_age: Duration,
 }
 
@@ -145,10 +145,10 @@ impl Default for Keys {
 pub struct FailedAuth {
     /// Failures within `window` that lock the client id out.
     pub max_failures: u32,
-    #[serde(with = "crate::config::humantime_serde")]
+    #[serde(with = "portico_common::humantime_serde")]
     pub window: Duration,
     /// How long a locked-out client id is refused (429 with `Retry-After`).
-    #[serde(with = "crate::config::humantime_serde")]
+    #[serde(with = "portico_common::humantime_serde")]
     pub lockout: Duration,
 }
 
@@ -464,7 +464,7 @@ mod optional_duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Location;
+    use portico_common::config_error::Location;
 
     #[test]
     fn defaults_are_valid() {

@@ -1,11 +1,10 @@
-//! The token service's Prometheus metrics, registered once into the process-wide registry
-//! (`portico::observe::metrics::METRICS`) so `/metrics` shows them beside the gateway's.
+//! The token service's Prometheus metrics, registered once into the process-wide default
+//! registry, which the gateway's metrics share: in a process running both, either
+//! `/metrics` shows them all.
 
 use std::sync::LazyLock;
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
-
-use crate::observe::metrics::METRICS;
 
 pub struct AuthMetrics {
     pub tokens_issued: IntCounter,
@@ -57,7 +56,7 @@ pub static AUTH_METRICS: LazyLock<AuthMetrics> = LazyLock::new(|| {
         Box::new(revocations.clone()),
         Box::new(published_keys.clone()),
     ] {
-        if let Err(e) = METRICS.registry.register(c) {
+        if let Err(e) = prometheus::default_registry().register(c) {
             log::error!("cannot register a token service metric: {e}");
         }
     }
@@ -69,3 +68,13 @@ pub static AUTH_METRICS: LazyLock<AuthMetrics> = LazyLock::new(|| {
         published_keys,
     }
 });
+
+/// The text exposition of every metric in the process's default registry.
+pub fn render() -> Vec<u8> {
+    use prometheus::Encoder;
+    let mut out = Vec::with_capacity(4 * 1024);
+    if let Err(e) = prometheus::TextEncoder::new().encode(&prometheus::gather(), &mut out) {
+        log::error!("cannot encode metrics: {e}");
+    }
+    out
+}
