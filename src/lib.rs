@@ -1,7 +1,9 @@
 //! portico: an API gateway for service-to-service REST traffic, built on Pingora.
 //!
 //! The binary (`src/main.rs`) is only the command line; everything else lives here so
-//! tests and benchmarks use the same code. See `DESIGN.md` in the shared folder for the map.
+//! tests and benchmarks use the same code. `docs/ARCHITECTURE.md` in the repository is the
+//! map: the crates, the modules, one request's path through the proxy phases, and how a
+//! config file becomes the snapshot the proxy runs on.
 
 pub mod admin;
 pub mod config;

@@ -1,5 +1,6 @@
-//! The `portico` command line: serve, check, routes, demo. Everything it runs lives in the
-//! library; this file only parses arguments and maps results to exit codes.
+//! The `portico` command line: serve, check, routes, demo and auth (the token service).
+//! Everything it runs lives in the libraries; this file only parses arguments and maps
+//! results to exit codes.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -31,7 +31,7 @@ use http::header::{
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use serde::Deserialize;
 
-use crate::registry::{parse_config, BuildError};
+use crate::build::{parse_config, BuildError};
 use crate::{Flow, Hooks, Plugin, PluginCtx, PluginResponse, RequestHeader, ResponseHeader};
 
 /// The registry name.
@@ -528,17 +528,19 @@ impl Plugin for Cors {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::build;
     use std::sync::Arc;
 
     const APP: &str = "https://app.example.com";
 
     fn plugin(src: &str) -> Arc<dyn Plugin> {
-        build(NAME, toml::from_str(src).expect("test TOML parses")).expect("config builds")
+        Arc::new(
+            Cors::from_config(toml::from_str(src).expect("test TOML parses"))
+                .expect("config builds"),
+        )
     }
 
     fn config_error(src: &str) -> (String, Option<String>) {
-        match build(NAME, toml::from_str(src).expect("test TOML parses")) {
+        match Cors::from_config(toml::from_str(src).expect("test TOML parses")) {
             Err(BuildError::InvalidConfig {
                 plugin,
                 message,

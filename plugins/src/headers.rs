@@ -27,7 +27,7 @@ use http::{HeaderName, HeaderValue};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 
-use crate::registry::{key_path, parse_config, BuildError};
+use crate::build::{key_path, parse_config, BuildError};
 use crate::{Hooks, Plugin, PluginCtx, RequestHeader, ResponseHeader};
 
 /// The registry name.
@@ -265,15 +265,17 @@ impl Plugin for Headers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::build;
     use std::sync::Arc;
 
     fn plugin(src: &str) -> Arc<dyn Plugin> {
-        build(NAME, toml::from_str(src).expect("test TOML parses")).expect("config builds")
+        Arc::new(
+            Headers::from_config(toml::from_str(src).expect("test TOML parses"))
+                .expect("config builds"),
+        )
     }
 
     fn config_error(src: &str) -> (String, Option<String>) {
-        match build(NAME, toml::from_str(src).expect("test TOML parses")) {
+        match Headers::from_config(toml::from_str(src).expect("test TOML parses")) {
             Err(BuildError::InvalidConfig {
                 plugin,
                 message,

@@ -1,10 +1,14 @@
 //! The `portico-plugins` crate: the [`Plugin`] trait every gateway plugin implements, the
-//! narrow per-request context plugins see, and the registry that builds the built-in plugins
-//! from their config tables.
+//! narrow per-request context plugins see, the built-in plugins, and the registry that
+//! builds them from their config tables.
 //!
 //! Plugins never see the gateway itself: the proxy hands each hook a [`PluginCtx`] and the
 //! request or response header of that phase, and the hook answers with a [`Flow`]. That keeps
 //! the call direction one way (proxy → plugins) and lets plugins be tested without a proxy.
+//!
+//! Inside the crate the imports also go one way: `registry` (names and constructors) uses
+//! the plugin modules, and they and the registry use `build` (`BuildError`, typed config
+//! parsing), which uses neither. `docs/ARCHITECTURE.md` has the recipe for a new plugin.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -14,6 +18,7 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 pub use pingora_http::{RequestHeader, ResponseHeader};
 
+mod build;
 pub mod cors;
 pub mod headers;
 pub mod jwt;
@@ -21,7 +26,8 @@ pub mod rate_limit;
 pub mod registry;
 pub mod request_id;
 
-pub use registry::{build, BuildError, BUILTIN_NAMES};
+pub use build::BuildError;
+pub use registry::{build, BUILTIN_NAMES};
 
 /// What the proxy knows about one request that plugins may read or fill in.
 ///

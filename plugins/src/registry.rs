@@ -1,14 +1,11 @@
-//! The registry of built-in plugins: one explicit `match` from a plugin name to its
-//! constructor, so a reader finds every plugin the gateway can build in one place, plus the
-//! shared config plumbing (typed deserialization and [`BuildError`] with the field path) that
-//! every constructor uses.
+//! The registry of built-in plugins: their names and one explicit `match` from a name to its
+//! constructor, so a reader finds every plugin the gateway can build in one place. It sits
+//! above the plugins; what their constructors share is in `build.rs`, below them.
 
 use std::fmt;
 use std::sync::Arc;
 
-use serde::de::DeserializeOwned;
-use serde_path_to_error::Segment;
-
+use crate::build::BuildError;
 use crate::{cors, headers, jwt, rate_limit, request_id, Plugin};
 
 /// The names [`build`] accepts, sorted, for error messages and `--help`-style listings.
@@ -34,24 +31,6 @@ pub fn build(name: &str, config: toml::Value) -> Result<Arc<dyn Plugin>, BuildEr
     Ok(plugin)
 }
 
-/// Why a plugin could not be built.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BuildError {
-    /// No built-in plugin has this name.
-    UnknownPlugin(String),
-    /// The plugin's config table is wrong.
-    InvalidConfig {
-        /// The plugin's registry name.
-        plugin: &'static str,
-        /// What is wrong, for a human.
-        message: String,
-        /// Where inside the plugin's table, when known, in TOML dotted-key syntax with list
-        /// indices in brackets: `allow_origins[1]`, `request.add."X-Bad Name"`. The gateway
-        /// uses it to point at the file and line of the offending key.
-        field: Option<String>,
-    },
-}
-
 impl fmt::Display for BuildError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -63,98 +42,10 @@ impl fmt::Display for BuildError {
             BuildError::InvalidConfig {
                 plugin,
                 message,
-                field: Some(field),
-            } => write!(f, "plugin `{plugin}`: `{field}`: {message}"),
-            BuildError::InvalidConfig {
-                plugin,
-                message,
-                field: None,
-            } => write!(f, "plugin `{plugin}`: {message}"),
+                field,
+            } => BuildError::fmt_invalid(f, plugin, field.as_deref(), message),
         }
     }
-}
-
-impl std::error::Error for BuildError {}
-
-impl BuildError {
-    /// An [`BuildError::InvalidConfig`] found by a plugin's own validation.
-    pub(crate) fn invalid(
-        plugin: &'static str,
-        field: impl Into<String>,
-        message: impl Into<String>,
-    ) -> Self {
-        BuildError::InvalidConfig {
-            plugin,
-            message: message.into(),
-            field: Some(field.into()),
-        }
-    }
-}
-
-/// Deserializes a plugin's typed config from its table, turning serde's error into an
-/// [`BuildError::InvalidConfig`] that says where in the table the problem is.
-///
-/// serde's own messages name at most the last key (`unknown field `foo``), which is ambiguous
-/// in nested tables such as `headers`' `request.add`; `serde_path_to_error` tracks the full
-/// path while deserializing, down to the unknown key itself.
-pub(crate) fn parse_config<T: DeserializeOwned>(
-    plugin: &'static str,
-    config: toml::Value,
-) -> Result<T, BuildError> {
-    serde_path_to_error::deserialize(config).map_err(|err| {
-        let mut field = String::new();
-        for segment in err.path() {
-            match segment {
-                Segment::Seq { index } => {
-                    field.push('[');
-                    field.push_str(&index.to_string());
-                    field.push(']');
-                }
-                Segment::Map { key } | Segment::Enum { variant: key } => push_key(&mut field, key),
-                // The rest of the path is unknown; what we have still narrows it down.
-                Segment::Unknown => break,
-            }
-        }
-        let message = err.into_inner().message().trim_end().to_owned();
-        BuildError::InvalidConfig {
-            plugin,
-            message,
-            field: (!field.is_empty()).then_some(field),
-        }
-    })
-}
-
-/// Appends `key` to a field path as TOML would spell it: bare when it can be, quoted
-/// otherwise (header names in `headers` may hold any character).
-pub(crate) fn push_key(path: &mut String, key: &str) {
-    if !path.is_empty() {
-        path.push('.');
-    }
-    let bare = !key.is_empty()
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if bare {
-        path.push_str(key);
-    } else {
-        path.push('"');
-        for c in key.chars() {
-            match c {
-                '"' => path.push_str("\\\""),
-                '\\' => path.push_str("\\\\"),
-                c if c.is_control() => path.push_str(&format!("\\u{:04X}", c as u32)),
-                c => path.push(c),
-            }
-        }
-        path.push('"');
-    }
-}
-
-/// A field path `prefix.key` (see [`push_key`]).
-pub(crate) fn key_path(prefix: &str, key: &str) -> String {
-    let mut path = prefix.to_owned();
-    push_key(&mut path, key);
-    path
 }
 
 #[cfg(test)]
@@ -246,14 +137,5 @@ mod tests {
                 ..
             }
         ));
-    }
-
-    #[test]
-    fn keys_are_quoted_only_when_needed() {
-        assert_eq!(key_path("request.add", "X-Foo_1"), "request.add.X-Foo_1");
-        assert_eq!(key_path("request.add", "X Foo"), "request.add.\"X Foo\"");
-        assert_eq!(key_path("", "a\"b\\c"), "\"a\\\"b\\\\c\"");
-        assert_eq!(key_path("", "a\nb"), "\"a\\u000Ab\"");
-        assert_eq!(key_path("", ""), "\"\"");
     }
 }

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use serde::Deserialize;
 
-use crate::registry::{parse_config, BuildError};
+use crate::build::{parse_config, BuildError};
 use crate::{Flow, Hooks, Plugin, PluginCtx, RequestHeader, ResponseHeader};
 
 /// The registry name.
@@ -174,11 +174,13 @@ fn generate_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::build;
     use std::sync::Arc;
 
     fn plugin(src: &str) -> Arc<dyn Plugin> {
-        build(NAME, toml::from_str(src).expect("test TOML parses")).expect("config builds")
+        Arc::new(
+            RequestId::from_config(toml::from_str(src).expect("test TOML parses"))
+                .expect("config builds"),
+        )
     }
 
     fn request(id: Option<&str>) -> RequestHeader {
@@ -357,9 +359,8 @@ mod tests {
 
     #[test]
     fn bad_header_name_is_invalid_config() {
-        let err = build(NAME, toml::from_str("header = \"X Request\"").unwrap())
-            .err()
-            .expect("bad header fails");
+        let err = RequestId::from_config(toml::from_str("header = \"X Request\"").unwrap())
+            .expect_err("bad header fails");
         match err {
             BuildError::InvalidConfig {
                 plugin,

@@ -1,7 +1,10 @@
 //! The Pingora `ProxyHttp` implementation. Each phase hook only calls into the modules
-//! that own the work — `router` for matching and version selection, `portico_plugins` for
-//! the plugin chain, `upstream` for breakers, bulkheads, endpoint selection and outlier
-//! bookkeeping, `observe` for metrics and logs — and keeps per-request state in [`Ctx`].
+//! that own the work — `headers` for cleaning the client's request and the forwarding
+//! headers, `router` for matching and version selection, `portico_plugins` for the plugin
+//! chain, `upstream` for breakers, bulkheads, endpoint selection and outlier bookkeeping,
+//! `retry` for retry decisions, `observe` for metrics, logs and spans — and keeps
+//! per-request state in [`Ctx`], which holds the request's [`Snapshot`] from `new_ctx` to
+//! `logging`. `docs/ARCHITECTURE.md` walks through the hooks in order.
 
 pub mod error;
 mod headers;

@@ -1,6 +1,7 @@
 //! The running gateway's state: the current [`Snapshot`] of runtime objects behind an
-//! `ArcSwap` (one pointer load per request, one pointer swap per reload), readiness, and
-//! building a snapshot from a validated config.
+//! `ArcSwap` (one pointer load per request, one pointer swap per reload), readiness,
+//! building a snapshot from a validated config, and [`reload`], which builds the next one
+//! beside the running one and swaps it in.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -118,8 +119,9 @@ pub enum Rewrite {
     },
 }
 
-/// A route's plugins (globals first), split by hook so each phase walks only the plugins
-/// that take part in it.
+/// One chain of plugins in config order — a route's own, or the global `[[plugins]]`
+/// (kept apart in [`Snapshot::global_plugins`], which the proxy runs for every request) —
+/// split by hook so each phase walks only the plugins that take part in it.
 #[derive(Default)]
 pub struct PluginChain {
     pub names: Vec<&'static str>,

@@ -2,8 +2,9 @@
 //! ejection, in-flight count), load balancing over the available ones, and the peer
 //! settings (timeouts, TLS) Pingora connects with.
 //!
-//! Everything the proxy touches per request is an atomic: selecting an endpoint or
-//! recording its outcome never takes a lock.
+//! Endpoint state is atomics: selecting an endpoint and recording its outcome take no lock
+//! of their own. Only a configured endpoint breaker adds one, a short mutex to count the
+//! outcome (see [`breaker`]), never held across an await.
 
 pub mod breaker;
 pub mod budget;

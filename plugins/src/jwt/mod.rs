@@ -120,7 +120,7 @@ use self::introspect::{Answer, FlightGuard, Introspection};
 use self::keys::{KeyKind, KeySet, RemoteKeys, VerifyKey};
 use self::revocation::{Revocation, RevocationList};
 use self::token::*;
-use crate::registry::{parse_config, BuildError};
+use crate::build::{parse_config, BuildError};
 use crate::{Flow, Hooks, Identity, Plugin, PluginCtx, PluginResponse, RequestHeader};
 
 /// The registry name.
@@ -422,7 +422,7 @@ impl Jwt {
         }
         let mut claims = Vec::with_capacity(config.claims.len());
         for (name, value) in &config.claims {
-            let field = crate::registry::key_path("claims", name);
+            let field = crate::build::key_path("claims", name);
             let values = match value {
                 toml::Value::Array(items) if !items.is_empty() => items.iter().collect(),
                 toml::Value::Array(_) => {

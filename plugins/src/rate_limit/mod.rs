@@ -73,7 +73,7 @@ use sha2::{Digest, Sha256};
 
 use self::cluster::{Failure, RedisLimiter, BREAKER_COOLDOWN};
 use self::local::{Clock, Decision, Gcra, LocalStore};
-use crate::registry::{parse_config, BuildError};
+use crate::build::{parse_config, BuildError};
 use crate::{Flow, Hooks, Plugin, PluginCtx, PluginResponse, RequestHeader, ResponseHeader};
 
 /// The registry name.
