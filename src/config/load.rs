@@ -10,15 +10,7 @@ pub use portico_common::config_error::{location_of, ConfigError, ConfigErrors, L
 
 /// Reads, parses and validates a config file.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
-    let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigError {
-            file: name.clone(),
-            location: None,
-            field: String::new(),
-            message: format!("cannot read config file: {e}"),
-        }])
-    })?;
+    let (name, text) = portico_common::config_error::read_config_file(path)?;
     load_str(&name, &text)
 }
 

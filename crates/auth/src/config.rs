@@ -271,15 +271,7 @@ fn expand_env(text: &str) -> Result<String, String> {
 
 /// Reads and validates an auth config file.
 pub fn load_file(path: &Path) -> Result<AuthConfig, ConfigErrors> {
-    let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigError {
-            file: name.clone(),
-            location: None,
-            field: String::new(),
-            message: format!("cannot read config file: {e}"),
-        }])
-    })?;
+    let (name, text) = portico_common::config_error::read_config_file(path)?;
     let mut config = load_str(&name, &text)?;
     let dir = path.parent().unwrap_or(Path::new("."));
     config.base_dir = if dir.as_os_str().is_empty() {

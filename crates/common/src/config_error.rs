@@ -66,3 +66,18 @@ pub fn location_of(text: &str, offset: usize) -> Location {
         + 1;
     Location { line, column }
 }
+
+/// Reads a config file whole, or says why not as the file's one problem. Returns the name
+/// to report problems under (the path as given) and the text.
+pub fn read_config_file(path: &std::path::Path) -> Result<(String, String), ConfigErrors> {
+    let name = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok((name, text)),
+        Err(e) => Err(ConfigErrors(vec![ConfigError {
+            file: name,
+            location: None,
+            field: String::new(),
+            message: format!("cannot read config file: {e}"),
+        }])),
+    }
+}
