@@ -2,13 +2,13 @@
 //! rotate-secret against a running service, located config errors, and serving until
 //! SIGTERM.
 
-mod auth_support;
+mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use auth_support::*;
+use common::token_service::*;
 
 fn write_config(dir: &std::path::Path, extra: &str) -> String {
     let file = dir.join("auth.toml");

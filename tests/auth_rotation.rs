@@ -4,14 +4,14 @@
 //! or the automatic schedule. Also: the old key stays published until its tokens expired,
 //! then leaves the JWKS.
 
-mod auth_support;
+mod common;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use auth_support::*;
+use common::token_service::*;
 
 const ISSUER: &str = "https://auth.portico.test";
 

@@ -3,9 +3,9 @@
 //! the JWT's header and claims checked against the JWKS, introspection, revocation,
 //! failed-authentication limiting, metadata and metrics, and each signing algorithm.
 
-mod auth_support;
+mod common;
 
-use auth_support::*;
+use common::token_service::{self, *};
 use serde_json::Value;
 
 const ISSUER: &str = "https://auth.portico.test";
@@ -441,7 +441,7 @@ async fn introspection_and_revocation() {
     assert_eq!(status, 200);
 
     // Removing a client makes its tokens inactive too.
-    let t2 = auth_support::token(&http, &base, "service-a", &a, &[]).await;
+    let t2 = token_service::token(&http, &base, "service-a", &a, &[]).await;
     assert!(svc.service.store.delete_client("service-a").await.unwrap());
     let (_, _, body) = post_basic(&http, &introspect, "gateway", &gw, &[("token", &t2)]).await;
     assert_eq!(body["active"], false);

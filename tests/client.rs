@@ -12,7 +12,6 @@
 //! plugin registry has it; without it, the gateway parts run on open routes and the
 //! tests that need the gateway to refuse a token say so and skip only that part.
 
-mod auth_support;
 mod common;
 
 use std::collections::VecDeque;
@@ -34,6 +33,7 @@ use portico::client::{
 };
 use tokio::task::{JoinHandle, JoinSet};
 
+use common::token_service;
 use common::{bounded, free_addr, Gateway, Upstream};
 
 const ISSUER: &str = "https://auth.portico.test";
@@ -51,17 +51,17 @@ fn jwt_available() -> bool {
 /// A real token service with client `service-a` (audience `portico`) and tokens of
 /// `lifetime`. Its SQLite database is in `dir`; a second service started on the same
 /// `dir` is a replica sharing clients and keys (but not the issuer name).
-async fn token_service(
+async fn start_token_service(
     dir: &std::path::Path,
     issuer: &str,
     lifetime: &str,
 ) -> portico::auth::Running {
-    let config = auth_support::config(
+    let config = token_service::config(
         dir,
         &format!("issuer = \"{issuer}\""),
         &format!("[tokens]\nlifetime = \"{lifetime}\"\n"),
     );
-    auth_support::start(&config).await
+    token_service::start(&config).await
 }
 
 struct Auth {
@@ -73,9 +73,9 @@ struct Auth {
 impl Auth {
     async fn start(lifetime: &str) -> Auth {
         let dir = tempfile::tempdir().unwrap();
-        let service = token_service(dir.path(), ISSUER, lifetime).await;
+        let service = start_token_service(dir.path(), ISSUER, lifetime).await;
         let secret =
-            auth_support::add_client(&service, CLIENT_ID, "orders:read orders:write", "portico")
+            token_service::add_client(&service, CLIENT_ID, "orders:read orders:write", "portico")
                 .await;
         Auth {
             dir,
@@ -85,7 +85,7 @@ impl Auth {
     }
 
     fn base(&self) -> String {
-        auth_support::base(&self.service)
+        token_service::base(&self.service)
     }
 
     /// The `[[routes.plugins]]` tables that protect a route with this service's tokens,
@@ -482,8 +482,8 @@ async fn tokens_are_renewed_before_they_expire() {
             .build()
             .unwrap();
         // A token nobody renews, for contrast: the gateway refuses it once it expires.
-        let http = auth_support::http();
-        let stale = auth_support::token(&http, &auth.base(), CLIENT_ID, &auth.secret, &[]).await;
+        let http = token_service::http();
+        let stale = token_service::token(&http, &auth.base(), CLIENT_ID, &auth.secret, &[]).await;
 
         let start = Instant::now();
         let mut calls = 0;
@@ -535,8 +535,8 @@ async fn a_refused_token_is_replaced_once_and_the_call_replayed() {
         let auth = Auth::start("10m").await;
         // A replica on the same database, so it knows service-a's secret, but with an
         // issuer the gateway does not trust: its tokens are refused as invalid_token.
-        let rogue = token_service(auth.dir.path(), ROGUE_ISSUER, "10m").await;
-        let rogue_base = auth_support::base(&rogue);
+        let rogue = start_token_service(auth.dir.path(), ROGUE_ISSUER, "10m").await;
+        let rogue_base = token_service::base(&rogue);
         let proxy = TokenProxy::start(auth.base(), Duration::ZERO).await;
         let up = Upstream::start("orders").await;
         let gw = gateway(up.addr, &auth.jwt_plugin()).await;

@@ -7,7 +7,6 @@
 //! With portico's real token service: a revoked token is refused by the gateway within the
 //! revocation list's refresh, and opaque-token introspection goes through it.
 
-mod auth_support;
 mod common;
 
 use std::path::Path;
@@ -19,6 +18,7 @@ use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{json, Value};
 
+use common::token_service;
 use common::*;
 
 const ISS: &str = "https://auth.portico.test";
@@ -1021,24 +1021,24 @@ const SERVICE_ISSUER: &str = "https://auth.portico.test";
 /// The real token service (SQLite in a temp dir) with client `service-a` (audience
 /// `portico`) and `gateway`, the gateway's own credentials for the revocation list and
 /// introspection. Returns the service, its temp dir and the two secrets.
-async fn token_service() -> (portico::auth::Running, tempfile::TempDir, String, String) {
+async fn start_token_service() -> (portico::auth::Running, tempfile::TempDir, String, String) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = auth_support::config(
+    let config = token_service::config(
         dir.path(),
         &format!("issuer = \"{SERVICE_ISSUER}\""),
         "[tokens]\nlifetime = \"10m\"\n",
     );
-    let service = auth_support::start(&config).await;
-    let a = auth_support::add_client(&service, "service-a", "orders:read", "portico").await;
-    let gw = auth_support::add_client(&service, "gateway", "", "portico").await;
+    let service = token_service::start(&config).await;
+    let a = token_service::add_client(&service, "service-a", "orders:read", "portico").await;
+    let gw = token_service::add_client(&service, "gateway", "", "portico").await;
     (service, dir, a, gw)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_revoked_at_the_token_service_is_refused_within_the_refresh() {
     bounded(async {
-        let (service, _dir, a, gw) = token_service().await;
-        let base = auth_support::base(&service);
+        let (service, _dir, a, gw) = start_token_service().await;
+        let base = token_service::base(&service);
         let up = Upstream::start("a").await;
         let gateway = Gateway::start(&format!(
             r#"
@@ -1071,9 +1071,9 @@ endpoints = {}
             gw: gateway,
             _keys: tempfile::tempdir().unwrap(),
         };
-        let http = auth_support::http();
-        let token = auth_support::token(&http, &base, "service-a", &a, &[]).await;
-        let other = auth_support::token(&http, &base, "service-a", &a, &[]).await;
+        let http = token_service::http();
+        let token = token_service::token(&http, &base, "service-a", &a, &[]).await;
+        let other = token_service::token(&http, &base, "service-a", &a, &[]).await;
         let (auth, other_auth) = (bearer(&token), bearer(&other));
 
         // Valid and not revoked: through, twice (the second from the verified-token cache).
@@ -1094,7 +1094,7 @@ endpoints = {}
         )
         .await;
 
-        let (status, _, _) = auth_support::post_basic(
+        let (status, _, _) = token_service::post_basic(
             &http,
             &format!("{base}/oauth2/revoke"),
             "service-a",
@@ -1155,8 +1155,8 @@ endpoints = {}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opaque_tokens_are_introspected_at_the_token_service() {
     bounded(async {
-        let (service, _dir, a, gw) = token_service().await;
-        let base = auth_support::base(&service);
+        let (service, _dir, a, gw) = start_token_service().await;
+        let base = token_service::base(&service);
         let up = Upstream::start("a").await;
         // Introspection only: every token, JWT or not, is asked about.
         let gateway = Gateway::start(&format!(
@@ -1189,8 +1189,8 @@ endpoints = {}
             gw: gateway,
             _keys: tempfile::tempdir().unwrap(),
         };
-        let http = auth_support::http();
-        let token = auth_support::token(&http, &base, "service-a", &a, &[]).await;
+        let http = token_service::http();
+        let token = token_service::token(&http, &base, "service-a", &a, &[]).await;
         let auth = bearer(&token);
         let seen = admitted(
             &setup,
@@ -1210,7 +1210,7 @@ endpoints = {}
             )],
         )
         .await;
-        let (status, _, _) = auth_support::post_basic(
+        let (status, _, _) = token_service::post_basic(
             &http,
             &format!("{base}/oauth2/revoke"),
             "service-a",

@@ -8,7 +8,6 @@
 //! Without a `prometheus` binary on PATH the test says SKIP loudly and passes, except
 //! under `CI=true`, where `.ci/run` installs it and its absence is a failure.
 
-mod auth_support;
 mod common;
 
 use std::net::SocketAddr;
@@ -18,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::token_service;
 use common::*;
 use serde_json::Value;
 
@@ -224,13 +224,13 @@ async fn prometheus_scrapes_the_gateway_and_every_dashboard_query_and_rule_works
         // The token service, in this process, with one client that gets a token and one
         // refused attempt, so the portico_auth_* series exist.
         let auth_dir = tempfile::tempdir().expect("temp dir");
-        let auth_cfg = auth_support::config(auth_dir.path(), "", "");
-        let auth = auth_support::start(&auth_cfg).await;
-        let secret = auth_support::add_client(&auth, "service-a", "orders:read", "portico").await;
-        let auth_base = auth_support::base(&auth);
-        let http = auth_support::http();
-        auth_support::token(&http, &auth_base, "service-a", &secret, &[]).await;
-        let (status, _, _) = auth_support::post_basic(
+        let auth_cfg = token_service::config(auth_dir.path(), "", "");
+        let auth = token_service::start(&auth_cfg).await;
+        let secret = token_service::add_client(&auth, "service-a", "orders:read", "portico").await;
+        let auth_base = token_service::base(&auth);
+        let http = token_service::http();
+        token_service::token(&http, &auth_base, "service-a", &secret, &[]).await;
+        let (status, _, _) = token_service::post_basic(
             &http,
             &format!("{auth_base}/oauth2/token"),
             "service-a",
