@@ -244,38 +244,35 @@ async fn prometheus_scrapes_the_gateway_and_every_dashboard_query_and_rule_works
         // after 3 failures and stays open), a bulkhead and endpoint breakers for the gauges.
         let ok = Upstream::start("ok").await;
         let failing = Upstream::with_status("failing", 503).await;
-        let gw = Gateway::builder(&format!(
-            r#"[[routes]]
+        let gw = Gateway::config()
+            .toml(
+                r#"[[routes]]
 id = "orders"
 path = "/orders"
-versioning = {{ default = "2" }}
+versioning = { default = "2" }
 versions = [
-  {{ name = "1", cluster = "orders-v1" }},
-  {{ name = "2", cluster = "orders-v2" }},
-]
-
-[[routes]]
-id = "failing"
-path = "/failing"
-cluster = "failing"
-retry = {{ attempts = 2, on = ["503"], backoff_base = "1ms", backoff_cap = "1ms" }}
-
-[clusters.orders-v1]
-endpoints = {ok}
-
-[clusters.orders-v2]
-endpoints = {ok}
-bulkhead = {{ max_concurrent = 16 }}
-endpoint_breaker = {{ consecutive_failures = 5 }}
-
-[clusters.failing]
-endpoints = {failing}
-outlier = {{ consecutive_5xx = 0 }}
-breaker = {{ consecutive_failures = 3, open_for = "60s", max_open = "60s" }}
-"#,
-            ok = endpoints(&[&ok]),
-            failing = endpoints(&[&failing]),
-        ))
+  { name = "1", cluster = "orders-v1" },
+  { name = "2", cluster = "orders-v2" },
+]"#,
+            )
+            .route_with(
+                "failing",
+                "/failing",
+                "failing",
+                r#"retry = { attempts = 2, on = ["503"], backoff_base = "1ms", backoff_cap = "1ms" }"#,
+            )
+            .cluster("orders-v1", &[&ok])
+            .cluster_with(
+                "orders-v2",
+                &[&ok],
+                "bulkhead = { max_concurrent = 16 }\nendpoint_breaker = { consecutive_failures = 5 }",
+            )
+            .cluster_with(
+                "failing",
+                &[&failing],
+                r#"outlier = { consecutive_5xx = 0 }
+breaker = { consecutive_failures = 3, open_for = "60s", max_open = "60s" }"#,
+            )
         .no_access_log()
         .start()
         .await;
