@@ -19,7 +19,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{endpoints, percentile, Gateway, Upstream};
+use common::{percentile, ConfigText, Gateway, Upstream};
 
 const REQUESTS: usize = 2_000;
 const TASKS: usize = 16;
@@ -66,24 +66,13 @@ async fn round(config: &Config) -> (Vec<Sample>, Duration) {
     let mut b = Upstream::start("b").await;
     a.set_delay(SERVICE_TIME);
     b.set_delay(SERVICE_TIME);
-    let gw = Gateway::builder(&format!(
-        r#"
-[[routes]]
-id = "r"
-path = "/"
-cluster = "c"
-{}
-
-[clusters.c]
-endpoints = {}
-"#,
-        config.retry,
-        endpoints(&[&a, &b])
-    ))
-    .threads(1)
-    .no_access_log()
-    .start()
-    .await;
+    let gw = Gateway::config()
+        .route_with("r", "/", "c", config.retry)
+        .cluster("c", &[&a, &b])
+        .threads(1)
+        .no_access_log()
+        .start()
+        .await;
 
     // Clients are built before the clock starts: building one blocks its thread.
     let clients: Vec<reqwest::Client> = (0..TASKS)

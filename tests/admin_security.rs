@@ -20,13 +20,12 @@ fn raw_admin(method: &str, path: &str, host: Option<&str>) -> String {
 async fn the_admin_api_refuses_hosts_it_does_not_serve() {
     bounded(async {
         let up = Upstream::start("a").await;
-        let gw = Gateway::builder(&format!(
-            "[[routes]]\nid = \"all\"\npath = \"/\"\ncluster = \"c\"\n\n[clusters.c]\nendpoints = {}\n",
-            endpoints(&[&up])
-        ))
-        .admin("allowed_hosts = [\"admin.internal\"]")
-        .start()
-        .await;
+        let gw = Gateway::config()
+            .route("all", "/", "c")
+            .cluster("c", &[&up])
+            .admin("allowed_hosts = [\"admin.internal\"]")
+            .start()
+            .await;
         let port = gw.admin.port();
         let version = gw.admin_json("/admin/config").await["version"].clone();
 
@@ -98,29 +97,27 @@ async fn the_admin_api_refuses_hosts_it_does_not_serve() {
 async fn admin_config_hides_header_secrets_and_url_passwords() {
     bounded(async {
         let up = Upstream::start("a").await;
-        let gw = Gateway::start(&format!(
-            r#"[tracing]
+        let otlp_port = free_addr().port();
+        let gw = Gateway::config()
+            .toml(&format!(
+                r#"[tracing]
 otlp_endpoint = "http://otel:pw-s3cret@127.0.0.1:{otlp_port}/v1/traces"
 sample_ratio = 0.0
 service_name = "visible-service"
-headers = {{ "x-tenant" = "tenant-s3cret" }}
-
-[[routes]]
-id = "all"
-path = "/"
-cluster = "c"
-
+headers = {{ "x-tenant" = "tenant-s3cret" }}"#
+            ))
+            .route_with(
+                "all",
+                "/",
+                "c",
+                r#"
 [[routes.plugins]]
 name = "headers"
-request.set = {{ "Authorization" = "Bearer auth-s3cret", "X-Api-Key" = "key-s3cret", "Cookie" = "session=cookie-s3cret", "X-Callback" = "https://hook:url-s3cret@hooks.example/cb", "X-Plain" = "plain-s3cret" }}
-response.set = {{ "X-Served-By" = "edge-1" }}
-
-[clusters.c]
-endpoints = {}
-"#,
-            endpoints(&[&up]),
-            otlp_port = free_addr().port(),
-        ))
+request.set = { "Authorization" = "Bearer auth-s3cret", "X-Api-Key" = "key-s3cret", "Cookie" = "session=cookie-s3cret", "X-Callback" = "https://hook:url-s3cret@hooks.example/cb", "X-Plain" = "plain-s3cret" }
+response.set = { "X-Served-By" = "edge-1" }"#,
+            )
+            .cluster("c", &[&up])
+            .start()
         .await;
 
         // The upstream gets the real values: nothing changes for proxied requests.

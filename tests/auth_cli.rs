@@ -2,13 +2,14 @@
 //! rotate-secret against a running service, located config errors, and serving until
 //! SIGTERM.
 
-mod auth_support;
+mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use auth_support::*;
+use common::get_json;
+use common::token_service::*;
 
 fn write_config(dir: &std::path::Path, extra: &str) -> String {
     let file = dir.join("auth.toml");
@@ -213,23 +214,13 @@ async fn serves_until_sigterm() {
 
     let http = http();
     let base = format!("http://127.0.0.1:{port}");
-    let meta: serde_json::Value = http
-        .get(format!("{base}/.well-known/oauth-authorization-server"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let meta: serde_json::Value = get_json(
+        &http,
+        &format!("{base}/.well-known/oauth-authorization-server"),
+    )
+    .await;
     assert_eq!(meta["issuer"], base);
-    let keys: serde_json::Value = http
-        .get(format!("{base}/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let keys: serde_json::Value = get_json(&http, &format!("{base}/.well-known/jwks.json")).await;
     assert_eq!(keys["keys"].as_array().unwrap().len(), 1);
 
     // A client added from another process works against the running service.

@@ -4,11 +4,11 @@
 //! one is published and then used by both; the CLI works against the same database.
 //! Without a server the test says SKIP loudly, except under `CI=true`, where it fails.
 
-mod auth_support;
+mod common;
 
 use std::time::Duration;
 
-use auth_support::*;
+use common::token_service::{self, *};
 
 const ISSUER: &str = "https://auth.portico.test";
 
@@ -192,7 +192,7 @@ async fn replicas_share_clients_keys_and_revocations_on_postgres() {
     }
     tokio::time::sleep(Duration::from_millis(2100)).await;
     for base in [&base_a, &base_b] {
-        let t = auth_support::token(&http, base, "service-a", &secret, &[]).await;
+        let t = token_service::token(&http, base, "service-a", &secret, &[]).await;
         assert_eq!(
             jsonwebtoken::decode_header(&t).unwrap().kid.unwrap(),
             new_kid
@@ -212,7 +212,7 @@ async fn replicas_share_clients_keys_and_revocations_on_postgres() {
     ]);
     assert_eq!(code, 0);
     let c_secret = kv(&out)["client_secret"].clone();
-    auth_support::token(&http, &base_a, "svc-c", &c_secret, &[]).await;
+    token_service::token(&http, &base_a, "svc-c", &c_secret, &[]).await;
     let (code, out, _) = portico(&["auth", "-c", file, "clients", "list"]);
     assert_eq!(code, 0);
     assert!(out.contains("service-a") && out.contains("svc-c") && out.contains("gateway"));

@@ -4,14 +4,15 @@
 //! or the automatic schedule. Also: the old key stays published until its tokens expired,
 //! then leaves the JWKS.
 
-mod auth_support;
+mod common;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use auth_support::*;
+use common::get_json;
+use common::token_service::*;
 
 const ISSUER: &str = "https://auth.portico.test";
 
@@ -68,14 +69,7 @@ fn worker(
                     continue;
                 }
             };
-            let (status, _, body) = post_basic(
-                &http,
-                &format!("{base}/oauth2/token"),
-                "svc",
-                &secret,
-                &[("grant_type", "client_credentials")],
-            )
-            .await;
+            let (status, _, body) = client_credentials(&http, &base, "svc", &secret).await;
             if status != 200 {
                 failures.push(format!("token: {status} {body}"));
                 continue;
@@ -94,14 +88,7 @@ fn worker(
 }
 
 async fn published(base: &str) -> BTreeSet<String> {
-    let jwks: serde_json::Value = http()
-        .get(format!("{base}/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks: serde_json::Value = get_json(&http(), &format!("{base}/.well-known/jwks.json")).await;
     jwks["keys"]
         .as_array()
         .unwrap()

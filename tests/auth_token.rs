@@ -3,9 +3,10 @@
 //! the JWT's header and claims checked against the JWKS, introspection, revocation,
 //! failed-authentication limiting, metadata and metrics, and each signing algorithm.
 
-mod auth_support;
+mod common;
 
-use auth_support::*;
+use common::get_json;
+use common::token_service::{self, *};
 use serde_json::Value;
 
 const ISSUER: &str = "https://auth.portico.test";
@@ -31,14 +32,7 @@ async fn client_credentials_basic_and_post_issue_rfc9068_tokens() {
     let http = http();
 
     // client_secret_basic
-    let (status, headers, body) = post_basic(
-        &http,
-        &format!("{base}/oauth2/token"),
-        "service-a",
-        &secret,
-        &[("grant_type", "client_credentials")],
-    )
-    .await;
+    let (status, headers, body) = client_credentials(&http, &base, "service-a", &secret).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(headers["cache-control"], "no-store");
     assert_eq!(headers["pragma"], "no-cache");
@@ -91,14 +85,7 @@ async fn client_credentials_basic_and_post_issue_rfc9068_tokens() {
     assert_ne!(claims["jti"], claims2["jti"]);
 
     // The JWKS entries carry kid, alg and use.
-    let jwks: Value = http
-        .get(format!("{base}/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks: Value = get_json(&http, &format!("{base}/.well-known/jwks.json")).await;
     let key = &jwks["keys"][0];
     assert_eq!(key["kid"].as_str(), header.kid.as_deref());
     assert_eq!(key["alg"], "ES256");
@@ -107,14 +94,11 @@ async fn client_credentials_basic_and_post_issue_rfc9068_tokens() {
     assert!(key.get("d").is_none(), "no private part is published");
 
     // RFC 8414 metadata
-    let meta: Value = http
-        .get(format!("{base}/.well-known/oauth-authorization-server"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let meta: Value = get_json(
+        &http,
+        &format!("{base}/.well-known/oauth-authorization-server"),
+    )
+    .await;
     assert_eq!(meta["issuer"], ISSUER);
     assert_eq!(meta["token_endpoint"], format!("{ISSUER}/oauth2/token"));
     assert_eq!(meta["jwks_uri"], format!("{ISSUER}/.well-known/jwks.json"));
@@ -441,7 +425,7 @@ async fn introspection_and_revocation() {
     assert_eq!(status, 200);
 
     // Removing a client makes its tokens inactive too.
-    let t2 = auth_support::token(&http, &base, "service-a", &a, &[]).await;
+    let t2 = token_service::token(&http, &base, "service-a", &a, &[]).await;
     assert!(svc.service.store.delete_client("service-a").await.unwrap());
     let (_, _, body) = post_basic(&http, &introspect, "gateway", &gw, &[("token", &t2)]).await;
     assert_eq!(body["active"], false);
@@ -577,14 +561,7 @@ async fn eddsa_and_rs256_tokens_verify_against_the_jwks() {
         let base = base(&svc);
         let secret = add_client(&svc, "svc", "s", "portico").await;
         let http = http();
-        let (status, _, body) = post_basic(
-            &http,
-            &format!("{base}/oauth2/token"),
-            "svc",
-            &secret,
-            &[("grant_type", "client_credentials")],
-        )
-        .await;
+        let (status, _, body) = client_credentials(&http, &base, "svc", &secret).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["expires_in"], 90);
         let (header, _) = verify(
@@ -597,14 +574,7 @@ async fn eddsa_and_rs256_tokens_verify_against_the_jwks() {
         .await
         .unwrap();
         assert_eq!(format!("{:?}", header.alg), alg);
-        let jwks: Value = http
-            .get(format!("{base}/.well-known/jwks.json"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let jwks: Value = get_json(&http, &format!("{base}/.well-known/jwks.json")).await;
         assert_eq!(jwks["keys"][0]["kty"], kty);
         svc.stop().await;
     }

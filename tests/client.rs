@@ -12,11 +12,9 @@
 //! plugin registry has it; without it, the gateway parts run on open routes and the
 //! tests that need the gateway to refuse a token say so and skip only that part.
 
-mod auth_support;
 mod common;
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,16 +23,13 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use portico::client::{
     BreakerConfig, BreakerState, Client, Error, RefreshPolicy, RetryPolicy, Versioning,
 };
-use tokio::task::{JoinHandle, JoinSet};
 
-use common::{bounded, free_addr, Gateway, Upstream};
+use common::token_service;
+use common::{bounded, free_addr, ConfigText, Gateway, HttpServer, Upstream};
 
 const ISSUER: &str = "https://auth.portico.test";
 const ROGUE_ISSUER: &str = "https://rogue.portico.test";
@@ -51,17 +46,17 @@ fn jwt_available() -> bool {
 /// A real token service with client `service-a` (audience `portico`) and tokens of
 /// `lifetime`. Its SQLite database is in `dir`; a second service started on the same
 /// `dir` is a replica sharing clients and keys (but not the issuer name).
-async fn token_service(
+async fn start_token_service(
     dir: &std::path::Path,
     issuer: &str,
     lifetime: &str,
 ) -> portico::auth::Running {
-    let config = auth_support::config(
+    let config = token_service::config(
         dir,
         &format!("issuer = \"{issuer}\""),
         &format!("[tokens]\nlifetime = \"{lifetime}\"\n"),
     );
-    auth_support::start(&config).await
+    token_service::start(&config).await
 }
 
 struct Auth {
@@ -73,9 +68,9 @@ struct Auth {
 impl Auth {
     async fn start(lifetime: &str) -> Auth {
         let dir = tempfile::tempdir().unwrap();
-        let service = token_service(dir.path(), ISSUER, lifetime).await;
+        let service = start_token_service(dir.path(), ISSUER, lifetime).await;
         let secret =
-            auth_support::add_client(&service, CLIENT_ID, "orders:read orders:write", "portico")
+            token_service::add_client(&service, CLIENT_ID, "orders:read orders:write", "portico")
                 .await;
         Auth {
             dir,
@@ -85,7 +80,7 @@ impl Auth {
     }
 
     fn base(&self) -> String {
-        auth_support::base(&self.service)
+        token_service::base(&self.service)
     }
 
     /// The `[[routes.plugins]]` tables that protect a route with this service's tokens,
@@ -119,49 +114,30 @@ struct TokenProxy {
     addr: SocketAddr,
     hits: Arc<AtomicUsize>,
     queue: Arc<Mutex<VecDeque<String>>>,
-    task: JoinHandle<()>,
+    _server: HttpServer,
 }
 
 impl TokenProxy {
     async fn start(default_backend: String, delay: Duration) -> TokenProxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
         let queue: Arc<Mutex<VecDeque<String>>> = Arc::default();
         let http = reqwest::Client::builder().no_proxy().build().unwrap();
         let (h, q) = (hits.clone(), queue.clone());
-        let task = tokio::spawn(async move {
-            let mut connections = JoinSet::new();
-            loop {
-                tokio::select! {
-                    accepted = listener.accept() => {
-                        let Ok((stream, _)) = accepted else { continue };
-                        let (h, q, http, default_backend) =
-                            (h.clone(), q.clone(), http.clone(), default_backend.clone());
-                        connections.spawn(async move {
-                            let service = service_fn(move |req: Request<Incoming>| {
-                                let (h, q, http, default_backend) =
-                                    (h.clone(), q.clone(), http.clone(), default_backend.clone());
-                                async move {
-                                    h.fetch_add(1, Ordering::SeqCst);
-                                    let backend = q.lock().unwrap().pop_front().unwrap_or(default_backend);
-                                    Ok::<_, Infallible>(forward(&http, &backend, req, delay).await)
-                                }
-                            });
-                            let _ = http1::Builder::new()
-                                .serve_connection(TokioIo::new(stream), service)
-                                .await;
-                        });
-                    }
-                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
-                }
+        let server = HttpServer::start(move |req: Request<Incoming>| {
+            let (h, q, http, default_backend) =
+                (h.clone(), q.clone(), http.clone(), default_backend.clone());
+            async move {
+                h.fetch_add(1, Ordering::SeqCst);
+                let backend = q.lock().unwrap().pop_front().unwrap_or(default_backend);
+                forward(&http, &backend, req, delay).await
             }
-        });
+        })
+        .await;
         TokenProxy {
-            addr,
+            addr: server.addr,
             hits,
             queue,
-            task,
+            _server: server,
         }
     }
 
@@ -176,12 +152,6 @@ impl TokenProxy {
     /// The next token request goes to `backend` instead of the default.
     fn then(&self, backend: String) {
         self.queue.lock().unwrap().push_back(backend);
-    }
-}
-
-impl Drop for TokenProxy {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
@@ -266,35 +236,20 @@ struct ScriptState {
 struct Scripted {
     addr: SocketAddr,
     state: Arc<ScriptState>,
-    task: JoinHandle<()>,
+    _server: HttpServer,
 }
 
 impl Scripted {
     async fn start(script: Vec<Reply>) -> Scripted {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let state = Arc::new(ScriptState::default());
         state.script.lock().unwrap().extend(script);
         let shared = state.clone();
-        let task = tokio::spawn(async move {
-            let mut connections = JoinSet::new();
-            loop {
-                tokio::select! {
-                    accepted = listener.accept() => {
-                        let Ok((stream, _)) = accepted else { continue };
-                        let state = shared.clone();
-                        connections.spawn(async move {
-                            let service = service_fn(move |req| answer(state.clone(), req));
-                            let _ = http1::Builder::new()
-                                .serve_connection(TokioIo::new(stream), service)
-                                .await;
-                        });
-                    }
-                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
-                }
-            }
-        });
-        Scripted { addr, state, task }
+        let server = HttpServer::start(move |req| answer(shared.clone(), req)).await;
+        Scripted {
+            addr: server.addr,
+            state,
+            _server: server,
+        }
     }
 
     fn seen(&self) -> Vec<Seen> {
@@ -311,16 +266,7 @@ impl Scripted {
     }
 }
 
-impl Drop for Scripted {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn answer(
-    state: Arc<ScriptState>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(state: Arc<ScriptState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let at = Instant::now();
     let (parts, body) = req.into_parts();
     let body = body
@@ -329,7 +275,7 @@ async fn answer(
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     if parts.uri.path() == common::HEALTH_PATH {
-        return Ok(Response::new(Full::new(Bytes::from_static(b"ok"))));
+        return Response::new(Full::new(Bytes::from_static(b"ok")));
     }
     let next = state.script.lock().unwrap().pop_front();
     let reply = next
@@ -348,9 +294,8 @@ async fn answer(
     for (name, value) in &reply.headers {
         resp = resp.header(name.as_str(), value.as_str());
     }
-    Ok(resp
-        .body(Full::new(Bytes::from(format!("status {}", reply.status))))
-        .unwrap())
+    resp.body(Full::new(Bytes::from(format!("status {}", reply.status))))
+        .unwrap()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -360,22 +305,17 @@ async fn answer(
 /// `/orders` to `upstream` behind `plugins` (e.g. the jwt tables), with the `request-id`
 /// plugin in front so the gateway adopts the client's request id.
 async fn gateway(upstream: SocketAddr, plugins: &str) -> Gateway {
-    Gateway::start(&format!(
-        r#"
-[[plugins]]
-name = "request-id"
-
-[[routes]]
-id = "orders"
-path = "/orders"
-cluster = "orders"
-{plugins}
-
+    Gateway::config()
+        .global_plugin("request-id", "")
+        .route_with("orders", "/orders", "orders", plugins)
+        .toml(&format!(
+            r#"
 [clusters.orders]
 endpoints = [{{ address = "{upstream}" }}]
 "#
-    ))
-    .await
+        ))
+        .start()
+        .await
 }
 
 /// Fast retries, so tests spend their time on what they check.
@@ -482,8 +422,8 @@ async fn tokens_are_renewed_before_they_expire() {
             .build()
             .unwrap();
         // A token nobody renews, for contrast: the gateway refuses it once it expires.
-        let http = auth_support::http();
-        let stale = auth_support::token(&http, &auth.base(), CLIENT_ID, &auth.secret, &[]).await;
+        let http = token_service::http();
+        let stale = token_service::token(&http, &auth.base(), CLIENT_ID, &auth.secret, &[]).await;
 
         let start = Instant::now();
         let mut calls = 0;
@@ -535,8 +475,8 @@ async fn a_refused_token_is_replaced_once_and_the_call_replayed() {
         let auth = Auth::start("10m").await;
         // A replica on the same database, so it knows service-a's secret, but with an
         // issuer the gateway does not trust: its tokens are refused as invalid_token.
-        let rogue = token_service(auth.dir.path(), ROGUE_ISSUER, "10m").await;
-        let rogue_base = auth_support::base(&rogue);
+        let rogue = start_token_service(auth.dir.path(), ROGUE_ISSUER, "10m").await;
+        let rogue_base = token_service::base(&rogue);
         let proxy = TokenProxy::start(auth.base(), Duration::ZERO).await;
         let up = Upstream::start("orders").await;
         let gw = gateway(up.addr, &auth.jwt_plugin()).await;
@@ -765,8 +705,7 @@ async fn connect_failures_and_timeouts_are_retried_and_typed() {
         }
 
         // A slow upstream behind the gateway: each attempt times out after 300 ms.
-        let up = Upstream::start("slow").await;
-        up.set_delay(Duration::from_millis(2000));
+        let up = Upstream::slow("slow", Duration::from_millis(2000)).await;
         let gw = gateway(up.addr, "").await;
         let client = Client::builder(gw.url(""))
             .retry(quick_retry(2))
@@ -973,26 +912,35 @@ async fn the_api_version_is_selected_by_header_or_by_uri() {
     bounded(async {
         let v1 = Upstream::start("v1").await;
         let v2 = Upstream::start("v2").await;
-        let gw = Gateway::start(&format!(
-            r#"
+        let gw = Gateway::config()
+            .toml(
+                r#"
 [[routes]]
 id = "orders"
 path = "/orders"
-versioning = {{ sources = ["uri", "header"] }}
+versioning = { sources = ["uri", "header"] }
 versions = [
-  {{ name = "1", cluster = "orders-v1" }},
-  {{ name = "2", cluster = "orders-v2" }},
+  { name = "1", cluster = "orders-v1" },
+  { name = "2", cluster = "orders-v2" },
 ]
-
+"#,
+            )
+            .toml(&format!(
+                r#"
 [clusters.orders-v1]
 endpoints = [{{ address = "{}" }}]
-
+"#,
+                v1.addr
+            ))
+            .toml(&format!(
+                r#"
 [clusters.orders-v2]
 endpoints = [{{ address = "{}" }}]
 "#,
-            v1.addr, v2.addr
-        ))
-        .await;
+                v2.addr
+            ))
+            .start()
+            .await;
 
         // By header (the default): Accept-Version: 2.
         let by_header = Client::builder(gw.url(""))

@@ -12,10 +12,11 @@ use common::*;
 const PROBLEM_JSON: &str = "application/problem+json";
 
 /// One route `/` to cluster `c`, with the request-id plugin on every request.
-fn config(cluster_body: &str) -> String {
-    format!(
-        "[[plugins]]\nname = \"request-id\"\n\n[[routes]]\nid = \"all\"\npath = \"/\"\ncluster = \"c\"\n\n[clusters.c]\n{cluster_body}\n"
-    )
+fn config(cluster_body: &str) -> Routes {
+    Routes::new()
+        .global_plugin("request-id", "")
+        .route("all", "/", "c")
+        .cluster_body("c", cluster_body)
 }
 
 /// Checks the problem body of a gateway error and returns it.
@@ -60,7 +61,7 @@ async fn no_healthy_endpoint_is_a_503_problem_with_retry_after() {
     bounded(async {
         let up = Upstream::start("a").await;
         up.set_health(503);
-        let gw = Gateway::start(&config(&format!(
+        let gw = Gateway::start(config(&format!(
             "endpoints = {}\nhealth_check = {{ path = \"/healthz\", interval = \"100ms\", timeout = \"100ms\", unhealthy_threshold = 1 }}",
             endpoints(&[&up])
         )))
@@ -140,9 +141,8 @@ async fn connection_refused_everywhere_is_a_502_problem() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_slower_than_the_read_timeout_is_a_504_problem() {
     bounded(async {
-        let up = Upstream::start("slow").await;
-        up.set_delay(Duration::from_secs(3));
-        let gw = Gateway::start(&config(&format!(
+        let up = Upstream::slow("slow", Duration::from_secs(3)).await;
+        let gw = Gateway::start(config(&format!(
             "endpoints = {}\ntimeouts = {{ connect = \"1s\", read = \"300ms\" }}",
             endpoints(&[&up])
         )))
@@ -172,7 +172,7 @@ async fn upstream_slower_than_the_read_timeout_is_a_504_problem() {
 async fn size_limits_answer_413_414_and_431() {
     bounded(async {
         let up = Upstream::start("a").await;
-        let gw = Gateway::builder(&config(&format!("endpoints = {}", endpoints(&[&up]))))
+        let gw = Gateway::builder(config(&format!("endpoints = {}", endpoints(&[&up]))))
             .limits("max_uri_bytes = 64\nmax_header_bytes = 2048\nmax_body_bytes = 1024")
             .start()
             .await;
@@ -220,7 +220,7 @@ async fn size_limits_answer_413_414_and_431() {
 async fn chunked_body_over_the_limit_is_413() {
     bounded(async {
         let up = Upstream::start("a").await;
-        let gw = Gateway::builder(&config(&format!("endpoints = {}", endpoints(&[&up]))))
+        let gw = Gateway::builder(config(&format!("endpoints = {}", endpoints(&[&up]))))
             .limits("max_body_bytes = 1024")
             .start()
             .await;
@@ -251,8 +251,7 @@ async fn error_responses_never_advertise_keep_alive_on_a_closing_connection() {
         let mut refused = Upstream::start("refused").await;
         let down = Upstream::start("down").await;
         down.set_health(503);
-        let slow = Upstream::start("slow").await;
-        slow.set_delay(Duration::from_secs(3));
+        let slow = Upstream::slow("slow", Duration::from_secs(3)).await;
         let body = format!(
             r#"[[routes]]
 id = "refused"
@@ -339,35 +338,24 @@ timeouts = {{ read = "200ms" }}
 async fn upstream_failures_name_no_cluster_and_no_state_to_the_client() {
     bounded(async {
         let flaky = Upstream::with_status("flaky", 500).await;
-        let slow = Upstream::start("slow").await;
-        slow.set_delay(Duration::from_millis(1500));
-        let gw = Gateway::start(&format!(
-            r#"[[plugins]]
-name = "request-id"
-
-[[routes]]
-id = "flaky"
-path = "/flaky"
-cluster = "payments-internal"
-
-[[routes]]
-id = "slow"
-path = "/slow"
-cluster = "ledger-internal"
-
-[clusters.payments-internal]
-endpoints = {}
-outlier = {{ consecutive_5xx = 0, consecutive_connect_failures = 0 }}
-breaker = {{ consecutive_failures = 2, min_requests = 1000, open_for = "10s" }}
-
-[clusters.ledger-internal]
-endpoints = {}
-bulkhead = {{ max_concurrent = 1, max_queue = 0, queue_timeout = "10ms" }}
-"#,
-            endpoints(&[&flaky]),
-            endpoints(&[&slow])
-        ))
-        .await;
+        let slow = Upstream::slow("slow", Duration::from_millis(1500)).await;
+        let gw = Gateway::config()
+            .global_plugin("request-id", "")
+            .route("flaky", "/flaky", "payments-internal")
+            .route("slow", "/slow", "ledger-internal")
+            .cluster_with(
+                "payments-internal",
+                &[&flaky],
+                "outlier = { consecutive_5xx = 0, consecutive_connect_failures = 0 }\n\
+                 breaker = { consecutive_failures = 2, min_requests = 1000, open_for = \"10s\" }",
+            )
+            .cluster_with(
+                "ledger-internal",
+                &[&slow],
+                r#"bulkhead = { max_concurrent = 1, max_queue = 0, queue_timeout = "10ms" }"#,
+            )
+            .start()
+            .await;
 
         // Trip the breaker, then get its fast 503.
         for i in 0..2 {

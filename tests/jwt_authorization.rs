@@ -5,22 +5,15 @@
 
 mod common;
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use serde_json::json;
-
 use common::*;
 
 const SECRET: &str = "strip-test-secret-0123456789abcdef";
-const ISS: &str = "https://auth.portico.test";
+const ISS: &str = TEST_ISSUER;
 
-fn route(id: &str, extra: &str) -> String {
+/// The `jwt` plugin of a route, HS256 with [`SECRET`], then `extra` plugin keys.
+fn jwt(extra: &str) -> String {
     format!(
         r#"
-[[routes]]
-id = "{id}"
-path = "/{id}"
-cluster = "c"
-
 [[routes.plugins]]
 name = "jwt"
 {extra}
@@ -34,37 +27,27 @@ hmac_secret = "{SECRET}"
     )
 }
 
+/// An access token of the test issuer for `orders`, signed with the routes' secret.
 fn token() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let claims = json!({
-        "iss": ISS, "aud": "orders", "sub": "service-a", "iat": now, "nbf": now, "exp": now + 300,
-    });
-    // An access token as RFC 9068 types it, which the plugin requires by default.
-    let mut header = Header::new(Algorithm::HS256);
-    header.typ = Some("at+jwt".into());
-    jsonwebtoken::encode(
-        &header,
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .expect("sign")
+    hs256(SECRET, &claims(ISS, "orders"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_reaches_the_upstream_unless_strip_authorization_is_set() {
     bounded(async {
         let up = Upstream::start("a").await;
-        let gw = Gateway::start(&format!(
-            "{}{}\n[clusters.c]\nendpoints = {}\n",
-            route("kept", ""),
-            route("stripped", "strip_authorization = true"),
-            endpoints(&[&up])
-        ))
-        .await;
-        let auth = format!("Bearer {}", token());
+        let gw = Gateway::config()
+            .route_with("kept", "/kept", "c", &jwt(""))
+            .route_with(
+                "stripped",
+                "/stripped",
+                "c",
+                &jwt("strip_authorization = true"),
+            )
+            .cluster("c", &[&up])
+            .start()
+            .await;
+        let auth = bearer(&token());
 
         let resp = gw.get_with("/kept/1", &[("Authorization", &auth)]).await;
         assert_eq!(resp.status(), 200);

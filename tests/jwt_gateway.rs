@@ -7,18 +7,16 @@
 //! With portico's real token service: a revoked token is refused by the gateway within the
 //! revocation list's refresh, and opaque-token introspection goes through it.
 
-mod auth_support;
 mod common;
 
 use std::path::Path;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{json, Value};
 
+use common::token_service;
 use common::*;
 
 const ISS: &str = "https://auth.portico.test";
@@ -54,37 +52,6 @@ const INACTIVE: &str = "token is not active";
 // Keys and tokens
 // ---------------------------------------------------------------------------------------
 
-/// An RSA key pair: the private half signs, the public half is given to the gateway.
-struct RsaKey {
-    encoding: EncodingKey,
-    /// SPKI PEM of the public key.
-    pem: String,
-    /// The public key as a JWK.
-    jwk: Value,
-}
-
-fn b64(bytes: impl AsRef<[u8]>) -> String {
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
-fn rsa_key(kid: &str) -> RsaKey {
-    use rsa::pkcs1::EncodeRsaPrivateKey;
-    use rsa::pkcs8::{EncodePublicKey, LineEnding};
-    use rsa::traits::PublicKeyParts;
-    let private = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).expect("RSA key");
-    let public = private.to_public_key();
-    RsaKey {
-        encoding: EncodingKey::from_rsa_der(private.to_pkcs1_der().expect("PKCS#1").as_bytes()),
-        pem: public
-            .to_public_key_pem(LineEnding::LF)
-            .expect("public PEM"),
-        jwk: json!({
-            "kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256",
-            "n": b64(public.n().to_bytes_be()), "e": b64(public.e().to_bytes_be()),
-        }),
-    }
-}
-
 /// The issuer's key, which the gateway trusts. RSA key generation is slow in debug builds,
 /// so every test shares the two keys.
 static ISSUER: LazyLock<RsaKey> = LazyLock::new(|| rsa_key(KID));
@@ -98,40 +65,12 @@ async fn keys() -> (&'static RsaKey, &'static RsaKey) {
         .expect("key generation")
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
-}
-
 fn jose_header(kid: &str) -> Value {
-    json!({"alg": "RS256", "kid": kid, "typ": "at+jwt"})
+    access_header("RS256", Some(kid))
 }
 
 fn claims() -> Value {
-    let now = now();
-    json!({
-        "iss": ISS, "aud": AUD, "sub": "service-a", "client_id": "service-a",
-        "scope": "orders:read orders:write", "iat": now, "nbf": now, "exp": now + 300,
-        "jti": format!("{:016x}", rand::random::<u64>()),
-    })
-}
-
-fn json_b64(value: &Value) -> String {
-    b64(serde_json::to_vec(value).expect("JSON"))
-}
-
-/// `header.payload.signature` over already-encoded segments, signed with `key` under `alg`
-/// whatever the header says.
-fn sign_segments(key: &EncodingKey, alg: Algorithm, header: &str, payload: &str) -> String {
-    let input = format!("{header}.{payload}");
-    let signature = jsonwebtoken::crypto::sign(input.as_bytes(), key, alg).expect("sign");
-    format!("{input}.{signature}")
-}
-
-fn sign(key: &EncodingKey, alg: Algorithm, header: &Value, claims: &Value) -> String {
-    sign_segments(key, alg, &json_b64(header), &json_b64(claims))
+    common::claims(ISS, AUD)
 }
 
 /// An RS256 token signed by `key` (kid `rsa-1`), after `edit` changed its header or claims.
@@ -151,10 +90,6 @@ fn token() -> String {
     token_with(|_, _| {})
 }
 
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
-}
-
 // ---------------------------------------------------------------------------------------
 // The gateway under test
 // ---------------------------------------------------------------------------------------
@@ -171,14 +106,11 @@ struct Setup {
     _keys: tempfile::TempDir,
 }
 
-fn route(id: &str, path: &str, extra: &str, issuer_extra: &str, keys: &Path) -> String {
+/// The `jwt` plugin of a route: `extra` plugin keys, one issuer with `keys` and
+/// `issuer_extra`.
+fn jwt(extra: &str, issuer_extra: &str, keys: &Path) -> String {
     format!(
         r#"
-[[routes]]
-id = "{id}"
-path = "{path}"
-cluster = "c"
-
 [[routes.plugins]]
 name = "jwt"
 realm = "{REALM}"
@@ -204,27 +136,32 @@ async fn start() -> Setup {
 
     let up = Upstream::start("a").await;
     let rs256 = r#"algorithms = ["RS256"]"#;
-    let body = [
-        route("orders", "/orders", "", rs256, &pem),
-        route(
+    let gw = Gateway::config()
+        .route_with("orders", "/orders", "c", &jwt("", rs256, &pem))
+        .route_with(
             "admin",
             "/admin",
-            r#"scopes_all = ["orders:read", "orders:admin"]"#,
-            rs256,
-            &pem,
-        ),
-        route("kids", "/kids", "", rs256, &jwks),
-        route(
+            "c",
+            &jwt(
+                r#"scopes_all = ["orders:read", "orders:admin"]"#,
+                rs256,
+                &pem,
+            ),
+        )
+        .route_with("kids", "/kids", "c", &jwt("", rs256, &jwks))
+        .route_with(
             "mixed",
             "/mixed",
-            "",
-            &format!("algorithms = [\"RS256\", \"HS256\"]\nhmac_secret = \"{HMAC_SECRET}\""),
-            &pem,
-        ),
-        format!("\n[clusters.c]\nendpoints = {}\n", endpoints(&[&up])),
-    ]
-    .concat();
-    let gw = Gateway::start(&body).await;
+            "c",
+            &jwt(
+                "",
+                &format!("algorithms = [\"RS256\", \"HS256\"]\nhmac_secret = \"{HMAC_SECRET}\""),
+                &pem,
+            ),
+        )
+        .cluster("c", &[&up])
+        .start()
+        .await;
     Setup { up, gw, _keys: dir }
 }
 
@@ -1021,32 +958,32 @@ const SERVICE_ISSUER: &str = "https://auth.portico.test";
 /// The real token service (SQLite in a temp dir) with client `service-a` (audience
 /// `portico`) and `gateway`, the gateway's own credentials for the revocation list and
 /// introspection. Returns the service, its temp dir and the two secrets.
-async fn token_service() -> (portico::auth::Running, tempfile::TempDir, String, String) {
+async fn start_token_service() -> (portico::auth::Running, tempfile::TempDir, String, String) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = auth_support::config(
+    let config = token_service::config(
         dir.path(),
         &format!("issuer = \"{SERVICE_ISSUER}\""),
         "[tokens]\nlifetime = \"10m\"\n",
     );
-    let service = auth_support::start(&config).await;
-    let a = auth_support::add_client(&service, "service-a", "orders:read", "portico").await;
-    let gw = auth_support::add_client(&service, "gateway", "", "portico").await;
+    let service = token_service::start(&config).await;
+    let a = token_service::add_client(&service, "service-a", "orders:read", "portico").await;
+    let gw = token_service::add_client(&service, "gateway", "", "portico").await;
     (service, dir, a, gw)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_revoked_at_the_token_service_is_refused_within_the_refresh() {
     bounded(async {
-        let (service, _dir, a, gw) = token_service().await;
-        let base = auth_support::base(&service);
+        let (service, _dir, a, gw) = start_token_service().await;
+        let base = token_service::base(&service);
         let up = Upstream::start("a").await;
-        let gateway = Gateway::start(&format!(
-            r#"
-[[routes]]
-id = "orders"
-path = "/orders"
-cluster = "c"
-
+        let gateway = Gateway::config()
+            .route_with(
+                "orders",
+                "/orders",
+                "c",
+                &format!(
+                    r#"
 [[routes.plugins]]
 name = "jwt"
 realm = "{REALM}"
@@ -1059,21 +996,20 @@ revocation_url = "{base}/oauth2/revoked"
 revocation_refresh = "1s"
 revocation_client_id = "gateway"
 revocation_client_secret = "{gw}"
-
-[clusters.c]
-endpoints = {}
-"#,
-            endpoints(&[&up])
-        ))
-        .await;
+"#
+                ),
+            )
+            .cluster("c", &[&up])
+            .start()
+            .await;
         let setup = Setup {
             up,
             gw: gateway,
             _keys: tempfile::tempdir().unwrap(),
         };
-        let http = auth_support::http();
-        let token = auth_support::token(&http, &base, "service-a", &a, &[]).await;
-        let other = auth_support::token(&http, &base, "service-a", &a, &[]).await;
+        let http = token_service::http();
+        let token = token_service::token(&http, &base, "service-a", &a, &[]).await;
+        let other = token_service::token(&http, &base, "service-a", &a, &[]).await;
         let (auth, other_auth) = (bearer(&token), bearer(&other));
 
         // Valid and not revoked: through, twice (the second from the verified-token cache).
@@ -1094,7 +1030,7 @@ endpoints = {}
         )
         .await;
 
-        let (status, _, _) = auth_support::post_basic(
+        let (status, _, _) = token_service::post_basic(
             &http,
             &format!("{base}/oauth2/revoke"),
             "service-a",
@@ -1155,17 +1091,17 @@ endpoints = {}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opaque_tokens_are_introspected_at_the_token_service() {
     bounded(async {
-        let (service, _dir, a, gw) = token_service().await;
-        let base = auth_support::base(&service);
+        let (service, _dir, a, gw) = start_token_service().await;
+        let base = token_service::base(&service);
         let up = Upstream::start("a").await;
         // Introspection only: every token, JWT or not, is asked about.
-        let gateway = Gateway::start(&format!(
-            r#"
-[[routes]]
-id = "orders"
-path = "/orders"
-cluster = "c"
-
+        let gateway = Gateway::config()
+            .route_with(
+                "orders",
+                "/orders",
+                "c",
+                &format!(
+                    r#"
 [[routes.plugins]]
 name = "jwt"
 realm = "{REALM}"
@@ -1177,20 +1113,19 @@ client_secret = "{gw}"
 audiences = ["portico"]
 issuer = "{SERVICE_ISSUER}"
 cache_ttl = "1s"
-
-[clusters.c]
-endpoints = {}
-"#,
-            endpoints(&[&up])
-        ))
-        .await;
+"#
+                ),
+            )
+            .cluster("c", &[&up])
+            .start()
+            .await;
         let setup = Setup {
             up,
             gw: gateway,
             _keys: tempfile::tempdir().unwrap(),
         };
-        let http = auth_support::http();
-        let token = auth_support::token(&http, &base, "service-a", &a, &[]).await;
+        let http = token_service::http();
+        let token = token_service::token(&http, &base, "service-a", &a, &[]).await;
         let auth = bearer(&token);
         let seen = admitted(
             &setup,
@@ -1210,7 +1145,7 @@ endpoints = {}
             )],
         )
         .await;
-        let (status, _, _) = auth_support::post_basic(
+        let (status, _, _) = token_service::post_basic(
             &http,
             &format!("{base}/oauth2/revoke"),
             "service-a",

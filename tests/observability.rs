@@ -14,30 +14,14 @@ async fn metrics_count_requests_by_route_method_and_status_class() {
     bounded(async {
         let ok = Upstream::start("ok").await;
         let failing = Upstream::with_status("failing", 500).await;
-        let gw = Gateway::builder(&format!(
-            r#"[[routes]]
-id = "obs"
-path = "/obs"
-cluster = "obs-c"
-
-[[routes]]
-id = "bad"
-path = "/bad"
-cluster = "bad-c"
-
-[clusters.obs-c]
-endpoints = {}
-
-[clusters.bad-c]
-endpoints = {}
-outlier = {{ consecutive_5xx = 0 }}
-"#,
-            endpoints(&[&ok]),
-            endpoints(&[&failing])
-        ))
-        .no_access_log()
-        .start()
-        .await;
+        let gw = Gateway::config()
+            .route("obs", "/obs", "obs-c")
+            .route("bad", "/bad", "bad-c")
+            .cluster("obs-c", &[&ok])
+            .cluster_with("bad-c", &[&failing], "outlier = { consecutive_5xx = 0 }")
+            .no_access_log()
+            .start()
+            .await;
 
         for i in 0..5 {
             assert_eq!(gw.get(&format!("/obs/{i}")).await.status(), 200);
@@ -170,21 +154,12 @@ outlier = {{ consecutive_5xx = 0 }}
 async fn access_log_has_one_json_line_per_request() {
     bounded(async {
         let up = Upstream::start("a").await;
-        let gw = Gateway::start(&format!(
-            r#"[[plugins]]
-name = "request-id"
-
-[[routes]]
-id = "obs"
-path = "/obs"
-cluster = "obs-c"
-
-[clusters.obs-c]
-endpoints = {}
-"#,
-            endpoints(&[&up])
-        ))
-        .await;
+        let gw = Gateway::config()
+            .global_plugin("request-id", "")
+            .route("obs", "/obs", "obs-c")
+            .cluster("obs-c", &[&up])
+            .start()
+            .await;
         let client_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
         let traceparent = format!("00-{client_trace}-00f067aa0ba902b7-01");
         let resp = gw
@@ -265,28 +240,13 @@ async fn success_sample_ratio_zero_logs_only_errors() {
     bounded(async {
         let up = Upstream::start("a").await;
         let mut gone = Upstream::start("gone").await;
-        let body = format!(
-            r#"[[routes]]
-id = "obs"
-path = "/obs"
-cluster = "obs-c"
-
-[[routes]]
-id = "gone"
-path = "/gone"
-cluster = "gone-c"
-
-[clusters.obs-c]
-endpoints = {}
-
-[clusters.gone-c]
-endpoints = {}
-"#,
-            endpoints(&[&up]),
-            endpoints(&[&gone])
-        );
+        let routes = Routes::new()
+            .route("obs", "/obs", "obs-c")
+            .route("gone", "/gone", "gone-c")
+            .cluster("obs-c", &[&up])
+            .cluster("gone-c", &[&gone]);
         gone.stop().await;
-        let gw = Gateway::builder(&body)
+        let gw = Gateway::builder(routes)
             .success_sample_ratio(0.0)
             .start()
             .await;
@@ -314,24 +274,27 @@ async fn admin_api_documents() {
         let secret = "s3cr3t-7f3a9c-token";
         let a = Upstream::start("a").await;
         let b = Upstream::start("b").await;
-        let gw = Gateway::builder(&format!(
-            r#"[[routes]]
-id = "all"
-path = "/"
-cluster = "c"
-
+        let gw = Gateway::config()
+            .route_with(
+                "all",
+                "/",
+                "c",
+                r#"
 [[routes.plugins]]
 name = "headers"
-request = {{ set = {{ "X-Upstream-Auth" = "Bearer ${{PORTICO_IT_UPSTREAM_TOKEN}}" }} }}
-
+request = { set = { "X-Upstream-Auth" = "Bearer ${PORTICO_IT_UPSTREAM_TOKEN}" } }
+"#,
+            )
+            .toml(&format!(
+                r#"
 [clusters.c]
 endpoints = [{{ address = "{}", weight = 2 }}, {{ address = "{}" }}]
 "#,
-            a.addr, b.addr
-        ))
-        .env("PORTICO_IT_UPSTREAM_TOKEN", secret)
-        .start()
-        .await;
+                a.addr, b.addr
+            ))
+            .env("PORTICO_IT_UPSTREAM_TOKEN", secret)
+            .start()
+            .await;
 
         // The secret is substituted where it is used...
         assert_eq!(gw.get("/x").await.status(), 200);

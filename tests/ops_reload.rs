@@ -11,7 +11,7 @@ mod ops_support;
 
 use std::time::{Duration, Instant};
 
-use common::Upstream;
+use common::{get_json, ConfigText, Routes, Upstream};
 use ops_support::*;
 
 /// `[clusters.svc]` with these endpoints (and weights), health-checked.
@@ -29,13 +29,16 @@ fn svc(endpoints: &[(&Upstream, u32)], lb: &str) -> String {
 
 const API_ROUTE: &str = "[[routes]]\nid = \"api\"\npath = \"/api\"\ncluster = \"svc\"\n";
 
+/// Route `/other` to its own health-checked cluster of `up`.
 fn other(up: &Upstream) -> String {
-    format!(
-        "[[routes]]\nid = \"other\"\npath = \"/other\"\ncluster = \"other\"\n\
-         [clusters.other]\nendpoints = [{{ address = \"{}\" }}]\n\
-         health_check = {{ path = \"/healthz\", interval = \"2s\", timeout = \"300ms\" }}\n",
-        up.addr
-    )
+    Routes::new()
+        .route("other", "/other", "other")
+        .cluster_with(
+            "other",
+            &[up],
+            r#"health_check = { path = "/healthz", interval = "2s", timeout = "300ms" }"#,
+        )
+        .to_string()
 }
 
 /// The config version the admin API reports.
@@ -261,14 +264,7 @@ async fn a_new_cluster_is_probed_before_it_takes_traffic() {
             assert_eq!(resp.status(), 200, "no request goes to the dead endpoint");
         }
         assert_eq!(live.hits() - hits_before, 20);
-        let clusters: serde_json::Value = client()
-            .get(site.admin_url("/admin/clusters"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let clusters: serde_json::Value = get_json(&client(), &site.admin_url("/admin/clusters")).await;
         let b = clusters["clusters"]
             .as_array()
             .unwrap()

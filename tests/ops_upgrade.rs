@@ -97,8 +97,7 @@ async fn binary_upgrade_under_load_loses_no_request() {
 async fn sigterm_drains_in_flight_requests_then_exits_0() {
     let _serial = SERIAL.lock().await;
     bounded(async {
-        let slow = Upstream::start("slow").await;
-        slow.set_delay(Duration::from_millis(1500));
+        let slow = Upstream::slow("slow", Duration::from_millis(1500)).await;
         let mut site = Site::new();
         // Pingora alone would wait the whole grace period; portico exits once drained.
         site.grace_period_seconds = 30;
@@ -348,8 +347,7 @@ async fn sigterm_lets_http2_streams_finish() {
         return;
     }
     bounded(async {
-        let slow = Upstream::start("slow").await;
-        slow.set_delay(Duration::from_millis(1500));
+        let slow = Upstream::slow("slow", Duration::from_millis(1500)).await;
         let mut site = Site::new();
         let dir = site.dir.path().to_path_buf();
         let ca = TestCa::new("edge-ca");

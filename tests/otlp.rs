@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,16 +18,12 @@ use bytes::Bytes;
 use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use portico::observe::hex;
 use portico::observe::otlp::proto::{
     ExportTraceServiceRequest, ExportTraceServiceResponse, Span, SpanKind, StatusCode,
 };
 use prost::Message;
-use tokio::task::JoinSet;
 
 /// One export request as the receiver got it.
 #[derive(Debug, Clone)]
@@ -43,39 +38,18 @@ struct Export {
 struct Receiver {
     addr: SocketAddr,
     exports: Arc<Mutex<Vec<Export>>>,
-    task: tokio::task::JoinHandle<()>,
+    _server: HttpServer,
 }
 
 impl Receiver {
     async fn start() -> Receiver {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind receiver");
-        let addr = listener.local_addr().unwrap();
         let exports = Arc::new(Mutex::new(Vec::new()));
         let shared = exports.clone();
-        let task = tokio::spawn(async move {
-            let mut connections = JoinSet::new();
-            loop {
-                tokio::select! {
-                    accepted = listener.accept() => {
-                        let Ok((stream, _)) = accepted else { continue };
-                        let exports = shared.clone();
-                        connections.spawn(async move {
-                            let service = service_fn(move |req| receive(exports.clone(), req));
-                            let _ = http1::Builder::new()
-                                .serve_connection(TokioIo::new(stream), service)
-                                .await;
-                        });
-                    }
-                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
-                }
-            }
-        });
+        let server = HttpServer::start(move |req| receive(shared.clone(), req)).await;
         Receiver {
-            addr,
+            addr: server.addr,
             exports,
-            task,
+            _server: server,
         }
     }
 
@@ -126,16 +100,10 @@ impl Receiver {
     }
 }
 
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 async fn receive(
     exports: Arc<Mutex<Vec<Export>>>,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Response<Full<Bytes>> {
     let header = |name: &str| {
         req.headers()
             .get(name)
@@ -156,13 +124,11 @@ async fn receive(
         authorization,
         body,
     });
-    Ok(Response::builder()
-        .status(200)
-        .header("content-type", "application/x-protobuf")
-        .body(Full::new(Bytes::from(
-            ExportTraceServiceResponse::default().encode_to_vec(),
-        )))
-        .unwrap())
+    reply(
+        200,
+        "application/x-protobuf",
+        ExportTraceServiceResponse::default().encode_to_vec(),
+    )
 }
 
 /// A fresh client trace: (trace id, the client's span id).
@@ -205,19 +171,11 @@ resource = {{ "deployment.environment.name" = "test" }}
     )
 }
 
-fn one_route(cluster: &str, upstreams: &[&Upstream]) -> String {
-    format!(
-        r#"
-[[routes]]
-id = "orders"
-path = "/orders"
-cluster = "{cluster}"
-
-[clusters.{cluster}]
-endpoints = {}
-"#,
-        endpoints(upstreams)
-    )
+/// Route `orders` (`/orders`) to `cluster` of these upstreams.
+fn one_route(cluster: &str, upstreams: &[&Upstream]) -> Routes {
+    Routes::new()
+        .route("orders", "/orders", cluster)
+        .cluster(cluster, upstreams)
 }
 
 async fn metric(gw: &Gateway, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -229,12 +187,10 @@ async fn a_sampled_request_exports_the_gateway_span_and_its_attempt() {
     bounded(async {
         let receiver = Receiver::start().await;
         let up = Upstream::start("orders-1").await;
-        let gw = Gateway::start(&format!(
-            "{}{}",
-            tracing_section(&receiver, 1.0),
-            one_route("orders", &[&up])
-        ))
-        .await;
+        let gw =
+            Gateway::builder(one_route("orders", &[&up]).toml(&tracing_section(&receiver, 1.0)))
+                .start()
+                .await;
 
         let (trace_id, client_span) = client_trace();
         let resp = gw
@@ -334,12 +290,10 @@ async fn a_caller_that_did_not_sample_is_not_exported() {
     bounded(async {
         let receiver = Receiver::start().await;
         let up = Upstream::start("orders-1").await;
-        let gw = Gateway::start(&format!(
-            "{}{}",
-            tracing_section(&receiver, 1.0),
-            one_route("orders", &[&up])
-        ))
-        .await;
+        let gw =
+            Gateway::builder(one_route("orders", &[&up]).toml(&tracing_section(&receiver, 1.0)))
+                .start()
+                .await;
 
         let (unsampled, client_span) = client_trace();
         let resp = gw
@@ -376,12 +330,10 @@ async fn sample_ratio_zero_exports_no_trace_the_gateway_starts() {
     bounded(async {
         let receiver = Receiver::start().await;
         let up = Upstream::start("orders-1").await;
-        let gw = Gateway::start(&format!(
-            "{}{}",
-            tracing_section(&receiver, 0.0),
-            one_route("orders", &[&up])
-        ))
-        .await;
+        let gw =
+            Gateway::builder(one_route("orders", &[&up]).toml(&tracing_section(&receiver, 0.0)))
+                .start()
+                .await;
 
         for _ in 0..5 {
             assert_eq!(gw.get("/orders/1").await.status(), 200);
@@ -415,11 +367,10 @@ async fn a_retried_request_has_one_attempt_span_per_try() {
         let dead_address = dead.address();
         dead.stop().await;
         // Without a `retry` section failed connects are retried on another endpoint.
-        let gw = Gateway::start(&format!(
-            "{}{}",
-            tracing_section(&receiver, 1.0),
-            one_route("orders", &[&dead, &live])
-        ))
+        let gw = Gateway::builder(
+            one_route("orders", &[&dead, &live]).toml(&tracing_section(&receiver, 1.0)),
+        )
+        .start()
         .await;
 
         // Round robin over two endpoints: of two requests, one tries the dead one first.
@@ -494,15 +445,19 @@ async fn an_unreachable_collector_is_counted_and_does_not_hurt_requests() {
     bounded(async {
         let up = Upstream::start("orders-1").await;
         let nowhere = free_addr();
-        let gw = Gateway::start(&format!(
-            r#"[tracing]
+        let gw = Gateway::config()
+            .toml(&format!(
+                r#"
+[tracing]
 otlp_endpoint = "http://{nowhere}"
 flush_interval = "10ms"
 timeout = "500ms"
-{}"#,
-            one_route("orders", &[&up])
-        ))
-        .await;
+{}
+"#,
+                one_route("orders", &[&up])
+            ))
+            .start()
+            .await;
         for _ in 0..3 {
             assert_eq!(gw.get("/orders/1").await.status(), 200);
         }
@@ -572,12 +527,10 @@ async fn a_reload_that_changes_tracing_takes_effect() {
     bounded(async {
         let receiver = Receiver::start().await;
         let up = Upstream::start("orders-1").await;
-        let gw = Gateway::start(&format!(
-            "{}{}",
-            tracing_section(&receiver, 0.0),
-            one_route("orders", &[&up])
-        ))
-        .await;
+        let gw =
+            Gateway::builder(one_route("orders", &[&up]).toml(&tracing_section(&receiver, 0.0)))
+                .start()
+                .await;
         assert_eq!(gw.get("/orders/1").await.status(), 200);
 
         let config = gw

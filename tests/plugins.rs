@@ -13,31 +13,16 @@ fn is_generated_id(id: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
-    resp.headers()
-        .get(name)
-        .map(|v| v.to_str().unwrap().to_string())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_id_is_accepted_or_generated_then_echoed_and_forwarded() {
     bounded(async {
         let up = Upstream::start("a").await;
-        let gw = Gateway::start(&format!(
-            r#"[[plugins]]
-name = "request-id"
-
-[[routes]]
-id = "all"
-path = "/"
-cluster = "c"
-
-[clusters.c]
-endpoints = {}
-"#,
-            endpoints(&[&up])
-        ))
-        .await;
+        let gw = Gateway::config()
+            .global_plugin("request-id", "")
+            .route("all", "/", "c")
+            .cluster("c", &[&up])
+            .start()
+            .await;
 
         // A well-formed client id is kept.
         let client_id = "req-42.a:b_c";
@@ -79,23 +64,21 @@ endpoints = {}
 async fn request_id_with_a_custom_header_and_no_forwarding() {
     bounded(async {
         let up = Upstream::start("a").await;
-        let gw = Gateway::start(&format!(
-            r#"[[routes]]
-id = "all"
-path = "/"
-cluster = "c"
-
+        let gw = Gateway::config()
+            .route_with(
+                "all",
+                "/",
+                "c",
+                r#"
 [[routes.plugins]]
 name = "request-id"
 header = "X-Correlation-Id"
 forward = false
-
-[clusters.c]
-endpoints = {}
 "#,
-            endpoints(&[&up])
-        ))
-        .await;
+            )
+            .cluster("c", &[&up])
+            .start()
+            .await;
         let resp = gw.get_with("/x", &[("X-Correlation-Id", "corr-1")]).await;
         assert_eq!(resp.status(), 200);
         assert_eq!(header(&resp, "x-correlation-id").as_deref(), Some("corr-1"));
@@ -110,23 +93,16 @@ async fn headers_plugin_adds_sets_and_removes_in_both_directions() {
         let up = Upstream::start("a").await;
         up.add_response_header("X-Upstream-Secret", "internal");
         up.add_response_header("X-Resp-Set", "from-upstream");
-        let gw = Gateway::start(&format!(
-            r#"[[routes]]
-id = "all"
-path = "/"
-cluster = "c"
-
+        let gw = Gateway::config()
+            .route_with("all", "/", "c", r#"
 [[routes.plugins]]
 name = "headers"
-request = {{ add = {{ "X-Added" = ["one", "two"] }}, set = {{ "X-Set" = "gateway" }}, remove = ["X-Remove", "X-Forwarded-Host"] }}
-response = {{ add = {{ "X-Resp-Added" = "yes" }}, set = {{ "X-Resp-Set" = "gateway" }}, remove = ["X-Upstream-Secret"] }}
-
-[clusters.c]
-endpoints = {}
-"#,
-            endpoints(&[&up])
-        ))
-        .await;
+request = { add = { "X-Added" = ["one", "two"] }, set = { "X-Set" = "gateway" }, remove = ["X-Remove", "X-Forwarded-Host"] }
+response = { add = { "X-Resp-Added" = "yes" }, set = { "X-Resp-Set" = "gateway" }, remove = ["X-Upstream-Secret"] }
+"#)
+            .cluster("c", &[&up])
+            .start()
+            .await;
         let resp = gw
             .get_with(
                 "/x",
@@ -160,28 +136,26 @@ endpoints = {}
 async fn global_plugins_run_before_route_plugins_and_after_them_on_the_response() {
     bounded(async {
         let up = Upstream::start("a").await;
-        let gw = Gateway::start(&format!(
-            r#"[[plugins]]
-name = "headers"
-request = {{ set = {{ "X-Order" = "global" }} }}
-response = {{ set = {{ "X-Order" = "global" }} }}
-
-[[routes]]
-id = "all"
-path = "/"
-cluster = "c"
-
+        let gw = Gateway::config()
+            .global_plugin(
+                "headers",
+                r#"request = { set = { "X-Order" = "global" } }
+response = { set = { "X-Order" = "global" } }"#,
+            )
+            .route_with(
+                "all",
+                "/",
+                "c",
+                r#"
 [[routes.plugins]]
 name = "headers"
-request = {{ set = {{ "X-Order" = "route" }} }}
-response = {{ set = {{ "X-Order" = "route" }} }}
-
-[clusters.c]
-endpoints = {}
+request = { set = { "X-Order" = "route" } }
+response = { set = { "X-Order" = "route" } }
 "#,
-            endpoints(&[&up])
-        ))
-        .await;
+            )
+            .cluster("c", &[&up])
+            .start()
+            .await;
         let resp = gw.get("/x").await;
         assert_eq!(resp.status(), 200);
         assert_eq!(
@@ -227,7 +201,7 @@ endpoints = {}
 async fn cors_preflight_is_answered_and_disallowed_origins_get_403() {
     bounded(async {
         let up = Upstream::start("a").await;
-        let gw = Gateway::start(&cors_config(&up)).await;
+        let gw = Gateway::start(cors_config(&up)).await;
         let preflight = |origin: &str, method: &str| {
             gw.client
                 .request(reqwest::Method::OPTIONS, gw.url("/api/items"))

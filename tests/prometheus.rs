@@ -8,7 +8,6 @@
 //! Without a `prometheus` binary on PATH the test says SKIP loudly and passes, except
 //! under `CI=true`, where `.ci/run` installs it and its absence is a failure.
 
-mod auth_support;
 mod common;
 
 use std::net::SocketAddr;
@@ -18,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::token_service;
 use common::*;
 use serde_json::Value;
 
@@ -224,13 +224,13 @@ async fn prometheus_scrapes_the_gateway_and_every_dashboard_query_and_rule_works
         // The token service, in this process, with one client that gets a token and one
         // refused attempt, so the portico_auth_* series exist.
         let auth_dir = tempfile::tempdir().expect("temp dir");
-        let auth_cfg = auth_support::config(auth_dir.path(), "", "");
-        let auth = auth_support::start(&auth_cfg).await;
-        let secret = auth_support::add_client(&auth, "service-a", "orders:read", "portico").await;
-        let auth_base = auth_support::base(&auth);
-        let http = auth_support::http();
-        auth_support::token(&http, &auth_base, "service-a", &secret, &[]).await;
-        let (status, _, _) = auth_support::post_basic(
+        let auth_cfg = token_service::config(auth_dir.path(), "", "");
+        let auth = token_service::start(&auth_cfg).await;
+        let secret = token_service::add_client(&auth, "service-a", "orders:read", "portico").await;
+        let auth_base = token_service::base(&auth);
+        let http = token_service::http();
+        token_service::token(&http, &auth_base, "service-a", &secret, &[]).await;
+        let (status, _, _) = token_service::post_basic(
             &http,
             &format!("{auth_base}/oauth2/token"),
             "service-a",
@@ -244,38 +244,35 @@ async fn prometheus_scrapes_the_gateway_and_every_dashboard_query_and_rule_works
         // after 3 failures and stays open), a bulkhead and endpoint breakers for the gauges.
         let ok = Upstream::start("ok").await;
         let failing = Upstream::with_status("failing", 503).await;
-        let gw = Gateway::builder(&format!(
-            r#"[[routes]]
+        let gw = Gateway::config()
+            .toml(
+                r#"[[routes]]
 id = "orders"
 path = "/orders"
-versioning = {{ default = "2" }}
+versioning = { default = "2" }
 versions = [
-  {{ name = "1", cluster = "orders-v1" }},
-  {{ name = "2", cluster = "orders-v2" }},
-]
-
-[[routes]]
-id = "failing"
-path = "/failing"
-cluster = "failing"
-retry = {{ attempts = 2, on = ["503"], backoff_base = "1ms", backoff_cap = "1ms" }}
-
-[clusters.orders-v1]
-endpoints = {ok}
-
-[clusters.orders-v2]
-endpoints = {ok}
-bulkhead = {{ max_concurrent = 16 }}
-endpoint_breaker = {{ consecutive_failures = 5 }}
-
-[clusters.failing]
-endpoints = {failing}
-outlier = {{ consecutive_5xx = 0 }}
-breaker = {{ consecutive_failures = 3, open_for = "60s", max_open = "60s" }}
-"#,
-            ok = endpoints(&[&ok]),
-            failing = endpoints(&[&failing]),
-        ))
+  { name = "1", cluster = "orders-v1" },
+  { name = "2", cluster = "orders-v2" },
+]"#,
+            )
+            .route_with(
+                "failing",
+                "/failing",
+                "failing",
+                r#"retry = { attempts = 2, on = ["503"], backoff_base = "1ms", backoff_cap = "1ms" }"#,
+            )
+            .cluster("orders-v1", &[&ok])
+            .cluster_with(
+                "orders-v2",
+                &[&ok],
+                "bulkhead = { max_concurrent = 16 }\nendpoint_breaker = { consecutive_failures = 5 }",
+            )
+            .cluster_with(
+                "failing",
+                &[&failing],
+                r#"outlier = { consecutive_5xx = 0 }
+breaker = { consecutive_failures = 3, open_for = "60s", max_open = "60s" }"#,
+            )
         .no_access_log()
         .start()
         .await;

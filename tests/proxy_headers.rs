@@ -7,13 +7,12 @@ mod common;
 use common::*;
 
 async fn gateway(up: &Upstream) -> Gateway {
-    Gateway::builder(&format!(
-        "[[routes]]\nid = \"all\"\npath = \"/\"\ncluster = \"c\"\n\n[clusters.c]\nendpoints = {}\n",
-        endpoints(&[up])
-    ))
-    .no_access_log()
-    .start()
-    .await
+    Gateway::config()
+        .route("all", "/", "c")
+        .cluster("c", &[up])
+        .no_access_log()
+        .start()
+        .await
 }
 
 /// `(trace id, parent id, flags)` of a well-formed version-00 traceparent.

@@ -11,17 +11,17 @@ use common::*;
 
 /// A gateway with the given routes in front of `up`.
 async fn gateway_with(up: &Upstream, routes: &str) -> Gateway {
-    Gateway::builder(&format!(
-        "{routes}\n[clusters.c]\nendpoints = {}\n",
-        endpoints(&[up])
-    ))
-    .no_access_log()
-    .start()
-    .await
+    Gateway::config()
+        .toml(routes)
+        .cluster("c", &[up])
+        .no_access_log()
+        .start()
+        .await
 }
 
+/// Route `id` at `path` to cluster `c`, then `extra`.
 fn route(id: &str, path: &str, extra: &str) -> String {
-    format!("[[routes]]\nid = \"{id}\"\npath = \"{path}\"\ncluster = \"c\"\n{extra}\n")
+    Routes::new().route_with(id, path, "c", extra).to_string()
 }
 
 /// Sends each raw target and asserts a 400 problem that the upstream never saw.
@@ -343,14 +343,12 @@ async fn forwarding_headers_from_an_untrusted_client_are_replaced() {
 async fn a_trusted_proxy_names_the_client() {
     bounded(async {
         let up = Upstream::start("a").await;
-        let gw = Gateway::builder(&format!(
-            "{}\n[clusters.c]\nendpoints = {}\n",
-            route("all", "/", ""),
-            endpoints(&[&up])
-        ))
-        .server("trusted_proxies = [\"127.0.0.0/8\", \"10.0.0.0/8\"]")
-        .start()
-        .await;
+        let gw = Gateway::config()
+            .route("all", "/", "c")
+            .cluster("c", &[&up])
+            .server("trusted_proxies = [\"127.0.0.0/8\", \"10.0.0.0/8\"]")
+            .start()
+            .await;
         let resp = gw.raw_get("/x", &FORWARDING).await;
         assert_eq!(resp.status, 200);
         let seen = up.last_request();

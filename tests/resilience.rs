@@ -20,65 +20,8 @@ const PROBLEM_JSON: &str = "application/problem+json";
 /// instead of the failing endpoint quietly leaving the rotation.
 const NO_OUTLIER: &str = "outlier = { consecutive_5xx = 0, consecutive_connect_failures = 0 }";
 
-fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
-    resp.headers()
-        .get(name)
-        .map(|v| v.to_str().unwrap_or("<non-ascii>").to_string())
-}
-
 fn attempts(resp: &reqwest::Response) -> Option<u32> {
     header(resp, "x-portico-attempts").and_then(|v| v.parse().ok())
-}
-
-/// A client of its own (no shared connection pool with the gateway's helpers).
-///
-/// Building one blocks its thread for tens of milliseconds (debug build), so load tests
-/// build all their clients before the clock starts rather than inside the spawned tasks,
-/// which would stall the test runtime and show up as bogus latency.
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(REQUEST_TIMEOUT)
-        .build()
-        .expect("http client")
-}
-
-/// `POST path` with `body` and `headers`.
-async fn post(gw: &Gateway, path: &str, body: &str, headers: &[(&str, &str)]) -> reqwest::Response {
-    let mut req = gw.client.post(gw.url(path)).body(body.to_string());
-    for (name, value) in headers {
-        req = req.header(*name, *value);
-    }
-    req.send()
-        .await
-        .unwrap_or_else(|e| panic!("POST {path} through the gateway failed: {e}"))
-}
-
-/// The sum of every sample of `name` whose labels include all of `labels`.
-fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// The `/admin/clusters` entry of one cluster.
-async fn cluster_status(gw: &Gateway, name: &str) -> serde_json::Value {
-    let all = gw.admin_json("/admin/clusters").await;
-    all["clusters"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["name"] == name))
-        .cloned()
-        .unwrap_or_else(|| panic!("no cluster {name} in {all}"))
 }
 
 /// Checks a gateway-made problem response and returns its body.
@@ -104,23 +47,12 @@ async fn get_succeeds_through_retries_while_one_instance_is_down() {
     bounded(async {
         let live = Upstream::start("live").await;
         let mut dead = Upstream::start("dead").await;
-        let gw = Gateway::builder(&format!(
-            r#"
-[[routes]]
-id = "r"
-path = "/"
-cluster = "c"
-retry = {{ attempts = 3 }}
-
-[clusters.c]
-endpoints = {}
-{NO_OUTLIER}
-"#,
-            endpoints(&[&live, &dead])
-        ))
-        .no_access_log()
-        .start()
-        .await;
+        let gw = Gateway::config()
+            .route_with("r", "/", "c", "retry = { attempts = 3 }")
+            .cluster_with("c", &[&live, &dead], NO_OUTLIER)
+            .no_access_log()
+            .start()
+            .await;
         // Warm both instances' keepalive connections, then stop one: its pooled
         // connections break and new connections are refused.
         let warm = spread(&gw, "/warm", 4).await;
@@ -161,22 +93,11 @@ async fn get_succeeds_through_retries_while_one_instance_answers_503() {
     bounded(async {
         let good = Upstream::start("good").await;
         let bad = Upstream::with_status("bad", 503).await;
-        let gw = Gateway::builder(&format!(
-            r#"
-[[routes]]
-id = "r"
-path = "/"
-cluster = "c"
-retry = {{ attempts = 3 }}
-
-[clusters.c]
-endpoints = {}
-{NO_OUTLIER}
-"#,
-            endpoints(&[&good, &bad])
-        ))
-        .start()
-        .await;
+        let gw = Gateway::config()
+            .route_with("r", "/", "c", "retry = { attempts = 3 }")
+            .cluster_with("c", &[&good, &bad], NO_OUTLIER)
+            .start()
+            .await;
         let mut retried = 0;
         for i in 0..40 {
             let resp = gw.get(&format!("/item/{i}")).await;
@@ -207,29 +128,23 @@ endpoints = {}
 async fn both_503() -> (Upstream, Upstream, Gateway) {
     let a = Upstream::with_status("a", 503).await;
     let b = Upstream::with_status("b", 503).await;
-    let gw = Gateway::builder(&format!(
-        r#"
-[[routes]]
-id = "strict"
-path = "/strict"
-cluster = "c"
-retry = {{ attempts = 3, backoff_base = "1ms", backoff_cap = "5ms" }}
-
-[[routes]]
-id = "any"
-path = "/any"
-cluster = "c"
-retry = {{ attempts = 3, non_idempotent = true, backoff_base = "1ms", backoff_cap = "5ms" }}
-
-[clusters.c]
-endpoints = {}
-{NO_OUTLIER}
-"#,
-        endpoints(&[&a, &b])
-    ))
-    .no_access_log()
-    .start()
-    .await;
+    let gw = Gateway::config()
+        .route_with(
+            "strict",
+            "/strict",
+            "c",
+            r#"retry = { attempts = 3, backoff_base = "1ms", backoff_cap = "5ms" }"#,
+        )
+        .route_with(
+            "any",
+            "/any",
+            "c",
+            r#"retry = { attempts = 3, non_idempotent = true, backoff_base = "1ms", backoff_cap = "5ms" }"#,
+        )
+        .cluster_with("c", &[&a, &b], NO_OUTLIER)
+        .no_access_log()
+        .start()
+        .await;
     (a, b, gw)
 }
 
@@ -244,7 +159,7 @@ fn bodies(ups: &[&Upstream]) -> Vec<String> {
 async fn post_answered_503_is_not_retried() {
     bounded(async {
         let (a, b, gw) = both_503().await;
-        let resp = post(&gw, "/strict/orders", "order-1", &[]).await;
+        let resp = gw.post("/strict/orders", "order-1", &[]).await;
         assert_eq!(resp.status(), 503);
         assert_eq!(attempts(&resp), Some(1));
         assert_eq!(
@@ -286,13 +201,9 @@ async fn post_answered_503_is_not_retried() {
 async fn post_with_idempotency_key_is_retried_with_its_body() {
     bounded(async {
         let (a, b, gw) = both_503().await;
-        let resp = post(
-            &gw,
-            "/strict/orders",
-            "order-2",
-            &[("Idempotency-Key", "k-2")],
-        )
-        .await;
+        let resp = gw
+            .post("/strict/orders", "order-2", &[("Idempotency-Key", "k-2")])
+            .await;
         assert_eq!(resp.status(), 503);
         assert_eq!(attempts(&resp), Some(3));
         assert_eq!(a.hits() + b.hits(), 3);
@@ -313,7 +224,7 @@ async fn post_with_idempotency_key_is_retried_with_its_body() {
 async fn non_idempotent_route_retries_post() {
     bounded(async {
         let (a, b, gw) = both_503().await;
-        let resp = post(&gw, "/any/orders", "order-3", &[]).await;
+        let resp = gw.post("/any/orders", "order-3", &[]).await;
         assert_eq!(resp.status(), 503);
         assert_eq!(attempts(&resp), Some(3));
         assert_eq!(bodies(&[&a, &b]), ["order-3"; 3]);
@@ -326,26 +237,17 @@ async fn post_succeeds_on_retry_when_the_other_instance_is_healthy() {
     bounded(async {
         let good = Upstream::start("good").await;
         let bad = Upstream::with_status("bad", 503).await;
-        let gw = Gateway::builder(&format!(
-            r#"
-[[routes]]
-id = "r"
-path = "/"
-cluster = "c"
-retry = {{ attempts = 2 }}
-
-[clusters.c]
-endpoints = {}
-{NO_OUTLIER}
-"#,
-            endpoints(&[&bad, &good])
-        ))
-        .no_access_log()
-        .start()
-        .await;
+        let gw = Gateway::config()
+            .route_with("r", "/", "c", "retry = { attempts = 2 }")
+            .cluster_with("c", &[&bad, &good], NO_OUTLIER)
+            .no_access_log()
+            .start()
+            .await;
         for i in 0..6 {
             let key = format!("key-{i}");
-            let resp = post(&gw, "/orders", "payload", &[("Idempotency-Key", &key)]).await;
+            let resp = gw
+                .post("/orders", "payload", &[("Idempotency-Key", &key)])
+                .await;
             assert_eq!(resp.status(), 200, "POST {i} with Idempotency-Key");
         }
         assert_eq!(good.hits(), 6);
@@ -358,83 +260,17 @@ endpoints = {}
 // Connection reset before a response
 // ---------------------------------------------------------------------------------------
 
-/// A raw TCP upstream that reads a request head and resets the connection without
-/// answering. Counts the requests it swallowed.
-struct Resetter {
-    addr: std::net::SocketAddr,
-    seen: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Resetter {
-    async fn start() -> Resetter {
-        use tokio::io::AsyncReadExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind resetter");
-        let addr = listener.local_addr().expect("resetter address");
-        let seen = Arc::new(AtomicUsize::new(0));
-        let counter = seen.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let counter = counter.clone();
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    counter.fetch_add(1, Ordering::SeqCst);
-                    // Linger 0: closing sends RST instead of FIN (and never blocks, which
-                    // is what the deprecation warns about).
-                    #[allow(deprecated)]
-                    let _ = stream.set_linger(Some(Duration::ZERO));
-                    drop(stream);
-                });
-            }
-        });
-        Resetter { addr, seen, task }
-    }
-
-    fn seen(&self) -> usize {
-        self.seen.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Resetter {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_before_the_response_is_retried_for_get_but_not_for_post() {
     bounded(async {
         let resetter = Resetter::start().await;
         let good = Upstream::start("good").await;
-        let gw = Gateway::builder(&format!(
-            r#"
-[[routes]]
-id = "r"
-path = "/"
-cluster = "c"
-retry = {{ attempts = 2 }}
-
-[clusters.c]
-endpoints = [{{ address = "{}" }}, {{ address = "{}" }}]
-{NO_OUTLIER}
-"#,
-            resetter.addr, good.addr
-        ))
-        .no_access_log()
-        .start()
-        .await;
+        let gw = Gateway::config()
+            .route_with("r", "/", "c", "retry = { attempts = 2 }")
+            .cluster_at("c", &[resetter.addr, good.addr], NO_OUTLIER)
+            .no_access_log()
+            .start()
+            .await;
         for i in 0..10 {
             let resp = gw.get(&format!("/g/{i}")).await;
             assert_eq!(resp.status(), 200, "GET {i}");
@@ -447,7 +283,7 @@ endpoints = [{{ address = "{}" }}, {{ address = "{}" }}]
 
         let mut failed = 0;
         for i in 0..10 {
-            let resp = post(&gw, &format!("/p/{i}"), "body", &[]).await;
+            let resp = gw.post(&format!("/p/{i}"), "body", &[]).await;
             match resp.status().as_u16() {
                 200 => {}
                 502 => failed += 1,
@@ -474,24 +310,20 @@ async fn retry_budget_caps_retries_under_a_total_outage() {
     bounded(async {
         let a = Upstream::with_status("a", 503).await;
         let b = Upstream::with_status("b", 503).await;
-        let gw = Gateway::builder(&format!(
-            r#"
-[[routes]]
-id = "r"
-path = "/"
-cluster = "c"
-retry = {{ attempts = 3, backoff_base = "1ms", backoff_cap = "2ms" }}
-
-[clusters.c]
-endpoints = {}
+        let gw = Gateway::config()
+            .route_with(
+                "r",
+                "/",
+                "c",
+                r#"retry = { attempts = 3, backoff_base = "1ms", backoff_cap = "2ms" }"#,
+            )
+            .cluster_with("c", &[&a, &b], &format!(r#"
 retry_budget = {{ ratio = 0.1, min_per_second = 1 }}
 {NO_OUTLIER}
-"#,
-            endpoints(&[&a, &b])
-        ))
-        .no_access_log()
-        .start()
-        .await;
+"#))
+            .no_access_log()
+            .start()
+            .await;
         let requests = 150;
         let start = Instant::now();
         let mut last_attempts = Vec::new();
@@ -544,34 +376,22 @@ async fn route_deadline_turns_a_slow_upstream_into_a_timely_504() {
         let slow2 = Upstream::start("slow2").await;
         slow1.set_delay(Duration::from_secs(3));
         slow2.set_delay(Duration::from_secs(3));
-        let gw = Gateway::builder(&format!(
-            r#"
-[[routes]]
-id = "plain"
-path = "/plain"
-cluster = "one"
+        let gw = Gateway::config()
+            .route_with("plain", "/plain", "one", r#"timeout = "300ms""#)
+            .route_with(
+                "retrying",
+                "/retrying",
+                "two",
+                r#"
 timeout = "300ms"
-
-[[routes]]
-id = "retrying"
-path = "/retrying"
-cluster = "two"
-timeout = "300ms"
-retry = {{ attempts = 3, backoff_base = "1ms", backoff_cap = "5ms" }}
-
-[clusters.one]
-endpoints = {}
-
-[clusters.two]
-endpoints = {}
-{NO_OUTLIER}
+retry = { attempts = 3, backoff_base = "1ms", backoff_cap = "5ms" }
 "#,
-            endpoints(&[&slow1]),
-            endpoints(&[&slow1, &slow2])
-        ))
-        .no_access_log()
-        .start()
-        .await;
+            )
+            .cluster("one", &[&slow1])
+            .cluster_with("two", &[&slow1, &slow2], NO_OUTLIER)
+            .no_access_log()
+            .start()
+            .await;
         for path in ["/plain/1", "/retrying/1"] {
             let start = Instant::now();
             let resp = gw.get(path).await;
@@ -593,24 +413,20 @@ async fn per_try_timeout_moves_a_slow_attempt_to_the_fast_instance() {
         let slow = Upstream::start("slow").await;
         let fast = Upstream::start("fast").await;
         slow.set_delay(Duration::from_secs(3));
-        let gw = Gateway::builder(&format!(
-            r#"
-[[routes]]
-id = "r"
-path = "/"
-cluster = "c"
+        let gw = Gateway::config()
+            .route_with(
+                "r",
+                "/",
+                "c",
+                r#"
 timeout = "2s"
-retry = {{ attempts = 2, per_try_timeout = "200ms", backoff_base = "1ms", backoff_cap = "5ms" }}
-
-[clusters.c]
-endpoints = {}
-{NO_OUTLIER}
+retry = { attempts = 2, per_try_timeout = "200ms", backoff_base = "1ms", backoff_cap = "5ms" }
 "#,
-            endpoints(&[&slow, &fast])
-        ))
-        .no_access_log()
-        .start()
-        .await;
+            )
+            .cluster_with("c", &[&slow, &fast], NO_OUTLIER)
+            .no_access_log()
+            .start()
+            .await;
         let mut moved = 0;
         for i in 0..6 {
             let start = Instant::now();
@@ -643,23 +459,19 @@ endpoints = {}
 async fn retry_gap(retry_after: &str, backoff_cap: &str) -> Duration {
     let up = Upstream::with_status("busy", 503).await;
     up.add_response_header("Retry-After", retry_after);
-    let gw = Gateway::builder(&format!(
-        r#"
-[[routes]]
-id = "r"
-path = "/"
-cluster = "c"
-retry = {{ attempts = 2, backoff_base = "5ms", backoff_cap = "{backoff_cap}" }}
-
-[clusters.c]
-endpoints = {}
-{NO_OUTLIER}
-"#,
-        endpoints(&[&up])
-    ))
-    .no_access_log()
-    .start()
-    .await;
+    let gw = Gateway::config()
+        .route_with(
+            "r",
+            "/",
+            "c",
+            &format!(
+                r#"retry = {{ attempts = 2, backoff_base = "5ms", backoff_cap = "{backoff_cap}" }}"#
+            ),
+        )
+        .cluster_with("c", &[&up], NO_OUTLIER)
+        .no_access_log()
+        .start()
+        .await;
     let resp = gw.get("/x").await;
     assert_eq!(resp.status(), 503);
     assert_eq!(attempts(&resp), Some(2));
@@ -707,23 +519,15 @@ async fn retry_after_is_capped_by_backoff_cap() {
 /// One instance behind a cluster breaker tripping on 3 consecutive failures.
 async fn breaker_setup(open_for: &str) -> (Upstream, Gateway) {
     let up = Upstream::with_status("flaky", 500).await;
-    let gw = Gateway::builder(&format!(
-        r#"
-[[routes]]
-id = "r"
-path = "/"
-cluster = "c"
-
-[clusters.c]
-endpoints = {}
+    let gw = Gateway::config()
+        .route("r", "/", "c")
+        .cluster_with("c", &[&up], &format!(r#"
 {NO_OUTLIER}
 breaker = {{ consecutive_failures = 3, min_requests = 1000, open_for = "{open_for}", max_open = "10s", half_open_probes = 2 }}
-"#,
-        endpoints(&[&up])
-    ))
-    .no_access_log()
-    .start()
-    .await;
+"#))
+        .no_access_log()
+        .start()
+        .await;
     (up, gw)
 }
 
@@ -741,7 +545,7 @@ async fn trip(gw: &Gateway, up: &Upstream) -> Instant {
 }
 
 async fn breaker_state(gw: &Gateway) -> String {
-    cluster_status(gw, "c").await["breaker"]
+    gw.cluster_status("c").await["breaker"]
         .as_str()
         .unwrap_or("none")
         .to_string()
@@ -870,23 +674,21 @@ async fn endpoint_breaker_takes_one_endpoint_out_while_the_other_serves() {
     bounded(async {
         let good = Upstream::start("good").await;
         let bad = Upstream::with_status("bad", 500).await;
-        let gw = Gateway::builder(&format!(
-            r#"
-[[routes]]
-id = "r"
-path = "/"
-cluster = "c"
-
-[clusters.c]
-endpoints = {}
+        let gw = Gateway::config()
+            .route("r", "/", "c")
+            .cluster_with(
+                "c",
+                &[&good, &bad],
+                &format!(
+                    r#"
 {NO_OUTLIER}
 endpoint_breaker = {{ consecutive_failures = 2, min_requests = 1000, open_for = "10s" }}
-"#,
-            endpoints(&[&good, &bad])
-        ))
-        .no_access_log()
-        .start()
-        .await;
+"#
+                ),
+            )
+            .no_access_log()
+            .start()
+            .await;
         let mut errors = 0;
         for i in 0..30 {
             let resp = gw.get(&format!("/x/{i}")).await;
@@ -947,36 +749,22 @@ async fn latencies(client: &reqwest::Client, url: &str, n: usize) -> Vec<Duratio
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulkhead_isolates_a_saturated_cluster() {
     bounded(async {
-        let slow = Upstream::start("slow").await;
-        slow.set_delay(Duration::from_millis(400));
+        let slow = Upstream::slow("slow", Duration::from_millis(400)).await;
         let fast = Upstream::start("fast").await;
-        let gw = Gateway::builder(&format!(
-            r#"
-[[routes]]
-id = "slow"
-path = "/slow"
-cluster = "c"
-
-[[routes]]
-id = "fast"
-path = "/fast"
-cluster = "b"
-
-[clusters.c]
-endpoints = {}
-bulkhead = {{ max_concurrent = 4, max_queue = 2, queue_timeout = "50ms" }}
-
-[clusters.b]
-endpoints = {}
-"#,
-            endpoints(&[&slow]),
-            endpoints(&[&fast])
-        ))
-        .threads(2)
-        .no_access_log()
-        .start()
-        .await;
-        let probe = client();
+        let gw = Gateway::config()
+            .route("slow", "/slow", "c")
+            .route("fast", "/fast", "b")
+            .cluster_with(
+                "c",
+                &[&slow],
+                r#"bulkhead = { max_concurrent = 4, max_queue = 2, queue_timeout = "50ms" }"#,
+            )
+            .cluster("b", &[&fast])
+            .threads(2)
+            .no_access_log()
+            .start()
+            .await;
+        let probe = http_client();
         let fast_url = gw.url("/fast/x");
         latencies(&probe, &fast_url, 10).await; // warm-up
         // 150 samples, so one scheduling hiccup on this shared machine is not the p99.
@@ -986,7 +774,7 @@ endpoints = {}
         let ok = Arc::new(AtomicUsize::new(0));
         let rejected = Arc::new(std::sync::Mutex::new(Vec::<Duration>::new()));
         let mut flood = Vec::new();
-        let clients: Vec<reqwest::Client> = (0..30).map(|_| client()).collect();
+        let clients: Vec<reqwest::Client> = (0..30).map(|_| http_client()).collect();
         let flood_until = Instant::now() + Duration::from_secs(2);
         for c in clients {
             let (url, ok, rejected) = (gw.url("/slow/x"), ok.clone(), rejected.clone());
@@ -1016,7 +804,7 @@ endpoints = {}
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
         let during = latencies(&probe, &fast_url, 150).await;
-        let admin = cluster_status(&gw, "c").await;
+        let admin = gw.cluster_status("c").await;
         for f in flood {
             f.await.expect("flood task");
         }
@@ -1073,36 +861,28 @@ endpoints = {}
 /// the limit after each phase.
 async fn adaptive_limits(extra_cluster_config: &str) -> (u64, u64) {
     let up = Upstream::start("adaptive").await;
-    let gw = Gateway::builder(&format!(
-        r#"
-[[routes]]
-id = "r"
-path = "/"
-cluster = "c"
-
-[clusters.c]
-endpoints = {}
+    let gw = Gateway::config()
+        .route("r", "/", "c")
+        .cluster_with("c", &[&up], &format!(r#"
 bulkhead = {{ max_concurrent = 32, max_queue = 256, queue_timeout = "3s", mode = "adaptive", min_concurrent = 2 }}
 {extra_cluster_config}
-"#,
-        endpoints(&[&up])
-    ))
-    .threads(2)
-    .no_access_log()
-    .start()
-    .await;
+"#))
+        .threads(2)
+        .no_access_log()
+        .start()
+        .await;
     let limit = |s: serde_json::Value| {
         s["bulkhead"]["limit"]
             .as_u64()
             .unwrap_or_else(|| panic!("no bulkhead.limit in {s}"))
     };
-    assert_eq!(limit(cluster_status(&gw, "c").await), 32);
+    assert_eq!(limit(gw.cluster_status("c").await), 32);
 
     // Steady phase: 10 ms per request, one at a time; the limiter learns the base latency
     // (a steady 10 ms rather than sub-millisecond loopback, whose relative jitter alone
     // would move a gradient limiter).
     up.set_delay(Duration::from_millis(10));
-    let c = client();
+    let c = http_client();
     for i in 0..50 {
         let resp = c
             .get(gw.url(&format!("/steady/{i}")))
@@ -1111,13 +891,13 @@ bulkhead = {{ max_concurrent = 32, max_queue = 256, queue_timeout = "3s", mode =
             .expect("steady request");
         assert_eq!(resp.status(), 200);
     }
-    let steady_limit = limit(cluster_status(&gw, "c").await);
+    let steady_limit = limit(gw.cluster_status("c").await);
 
     // Slow phase: 80 ms per request, 8 at a time.
     up.set_delay(Duration::from_millis(80));
     let sent = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
-    for c in (0..8).map(|_| client()).collect::<Vec<_>>() {
+    for c in (0..8).map(|_| http_client()).collect::<Vec<_>>() {
         let (url, sent) = (gw.url("/slow"), sent.clone());
         tasks.push(tokio::spawn(async move {
             while sent.fetch_add(1, Ordering::SeqCst) < 160 {
@@ -1129,7 +909,7 @@ bulkhead = {{ max_concurrent = 32, max_queue = 256, queue_timeout = "3s", mode =
     for t in tasks {
         t.await.expect("slow task");
     }
-    let slow_limit = limit(cluster_status(&gw, "c").await);
+    let slow_limit = limit(gw.cluster_status("c").await);
     let metrics = gw.metrics().await;
     assert_eq!(
         metric_value(&metrics, "portico_bulkhead_limit", &[("cluster", "c")]),
@@ -1176,27 +956,22 @@ async fn instance_killed_under_steady_load_causes_no_failed_requests() {
         // A little service time, so requests are in flight on `b` when it dies.
         a.set_delay(Duration::from_millis(5));
         b.set_delay(Duration::from_millis(5));
-        let gw = Gateway::builder(&format!(
-            r#"
-[[routes]]
-id = "r"
-path = "/"
-cluster = "c"
-retry = {{ attempts = 3, backoff_base = "5ms", backoff_cap = "50ms" }}
-
-[clusters.c]
-endpoints = {}
-"#,
-            endpoints(&[&a, &b])
-        ))
-        .threads(2)
-        .no_access_log()
-        .start()
-        .await;
+        let gw = Gateway::config()
+            .route_with(
+                "r",
+                "/",
+                "c",
+                r#"retry = { attempts = 3, backoff_base = "5ms", backoff_cap = "50ms" }"#,
+            )
+            .cluster("c", &[&a, &b])
+            .threads(2)
+            .no_access_log()
+            .start()
+            .await;
         let total = 400;
         let tasks = 8;
         let per_task = total / tasks;
-        let clients: Vec<reqwest::Client> = (0..tasks).map(|_| client()).collect();
+        let clients: Vec<reqwest::Client> = (0..tasks).map(|_| http_client()).collect();
         let start = Instant::now();
         let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
         let mut workers = Vec::new();

@@ -12,21 +12,18 @@ use common::*;
 /// A gateway with one route per `(id, matcher lines)`, each to its own upstream named `id`.
 async fn gateway_with_routes(routes: &[(&str, &str)]) -> (Gateway, Vec<Upstream>) {
     let mut upstreams = Vec::new();
-    let mut config = String::new();
+    let mut config = Gateway::config();
     for (id, matcher) in routes {
-        config.push_str(&format!(
-            "[[routes]]\nid = \"{id}\"\ncluster = \"{id}\"\n{matcher}\n\n"
+        config = config.toml(&format!(
+            "[[routes]]\nid = \"{id}\"\ncluster = \"{id}\"\n{matcher}"
         ));
     }
     for (id, _) in routes {
         let up = Upstream::start(id).await;
-        config.push_str(&format!(
-            "[clusters.{id}]\nendpoints = [{{ address = \"{}\" }}]\n\n",
-            up.addr
-        ));
+        config = config.cluster(id, &[&up]);
         upstreams.push(up);
     }
-    (Gateway::start(&config).await, upstreams)
+    (config.start().await, upstreams)
 }
 
 /// The route (upstream name) that served a reqwest response, or `status:NNN` when the

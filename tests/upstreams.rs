@@ -12,18 +12,10 @@ use std::time::{Duration, Instant};
 use common::*;
 
 /// One route `/` to cluster `c` with the given cluster body.
-fn one_cluster(cluster_body: &str) -> String {
-    format!(
-        "[[routes]]\nid = \"all\"\npath = \"/\"\ncluster = \"c\"\n\n[clusters.c]\n{cluster_body}\n"
-    )
-}
-
-fn upstream_of(resp: &reqwest::Response) -> String {
-    resp.headers()
-        .get("x-upstream")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("?")
-        .to_string()
+fn one_cluster(cluster_body: &str) -> Routes {
+    Routes::new()
+        .route("all", "/", "c")
+        .cluster_body("c", cluster_body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,7 +23,7 @@ async fn weighted_round_robin_follows_the_weights() {
     bounded(async {
         let heavy = Upstream::start("heavy").await;
         let light = Upstream::start("light").await;
-        let gw = Gateway::builder(&one_cluster(&format!(
+        let gw = Gateway::builder(one_cluster(&format!(
             "lb = \"round_robin\"\nendpoints = [{{ address = \"{}\", weight = 3 }}, {{ address = \"{}\", weight = 1 }}]",
             heavy.addr, light.addr
         )))
@@ -54,9 +46,8 @@ async fn weighted_round_robin_follows_the_weights() {
 async fn least_request_avoids_a_slow_instance() {
     bounded(async {
         let fast = Upstream::start("fast").await;
-        let slow = Upstream::start("slow").await;
-        slow.set_delay(Duration::from_millis(200));
-        let gw = Gateway::builder(&one_cluster(&format!(
+        let slow = Upstream::slow("slow", Duration::from_millis(200)).await;
+        let gw = Gateway::builder(one_cluster(&format!(
             "lb = \"least_request\"\nendpoints = {}",
             endpoints(&[&fast, &slow])
         )))
@@ -102,7 +93,7 @@ async fn consistent_hash_by_header_is_sticky_and_spreads_keys() {
             Upstream::start("u1").await,
             Upstream::start("u2").await,
         ];
-        let gw = Gateway::builder(&one_cluster(&format!(
+        let gw = Gateway::builder(one_cluster(&format!(
             "lb = \"consistent_hash\"\nhash = {{ by = \"header\", name = \"X-User\" }}\nendpoints = {}",
             endpoints(&[&ups[0], &ups[1], &ups[2]])
         )))
@@ -137,7 +128,7 @@ async fn consistent_hash_by_cookie_is_sticky_and_spreads_keys() {
             Upstream::start("u1").await,
             Upstream::start("u2").await,
         ];
-        let gw = Gateway::builder(&one_cluster(&format!(
+        let gw = Gateway::builder(one_cluster(&format!(
             "lb = \"consistent_hash\"\nhash = {{ by = \"cookie\", name = \"sid\" }}\nendpoints = {}",
             endpoints(&[&ups[0], &ups[1], &ups[2]])
         )))
@@ -173,7 +164,7 @@ async fn active_health_check_takes_an_instance_out_and_brings_it_back() {
     bounded(async {
         let a = Upstream::start("a").await;
         let b = Upstream::start("b").await;
-        let gw = Gateway::builder(&one_cluster(&format!(
+        let gw = Gateway::builder(one_cluster(&format!(
             "endpoints = {}\nhealth_check = {{ path = \"/healthz\", interval = \"200ms\", timeout = \"150ms\", healthy_threshold = 2, unhealthy_threshold = 2 }}",
             endpoints(&[&a, &b])
         )))
@@ -236,7 +227,7 @@ async fn consecutive_5xx_eject_an_instance_for_the_ejection_period() {
     bounded(async {
         let a = Upstream::start("a").await;
         let b = Upstream::with_status("b", 500).await;
-        let gw = Gateway::builder(&one_cluster(&format!(
+        let gw = Gateway::builder(one_cluster(&format!(
             "endpoints = {}\noutlier = {{ consecutive_5xx = 3, consecutive_connect_failures = 3, base_ejection = \"1500ms\", max_ejection = \"10s\", min_healthy = 1 }}",
             endpoints(&[&a, &b])
         )))
@@ -295,22 +286,24 @@ async fn ejection_never_goes_below_min_healthy() {
     bounded(async {
         let a = Upstream::with_status("a", 500).await;
         let b = Upstream::with_status("b", 500).await;
-        let gw = Gateway::builder(&one_cluster(&format!(
+        let gw = Gateway::builder(one_cluster(&format!(
             "endpoints = {}\noutlier = {{ consecutive_5xx = 2, base_ejection = \"10s\", max_ejection = \"30s\", min_healthy = 1 }}",
             endpoints(&[&a, &b])
         )))
         .no_access_log()
         .start()
         .await;
-        for i in 0..30 {
-            let resp = gw.get("/x").await;
-            assert_eq!(
-                resp.status(),
-                500,
-                "request {i}: the upstream's 500 passes through, never a 503 for lack of endpoints"
-            );
-            assert!(resp.headers().contains_key("x-upstream"));
-        }
+        let counts = send_and_count(&gw, "/x", 30).await;
+        assert_eq!(
+            counts.status(500),
+            30,
+            "the upstream's 500 passes through, never a 503 for lack of endpoints: {counts:?}"
+        );
+        assert_eq!(
+            counts.by_upstream.values().sum::<usize>(),
+            30,
+            "every answer came from an upstream: {counts:?}"
+        );
         assert_eq!(a.hits() + b.hits(), 30);
         let clusters = gw.admin_json("/admin/clusters").await;
         let c = &clusters["clusters"][0];
@@ -333,18 +326,16 @@ async fn connect_failures_are_retried_elsewhere_and_eject() {
         let mut b = Upstream::start("b").await;
         let b_addr = b.address();
         b.stop().await;
-        let gw = Gateway::builder(&one_cluster(&format!(
+        let gw = Gateway::builder(one_cluster(&format!(
             "endpoints = {}\noutlier = {{ consecutive_connect_failures = 2, base_ejection = \"10s\", max_ejection = \"30s\", min_healthy = 1 }}",
             endpoints(&[&a, &b])
         )))
         .no_access_log()
         .start()
         .await;
-        for i in 0..20 {
-            let resp = gw.get(&format!("/x/{i}")).await;
-            assert_eq!(resp.status(), 200, "request {i} should be retried on a");
-            assert_eq!(upstream_of(&resp), "a");
-        }
+        let counts = send_and_count(&gw, "/x/1", 20).await;
+        assert_eq!(counts.status(200), 20, "every request is retried on a: {counts:?}");
+        assert_eq!(counts.upstream("a"), 20, "{counts:?}");
         assert_eq!(a.hits(), 20);
         let status = gw.endpoint_status("c", &b_addr).await;
         assert_eq!(status["ejected"], true, "{status}");

@@ -38,56 +38,45 @@ async fn start() -> Versions {
     let v2 = Upstream::start("v2").await;
     let v3 = Upstream::start("v3").await;
     let plain = Upstream::start("plain").await;
-    let gw = Gateway::start(&format!(
-        r#"
+    let gw = Gateway::config()
+        .toml(r#"
 [[routes]]
 id = "orders"
 path = "/orders"
-versioning = {{ default = "2" }}
+versioning = { default = "2" }
 versions = [
-  {{ name = "1", cluster = "orders-v1", retired = true }},
-  {{ name = "2", cluster = "orders-v2", deprecated = {{ since = "2026-06-01T00:00:00Z", sunset = "2027-01-01T00:00:00Z", successor = "3", link = "https://docs.example.com/orders/v3" }} }},
-  {{ name = "v3", cluster = "orders-v3", rewrite_prefix = "/api/orders" }},
+  { name = "1", cluster = "orders-v1", retired = true },
+  { name = "2", cluster = "orders-v2", deprecated = { since = "2026-06-01T00:00:00Z", sunset = "2027-01-01T00:00:00Z", successor = "3", link = "https://docs.example.com/orders/v3" } },
+  { name = "v3", cluster = "orders-v3", rewrite_prefix = "/api/orders" },
 ]
-
+"#)
+        .toml(r#"
 [[routes]]
 id = "strict"
 path = "/strict"
-versioning = {{ sources = ["uri", "header", "media_type", "query"] }}
+versioning = { sources = ["uri", "header", "media_type", "query"] }
 versions = [
-  {{ name = "2", cluster = "orders-v2" }},
-  {{ name = "3", cluster = "orders-v3" }},
+  { name = "2", cluster = "orders-v2" },
+  { name = "3", cluster = "orders-v3" },
 ]
-
+"#)
+        .toml(r#"
 [[routes]]
 id = "custom"
 path = "/custom"
-versioning = {{ sources = ["query", "header"], header = "API-Version", query = "api", default = "2" }}
+versioning = { sources = ["query", "header"], header = "API-Version", query = "api", default = "2" }
 versions = [
-  {{ name = "2", cluster = "orders-v2" }},
-  {{ name = "3", cluster = "orders-v3" }},
+  { name = "2", cluster = "orders-v2" },
+  { name = "3", cluster = "orders-v3" },
 ]
-
-[[routes]]
-id = "legacy"
-path = "/v1/legacy"
-cluster = "plain"
-
-[clusters.orders-v1]
-endpoints = {}
-[clusters.orders-v2]
-endpoints = {}
-[clusters.orders-v3]
-endpoints = {}
-[clusters.plain]
-endpoints = {}
-"#,
-        endpoints(&[&v1]),
-        endpoints(&[&v2]),
-        endpoints(&[&v3]),
-        endpoints(&[&plain]),
-    ))
-    .await;
+"#)
+        .route("legacy", "/v1/legacy", "plain")
+        .cluster("orders-v1", &[&v1])
+        .cluster("orders-v2", &[&v2])
+        .cluster("orders-v3", &[&v3])
+        .cluster("plain", &[&plain])
+        .start()
+        .await;
     Versions {
         v1,
         v2,
@@ -95,20 +84,6 @@ endpoints = {}
         plain,
         gw,
     }
-}
-
-fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
-    resp.headers()
-        .get(name)
-        .map(|v| v.to_str().unwrap_or("<non-ascii>").to_string())
-}
-
-fn header_all(resp: &reqwest::Response, name: &str) -> Vec<String> {
-    resp.headers()
-        .get_all(name)
-        .iter()
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .collect()
 }
 
 /// Sends `GET path` with `headers`, expects 200 from the upstream `expected`, and returns

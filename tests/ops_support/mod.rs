@@ -3,7 +3,7 @@
 //! daemonized, killed with everything it spawned on drop), a steady-rate load generator that
 //! counts every failure and connection reset and keeps each latency, and a test CA.
 //!
-//! Upstreams, free ports and polling come from `tests/common`.
+//! Upstreams, free ports, polling and percentiles come from `tests/common`.
 
 #![allow(dead_code)]
 
@@ -14,16 +14,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::common::{free_addr, PORTICO};
+pub use crate::common::percentile;
+use crate::common::{bounded_by, free_addr, PORTICO};
 
 /// Upper bound of one operations test.
 pub const OPS_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Runs a test body with an overall deadline.
+/// Runs a test body with the operations tests' deadline.
 pub async fn bounded<T>(body: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(OPS_TIMEOUT, body)
-        .await
-        .unwrap_or_else(|_| panic!("test did not finish within {OPS_TIMEOUT:?}"))
+    bounded_by(OPS_TIMEOUT, body).await
 }
 
 /// Load tests in one test binary take turns, so their latencies are not each other's.
@@ -396,17 +395,6 @@ impl Report {
             .map(|s| s.latency)
             .collect()
     }
-}
-
-/// The `p`-th percentile (nearest rank) of `samples`; zero when there are none.
-pub fn percentile(samples: &[Duration], p: f64) -> Duration {
-    if samples.is_empty() {
-        return Duration::ZERO;
-    }
-    let mut sorted = samples.to_vec();
-    sorted.sort();
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
 }
 
 pub fn ms(d: Duration) -> String {

@@ -107,8 +107,17 @@ fn now() -> u64 {
     unix_now()
 }
 
+/// A JOSE header of an access token as the plugin requires it by default: `typ: at+jwt`.
+fn access_header(alg: &str, kid: Option<&str>) -> Value {
+    let mut header = json!({"alg": alg, "typ": "at+jwt"});
+    if let Some(kid) = kid {
+        header["kid"] = json!(kid);
+    }
+    header
+}
+
 fn header_for(key: &TestKey) -> Value {
-    json!({"alg": alg_name(key.alg), "kid": key.kid, "typ": "at+jwt"})
+    access_header(alg_name(key.alg), Some(&key.kid))
 }
 
 fn claims() -> Value {
@@ -308,10 +317,13 @@ fn config_error(src: &str) -> (String, Option<String>) {
 /// A plugin whose one issuer takes its keys from `url`; `top` goes before the issuer table
 /// and `issuer` inside it.
 fn remote(url: &str, top: &str, issuer: &str) -> Jwt {
-    plugin(&format!(
-        "realm = \"test\"\n{top}\n[[issuers]]\nissuer = \"{ISS}\"\naudiences = [\"{AUD}\"]\n\
-         jwks_url = \"{url}\"\n{issuer}\n"
-    ))
+    plugin(&one_issuer(top, &format!("jwks_url = \"{url}\"\n{issuer}")))
+}
+
+/// A plugin config (realm `test`, then `top`) with one issuer of [`ISS`] for [`AUD`],
+/// whose table ends with `issuer`.
+fn one_issuer(top: &str, issuer: &str) -> String {
+    format!("realm = \"test\"\n{top}\n[[issuers]]\nissuer = \"{ISS}\"\naudiences = [\"{AUD}\"]\n{issuer}\n")
 }
 
 /// A JWKS server serving `keys` and a plugin using it.
@@ -321,8 +333,13 @@ async fn served(keys: &[&TestKey], top: &str, issuer: &str) -> (Server, Jwt) {
     (server, p)
 }
 
+/// `GET target`, no headers.
+fn get(target: &str) -> RequestHeader {
+    RequestHeader::build("GET", target.as_bytes(), None).unwrap()
+}
+
 fn request(auth: Option<&str>) -> RequestHeader {
-    let mut req = RequestHeader::build("GET", b"/orders/1", None).unwrap();
+    let mut req = get("/orders/1");
     if let Some(token) = auth {
         req.insert_header("Authorization", format!("Bearer {token}"))
             .unwrap();
@@ -610,12 +627,7 @@ async fn query_tokens_are_refused_unless_allowed() {
     let key = ec_key("k1");
     let (server, p) = served(&[&key], "", "").await;
     let t = token(&key);
-    let mut req = RequestHeader::build(
-        "GET",
-        format!("/orders?a=1&access_token={t}").as_bytes(),
-        None,
-    )
-    .unwrap();
+    let mut req = get(&format!("/orders?a=1&access_token={t}"));
     refused(
         &p,
         &mut req,
@@ -629,12 +641,7 @@ async fn query_tokens_are_refused_unless_allowed() {
         "allow_query_token = true\nstrip_authorization = true",
         "",
     );
-    let mut req = RequestHeader::build(
-        "GET",
-        format!("/orders?a=1&access_token={t}&b=2").as_bytes(),
-        None,
-    )
-    .unwrap();
+    let mut req = get(&format!("/orders?a=1&access_token={t}&b=2"));
     let (flow, ctx) = run(&p, &mut req).await;
     assert!(matches!(flow, Flow::Continue));
     assert_eq!(ctx.identity.unwrap().subject, "service-a");
@@ -642,8 +649,7 @@ async fn query_tokens_are_refused_unless_allowed() {
     assert_eq!(req.uri.to_string(), "/orders?a=1&b=2");
 
     // Both ways at once, or twice in the query: invalid_request.
-    let mut req =
-        RequestHeader::build("GET", format!("/orders?access_token={t}").as_bytes(), None).unwrap();
+    let mut req = get(&format!("/orders?access_token={t}"));
     req.insert_header("Authorization", format!("Bearer {t}"))
         .unwrap();
     refused(
@@ -653,12 +659,7 @@ async fn query_tokens_are_refused_unless_allowed() {
         Some(&challenge("invalid_request", TWO_METHODS)),
     )
     .await;
-    let mut req = RequestHeader::build(
-        "GET",
-        format!("/orders?access_token={t}&access_token={t}").as_bytes(),
-        None,
-    )
-    .unwrap();
+    let mut req = get(&format!("/orders?access_token={t}&access_token={t}"));
     refused(
         &p,
         &mut req,
@@ -676,10 +677,7 @@ async fn alg_none_is_refused_in_any_spelling() {
     let key = ec_key("k1");
     let (_server, p) = served(&[&key], "", "").await;
     for alg in ["none", "None", "NONE", "nOnE"] {
-        let unsigned = encode_parts(
-            &json!({"alg": alg, "kid": "k1", "typ": "at+jwt"}),
-            &claims(),
-        );
+        let unsigned = encode_parts(&access_header(alg, Some("k1")), &claims());
         for t in [format!("{unsigned}."), format!("{unsigned}.c2lnbmF0dXJl")] {
             refused_token(&p, &t, 401, Some(&bad_token(UNSIGNED))).await;
         }
@@ -703,7 +701,7 @@ async fn hs256_signed_with_the_rsa_public_key_is_refused() {
         sign_raw(
             &EncodingKey::from_secret(secret),
             Algorithm::HS256,
-            &json!({"alg": "HS256", "kid": "rsa-1", "typ": "at+jwt"}),
+            &access_header("HS256", Some("rsa-1")),
             &claims(),
         )
     };
@@ -1259,10 +1257,7 @@ async fn local_pem_and_jwks_files_are_read() {
         write("rsa.pem", &rsa.pem),
         write("ed.pem", &ed.pem),
     ];
-    let p = plugin(&format!(
-        "realm = \"test\"\n[[issuers]]\nissuer = \"{ISS}\"\naudiences = [\"{AUD}\"]\nkeys = {:?}",
-        paths
-    ));
+    let p = plugin(&one_issuer("", &format!("keys = {paths:?}")));
     for key in [&ec, &rsa, &ed] {
         admitted(&p, &token(key)).await;
     }
@@ -1278,9 +1273,7 @@ async fn local_pem_and_jwks_files_are_read() {
 
     let set = write("set.json", &jwks(&[&ec, &ed]));
     let single = write("one.json", &rsa.jwk.to_string());
-    let p = plugin(&format!(
-        "realm = \"test\"\n[[issuers]]\nissuer = \"{ISS}\"\naudiences = [\"{AUD}\"]\nkeys = [{set:?}, {single:?}]"
-    ));
+    let p = plugin(&one_issuer("", &format!("keys = [{set:?}, {single:?}]")));
     for key in [&ec, &rsa, &ed] {
         admitted(&p, &token(key)).await;
     }
@@ -1296,11 +1289,11 @@ async fn local_pem_and_jwks_files_are_read() {
 #[tokio::test]
 async fn hmac_works_only_with_its_own_secret() {
     let secret = "0123456789abcdef0123456789abcdef";
-    let p = plugin(&format!(
-        "realm = \"test\"\n[[issuers]]\nissuer = \"{ISS}\"\naudiences = [\"{AUD}\"]\n\
-         algorithms = [\"HS256\"]\nhmac_secret = \"{secret}\""
+    let p = plugin(&one_issuer(
+        "",
+        &format!("algorithms = [\"HS256\"]\nhmac_secret = \"{secret}\""),
     ));
-    let header = json!({"alg": "HS256", "typ": "at+jwt"});
+    let header = access_header("HS256", None);
     let good = sign_raw(
         &EncodingKey::from_secret(secret.as_bytes()),
         Algorithm::HS256,

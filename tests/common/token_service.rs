@@ -1,12 +1,11 @@
-//! Shared helpers for the token service's integration tests: a real service on
+//! Portico's own token service for the tests that need one: a real service on
 //! 127.0.0.1:0 with its own database, clients registered through the library, token
-//! requests over real HTTP, and JWT verification against the published JWKS.
-#![allow(dead_code)]
+//! requests over real HTTP, JWT verification against the published JWKS, and the
+//! `portico auth` command line.
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use base64::Engine;
 use portico::auth::{self, AuthConfig, Running};
 use serde_json::Value;
 
@@ -47,12 +46,7 @@ pub async fn add_client(r: &Running, id: &str, scopes: &str, audiences: &str) ->
         .expect("client added")
 }
 
-pub fn basic(id: &str, secret: &str) -> String {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
-    )
-}
+pub use super::tokens::basic;
 
 /// POSTs a form with Basic credentials; returns status, headers and JSON body (or Null).
 pub async fn post_basic(
@@ -179,7 +173,7 @@ pub fn http() -> reqwest::Client {
 
 /// Runs the real binary, returning (exit code, stdout, stderr).
 pub fn portico(args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portico"))
+    let out = std::process::Command::new(super::PORTICO)
         .args(args)
         .env("RUST_LOG", "warn")
         .output()
@@ -197,4 +191,22 @@ pub fn kv(text: &str) -> HashMap<String, String> {
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect()
+}
+
+/// A `client_credentials` token request by client_secret_basic to `{base}/oauth2/token`:
+/// status, headers and JSON body, whatever the answer.
+pub async fn client_credentials(
+    http: &reqwest::Client,
+    base: &str,
+    id: &str,
+    secret: &str,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    post_basic(
+        http,
+        &format!("{base}/oauth2/token"),
+        id,
+        secret,
+        &[("grant_type", "client_credentials")],
+    )
+    .await
 }
