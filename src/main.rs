@@ -75,9 +75,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The demo's own output is the show; only warnings (ejections, breakers) join it.
+    // The demo's own output is the show; only warnings (ejections, breakers) join it. The
+    // proxy's per-request 5xx details would repeat what the bulkhead and timeout scenes
+    // print themselves.
     let default_filter = if matches!(cli.command, Command::Demo { .. }) {
-        "warn,pingora_proxy=off,pingora_core=off,portico::auth=error"
+        "warn,pingora_proxy=off,pingora_core=off,portico::proxy=error,portico_auth=error"
     } else {
         "info"
     };
