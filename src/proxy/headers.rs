@@ -65,6 +65,28 @@ fn is_protected(name: &HeaderName) -> bool {
     name == header::HOST || name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING
 }
 
+/// The comma-separated items of every value of header `name` (RFC 9110 §5.6.1), trimmed:
+/// `Connection` options, `Upgrade` protocols, `X-Forwarded-For` hops. Empty items are
+/// kept, for callers that must treat a malformed list as such.
+fn list_items(
+    headers: &http::HeaderMap,
+    name: impl http::header::AsHeaderName,
+) -> impl DoubleEndedIterator<Item = &[u8]> {
+    headers
+        .get_all(name)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+}
+
+/// Each protocol an `Upgrade` asks for, whole (`h2c/1`) and by name (`h2c`).
+pub(super) fn upgrade_protocols(req: &RequestHeader) -> impl Iterator<Item = (&[u8], &[u8])> {
+    list_items(&req.headers, header::UPGRADE).map(|protocol| {
+        let name = protocol.split(|&b| b == b'/').next().unwrap_or_default();
+        (protocol, name.trim_ascii())
+    })
+}
+
 /// Cleans a client's request before routing (see the module comment). `identity` lists
 /// the identity headers plugins write; `trusted_peer` says the connection comes from a
 /// trusted proxy, whose forwarding headers stay. Refuses a request whose Host does not
@@ -76,30 +98,26 @@ pub fn clean_request(
     trusted_peer: bool,
 ) -> Result<(), GatewayError> {
     check_host(req)?;
-    // One pass over the (usually few) names, no hashing: the common request has nothing
-    // to remove and costs almost nothing more.
-    let dirty = req.headers.keys().any(|name| {
-        name == header::CONNECTION
-            || name == header::UPGRADE
-            || is_hop_by_hop(name)
+    // What never crosses from a client, whatever `Connection` says.
+    let stays_out = |name: &HeaderName| {
+        is_hop_by_hop(name)
             || is_gateway_owned(name, identity)
             || overrides_path(name)
             || (!trusted_peer && is_forwarding(name))
-    });
+    };
+    // One pass over the (usually few) names, no hashing: the common request has nothing
+    // to remove and costs almost nothing more.
+    let dirty = req
+        .headers
+        .keys()
+        .any(|name| name == header::CONNECTION || name == header::UPGRADE || stays_out(name));
     if !dirty {
         return Ok(());
     }
 
     let mut upgrade_option = false;
     let mut remove: Vec<HeaderName> = Vec::new();
-    for token in req
-        .headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
-    {
+    for token in list_items(&req.headers, header::CONNECTION) {
         if token.eq_ignore_ascii_case(b"upgrade") {
             upgrade_option = true;
             continue;
@@ -118,34 +136,12 @@ pub fn clean_request(
         }
         remove.push(name);
     }
-    for value in req.headers.get_all(header::UPGRADE) {
-        let asks_h2c = value
-            .as_bytes()
-            .split(|&b| b == b',')
-            .map(|p| {
-                p.split(|&b| b == b'/')
-                    .next()
-                    .unwrap_or_default()
-                    .trim_ascii()
-            })
-            .any(|p| p.eq_ignore_ascii_case(b"h2c"));
-        if asks_h2c {
-            return Err(GatewayError::BadRequest(
-                "upgrading to HTTP/2 in the clear (`h2c`) is not supported".into(),
-            ));
-        }
+    if upgrade_protocols(req).any(|(_, name)| name.eq_ignore_ascii_case(b"h2c")) {
+        return Err(GatewayError::BadRequest(
+            "upgrading to HTTP/2 in the clear (`h2c`) is not supported".into(),
+        ));
     }
-    remove.extend(
-        req.headers
-            .keys()
-            .filter(|name| {
-                is_hop_by_hop(name)
-                    || is_gateway_owned(name, identity)
-                    || overrides_path(name)
-                    || (!trusted_peer && is_forwarding(name))
-            })
-            .cloned(),
-    );
+    remove.extend(req.headers.keys().filter(|name| stays_out(name)).cloned());
     for name in remove {
         req.remove_header(&name);
     }
@@ -247,14 +243,7 @@ pub fn forwarded_client(
     is_trusted: impl Fn(IpAddr) -> bool,
 ) -> IpAddr {
     let mut client = peer;
-    let entries = req
-        .headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-        .collect::<Vec<_>>();
-    for entry in entries.into_iter().rev() {
+    for entry in list_items(&req.headers, &X_FORWARDED_FOR).rev() {
         let Some(ip) = std::str::from_utf8(entry)
             .ok()
             .and_then(|e| e.parse::<IpAddr>().ok())
@@ -277,12 +266,8 @@ pub fn strip_hop_by_hop_response(resp: &mut ResponseHeader) {
     if !resp.headers.keys().any(present) {
         return;
     }
-    let mut names: Vec<HeaderName> = resp
-        .headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
+    let mut names: Vec<HeaderName> = list_items(&resp.headers, header::CONNECTION)
+        .filter_map(|t| HeaderName::from_bytes(t).ok())
         .filter(|n| n.as_str() != "close" && n != header::UPGRADE && n != KEEP_ALIVE)
         .collect();
     names.extend(resp.headers.keys().filter(|n| is_hop_by_hop(n)).cloned());

@@ -794,20 +794,15 @@ pub fn check_route_policy(
             "escaped `/` or `\\` (%2F, %5C) is not accepted on this route".into(),
         ));
     }
-    for value in req.headers.get_all(http::header::UPGRADE) {
-        for protocol in value.as_bytes().split(|&b| b == b',') {
-            let protocol = protocol.trim_ascii();
-            let name = protocol.split(|&b| b == b'/').next().unwrap_or_default();
-            let allowed = route.upgrades.iter().any(|u| {
-                u.as_bytes().eq_ignore_ascii_case(name)
-                    || u.as_bytes().eq_ignore_ascii_case(protocol)
-            });
-            if !allowed && !protocol.is_empty() {
-                return Err(GatewayError::BadRequest(format!(
-                    "upgrading to `{}` is not allowed on this route",
-                    String::from_utf8_lossy(protocol)
-                )));
-            }
+    for (protocol, name) in headers::upgrade_protocols(req) {
+        let allowed = route.upgrades.iter().any(|u| {
+            u.as_bytes().eq_ignore_ascii_case(name) || u.as_bytes().eq_ignore_ascii_case(protocol)
+        });
+        if !allowed && !protocol.is_empty() {
+            return Err(GatewayError::BadRequest(format!(
+                "upgrading to `{}` is not allowed on this route",
+                String::from_utf8_lossy(protocol)
+            )));
         }
     }
     Ok(())
@@ -844,23 +839,19 @@ impl Gateway {
         let body = err.body(session.req_header().uri.path(), ctx.request_id());
         // The client's body has a generic detail for upstream failures; the full one
         // (cluster, breaker or bulkhead state) is logged under the same request id.
-        if err.status() >= 500 {
-            log::warn!(
-                "request {}: {} {}: {}",
-                ctx.request_id(),
-                err.status(),
-                err.slug(),
-                err.detail()
-            );
+        let level = if err.status() >= 500 {
+            log::Level::Warn
         } else {
-            log::debug!(
-                "request {}: {} {}: {}",
-                ctx.request_id(),
-                err.status(),
-                err.slug(),
-                err.detail()
-            );
-        }
+            log::Level::Debug
+        };
+        log::log!(
+            level,
+            "request {}: {} {}: {}",
+            ctx.request_id(),
+            err.status(),
+            err.slug(),
+            err.detail()
+        );
         let mut resp = ResponseHeader::build(err.status(), Some(4))?;
         resp.insert_header(http::header::CONTENT_TYPE, "application/problem+json")?;
         resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;

@@ -184,9 +184,7 @@ impl Snapshot {
     pub fn is_trusted_proxy(&self, ip: std::net::IpAddr) -> bool {
         self.trusted_proxies.iter().any(|net| net.contains(&ip))
     }
-}
 
-impl Snapshot {
     /// Builds runtime objects from a validated config. Clusters whose definition is the
     /// same as in `previous` are reused with their live state (health, ejections,
     /// in-flight counts).

@@ -1,8 +1,30 @@
 //! The HTTP side of the `jwt` plugin: one small helper that sends a JWKS or introspection
 //! request with a deadline and reads a bounded body. Clients are built lazily, on the first
-//! fetch, so building the plugin needs neither a runtime nor the network.
+//! fetch, so building the plugin needs neither a runtime nor the network. Fetched documents
+//! (key sets, revocation lists) are shared by every route that names the same source.
 
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
+
+/// One instance per key, shared by every route (and every config version) that names it,
+/// and dropped with its last user: `registry` holds only weak references, and entries whose
+/// instance is gone are pruned whenever a new one is made.
+pub(crate) fn shared<K: Eq + Hash, T>(
+    registry: &Mutex<HashMap<K, Weak<T>>>,
+    key: K,
+    make: impl FnOnce() -> T,
+) -> Arc<T> {
+    let mut registry = registry.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(existing) = registry.get(&key).and_then(Weak::upgrade) {
+        return existing;
+    }
+    registry.retain(|_, weak| weak.strong_count() > 0);
+    let made = Arc::new(make());
+    registry.insert(key, Arc::downgrade(&made));
+    made
+}
 
 /// A client for the issuer's endpoints: no redirects (a key set or an introspection answer
 /// comes from the configured URL or not at all), and the deadline on connect as well as on

@@ -449,13 +449,8 @@ impl RemoteKeys {
         min_refresh: Duration,
         timeout: Duration,
     ) -> Arc<Self> {
-        let mut shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
         let key = (url.to_owned(), refresh, min_refresh, timeout);
-        if let Some(existing) = shared.get(&key).and_then(Weak::upgrade) {
-            return existing;
-        }
-        shared.retain(|_, weak| weak.strong_count() > 0);
-        let keys = Arc::new(RemoteKeys {
+        fetch::shared(&SHARED, key, || RemoteKeys {
             url: url.to_owned(),
             refresh,
             min_refresh,
@@ -465,9 +460,7 @@ impl RemoteKeys {
             done: Notify::new(),
             client: OnceLock::new(),
             fetches: AtomicU64::new(0),
-        });
-        shared.insert(key, Arc::downgrade(&keys));
-        keys
+        })
     }
 
     /// The current keys. The first call waits for the first fetch; later ones never wait and

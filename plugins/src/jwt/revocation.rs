@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -106,13 +106,8 @@ impl RevocationList {
         timeout: Duration,
         authorization: Option<String>,
     ) -> Arc<Self> {
-        let mut shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
         let key = (url.to_owned(), refresh, timeout, authorization.clone());
-        if let Some(existing) = shared.get(&key).and_then(Weak::upgrade) {
-            return existing;
-        }
-        shared.retain(|_, weak| weak.strong_count() > 0);
-        let list = Arc::new(RevocationList {
+        fetch::shared(&SHARED, key, || RevocationList {
             url: url.to_owned(),
             refresh,
             timeout,
@@ -124,9 +119,7 @@ impl RevocationList {
             client: OnceLock::new(),
             fetches: AtomicU64::new(0),
             failures: AtomicU64::new(0),
-        });
-        shared.insert(key, Arc::downgrade(&list));
-        list
+        })
     }
 
     /// Polls started (tests and metrics).
