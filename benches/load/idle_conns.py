@@ -12,6 +12,9 @@ process allocates, so a fully idle process would keep them however long one wait
 real proxy is never fully idle. Repeats for CYCLES cycles: a second cycle that costs nothing new shows
 the memory is reused, one that grows again shows it is not.
 
+With --silent the connections send nothing at all (the memory of a connection before its
+first request); with --tls they are TLS connections (handshake done, certificate not checked).
+
 Prints one JSON object per cycle on stdout; diagnostics go to stderr.
 """
 
@@ -21,6 +24,7 @@ import os
 import resource
 import selectors
 import socket
+import ssl
 import sys
 import time
 
@@ -82,7 +86,11 @@ def read_response(sock, deadline):
 def still_open(sock):
     """True when the proxy has not closed this idle connection (no EOF, no reset)."""
     # Non-blocking for real: with a Python timeout set, recv would first wait for data.
+    # A TLS socket is asked through its raw socket: the peer's close_notify or FIN shows there.
     sock.setblocking(False)
+    if isinstance(sock, ssl.SSLSocket):
+        sock = socket.socket(fileno=os.dup(sock.fileno()))
+        sock.setblocking(False)
     try:
         data = sock.recv(1, socket.MSG_PEEK)
         return data != b""
@@ -97,7 +105,18 @@ def extra_headers(headers):
     return "".join(f"{h}\r\n" for h in headers)
 
 
-def open_idle(host, port, n, timeout, headers=()):
+def connect(host, port, tls):
+    s = socket.create_connection((host, port), timeout=10)
+    if tls:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        ctx.set_alpn_protocols(["http/1.1"])
+        s = ctx.wrap_socket(s, server_hostname="localhost")
+    return s
+
+
+def open_idle(host, port, n, timeout, headers=(), silent=False, tls=False):
     socks, ok, failed = [], 0, 0
     request = (f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: idle-conns\r\n"
                f"{extra_headers(headers)}\r\n").encode()
@@ -106,13 +125,18 @@ def open_idle(host, port, n, timeout, headers=()):
         batch = []
         for _ in range(min(BATCH, n - start)):
             try:
-                s = socket.create_connection((host, port), timeout=10)
-                s.sendall(request)
+                s = connect(host, port, tls)
+                if not silent:
+                    s.sendall(request)
                 batch.append(s)
             except OSError as e:
                 failed += 1
                 print(f"connect/send failed: {e}", file=sys.stderr)
         for s in batch:
+            if silent:
+                ok += 1
+                socks.append(s)
+                continue
             try:
                 status = read_response(s, deadline)
             except OSError as e:
@@ -129,7 +153,7 @@ def open_idle(host, port, n, timeout, headers=()):
     return socks, ok, failed
 
 
-def trickle(host, port, seconds, rate, headers=()):
+def trickle(host, port, seconds, rate, headers=(), tls=False):
     """One request per 1/rate seconds on a fresh connection, for `seconds`."""
     request = (f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n"
                f"{extra_headers(headers)}\r\n").encode()
@@ -137,7 +161,7 @@ def trickle(host, port, seconds, rate, headers=()):
     while time.monotonic() < end:
         if rate > 0:
             try:
-                with socket.create_connection((host, port), timeout=5) as s:
+                with connect(host, port, tls) as s:
                     s.sendall(request)
                     read_response(s, time.monotonic() + 5)
             except OSError as e:
@@ -162,6 +186,9 @@ def main():
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--header", action="append", default=[],
                    help="extra request header, `Name: value` (repeatable)")
+    p.add_argument("--silent", action="store_true",
+                   help="send nothing on the connections (memory before a first request)")
+    p.add_argument("--tls", action="store_true", help="connect with TLS (no verification)")
     a = p.parse_args()
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -177,7 +204,8 @@ def main():
         before = rss_kib(a.pid)
         fds_before = fd_count(a.pid)
         t0 = time.monotonic()
-        socks, ok, failed = open_idle(a.host, a.port, a.connections, a.timeout, a.header)
+        socks, ok, failed = open_idle(a.host, a.port, a.connections, a.timeout, a.header,
+                                      a.silent, a.tls)
         open_s = time.monotonic() - t0
         time.sleep(a.settle)
         during = rss_kib(a.pid)
@@ -187,7 +215,7 @@ def main():
             s.close()
         time.sleep(a.settle)
         after = rss_kib(a.pid)
-        trickle(a.host, a.port, a.release_wait, a.trickle, a.header)
+        trickle(a.host, a.port, a.release_wait, a.trickle, a.header, a.tls)
         after_wait = rss_kib(a.pid)
         grown = during - before
         print(json.dumps({
@@ -206,6 +234,8 @@ def main():
             "retained_share": round((after_wait - before) / grown, 3) if grown > 0 else None,
             "fds_before": fds_before,
             "fds_open": fds_during,
+            "silent": a.silent,
+            "tls": a.tls,
         }), flush=True)
 
 

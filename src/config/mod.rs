@@ -105,6 +105,9 @@ impl Default for ServerSection {
 pub struct Listener {
     pub address: String,
     pub tls: Option<ListenerTls>,
+    /// This listener's cap on client connections, instead of `[limits] max_connections`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
 }
 
 /// TLS termination for a listener (rustls, TLS 1.2 and 1.3). Certificates, keys and the
@@ -258,7 +261,9 @@ fn default_queue_size() -> usize {
     4096
 }
 
-/// Request size limits enforced before anything is proxied.
+/// What a client may send and how long it may take, enforced before anything is proxied:
+/// request sizes, the deadlines of a client connection (see `proxy::connection`) and how
+/// many connections a listener and a client address may hold.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
@@ -268,6 +273,31 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Largest declared `Content-Length`; larger → 413.
     pub max_body_bytes: u64,
+    /// A new connection's first byte must arrive within this, or the connection is closed
+    /// without an answer (nothing was asked).
+    #[serde(with = "humantime_serde")]
+    pub first_byte_timeout: Duration,
+    /// The whole request header, from its first byte to its empty line; later → 408 and
+    /// the connection is closed. One deadline for the whole header, so a client trickling
+    /// a byte at a time cannot hold a connection.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// How long an idle keep-alive connection waits for its next request; `0s` turns
+    /// keep-alive off.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    /// Longest pause between two reads of a request body; longer → 408.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Longest pause between two writes of a response to a client that stopped reading.
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
+    /// Client connections one listener holds at once (a listener's own `max_connections`
+    /// overrides it); more are closed as soon as they are accepted. 0 = no cap.
+    pub max_connections: usize,
+    /// Client connections one client address holds at once, on all listeners together;
+    /// 0 (the default) = no cap, as many clients can share an address behind NAT.
+    pub max_connections_per_client: usize,
 }
 
 impl Default for Limits {
@@ -276,6 +306,13 @@ impl Default for Limits {
             max_uri_bytes: 8 * 1024,
             max_header_bytes: 64 * 1024,
             max_body_bytes: 10 * 1024 * 1024,
+            first_byte_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(15),
+            keepalive_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+            max_connections_per_client: 0,
         }
     }
 }

@@ -125,6 +125,18 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             p.add(&[key("limits"), key(field)], "must be greater than 0");
         }
     }
+    // `keepalive_timeout` alone may be 0 (keep-alive off); without the others a client
+    // could hold a connection for ever.
+    for (field, value) in [
+        ("first_byte_timeout", config.limits.first_byte_timeout),
+        ("header_timeout", config.limits.header_timeout),
+        ("body_timeout", config.limits.body_timeout),
+        ("send_timeout", config.limits.send_timeout),
+    ] {
+        if value.is_zero() {
+            p.add(&[key("limits"), key(field)], "must be longer than 0s");
+        }
+    }
 
     if let Some(tracing) = &config.tracing {
         validate_tracing(tracing, &mut p);

@@ -32,6 +32,10 @@ pub struct Metrics {
     pub breaker_state: IntGaugeVec,
     pub bulkhead_rejections: IntCounterVec,
     pub bulkhead_limit: IntGaugeVec,
+    pub client_connections: IntGauge,
+    pub connections_refused: IntCounterVec,
+    pub client_timeouts: IntCounterVec,
+    pub client_disconnects: IntCounterVec,
 }
 
 /// Latency buckets from 0.5 ms to 10 s: service-to-service calls live mostly under 200 ms.
@@ -163,8 +167,32 @@ impl Metrics {
             "Current concurrency limit of a cluster's bulkhead",
             &["cluster"],
         );
+        let client_connections = IntGauge::new(
+            "portico_client_connections",
+            "Client connections open (HTTP/1 and HTTP/2, all listeners)",
+        )
+        .expect("valid metric");
+        let connections_refused = counter(
+            "portico_connections_refused_total",
+            "Client connections closed as soon as accepted, by cap (listener_limit, client_limit)",
+            &["reason"],
+        );
+        let client_timeouts = counter(
+            "portico_client_timeouts_total",
+            "Client connections closed for being too slow, by phase (first_byte, header, body)",
+            &["phase"],
+        );
+        let client_disconnects = counter(
+            "portico_client_disconnects_total",
+            "Requests the client abandoned by closing its connection, by phase (before_response, during_response)",
+            &["phase"],
+        );
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(client_connections.clone()),
+            Box::new(connections_refused.clone()),
+            Box::new(client_timeouts.clone()),
+            Box::new(client_disconnects.clone()),
             Box::new(retries.clone()),
             Box::new(retry_budget_exhausted.clone()),
             Box::new(breaker_rejections.clone()),
@@ -203,6 +231,10 @@ impl Metrics {
             breaker_state,
             bulkhead_rejections,
             bulkhead_limit,
+            client_connections,
+            connections_refused,
+            client_timeouts,
+            client_disconnects,
         }
     }
 

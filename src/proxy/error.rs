@@ -14,6 +14,8 @@ pub enum GatewayError {
     UriTooLong,
     HeadersTooLarge,
     BodyTooLarge(u64),
+    /// The client took longer than `[limits]` allows to send its request header or body.
+    RequestTimeout,
     BadRequest(String),
     NoHealthyEndpoint(String),
     UpstreamConnect(String),
@@ -70,6 +72,7 @@ impl GatewayError {
             GatewayError::BodyTooLarge(_) => 413,
             GatewayError::UriTooLong => 414,
             GatewayError::HeadersTooLarge => 431,
+            GatewayError::RequestTimeout => 408,
             GatewayError::Internal => 500,
             GatewayError::UpstreamConnect(_) | GatewayError::UpstreamBroken(_) => 502,
             GatewayError::NoHealthyEndpoint(_) => 503,
@@ -92,6 +95,7 @@ impl GatewayError {
             GatewayError::BodyTooLarge(_) => "Request body too large",
             GatewayError::UriTooLong => "Request URI too long",
             GatewayError::HeadersTooLarge => "Request headers too large",
+            GatewayError::RequestTimeout => "Request timeout",
             GatewayError::Internal => "Internal gateway error",
             GatewayError::UpstreamConnect(_) => "Upstream connection failed",
             GatewayError::UpstreamBroken(_) => "Upstream failed",
@@ -116,6 +120,7 @@ impl GatewayError {
             GatewayError::BodyTooLarge(_) => "body-too-large",
             GatewayError::UriTooLong => "uri-too-long",
             GatewayError::HeadersTooLarge => "headers-too-large",
+            GatewayError::RequestTimeout => "request-timeout",
             GatewayError::Internal => "internal",
             GatewayError::UpstreamConnect(_) => "upstream-connect",
             GatewayError::UpstreamBroken(_) => "upstream-error",
@@ -202,6 +207,9 @@ impl GatewayError {
             GatewayError::UriTooLong => "the request target exceeds the configured limit".into(),
             GatewayError::HeadersTooLarge => {
                 "the request headers exceed the configured limit".into()
+            }
+            GatewayError::RequestTimeout => {
+                "the request was not received within the configured time".into()
             }
             GatewayError::Internal => "the gateway could not process the request".into(),
             GatewayError::UpstreamConnect(cluster) => {

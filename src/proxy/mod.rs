@@ -6,6 +6,7 @@
 //! per-request state in [`Ctx`], which holds the request's [`Snapshot`] from `new_ctx` to
 //! `logging`. `docs/ARCHITECTURE.md` walks through the hooks in order.
 
+pub mod connection;
 pub mod error;
 mod headers;
 mod retry;
@@ -540,20 +541,20 @@ impl ProxyHttp for Gateway {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let client_gone = e.esource() == &ErrorSource::Downstream
-            && matches!(
-                e.etype(),
-                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
-            );
-        if client_gone {
+        if client_gone(e) {
             return FailToProxy {
                 error_code: 0,
                 can_reuse_downstream: false,
             };
         }
+        let downstream = e.esource() == &ErrorSource::Downstream;
         let err = match (&ctx.error, e.etype()) {
             (Some(err), _) => err.clone(),
-            (None, ErrorType::HTTPStatus(400)) if e.esource() == &ErrorSource::Downstream => {
+            (None, ErrorType::ReadTimedout) if downstream => {
+                METRICS.client_timeouts.with_label_values(&["body"]).inc();
+                GatewayError::RequestTimeout
+            }
+            (None, ErrorType::HTTPStatus(400)) if downstream => {
                 GatewayError::BadRequest("the request could not be read".into())
             }
             (None, _) => GatewayError::from_pingora(e, ctx.cluster_name()),
@@ -573,6 +574,26 @@ impl ProxyHttp for Gateway {
             can_reuse_downstream: false,
         }
     }
+
+    /// A client that hangs up is not the gateway's error: counted, logged at debug, and
+    /// kept out of the error log, where Pingora would put a line per hang-up.
+    fn suppress_error_log(&self, session: &Session, _ctx: &Ctx, e: &Error) -> bool {
+        if !client_gone(e) {
+            return false;
+        }
+        let phase = if session.response_written().is_some() {
+            "during_response"
+        } else {
+            "before_response"
+        };
+        METRICS.client_disconnects.with_label_values(&[phase]).inc();
+        log::debug!("client went away {phase}: {e}");
+        true
+    }
+
+    /// None of Pingora's default downstream modules: its response compression module,
+    /// installed disabled, would still be called on every request and response.
+    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let status = session
@@ -932,6 +953,15 @@ fn attempts_value(attempts: u32) -> http::HeaderValue {
         Some(value) => value.clone(),
         None => http::HeaderValue::from(attempts),
     }
+}
+
+/// Whether `e` is the client closing or breaking its connection.
+fn client_gone(e: &Error) -> bool {
+    e.esource() == &ErrorSource::Downstream
+        && matches!(
+            e.etype(),
+            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
+        )
 }
 
 async fn run_request_hooks(

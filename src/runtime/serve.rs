@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use pingora_core::listeners::ListenerConfig;
+use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
@@ -16,6 +18,7 @@ use super::tls::ListenerTlsState;
 use super::{Snapshot, State};
 use crate::admin::AdminApi;
 use crate::config::Config;
+use crate::proxy::connection::Connections;
 use crate::proxy::Gateway;
 
 /// Pingora's own process options, as given on the command line.
@@ -103,22 +106,25 @@ pub fn build(
     // with `--upgrade` this is where the old process's listening sockets are received.
     server.bootstrap();
 
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(state.clone()),
-        "portico proxy",
+    let proxy = pingora_proxy::http_proxy(&server.configuration, Gateway::new(state.clone()));
+    let mut proxy = Service::new(
+        "portico proxy".to_string(),
+        Connections::new(proxy, state.clone(), &listeners),
     );
     let mut bound: Vec<SocketAddr> = Vec::new();
     for l in &listeners {
-        match tls_states.iter().find(|t| t.address == l.address) {
-            Some(tls) => proxy.add_tls_with_settings(
-                &l.address,
-                None,
+        // No transport read buffer under the client connections: each would hold its own
+        // 64 KiB one (Pingora's default), and the request header is read into the session's
+        // buffer anyway, so it only added a copy.
+        let mut endpoint =
+            ListenerConfig::tcp(l.address.as_str()).l4_buffer(L4BufferSettings::default().read(0));
+        if let Some(tls) = tls_states.iter().find(|t| t.address == l.address) {
+            endpoint = endpoint.tls(
                 tls.settings()
                     .map_err(|e| format!("listener {}: {e}", l.address))?,
-            ),
-            None => proxy.add_tcp(&l.address),
+            );
         }
+        proxy.add_listener(endpoint);
         if let Ok(addr) = l.address.parse() {
             bound.push(addr);
         }

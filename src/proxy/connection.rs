@@ -1,0 +1,436 @@
+//! A client connection's life outside its requests: the `ServerApp` portico hands Pingora's
+//! listening service instead of Pingora's own HTTP loop.
+//!
+//! Pingora's loop enters its whole request machinery (a future of tens of KiB, with the
+//! session's buffers) as soon as a connection is accepted and again as soon as a response
+//! is sent, and then waits inside it for the client's next byte — so every idle keep-alive
+//! connection holds all of it. Here a waiting connection is parked on a small future that
+//! reads the request header itself, and only a complete header enters Pingora's proxy
+//! (handed over as the session's first bytes, so nothing is read twice). Parking is also
+//! where the client's deadlines live, which Pingora has no place for: the first byte of a
+//! new connection, the whole request header (one deadline, so a client trickling a byte at a
+//! time cannot hold a connection), and the idle time between requests; and where
+//! connections over a listener's or a client address's cap are refused.
+//!
+//! HTTP/2 connections (ALPN `h2` on TLS listeners) go to Pingora's own loop unchanged: its
+//! streams are multiplexed and idle connections are closed by its HTTP/2 idle timeout.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use pingora_core::apps::{HttpServerApp, ServerApp};
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::{Stream, ALPN};
+use pingora_core::server::ShutdownWatch;
+use pingora_proxy::HttpProxy;
+use pingora_timeout::fast_timeout::fast_timeout;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{Gateway, GatewayError};
+use crate::config::{self, Limits};
+use crate::observe::metrics::METRICS;
+use crate::runtime::State;
+
+/// What a parked connection reads straight into its own (small) future. Most
+/// service-to-service request headers, a bearer token included, fit, so the common case is
+/// one read and one copy; a larger header continues in a growing buffer.
+const FIRST_READ: usize = 1024;
+
+/// The buffer a header that did not fit in [`FIRST_READ`] continues in, and the one handed
+/// to Pingora (its own first allocation for a request header is the same size).
+const HEADER_BUFFER: usize = 4096;
+
+/// The `ServerApp` of portico's proxy service: admission, deadlines and parking around
+/// Pingora's HTTP proxy.
+pub struct Connections {
+    proxy: Arc<HttpProxy<Gateway>>,
+    state: Arc<State>,
+    listeners: Vec<ListenerSlot>,
+    /// Open connections per client address, kept only while a per-client cap is set.
+    clients: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One configured listener and how many client connections it holds.
+struct ListenerSlot {
+    /// As written in the config, to find its live `max_connections` after reloads.
+    address: String,
+    addr: Option<SocketAddr>,
+    open: AtomicUsize,
+}
+
+/// Why a connection was closed as soon as it was accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    ListenerFull,
+    ClientFull,
+}
+
+impl Refusal {
+    fn label(self) -> &'static str {
+        match self {
+            Refusal::ListenerFull => "listener_limit",
+            Refusal::ClientFull => "client_limit",
+        }
+    }
+}
+
+/// A connection's place in the counts, given back when it closes.
+struct Ticket<'a> {
+    owner: &'a Connections,
+    listener: Option<usize>,
+    client: Option<IpAddr>,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        METRICS.client_connections.dec();
+        if let Some(i) = self.listener {
+            self.owner.listeners[i].open.fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(ip) = self.client {
+            let mut clients = self
+                .owner
+                .clients
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(n) = clients.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    clients.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+/// The deadlines of one wait, copied out of the live `[limits]` so a reload applies to the
+/// next request of every connection.
+#[derive(Debug, Clone, Copy)]
+struct Deadlines {
+    first_byte: Duration,
+    header: Duration,
+    keepalive: Duration,
+    body: Duration,
+    send: Duration,
+    /// Longest request header read before it is refused with 431.
+    max_header: usize,
+}
+
+impl Deadlines {
+    fn of(limits: &Limits) -> Deadlines {
+        Deadlines {
+            first_byte: limits.first_byte_timeout,
+            header: limits.header_timeout,
+            keepalive: limits.keepalive_timeout,
+            body: limits.body_timeout,
+            send: limits.send_timeout,
+            // The request line and the headers are limited apart once parsed; this bound
+            // only stops the reading, with room for the line's method and version.
+            max_header: limits.max_uri_bytes + limits.max_header_bytes + 1024,
+        }
+    }
+}
+
+/// What waiting for a request header came to.
+#[derive(Debug)]
+enum Head {
+    /// A whole header (and whatever followed it in the same reads).
+    Ready(BytesMut),
+    /// The client closed, or the connection broke, before a whole header.
+    Closed,
+    /// Nothing arrived within the idle (or first-byte) time.
+    Idle,
+    /// The header's first bytes came, the rest not within the header deadline.
+    TimedOut,
+    TooLarge,
+}
+
+impl Connections {
+    pub fn new(
+        proxy: HttpProxy<Gateway>,
+        state: Arc<State>,
+        listeners: &[config::Listener],
+    ) -> Connections {
+        Connections {
+            proxy: Arc::new(proxy),
+            state,
+            listeners: listeners
+                .iter()
+                .map(|l| ListenerSlot {
+                    address: l.address.clone(),
+                    addr: l.address.parse().ok(),
+                    open: AtomicUsize::new(0),
+                })
+                .collect(),
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The listener a connection arrived on: the one bound to its local address, or to the
+    /// same port on a wildcard address.
+    fn listener_of(&self, local: SocketAddr) -> Option<usize> {
+        let exact = self.listeners.iter().position(|l| l.addr == Some(local));
+        exact.or_else(|| {
+            self.listeners.iter().position(|l| {
+                l.addr
+                    .is_some_and(|a| a.ip().is_unspecified() && a.port() == local.port())
+            })
+        })
+    }
+
+    /// Counts a new connection in, or says which cap it is over.
+    fn admit(&self, stream: &Stream, limits: &Limits) -> Result<Ticket<'_>, Refusal> {
+        let digest = stream.get_socket_digest();
+        let inet = |a: Option<&pingora_core::protocols::l4::socket::SocketAddr>| {
+            a.and_then(|a| a.as_inet()).copied()
+        };
+        let local = digest.as_ref().and_then(|d| inet(d.local_addr()));
+        let peer = digest.as_ref().and_then(|d| inet(d.peer_addr()));
+        let mut ticket = Ticket {
+            owner: self,
+            listener: None,
+            client: None,
+        };
+        METRICS.client_connections.inc();
+        if let Some(i) = local.and_then(|a| self.listener_of(a)) {
+            let slot = &self.listeners[i];
+            let cap = self
+                .state
+                .snapshot()
+                .config
+                .listeners
+                .iter()
+                .find(|l| l.address == slot.address)
+                .and_then(|l| l.max_connections)
+                .unwrap_or(limits.max_connections);
+            let open = slot.open.fetch_add(1, Ordering::Relaxed) + 1;
+            ticket.listener = Some(i);
+            if cap > 0 && open > cap {
+                return Err(Refusal::ListenerFull);
+            }
+        }
+        if let (Some(peer), cap @ 1..) = (peer, limits.max_connections_per_client) {
+            let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+            let open = clients.entry(peer.ip()).or_insert(0);
+            *open += 1;
+            ticket.client = Some(peer.ip());
+            if *open > cap {
+                return Err(Refusal::ClientFull);
+            }
+        }
+        Ok(ticket)
+    }
+
+    /// HTTP/1 requests on one connection, each header read while parked.
+    async fn serve_http1(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) {
+        let mut stopping = shutdown.clone();
+        let mut persistent = None;
+        let mut first = true;
+        loop {
+            let deadlines = Deadlines::of(&self.state.snapshot().limits);
+            let idle = if first {
+                deadlines.first_byte
+            } else {
+                deadlines.keepalive
+            };
+            let head = if first {
+                // A new connection's first request is served even when a shutdown has
+                // begun: the client sent it and cannot know.
+                read_head(&mut stream, idle, &deadlines).await
+            } else {
+                tokio::select! {
+                    biased;
+                    head = read_head(&mut stream, idle, &deadlines) => head,
+                    _ = stopped(&mut stopping) => return,
+                }
+            };
+            let head = match head {
+                Head::Ready(head) => head,
+                Head::Closed => return,
+                Head::Idle => {
+                    if first {
+                        count_timeout("first_byte");
+                    }
+                    return;
+                }
+                Head::TimedOut => {
+                    count_timeout("header");
+                    refuse(&mut stream, &GatewayError::RequestTimeout, &deadlines).await;
+                    return;
+                }
+                Head::TooLarge => {
+                    refuse(&mut stream, &GatewayError::HeadersTooLarge, &deadlines).await;
+                    return;
+                }
+            };
+
+            let mut session = ServerSession::new_http1(stream);
+            if let Some(settings) = persistent.take() {
+                pingora_core::apps::HttpPersistentSettings::apply_to_session(
+                    settings,
+                    &mut session,
+                );
+            }
+            let keepalive = deadlines.keepalive.as_secs();
+            session.set_keepalive((keepalive > 0 && !*shutdown.borrow()).then_some(keepalive));
+            session.set_read_timeout(Some(deadlines.body));
+            session.set_write_timeout(Some(deadlines.send));
+            session.set_pipelined_prefix(head);
+            let Some(reused) =
+                HttpServerApp::process_new_http(&self.proxy, session, shutdown).await
+            else {
+                return;
+            };
+            let (next, settings) = reused.consume();
+            stream = next;
+            persistent = settings;
+            first = false;
+        }
+    }
+}
+
+#[async_trait]
+impl ServerApp for Connections {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let limits = self.state.snapshot().limits.clone();
+        let _ticket = match self.admit(&stream, &limits) {
+            Ok(ticket) => ticket,
+            Err(refusal) => {
+                METRICS
+                    .connections_refused
+                    .with_label_values(&[refusal.label()])
+                    .inc();
+                return None;
+            }
+        };
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            // Boxed by `async_trait`, so its size is paid only by HTTP/2 connections.
+            return ServerApp::process_new(&self.proxy, stream, shutdown).await;
+        }
+        self.serve_http1(stream, shutdown).await;
+        None
+    }
+
+    async fn cleanup(&self) {
+        HttpServerApp::http_cleanup(self.proxy.as_ref()).await;
+    }
+}
+
+/// Waits up to `idle` for a request's first bytes, then up to the header deadline for the
+/// rest of its header.
+async fn read_head(stream: &mut Stream, idle: Duration, deadlines: &Deadlines) -> Head {
+    let mut first = [0u8; FIRST_READ];
+    let n = match fast_timeout(idle, stream.read(&mut first)).await {
+        Err(_) => return Head::Idle,
+        Ok(Ok(0) | Err(_)) => return Head::Closed,
+        Ok(Ok(n)) => n,
+    };
+    let mut buf = BytesMut::with_capacity(HEADER_BUFFER.max(n));
+    buf.extend_from_slice(&first[..n]);
+    if header_complete(&buf, 0) {
+        return Head::Ready(buf);
+    }
+    let rest = async {
+        loop {
+            if buf.len() > deadlines.max_header {
+                return Head::TooLarge;
+            }
+            let scanned = buf.len();
+            match stream.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return Head::Closed,
+                Ok(_) if header_complete(&buf, scanned) => return Head::Ready(buf),
+                Ok(_) => {}
+            }
+        }
+    };
+    fast_timeout(deadlines.header, rest)
+        .await
+        .unwrap_or(Head::TimedOut)
+}
+
+/// Whether `buf` holds a whole request header: an empty line after the request line, with
+/// CRLF or bare LF line ends, as the parser accepts. Empty lines before the request line are
+/// skipped, as the parser does, so they cannot end the header early. `scanned` bytes were
+/// looked at by an earlier call.
+fn header_complete(buf: &[u8], scanned: usize) -> bool {
+    let Some(start) = buf.iter().position(|b| !matches!(b, b'\r' | b'\n')) else {
+        return false;
+    };
+    let from = start.max(scanned.saturating_sub(3));
+    memchr::memchr_iter(b'\n', &buf[from..]).any(|i| {
+        let rest = &buf[from + i + 1..];
+        rest.first() == Some(&b'\n') || rest.starts_with(b"\r\n")
+    })
+}
+
+/// Answers a request that cannot be read with its problem and closes the connection.
+async fn refuse(stream: &mut Stream, error: &GatewayError, deadlines: &Deadlines) {
+    let body = error.body("", "");
+    let head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\n\
+         cache-control: no-store\r\nconnection: close\r\n\r\n",
+        error.status(),
+        http::StatusCode::from_u16(error.status())
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or(""),
+        body.len()
+    );
+    let write = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(&body).await?;
+        stream.flush().await
+    };
+    if let Ok(Err(e)) = fast_timeout(deadlines.send, write).await {
+        log::debug!("cannot send {}: {e}", error.status());
+    }
+}
+
+/// Resolves once the server begins to shut down (never, should the signal be dropped).
+async fn stopped(shutdown: &mut ShutdownWatch) {
+    if shutdown.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+fn count_timeout(phase: &str) {
+    METRICS.client_timeouts.with_label_values(&[phase]).inc();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::header_complete;
+
+    #[test]
+    fn a_header_ends_at_its_first_empty_line() {
+        assert!(header_complete(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", 0));
+        assert!(header_complete(b"GET / HTTP/1.1\nHost: a\n\n", 0));
+        assert!(header_complete(b"GET / HTTP/1.1\r\n\r\nbody", 0));
+        assert!(!header_complete(b"GET / HTTP/1.1\r\nHost: a\r\n", 0));
+        assert!(!header_complete(b"GET / HTTP/1.1\r\nHost: a\r\n\r", 0));
+    }
+
+    #[test]
+    fn empty_lines_before_the_request_line_do_not_end_it() {
+        assert!(!header_complete(b"\r\n\r\n\n", 0));
+        assert!(!header_complete(b"\r\n\r\nGET / HTTP/1.1\r\n", 0));
+        assert!(header_complete(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n", 0));
+    }
+
+    #[test]
+    fn an_end_split_across_reads_is_found() {
+        let whole = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        for split in 1..whole.len() {
+            assert!(header_complete(whole, split), "split at {split}");
+        }
+    }
+}
