@@ -12,6 +12,10 @@
 //! time cannot hold a connection), and the idle time between requests; and where
 //! connections over a listener's or a client address's cap are refused.
 //!
+//! Each connection runs in a task of its own, spawned from Pingora's accept task, which then
+//! ends: Pingora's task is sized for a TLS handshake (about 10 KiB) and would otherwise stay
+//! allocated for as long as the connection lives.
+//!
 //! HTTP/2 connections (ALPN `h2` on TLS listeners) go to Pingora's own loop unchanged: its
 //! streams are multiplexed and idle connections are closed by its HTTP/2 idle timeout.
 
@@ -226,6 +230,28 @@ impl Connections {
         Ok(ticket)
     }
 
+    /// One client connection, from admission to close.
+    async fn serve(self: Arc<Self>, stream: Stream, shutdown: ShutdownWatch) {
+        let snapshot = self.state.snapshot();
+        let _ticket = match self.admit(&stream, &snapshot.limits) {
+            Ok(ticket) => ticket,
+            Err(refusal) => {
+                METRICS
+                    .connections_refused
+                    .with_label_values(&[refusal.label()])
+                    .inc();
+                return;
+            }
+        };
+        drop(snapshot);
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            // Boxed by `async_trait`, so its size is paid only by HTTP/2 connections.
+            ServerApp::process_new(&self.proxy, stream, &shutdown).await;
+            return;
+        }
+        self.serve_http1(stream, &shutdown).await;
+    }
+
     /// HTTP/1 requests on one connection, each header read while parked.
     async fn serve_http1(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) {
         let mut stopping = shutdown.clone();
@@ -296,27 +322,15 @@ impl Connections {
 
 #[async_trait]
 impl ServerApp for Connections {
+    /// Hands the connection to a task of its own and returns at once. Pingora's task for an
+    /// accepted connection is sized for its largest state, a TLS handshake, and would be
+    /// held for the connection's whole life; the connection's own task is a fraction of it.
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let limits = self.state.snapshot().limits.clone();
-        let _ticket = match self.admit(&stream, &limits) {
-            Ok(ticket) => ticket,
-            Err(refusal) => {
-                METRICS
-                    .connections_refused
-                    .with_label_values(&[refusal.label()])
-                    .inc();
-                return None;
-            }
-        };
-        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            // Boxed by `async_trait`, so its size is paid only by HTTP/2 connections.
-            return ServerApp::process_new(&self.proxy, stream, shutdown).await;
-        }
-        self.serve_http1(stream, shutdown).await;
+        tokio::spawn(self.clone().serve(stream, shutdown.clone()));
         None
     }
 
