@@ -27,6 +27,7 @@
 #   MEM_SETTLE [2]         seconds between opening/closing and reading RSS
 #   MEM_RELEASE_WAIT [20]  extra seconds before the last RSS read (allocator decay)
 #   MEM_TRICKLE [10]       requests/s sent during MEM_RELEASE_WAIT (0 = none; see README)
+#   MEM_SILENT [0]         1 = the connections send nothing (a connection before its first request)
 #   NICE [-20 as root, else 0]  niceness of everything the script starts after the build, so
 #                          that other sessions' builds on a shared machine yield the CPUs
 #   QUIET_THRESHOLD [15]   CPU % (100 = one core) used by other processes that counts as busy
@@ -60,6 +61,10 @@ MEM_CYCLES=${MEM_CYCLES:-2}
 MEM_SETTLE=${MEM_SETTLE:-2}
 MEM_RELEASE_WAIT=${MEM_RELEASE_WAIT:-20}
 MEM_TRICKLE=${MEM_TRICKLE:-10}
+MEM_SILENT=${MEM_SILENT:-0}
+if [[ $MODE != load ]]; then
+    PORTICO_LIMITS=$'[limits]\nmax_connections = 0\nfirst_byte_timeout = "600s"'
+fi
 # The setup shared with latency.sh: settings, contenders, upstream, token, cleanup.
 # shellcheck source=benches/load/lib.sh
 source "$HERE/lib.sh"
@@ -281,6 +286,7 @@ run_memory() {
         local mp=(${MEASURE_PIDS[$c]}) args=() p wa
         for p in "${mp[@]}"; do args+=(--pid "$p"); done
         if is_protected "$c"; then args+=(--header "Authorization: Bearer $TOKEN"); fi
+        if ((MEM_SILENT)); then args+=(--silent); fi
         mapfile -t wa < <(wrk_args "$c")
         # Baseline after some traffic, so first-use buffers are not charged to connections.
         if [[ $MODE == memory && $WARMUP -gt 0 ]]; then run_wrk "${PORT[$c]}" "$WARMUP" "$TMP/wrk.$c.mem-warmup.txt" "${wa[@]}"; fi
@@ -376,8 +382,10 @@ REPORT=$(
         printf '<details><summary>every measured run</summary>\n\n%s\n\n</details>\n\n' "$LOAD_RUNS"
     fi
     if [[ $MODE != load ]]; then
-        printf -- '- memory: %s idle keep-alive connections per proxy (one GET each, kept open), %s cycle(s); RSS read %ss after opening, %ss after closing and again %ss later (with %s req/s of trickle traffic in between)\n\n' \
-            "$MEM_CONNS" "$MEM_CYCLES" "$MEM_SETTLE" "$MEM_SETTLE" "$MEM_RELEASE_WAIT" "$MEM_TRICKLE"
+        what="one GET each, kept open"
+        ((MEM_SILENT)) && what="silent: nothing sent, before any request"
+        printf -- '- memory: %s idle keep-alive connections per proxy (%s), %s cycle(s); RSS read %ss after opening, %ss after closing and again %ss later (with %s req/s of trickle traffic in between)\n\n' \
+            "$MEM_CONNS" "$what" "$MEM_CYCLES" "$MEM_SETTLE" "$MEM_SETTLE" "$MEM_RELEASE_WAIT" "$MEM_TRICKLE"
         printf '%s\n\n' "$MEM_TABLE"
     fi
     if [[ -n $LOAD_NOTES$PORTICO_LOG_NOTES ]]; then

@@ -20,9 +20,12 @@
 //! streams are multiplexed and idle connections are closed by its HTTP/2 idle timeout.
 
 use std::collections::HashMap;
+use std::mem::MaybeUninit;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -33,20 +36,17 @@ use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use pingora_timeout::fast_timeout::fast_timeout;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 use super::{Gateway, GatewayError};
 use crate::config::{self, Limits};
 use crate::observe::metrics::METRICS;
 use crate::runtime::State;
 
-/// What a parked connection reads straight into its own (small) future. Most
-/// service-to-service request headers, a bearer token included, fit, so the common case is
-/// one read and one copy; a larger header continues in a growing buffer.
-const FIRST_READ: usize = 1024;
-
-/// The buffer a header that did not fit in [`FIRST_READ`] continues in, and the one handed
-/// to Pingora (its own first allocation for a request header is the same size).
+/// The buffer a request header is read into, and handed to Pingora in (its own first
+/// allocation for a request header is the same size). While a connection waits, it holds no
+/// buffer at all: the first read goes to the stack of the poll that finds data
+/// ([`read_first`]), and only then is this allocated.
 const HEADER_BUFFER: usize = 4096;
 
 /// The `ServerApp` of portico's proxy service: admission, deadlines and parking around
@@ -342,14 +342,11 @@ impl ServerApp for Connections {
 /// Waits up to `idle` for a request's first bytes, then up to the header deadline for the
 /// rest of its header.
 async fn read_head(stream: &mut Stream, idle: Duration, deadlines: &Deadlines) -> Head {
-    let mut first = [0u8; FIRST_READ];
-    let n = match fast_timeout(idle, stream.read(&mut first)).await {
+    let mut buf = match fast_timeout(idle, read_first(stream)).await {
         Err(_) => return Head::Idle,
-        Ok(Ok(0) | Err(_)) => return Head::Closed,
-        Ok(Ok(n)) => n,
+        Ok(Some(buf)) => buf,
+        Ok(None) => return Head::Closed,
     };
-    let mut buf = BytesMut::with_capacity(HEADER_BUFFER.max(n));
-    buf.extend_from_slice(&first[..n]);
     if header_complete(&buf, 0) {
         return Head::Ready(buf);
     }
@@ -369,6 +366,26 @@ async fn read_head(stream: &mut Stream, idle: Duration, deadlines: &Deadlines) -
     fast_timeout(deadlines.header, rest)
         .await
         .unwrap_or(Head::TimedOut)
+}
+
+/// The first bytes of a request, or `None` when the connection closed or broke. The read
+/// goes to a buffer on the stack of the poll that finds data, so a waiting connection's
+/// future holds no buffer; the bytes are then copied into a new [`HEADER_BUFFER`].
+async fn read_first(stream: &mut Stream) -> Option<BytesMut> {
+    std::future::poll_fn(|cx| {
+        let mut scratch = [MaybeUninit::<u8>::uninit(); HEADER_BUFFER];
+        let mut read = ReadBuf::uninit(&mut scratch);
+        match Pin::new(&mut *stream).poll_read(cx, &mut read) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(())) if !read.filled().is_empty() => {
+                let mut buf = BytesMut::with_capacity(HEADER_BUFFER);
+                buf.extend_from_slice(read.filled());
+                Poll::Ready(Some(buf))
+            }
+            Poll::Ready(_) => Poll::Ready(None),
+        }
+    })
+    .await
 }
 
 /// Whether `buf` holds a whole request header: an empty line after the request line, with
