@@ -33,6 +33,15 @@ pub fn load_str(file: &str, text: &str) -> Result<Config, ConfigErrors> {
     let mut errors = Vec::new();
 
     let (text, secrets, env_problems) = interpolate_env(text);
+    // Parser spans are offsets into the interpolated text, where a substituted value may
+    // be longer or shorter than its `${NAME}`: locate them there (lines are the same in
+    // both texts, offsets are not).
+    let parsed_error = |offset: Option<usize>, field: String, message: String| ConfigError {
+        file: file.to_string(),
+        location: offset.map(|o| location_of(&text, o)),
+        field,
+        message,
+    };
     for (offset, message) in env_problems {
         let field = original
             .as_ref()
@@ -45,7 +54,7 @@ pub fn load_str(file: &str, text: &str) -> Result<Config, ConfigErrors> {
         Ok(doc) => doc,
         Err(e) => {
             let e: toml_edit::TomlError = e;
-            errors.push(error(
+            errors.push(parsed_error(
                 e.span().map(|s| s.start),
                 String::new(),
                 e.message().trim().to_string(),
@@ -76,7 +85,11 @@ pub fn load_str(file: &str, text: &str) -> Result<Config, ConfigErrors> {
                     locate(&path)
                 };
                 let missing = message.starts_with("missing field");
-                errors.push(error(offset, render_path(&path), message));
+                if round == 0 {
+                    errors.push(parsed_error(offset, render_path(&path), message));
+                } else {
+                    errors.push(error(offset, render_path(&path), message));
+                }
                 if missing || path.is_empty() || !remove_path(&mut doc, &path) {
                     break;
                 }
@@ -406,6 +419,19 @@ mod tests {
         let (offset, message) = &problems[0];
         assert_eq!(location_of("a = 1\nk = \"${X", *offset).line, 2);
         assert!(message.contains("PORTICO_SURELY_UNSET_VAR"));
+    }
+
+    #[test]
+    fn a_substituted_value_of_another_length_keeps_error_lines_right() {
+        std::env::set_var("PORTICO_TEST_LONG_VALUE", "x".repeat(200));
+        let text = "[[listeners]]\naddress = \"127.0.0.1:1\"\n[admin]\ntoken = \"${PORTICO_TEST_LONG_VALUE}\"\nunknown = 1\n";
+        let errors = load_str("t.toml", text).unwrap_err().0;
+        let e = errors.iter().find(|e| e.field == "admin.unknown").unwrap();
+        assert_eq!(
+            e.location,
+            Some(Location { line: 5, column: 1 }),
+            "{errors:?}"
+        );
     }
 
     #[test]
