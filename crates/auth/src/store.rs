@@ -304,19 +304,23 @@ impl Store {
     ) -> Result<bool, String> {
         let id = client_id.to_string();
         let n = match self {
-            Store::Sqlite(c) => Self::sqlite(c, move |c| {
-                c.execute(
-                    "UPDATE auth_clients SET introspect = ?1, updated_at = ?2 WHERE client_id = ?3",
-                    rusqlite::params![introspect, now, id],
-                )
-                .map(|n| n as u64)
-            })
-            .await?,
+            Store::Sqlite(c) => {
+                Self::sqlite(c, move |c| {
+                    c.execute(
+                        "UPDATE auth_clients SET introspect = ?1, updated_at = ?2 \
+                         WHERE client_id = ?3",
+                        rusqlite::params![introspect, now, id],
+                    )
+                    .map(|n| n as u64)
+                })
+                .await?
+            }
             Store::Postgres(pg) => pg
                 .client()
                 .await?
                 .execute(
-                    "UPDATE auth_clients SET introspect = $1, updated_at = $2 WHERE client_id = $3",
+                    "UPDATE auth_clients SET introspect = $1, updated_at = $2 \
+                     WHERE client_id = $3",
                     &[&introspect, &now, &id],
                 )
                 .await
