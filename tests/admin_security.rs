@@ -307,7 +307,8 @@ async fn without_a_configured_token_nothing_protected_answers() {
             "{}",
             gw.stderr()
         );
-        let out = std::process::Command::new(PORTICO)
+        let out = gw
+            .portico_command()
             .args(["check", "-c"])
             .arg(&gw.config_path)
             .output()
@@ -459,7 +460,8 @@ async fn the_token_file_is_read_again_on_reload() {
         assert_eq!(resp.status, 422, "{}", resp.text());
         assert!(resp.text().contains("admin.token_file"), "{}", resp.text());
         assert_eq!(get(&new).await, 200);
-        let out = std::process::Command::new(PORTICO)
+        let out = gw
+            .portico_command()
             .args(["check", "-c"])
             .arg(&gw.config_path)
             .output()

@@ -33,6 +33,9 @@ pub fn load_str(file: &str, text: &str) -> Result<Config, ConfigErrors> {
     let mut errors = Vec::new();
 
     let (text, secrets, env_problems) = interpolate_env(text);
+    // Fields whose `${NAME}` could not be substituted: their value is a stand-in, so
+    // validating it again would only repeat the problem in other words.
+    let mut env_fields = Vec::new();
     // Parser spans are offsets into the interpolated text, where a substituted value may
     // be longer or shorter than its `${NAME}`: locate them there (lines are the same in
     // both texts, offsets are not).
@@ -47,6 +50,7 @@ pub fn load_str(file: &str, text: &str) -> Result<Config, ConfigErrors> {
             .as_ref()
             .map(|d| render_path(&path_at(d.as_table(), offset)))
             .unwrap_or_default();
+        env_fields.push(field.clone());
         errors.push(error(Some(offset), field, message));
     }
 
@@ -100,7 +104,10 @@ pub fn load_str(file: &str, text: &str) -> Result<Config, ConfigErrors> {
     if let Some(mut config) = config {
         config.secrets = secrets;
         for p in validate::validate(&config) {
-            errors.push(error(locate(&p.path), render_path(&p.path), p.message));
+            let field = render_path(&p.path);
+            if !env_fields.contains(&field) {
+                errors.push(error(locate(&p.path), field, p.message));
+            }
         }
         if errors.is_empty() {
             return Ok(config);
@@ -432,6 +439,13 @@ mod tests {
             Some(Location { line: 5, column: 1 }),
             "{errors:?}"
         );
+
+        // An unset variable is one problem, not also "the admin token is empty".
+        let text = "[[listeners]]\naddress = \"127.0.0.1:1\"\n[admin]\ntoken = \"${PORTICO_SURELY_UNSET_ADMIN_TOKEN}\"\n";
+        let errors = load_str("t.toml", text).unwrap_err().0;
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].field, "admin.token");
+        assert!(errors[0].message.contains("is not set"), "{errors:?}");
     }
 
     #[test]

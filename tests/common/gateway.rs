@@ -263,12 +263,11 @@ access_log = "{log}"
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
+        let mut env = self.env.clone();
         if let Some(token) = &self.admin_token {
-            command.env(ADMIN_TOKEN_ENV, token);
+            env.push((ADMIN_TOKEN_ENV.to_string(), token.clone()));
         }
-        for (name, value) in &self.env {
-            command.env(name, value);
-        }
+        command.envs(env.iter().map(|(k, v)| (k, v)));
         let child = command.spawn().expect("start portico");
         let client = reqwest::Client::builder()
             .no_proxy()
@@ -280,6 +279,7 @@ access_log = "{log}"
             listen,
             admin,
             admin_token: self.admin_token.clone(),
+            env,
             config_path,
             access_log,
             config,
@@ -304,6 +304,8 @@ pub struct Gateway {
     pub admin: SocketAddr,
     /// The admin token the gateway was given (`None`: [`GatewayBuilder::no_admin_token`]).
     pub admin_token: Option<String>,
+    /// The environment its config needs (`${NAME}` values, the admin token).
+    env: Vec<(String, String)>,
     pub config_path: PathBuf,
     pub access_log: PathBuf,
     /// The full config text the gateway runs.
@@ -342,6 +344,14 @@ impl Gateway {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// A `portico` command with the environment the gateway's config needs, for running
+    /// `check` or `routes` on [`Gateway::config_path`].
+    pub fn portico_command(&self) -> Command {
+        let mut command = Command::new(PORTICO);
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
+        command
     }
 
     /// What the process wrote to stderr so far (its log).
