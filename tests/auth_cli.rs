@@ -17,7 +17,7 @@ fn write_config(dir: &std::path::Path, extra: &str) -> String {
     std::fs::write(
         &file,
         format!(
-            "listen = \"127.0.0.1:0\"\ndatabase_url = \"sqlite://data/auth.db\"\n{extra}\n{FAST}"
+            "listen = \"127.0.0.1:0\"\nadmin_listen = \"off\"\ndatabase_url = \"sqlite://data/auth.db\"\n{extra}\n{FAST}"
         ),
     )
     .unwrap();
@@ -153,7 +153,7 @@ fn config_errors_name_file_line_column_and_field() {
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains(&format!(
-            "{file}:4:13: tokens.algorithm: unknown variant `HS256`"
+            "{file}:5:13: tokens.algorithm: unknown variant `HS256`"
         )),
         "{err}"
     );
@@ -165,7 +165,7 @@ fn config_errors_name_file_line_column_and_field() {
     let (code, _, err) = portico(&["auth", "-c", &file, "check"]);
     assert_eq!(code, 2);
     assert!(
-        err.contains(":6:1: keys.lifetime: unknown field `lifetime`"),
+        err.contains(":7:1: keys.lifetime: unknown field `lifetime`"),
         "{err}"
     );
 
@@ -176,7 +176,7 @@ fn config_errors_name_file_line_column_and_field() {
     let (code, _, err) = portico(&["auth", "-c", &file, "check"]);
     assert_eq!(code, 2);
     assert!(
-        err.contains(":4:17: keys.publish_ahead: must be at least twice"),
+        err.contains(":5:17: keys.publish_ahead: must be at least twice"),
         "{err}"
     );
 
@@ -195,7 +195,9 @@ async fn serves_until_sigterm() {
     let file = dir.path().join("auth.toml");
     std::fs::write(
         &file,
-        format!("listen = \"127.0.0.1:{port}\"\ndatabase_url = \"sqlite://auth.db\"\n{FAST}"),
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"off\"\ndatabase_url = \"sqlite://auth.db\"\n{FAST}"
+        ),
     )
     .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_portico"))

@@ -138,6 +138,7 @@ async fn replicas_share_clients_keys_and_revocations_on_postgres() {
     // A client added through replica A's store authenticates at replica B.
     let secret = add_client(&a, "service-a", "orders:read", "portico").await;
     let gw = add_client(&b, "gateway", "", "portico").await;
+    grant_introspect(&b, "gateway").await;
     let token = token(
         &http,
         &base_b,

@@ -97,6 +97,11 @@ async fn published(base: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// The load comes from one address, far above what `[secret_checks]` grants one address
+/// by default: these tests are about rotation, not about that limit.
+const ONE_BUSY_ADDRESS: &str =
+    "[secret_checks]\nper_address_rate = 100000.0\nper_address_burst = 100000\n";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manual_rotation_under_load_fails_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -104,7 +109,7 @@ async fn manual_rotation_under_load_fails_nothing() {
                     [keys]\nrotate_every = \"off\"\npublish_ahead = \"1s\"\n\
                     refresh_interval = \"200ms\"\nretire_grace = \"0s\"\n";
     let top = format!("issuer = \"{ISSUER}\"");
-    let cfg = config(dir.path(), &top, sections);
+    let cfg = config(dir.path(), &top, &format!("{sections}{ONE_BUSY_ADDRESS}"));
     let svc = start(&cfg).await;
     let base = base(&svc);
     let secret = add_client(&svc, "svc", "", "portico").await;
@@ -199,9 +204,11 @@ async fn scheduled_rotation_under_load_fails_nothing() {
     let cfg = config(
         dir.path(),
         &format!("issuer = \"{ISSUER}\""),
-        "[tokens]\nlifetime = \"2s\"\n\
-         [keys]\nrotate_every = \"2s\"\npublish_ahead = \"1s\"\n\
-         refresh_interval = \"200ms\"\nretire_grace = \"0s\"\n",
+        &format!(
+            "[tokens]\nlifetime = \"2s\"\n\
+             [keys]\nrotate_every = \"2s\"\npublish_ahead = \"1s\"\n\
+             refresh_interval = \"200ms\"\nretire_grace = \"0s\"\n{ONE_BUSY_ADDRESS}"
+        ),
     );
     let svc = start(&cfg).await;
     let secret = add_client(&svc, "svc", "", "portico").await;

@@ -351,6 +351,7 @@ async fn introspection_and_revocation() {
     let base = base(&svc);
     let a = add_client(&svc, "service-a", "orders:read", "portico").await;
     let gw = add_client(&svc, "gateway", "", "portico").await;
+    grant_introspect(&svc, "gateway").await;
     let other = add_client(&svc, "service-b", "", "portico").await;
     let http = http();
     let introspect = format!("{base}/oauth2/introspect");
@@ -366,7 +367,21 @@ async fn introspection_and_revocation() {
         post_basic(&http, &introspect, "gateway", "nope", &[("token", &token)]).await;
     assert_eq!(status, 401);
 
-    // An authenticated resource server sees the claims.
+    // A client without the `introspect` right learns nothing of another client's token.
+    let (status, _, body) = post_basic(
+        &http,
+        &introspect,
+        "service-b",
+        &other,
+        &[("token", &token)],
+    )
+    .await;
+    assert_eq!(
+        (status, &body),
+        (200, &serde_json::json!({ "active": false }))
+    );
+
+    // An authenticated resource server with the right sees the claims.
     let (status, headers, body) =
         post_basic(&http, &introspect, "gateway", &gw, &[("token", &token)]).await;
     assert_eq!(status, 200);
@@ -508,8 +523,11 @@ async fn the_revocation_list_names_revoked_tokens_until_they_expire() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_failed_authentication_is_limited() {
-    let (_dir, svc) =
-        service("[failed_auth]\nmax_failures = 3\nwindow = \"1m\"\nlockout = \"2s\"\n").await;
+    // `lockout`, the former name of `max_backoff`, is still understood.
+    let (_dir, svc) = service(
+        "[failed_auth]\nmax_failures = 3\nwindow = \"1m\"\nbackoff = \"2s\"\nlockout = \"2s\"\n",
+    )
+    .await;
     let url = format!("{}/oauth2/token", base(&svc));
     let secret = add_client(&svc, "svc", "", "portico").await;
     let other = add_client(&svc, "other", "", "portico").await;
@@ -520,7 +538,7 @@ async fn repeated_failed_authentication_is_limited() {
         let (status, _, _) = post_basic(&http, &url, "svc", "wrong", &grant).await;
         assert_eq!(status, 401);
     }
-    // Locked out: even the right secret is refused, with Retry-After.
+    // Backing off: even the right secret is refused (from this address), with Retry-After.
     let (status, headers, body) = post_basic(&http, &url, "svc", &secret, &grant).await;
     assert_eq!(status, 429);
     assert_eq!(body["error"], "invalid_client");
@@ -534,14 +552,7 @@ async fn repeated_failed_authentication_is_limited() {
     let (status, _, _) = post_basic(&http, &url, "svc", &secret, &grant).await;
     assert_eq!(status, 200);
 
-    let metrics = http
-        .get(format!("{}/metrics", base(&svc)))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = token_service::metrics(&http, &svc).await;
     assert!(
         metrics.contains("portico_auth_tokens_issued_total"),
         "{metrics}"

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_addr, PORTICO};
+use common::{free_addr, new_admin_token, ADMIN_TOKEN_ENV, PORTICO};
 
 /// What a finished `portico` run left.
 struct Run {
@@ -26,6 +26,7 @@ fn portico(args: &[&str], env: &[(&str, &str)]) -> Run {
     command
         .args(args)
         .env("RUST_LOG", "warn")
+        .env(ADMIN_TOKEN_ENV, new_admin_token())
         .env_remove("PORTICO_SURELY_MISSING_VAR")
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out_path).unwrap())
@@ -67,7 +68,7 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 /// A minimal valid header: server files in `dir`, a listener and the admin API on free ports.
 fn header(dir: &Path) -> String {
     format!(
-        "[server]\nthreads = 1\npid_file = \"{d}/p.pid\"\nupgrade_sock = \"{d}/u.sock\"\n\n[[listeners]]\naddress = \"{}\"\n\n[admin]\naddress = \"{}\"\n\n[logging]\naccess_log = \"off\"\n\n",
+        "[server]\nthreads = 1\npid_file = \"{d}/p.pid\"\nupgrade_sock = \"{d}/u.sock\"\n\n[[listeners]]\naddress = \"{}\"\n\n[admin]\naddress = \"{}\"\ntoken = \"${{{ADMIN_TOKEN_ENV}}}\"\n[logging]\naccess_log = \"off\"\n\n",
         free_addr(),
         free_addr(),
         d = dir.display()

@@ -957,7 +957,8 @@ const SERVICE_ISSUER: &str = "https://auth.portico.test";
 
 /// The real token service (SQLite in a temp dir) with client `service-a` (audience
 /// `portico`) and `gateway`, the gateway's own credentials for the revocation list and
-/// introspection. Returns the service, its temp dir and the two secrets.
+/// introspection (granted the `introspect` right). Returns the service, its temp dir and
+/// the two secrets.
 async fn start_token_service() -> (portico::auth::Running, tempfile::TempDir, String, String) {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = token_service::config(
@@ -968,6 +969,7 @@ async fn start_token_service() -> (portico::auth::Running, tempfile::TempDir, St
     let service = token_service::start(&config).await;
     let a = token_service::add_client(&service, "service-a", "orders:read", "portico").await;
     let gw = token_service::add_client(&service, "gateway", "", "portico").await;
+    token_service::grant_introspect(&service, "gateway").await;
     (service, dir, a, gw)
 }
 

@@ -264,7 +264,7 @@ async fn a_new_cluster_is_probed_before_it_takes_traffic() {
             assert_eq!(resp.status(), 200, "no request goes to the dead endpoint");
         }
         assert_eq!(live.hits() - hits_before, 20);
-        let clusters: serde_json::Value = get_json(&client(), &site.admin_url("/admin/clusters")).await;
+        let clusters: serde_json::Value = get_json(&admin_client(&site), &site.admin_url("/admin/clusters")).await;
         let b = clusters["clusters"]
             .as_array()
             .unwrap()

@@ -166,6 +166,16 @@ fn helper_path() -> PathBuf {
 /// Runs the helper like systemd's ExecReload= would (without MAINPID: the pid file says).
 /// Its output goes to a file: the daemon it starts inherits it and outlives the helper.
 async fn helper(site: &Site, bin: &Path, command: &str) -> (bool, String) {
+    helper_with(site, bin, command, &[]).await
+}
+
+/// [`helper`] with extra environment variables.
+async fn helper_with(
+    site: &Site,
+    bin: &Path,
+    command: &str,
+    env: &[(&str, &str)],
+) -> (bool, String) {
     let n = std::fs::read_dir(site.dir.path()).unwrap().count();
     let out = site.path(&format!("helper-{n}.log"));
     let file = std::fs::File::create(&out).unwrap();
@@ -177,6 +187,7 @@ async fn helper(site: &Site, bin: &Path, command: &str) -> (bool, String) {
             .env("PORTICO_BIN", bin)
             .env("PORTICO_CONFIG", site.config_path())
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .env_remove("MAINPID")
             .stdin(std::process::Stdio::null())
             .stdout(file.try_clone().unwrap())
@@ -258,6 +269,17 @@ async fn the_upgrade_helper_reloads_and_upgrades_a_daemon_under_load() {
         let (ok, out) = helper(&site, &bin, "reload").await;
         windows.push((t, Instant::now()));
         assert!(ok && out.contains("config reloaded"), "{out}");
+        assert_eq!(site.pid_in_file(), Some(first.pid));
+        // (It read the admin token from the config's token_file.) A wrong token is an
+        // error, not a silent fallback: the running config stays.
+        let (ok, out) = helper_with(
+            &site,
+            &bin,
+            "reload",
+            &[("PORTICO_ADMIN_TOKEN", &common::new_admin_token())],
+        )
+        .await;
+        assert!(!ok && out.contains("refused the admin token"), "{out}");
         assert_eq!(site.pid_in_file(), Some(first.pid));
 
         // 2. A forced upgrade of the same binary.
@@ -423,7 +445,9 @@ async fn the_default_runtime_directory_is_private_and_carries_an_upgrade() {
         let meta = std::fs::metadata(&run).expect("the runtime directory was created");
         assert!(meta.is_dir());
         assert_eq!(meta.mode() & 0o7777, 0o700, "created private");
-        let config: serde_json::Value = reqwest::get(site.admin_url("/admin/config"))
+        let config: serde_json::Value = admin_client(&site)
+            .get(site.admin_url("/admin/config"))
+            .send()
             .await
             .unwrap()
             .json()

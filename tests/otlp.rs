@@ -538,12 +538,7 @@ async fn a_reload_that_changes_tracing_takes_effect() {
             .replace("sample_ratio = 0.0", "sample_ratio = 1.0");
         assert_ne!(config, gw.config);
         std::fs::write(&gw.config_path, config).unwrap();
-        let reloaded = reqwest::Client::new()
-            .post(gw.admin_url("/admin/reload"))
-            .timeout(REQUEST_TIMEOUT)
-            .send()
-            .await
-            .expect("reload");
+        let reloaded = gw.admin_post("/admin/reload").await;
         assert_eq!(reloaded.status(), 200, "{:?}", reloaded.text().await);
 
         // A trace the gateway starts is now sampled, and is the only one exported.

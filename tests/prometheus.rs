@@ -302,7 +302,7 @@ breaker = { consecutive_failures = 3, open_for = "60s", max_open = "60s" }"#,
 
         let prom = Prometheus::start(
             &binary,
-            &[("portico", gw.admin), ("portico-auth", auth.addr)],
+            &[("portico", gw.admin), ("portico-auth", auth.admin_addr.expect("admin listener"))],
         )
         .await;
         let wait = Duration::from_secs(15);

@@ -509,7 +509,8 @@ async fn metrics_and_access_log_record_the_version_served() {
 
 /// Runs `portico routes -c <the gateway's config> args…`; returns (exit code, stdout).
 fn routes(gw: &Gateway, args: &[&str]) -> (Option<i32>, String) {
-    let out = std::process::Command::new(PORTICO)
+    let out = gw
+        .portico_command()
         .arg("routes")
         .arg("-c")
         .arg(&gw.config_path)

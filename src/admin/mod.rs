@@ -1,7 +1,14 @@
 //! The admin HTTP API, served by Pingora on its own listener (loopback by default):
 //! liveness, readiness, Prometheus metrics, cluster state, the effective config and reload.
+//!
+//! Everything but `/healthz` and `/readyz` (and `/metrics`, unless `metrics_auth`) needs
+//! `Authorization: Bearer <[admin] token>`: loopback alone lets in every local user and
+//! any server-side request forgery through an upstream. The token is kept as a SHA-256
+//! digest and compared in constant time, so neither its bytes nor its length leak through
+//! response times. `/metrics` can also have a listener of its own ([`AdminApi::metrics_only`]).
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
 use http::{Response, StatusCode};
@@ -13,14 +20,141 @@ use crate::observe::metrics::METRICS;
 use crate::runtime::{self, State};
 use crate::upstream::breaker::BreakerState;
 
+/// The admin bearer token, as the SHA-256 digest of its bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken {
+    digest: [u8; 32],
+}
+
+impl AdminToken {
+    pub fn new(token: &str) -> AdminToken {
+        AdminToken {
+            digest: digest(token),
+        }
+    }
+
+    /// Whether `presented` is the token. Both sides are hashed first, so the comparison
+    /// runs over 32 bytes whatever was sent, and it looks at all of them.
+    pub fn matches(&self, presented: &str) -> bool {
+        let other = digest(presented);
+        let diff = self
+            .digest
+            .iter()
+            .zip(other.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        std::hint::black_box(diff) == 0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+fn digest(text: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes()).into()
+}
+
+/// Why a request was refused for its credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unauthorized {
+    /// No `Authorization: Bearer` header (or several).
+    Missing,
+    /// A token that is not the admin token.
+    Invalid,
+    /// The config sets no admin token, so nothing protected can be reached.
+    NotConfigured,
+}
+
+impl Unauthorized {
+    fn label(self) -> &'static str {
+        match self {
+            Unauthorized::Missing => "missing",
+            Unauthorized::Invalid => "invalid",
+            Unauthorized::NotConfigured => "not_configured",
+        }
+    }
+}
+
+/// `portico_admin_unauthorized_total{reason}`: admin requests refused with 401.
+static UNAUTHORIZED: LazyLock<prometheus::IntCounterVec> = LazyLock::new(|| {
+    let counter = prometheus::IntCounterVec::new(
+        prometheus::Opts::new(
+            "portico_admin_unauthorized_total",
+            "Admin API requests refused with 401, by reason (missing, invalid, not_configured)",
+        ),
+        &["reason"],
+    )
+    .expect("valid metric");
+    if let Err(e) = prometheus::default_registry().register(Box::new(counter.clone())) {
+        log::error!("cannot register portico_admin_unauthorized_total: {e}");
+    }
+    counter
+});
+
+/// Unix seconds of the last refusal logged: a flood of bad tokens is counted, and
+/// logged once per ten seconds.
+static LAST_REFUSAL_LOGGED: AtomicU64 = AtomicU64::new(0);
+
 /// The admin API application.
 pub struct AdminApi {
     state: Arc<State>,
+    /// The `[admin] metrics_address` listener: `/metrics` and nothing else.
+    metrics_only: bool,
 }
 
 impl AdminApi {
     pub fn new(state: Arc<State>) -> AdminApi {
-        AdminApi { state }
+        // Registered now, so the series is on `/metrics` before the first refusal.
+        LazyLock::force(&UNAUTHORIZED);
+        AdminApi {
+            state,
+            metrics_only: false,
+        }
+    }
+
+    /// The API for `[admin] metrics_address`: `/metrics` (behind the token when
+    /// `metrics_auth`), 404 for everything else.
+    pub fn metrics_only(state: Arc<State>) -> AdminApi {
+        AdminApi {
+            metrics_only: true,
+            ..AdminApi::new(state)
+        }
+    }
+
+    /// Whether `path` needs the token on this listener.
+    fn protected(&self, path: &str) -> bool {
+        match path {
+            "/metrics" => self.state.snapshot().config.admin.metrics_auth,
+            "/healthz" | "/readyz" => false,
+            // The metrics listener serves nothing else: its 404s say nothing.
+            _ => !self.metrics_only,
+        }
+    }
+
+    /// Checks `Authorization: Bearer <token>` against the running config's token.
+    fn authorize(&self, req: &pingora_http::RequestHeader) -> Result<(), Unauthorized> {
+        let Some(token) = self.state.snapshot().admin_token.clone() else {
+            return Err(Unauthorized::NotConfigured);
+        };
+        let mut values = req.headers.get_all(http::header::AUTHORIZATION).iter();
+        let (Some(value), None) = (values.next(), values.next()) else {
+            return Err(Unauthorized::Missing);
+        };
+        let text = value.to_str().map_err(|_| Unauthorized::Invalid)?.trim();
+        let Some((scheme, presented)) = text.split_once(' ') else {
+            return Err(Unauthorized::Missing);
+        };
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(Unauthorized::Missing);
+        }
+        if token.matches(presented.trim()) {
+            Ok(())
+        } else {
+            Err(Unauthorized::Invalid)
+        }
     }
 
     fn route(&self, method: &http::Method, path: &str) -> (StatusCode, &'static str, Vec<u8>) {
@@ -93,6 +227,33 @@ impl AdminApi {
                     "error": "not found",
                     "endpoints": ["/healthz", "/readyz", "/metrics", "/admin/clusters", "/admin/config", "POST /admin/reload"],
                 }),
+            ),
+        }
+    }
+
+    /// The metrics listener: `GET /metrics`, 405 for other methods on it, 404 elsewhere.
+    fn metrics_route(
+        &self,
+        method: &http::Method,
+        path: &str,
+    ) -> (StatusCode, &'static str, Vec<u8>) {
+        match (method.as_str(), path) {
+            ("GET", "/metrics") => self.route(method, path),
+            (_, "/metrics") => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "application/json",
+                serde_json::to_vec_pretty(
+                    &json!({ "error": format!("{method} is not allowed on {path}") }),
+                )
+                .unwrap_or_default(),
+            ),
+            _ => (
+                StatusCode::NOT_FOUND,
+                "application/json",
+                serde_json::to_vec_pretty(
+                    &json!({ "error": "not found", "endpoints": ["/metrics"] }),
+                )
+                .unwrap_or_default(),
             ),
         }
     }
@@ -214,6 +375,29 @@ fn valid_port(tail: &str) -> bool {
         .is_some_and(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// The 401 answer (RFC 6750 §3: `WWW-Authenticate: Bearer`, with `error="invalid_token"`
+/// when a wrong token was sent).
+fn unauthorized(why: Unauthorized) -> (StatusCode, &'static str, Vec<u8>) {
+    let detail = match why {
+        Unauthorized::Missing => "send Authorization: Bearer <the [admin] token>",
+        Unauthorized::Invalid => "the bearer token is not the admin token",
+        Unauthorized::NotConfigured => {
+            "no admin token is configured: set [admin] token_file or token"
+        }
+    };
+    let body = json!({
+        "type": "urn:portico:problem:admin-unauthorized",
+        "title": "Unauthorized",
+        "status": 401,
+        "detail": detail,
+    });
+    (
+        StatusCode::UNAUTHORIZED,
+        "application/problem+json",
+        serde_json::to_vec_pretty(&body).unwrap_or_default(),
+    )
+}
+
 /// The 421 answer to a request for a host the admin API does not serve.
 fn misdirected() -> (StatusCode, &'static str, Vec<u8>) {
     let body = json!({
@@ -251,24 +435,66 @@ impl ServeHttp for AdminApi {
                     && host_allowed(h, &self.state.snapshot().config.admin.allowed_hosts)
             }
         };
+        let denied = if hosts_ok && self.protected(&path) {
+            self.authorize(req).err()
+        } else {
+            None
+        };
         let (status, content_type, body) = if !hosts_ok {
             log::warn!(
                 "admin API: refused {method} {path} for Host {:?}",
                 host.as_deref().unwrap_or("")
             );
             misdirected()
+        } else if let Some(why) = denied {
+            UNAUTHORIZED.with_label_values(&[why.label()]).inc();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let last = LAST_REFUSAL_LOGGED.load(Ordering::Relaxed);
+            if now >= last + 10
+                && LAST_REFUSAL_LOGGED
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                log::warn!(
+                    "admin API: refused {method} {path} from {}: {} credentials (further refusals in the next 10 s are only counted in portico_admin_unauthorized_total)",
+                    session
+                        .client_addr()
+                        .map(|a| a.to_string())
+                        .unwrap_or_default(),
+                    why.label()
+                );
+            }
+            unauthorized(why)
+        } else if self.metrics_only {
+            self.metrics_route(&method, &path)
         } else if method == http::Method::POST && path == "/admin/reload" {
             self.reload().await
         } else {
             self.route(&method, &path)
         };
-        Response::builder()
+        let mut response = Response::builder()
             .status(status)
             .header(http::header::CONTENT_TYPE, content_type)
             .header(http::header::CONTENT_LENGTH, body.len())
-            .header(http::header::CACHE_CONTROL, "no-store")
-            .body(body)
-            .unwrap_or_default()
+            .header(http::header::CACHE_CONTROL, "no-store");
+        match denied {
+            Some(Unauthorized::Invalid) => {
+                response = response.header(
+                    http::header::WWW_AUTHENTICATE,
+                    r#"Bearer realm="portico-admin", error="invalid_token""#,
+                )
+            }
+            Some(_) => {
+                response = response.header(
+                    http::header::WWW_AUTHENTICATE,
+                    r#"Bearer realm="portico-admin""#,
+                )
+            }
+            None => {}
+        }
+        response.body(body).unwrap_or_default()
     }
 }
 

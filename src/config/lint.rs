@@ -1,6 +1,7 @@
 //! Warnings for configs that are valid but likely unsafe, printed by `portico check` and
-//! logged when a config is loaded. Today one rule: a protected route whose refused
-//! requests fall through to a weaker route on the same cluster.
+//! logged when a config is loaded: a protected route whose refused requests fall through
+//! to a weaker route on the same cluster, and an admin API without a token (or with one
+//! written into the file itself).
 
 use std::collections::BTreeSet;
 
@@ -9,22 +10,41 @@ use super::{Config, OnMismatchKind, PathMatchKind, Route};
 /// Plugins that keep callers out; a route without one of these that another has is weaker.
 const PROTECTING: &[&str] = &["jwt", "rate-limit"];
 
-/// One warning, about the route at `routes[route]`.
+/// One warning, about the field at `field` (`routes[2]`, `admin.token`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Warning {
-    pub route: usize,
+    pub field: String,
     pub message: String,
 }
 
 impl std::fmt::Display for Warning {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "routes[{}]: {}", self.route, self.message)
+        write!(f, "{}: {}", self.field, self.message)
     }
 }
 
-/// Every warning for `config`, in route order.
+/// Every warning for `config`: the admin API's first, then the routes' in route order.
 pub fn lint(config: &Config) -> Vec<Warning> {
     let mut warnings = Vec::new();
+    let admin = &config.admin;
+    match (&admin.token, &admin.token_file) {
+        (None, None) => warnings.push(Warning {
+            field: "admin".into(),
+            message: format!(
+                "no token or token_file: the admin API answers 401 to everything but /healthz, /readyz{}; set token_file (or token = \"${{PORTICO_ADMIN_TOKEN}}\")",
+                if admin.metrics_auth { "" } else { " and /metrics" }
+            ),
+        }),
+        // A value substituted from `${ENV}` is listed among the secrets; anything else
+        // was written into the file, which tends to end up in version control.
+        (Some(token), _) if !config.secrets.iter().any(|s| s.trim() == token.trim()) => {
+            warnings.push(Warning {
+                field: "admin.token".into(),
+                message: "is written in the config file; take it from the environment (\"${PORTICO_ADMIN_TOKEN}\") or a token_file".into(),
+            })
+        }
+        _ => {}
+    }
     for (i, protected) in config.routes.iter().enumerate() {
         if protected.on_mismatch != OnMismatchKind::FallThrough {
             continue;
@@ -46,7 +66,7 @@ pub fn lint(config: &Config) -> Vec<Warning> {
                 continue;
             };
             warnings.push(Warning {
-                route: i,
+                field: format!("routes[{i}]"),
                 message: format!(
                     "route `{}` is protected by {}, but requests it refuses by {} fall through to routes[{j}] (`{}`), which lacks it and sends to the same cluster `{cluster}`; set on_mismatch = \"405\" (or \"404\") on `{}`",
                     protected.id,
@@ -141,9 +161,12 @@ fn covers_path(weaker: &Route, protected: &Route) -> bool {
 mod tests {
     use super::*;
 
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
     fn config(routes: &str) -> Config {
+        std::env::set_var("PORTICO_LINT_TEST_TOKEN", TOKEN);
         let text = format!(
-            "[[listeners]]\naddress = \"127.0.0.1:0\"\n{routes}\n[clusters.c]\nendpoints = [{{ address = \"127.0.0.1:1\" }}]\n[clusters.d]\nendpoints = [{{ address = \"127.0.0.1:2\" }}]\n"
+            "[[listeners]]\naddress = \"127.0.0.1:0\"\n[admin]\ntoken = \"${{PORTICO_LINT_TEST_TOKEN}}\"\n{routes}\n[clusters.c]\nendpoints = [{{ address = \"127.0.0.1:1\" }}]\n[clusters.d]\nendpoints = [{{ address = \"127.0.0.1:2\" }}]\n"
         );
         crate::config::load_str("test.toml", &text).expect("config loads")
     }
@@ -158,7 +181,7 @@ mod tests {
         let root = "[[routes]]\nid = \"root\"\npath = \"/\"\ncluster = \"c\"\n";
         let warnings = lint(&config(&format!("{admin}\n{root}")));
         assert_eq!(warnings.len(), 1, "{warnings:?}");
-        assert_eq!(warnings[0].route, 0);
+        assert_eq!(warnings[0].field, "routes[0]");
         assert!(
             warnings[0].message.contains("routes[1] (`root`)"),
             "{}",
@@ -192,5 +215,22 @@ mod tests {
         let warnings = lint(&config(&format!("{api}\n{any}")));
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].message.contains("headers"), "{}", warnings[0]);
+    }
+
+    #[test]
+    fn warns_about_an_admin_api_without_a_token_or_with_one_in_the_file() {
+        let bare = |admin: &str| {
+            let text = format!("[[listeners]]\naddress = \"127.0.0.1:0\"\n[admin]\n{admin}");
+            lint(&crate::config::load_str("t.toml", &text).expect("loads"))
+        };
+        let w = bare("");
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(w[0].field, "admin");
+        assert!(w[0].message.contains("401"), "{}", w[0]);
+        let w = bare(&format!("token = \"{TOKEN}\"\n"));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(w[0].field, "admin.token");
+        // From the environment: no warning.
+        assert!(lint(&config("")).is_empty());
     }
 }

@@ -33,11 +33,24 @@ pub fn load_str(file: &str, text: &str) -> Result<Config, ConfigErrors> {
     let mut errors = Vec::new();
 
     let (text, secrets, env_problems) = interpolate_env(text);
+    // Fields whose `${NAME}` could not be substituted: their value is a stand-in, so
+    // validating it again would only repeat the problem in other words.
+    let mut env_fields = Vec::new();
+    // Parser spans are offsets into the interpolated text, where a substituted value may
+    // be longer or shorter than its `${NAME}`: locate them there (lines are the same in
+    // both texts, offsets are not).
+    let parsed_error = |offset: Option<usize>, field: String, message: String| ConfigError {
+        file: file.to_string(),
+        location: offset.map(|o| location_of(&text, o)),
+        field,
+        message,
+    };
     for (offset, message) in env_problems {
         let field = original
             .as_ref()
             .map(|d| render_path(&path_at(d.as_table(), offset)))
             .unwrap_or_default();
+        env_fields.push(field.clone());
         errors.push(error(Some(offset), field, message));
     }
 
@@ -45,7 +58,7 @@ pub fn load_str(file: &str, text: &str) -> Result<Config, ConfigErrors> {
         Ok(doc) => doc,
         Err(e) => {
             let e: toml_edit::TomlError = e;
-            errors.push(error(
+            errors.push(parsed_error(
                 e.span().map(|s| s.start),
                 String::new(),
                 e.message().trim().to_string(),
@@ -76,7 +89,11 @@ pub fn load_str(file: &str, text: &str) -> Result<Config, ConfigErrors> {
                     locate(&path)
                 };
                 let missing = message.starts_with("missing field");
-                errors.push(error(offset, render_path(&path), message));
+                if round == 0 {
+                    errors.push(parsed_error(offset, render_path(&path), message));
+                } else {
+                    errors.push(error(offset, render_path(&path), message));
+                }
                 if missing || path.is_empty() || !remove_path(&mut doc, &path) {
                     break;
                 }
@@ -87,7 +104,10 @@ pub fn load_str(file: &str, text: &str) -> Result<Config, ConfigErrors> {
     if let Some(mut config) = config {
         config.secrets = secrets;
         for p in validate::validate(&config) {
-            errors.push(error(locate(&p.path), render_path(&p.path), p.message));
+            let field = render_path(&p.path);
+            if !env_fields.contains(&field) {
+                errors.push(error(locate(&p.path), field, p.message));
+            }
         }
         if errors.is_empty() {
             return Ok(config);
@@ -406,6 +426,26 @@ mod tests {
         let (offset, message) = &problems[0];
         assert_eq!(location_of("a = 1\nk = \"${X", *offset).line, 2);
         assert!(message.contains("PORTICO_SURELY_UNSET_VAR"));
+    }
+
+    #[test]
+    fn a_substituted_value_of_another_length_keeps_error_lines_right() {
+        std::env::set_var("PORTICO_TEST_LONG_VALUE", "x".repeat(200));
+        let text = "[[listeners]]\naddress = \"127.0.0.1:1\"\n[admin]\ntoken = \"${PORTICO_TEST_LONG_VALUE}\"\nunknown = 1\n";
+        let errors = load_str("t.toml", text).unwrap_err().0;
+        let e = errors.iter().find(|e| e.field == "admin.unknown").unwrap();
+        assert_eq!(
+            e.location,
+            Some(Location { line: 5, column: 1 }),
+            "{errors:?}"
+        );
+
+        // An unset variable is one problem, not also "the admin token is empty".
+        let text = "[[listeners]]\naddress = \"127.0.0.1:1\"\n[admin]\ntoken = \"${PORTICO_SURELY_UNSET_ADMIN_TOKEN}\"\n";
+        let errors = load_str("t.toml", text).unwrap_err().0;
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].field, "admin.token");
+        assert!(errors[0].message.contains("is not set"), "{errors:?}");
     }
 
     #[test]

@@ -178,6 +178,23 @@ pub struct Admin {
     /// `Host` gets 421: a web page whose name was rebound to the admin address (DNS
     /// rebinding) sends its own name, and must not read or reload anything.
     pub allowed_hosts: Vec<String>,
+    /// A file holding the bearer token every admin request but `/healthz` and `/readyz`
+    /// must send (`Authorization: Bearer …`); read again on every reload. Not readable by
+    /// every user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<String>,
+    /// The token itself, normally `"${PORTICO_ADMIN_TOKEN}"` (from the environment);
+    /// exclusive with `token_file`. Without either, the protected endpoints answer 401.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Whether `/metrics` needs the token too. Off by default: metrics carry no secret
+    /// and no power, and every Prometheus would otherwise need the token that can reload
+    /// the gateway.
+    pub metrics_auth: bool,
+    /// A listener of its own for `/metrics` alone (e.g. on an interface Prometheus
+    /// reaches, while the admin API stays on loopback).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_address: Option<String>,
 }
 
 impl Default for Admin {
@@ -185,8 +202,76 @@ impl Default for Admin {
         Admin {
             address: "127.0.0.1:9090".into(),
             allowed_hosts: Vec::new(),
+            token_file: None,
+            token: None,
+            metrics_auth: false,
+            metrics_address: None,
         }
     }
+}
+
+/// Shortest admin token accepted: 128 bits as hex.
+pub const MIN_ADMIN_TOKEN: usize = 32;
+
+impl Admin {
+    /// The admin token from `token` or `token_file` (read now), or `None` when neither is
+    /// set. Errors name the field at fault.
+    pub fn read_token(&self) -> Result<Option<String>, (&'static str, String)> {
+        let (field, token) = match (&self.token, &self.token_file) {
+            (Some(_), Some(_)) => {
+                return Err((
+                    "token",
+                    "set either token or token_file, not both".to_string(),
+                ))
+            }
+            (Some(t), None) => ("token", t.clone()),
+            (None, Some(path)) => (
+                "token_file",
+                read_token_file(path).map_err(|e| ("token_file", e))?,
+            ),
+            (None, None) => return Ok(None),
+        };
+        let token = token.trim();
+        if token.is_empty() {
+            return Err((field, "the admin token is empty".to_string()));
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err((
+                field,
+                "the admin token must be printable ASCII without spaces (it is sent in a header)"
+                    .to_string(),
+            ));
+        }
+        if token.len() < MIN_ADMIN_TOKEN {
+            return Err((
+                field,
+                format!(
+                    "the admin token has {} characters; at least {MIN_ADMIN_TOKEN} (e.g. `openssl rand -hex 32`)",
+                    token.len()
+                ),
+            ));
+        }
+        Ok(Some(token.to_string()))
+    }
+}
+
+/// The content of a token file, which must not be readable by every user.
+fn read_token_file(path: &str) -> Result<String, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read `{path}`: {e}"))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o004 != 0 {
+            return Err(format!(
+                "`{path}` is readable by every user (mode {mode:04o}); `chmod o-r {path}`"
+            ));
+        }
+    }
+    if !meta.is_file() {
+        return Err(format!("`{path}` is not a file"));
+    }
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read `{path}`: {e}"))
 }
 
 /// Where access logs go and how many successful requests are logged.

@@ -103,6 +103,39 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             );
         }
     }
+    if let Err((field, message)) = config.admin.read_token() {
+        p.add(&[key("admin"), key(field)], message);
+    }
+    if config.admin.metrics_auth
+        && config.admin.token.is_none()
+        && config.admin.token_file.is_none()
+    {
+        p.add(
+            &[key("admin"), key("metrics_auth")],
+            "needs the admin token: set [admin] token_file or token",
+        );
+    }
+    if let Some(metrics) = &config.admin.metrics_address {
+        match metrics.parse::<SocketAddr>() {
+            Err(_) => p.add(
+                &[key("admin"), key("metrics_address")],
+                format!("`{metrics}` is not an ip:port address"),
+            ),
+            Ok(addr) => {
+                let taken = config.admin.address.parse::<SocketAddr>().ok() == Some(addr)
+                    || config
+                        .listeners
+                        .iter()
+                        .any(|l| l.address.parse::<SocketAddr>().ok() == Some(addr));
+                if taken && addr.port() != 0 {
+                    p.add(
+                        &[key("admin"), key("metrics_address")],
+                        format!("`{addr}` is already a listener or the admin address"),
+                    );
+                }
+            }
+        }
+    }
 
     let ratio = config.logging.success_sample_ratio;
     if !(0.0..=1.0).contains(&ratio) {
@@ -813,6 +846,62 @@ mod tests {
         let bad = errors("", "trusted_proxies = [\"10.0.0.0/33\"]");
         assert!(bad.contains("server.trusted_proxies[0]"), "{bad}");
         assert!(errors("on_mismatch = \"406\"", "").contains("on_mismatch"));
+    }
+
+    #[test]
+    fn admin_token_settings_name_file_line_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = "0123456789abcdef0123456789abcdef";
+        let file = dir.path().join("admin.token");
+        std::fs::write(&file, format!("{good}\n")).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        }
+        let text = format!("{BASE}token_file = \"{}\"\n", file.display());
+        let config = load_str("t.toml", &text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.admin.read_token().unwrap().as_deref(), Some(good));
+
+        let error = |admin: &str| {
+            let text = format!("{BASE}{admin}");
+            let errors = load_str("t.toml", &text).expect_err(&text).0;
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            let e = &errors[0];
+            (
+                e.field.clone(),
+                e.location.as_ref().map(|l| l.line),
+                e.message.clone(),
+            )
+        };
+        let (field, line, message) = error("token = \"short\"\n");
+        assert_eq!((field.as_str(), line), ("admin.token", Some(5)));
+        assert!(message.contains("at least 32"), "{message}");
+        let (field, _, message) = error(&format!("token = \"{good} x\"\n"));
+        assert_eq!(field, "admin.token");
+        assert!(message.contains("without spaces"), "{message}");
+        let (field, line, message) = error(&format!(
+            "token = \"{good}\"\ntoken_file = \"{}\"\n",
+            file.display()
+        ));
+        assert_eq!((field.as_str(), line), ("admin.token", Some(5)));
+        assert!(message.contains("not both"), "{message}");
+        let (field, line, message) = error("\ntoken_file = \"/nonexistent/admin.token\"\n");
+        assert_eq!((field.as_str(), line), ("admin.token_file", Some(6)));
+        assert!(message.contains("cannot read"), "{message}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let (field, _, message) = error(&format!("token_file = \"{}\"\n", file.display()));
+            assert_eq!(field, "admin.token_file");
+            assert!(message.contains("readable by every user"), "{message}");
+        }
+        let (field, _, message) = error("metrics_auth = true\n");
+        assert_eq!(field, "admin.metrics_auth");
+        assert!(message.contains("needs the admin token"), "{message}");
+        let (field, _, _) = error("metrics_address = \"127.0.0.1:8080\"\n");
+        assert_eq!(field, "admin.metrics_address");
     }
 
     #[test]

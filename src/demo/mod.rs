@@ -50,6 +50,8 @@ pub struct DemoTopology<'a> {
     pub orders_v2: &'a [SocketAddr],
     pub inventory: SocketAddr,
     pub dir: &'a Path,
+    /// The admin API's bearer token, in a file of its own (0600).
+    pub admin_token_file: &'a Path,
 }
 
 /// The demo gateway config.
@@ -75,6 +77,7 @@ address = "{listen}"
 
 [admin]
 address = "{admin}"
+token_file = "{admin_token_file}"
 
 [logging]
 access_log = "{dir}/access.log"
@@ -145,6 +148,7 @@ breaker = {{ consecutive_failures = 4, min_requests = 1000, open_for = "3s", hal
         dir = t.dir.display(),
         listen = t.listen,
         admin = t.admin,
+        admin_token_file = t.admin_token_file.display(),
         issuer = t.issuer,
         jwks = t.jwks_url,
         v1 = endpoints(t.orders_v1),
@@ -168,6 +172,25 @@ pub fn run(options: DemoOptions) -> Result<(), String> {
     let issuer = format!("http://{auth_addr}");
     let jwks_url = format!("{issuer}/.well-known/jwks.json");
     let addrs = |v: &[services::Instance]| v.iter().map(|i| i.addr).collect::<Vec<_>>();
+    // The admin API wants a bearer token like everywhere else: a fresh one per demo, in
+    // a file only this user can read.
+    let admin_token_file = dir.join("admin.token");
+    let admin_token = format!(
+        "{}{}",
+        portico_common::random_hex_128(),
+        portico_common::random_hex_128()
+    );
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&admin_token_file)
+            .and_then(|mut f| f.write_all(format!("{admin_token}\n").as_bytes()))
+            .map_err(|e| format!("cannot write {}: {e}", admin_token_file.display()))?;
+    }
     let config_text = demo_config(&DemoTopology {
         listen,
         admin,
@@ -177,6 +200,7 @@ pub fn run(options: DemoOptions) -> Result<(), String> {
         orders_v2: &addrs(&services.orders_v2),
         inventory: services.inventory.addr,
         dir: &dir,
+        admin_token_file: &admin_token_file,
     });
     let config_path: PathBuf = dir.join("portico.toml");
     std::fs::write(&config_path, config_text)
@@ -193,6 +217,7 @@ pub fn run(options: DemoOptions) -> Result<(), String> {
         admin,
         auth: auth_addr,
         secret,
+        admin_token_file,
         config: config_path,
         dir: dir.clone(),
     };

@@ -2,7 +2,8 @@
 //! status, latency and the headers that matter — get a token, call B by URI version and by
 //! header, be refused without a token, with a tampered one and without the scope, ask for
 //! an unknown and a deprecated version, survive a killed B instance through retries, see
-//! the bulkhead and breaker contain a slow C while B stays fast, and hit a rate limit.
+//! the bulkhead and breaker contain a slow C while B stays fast, hit a rate limit, and
+//! see the admin API refuse a caller without the operators' token.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,6 +17,8 @@ pub struct Guide {
     pub admin: SocketAddr,
     pub auth: SocketAddr,
     pub secret: String,
+    /// The file holding the admin API's bearer token.
+    pub admin_token_file: PathBuf,
     pub config: PathBuf,
     pub dir: PathBuf,
 }
@@ -29,8 +32,10 @@ impl Guide {
 portico demo is running (Ctrl-C stops everything)
 
   gateway        http://{gw}
-  admin API      http://{admin}   (/healthz /readyz /metrics /admin/clusters /admin/config)
-  token service  http://{auth}    (/oauth2/token /.well-known/jwks.json /metrics)
+  admin API      http://{admin}   (/healthz /readyz /metrics open; /admin/* with the token)
+  admin token    {token_file}
+  token service  http://{auth}    (/oauth2/token /.well-known/jwks.json; its metrics are
+                                  on the admin API's /metrics, same process)
   config         {config}
   access log     {dir}/access.log
 
@@ -43,11 +48,15 @@ Get a token as service-a, then call service B through the gateway:
   curl -i -H "Authorization: Bearer $TOKEN" -H 'Accept-Version: 1' http://{gw}/orders/42   # deprecated v1
   curl -i -H "Authorization: Bearer $TOKEN" http://{gw}/inventory/sku-1    # service C
   curl -i http://{gw}/v2/orders/42                                         # 401, no token
-  curl -s http://{admin}/admin/clusters                                    # health, breakers, bulkheads
+  ADMIN="Authorization: Bearer $(cat {token_file})"
+  curl -s -H "$ADMIN" http://{admin}/admin/clusters                        # health, breakers, bulkheads
+  curl -s -H "$ADMIN" -X POST http://{admin}/admin/reload                  # reload the config
+  curl -i http://{admin}/admin/config                                      # 401 without the token
   curl -s http://{admin}/metrics | grep portico_requests_total
 "#,
             config = self.config.display(),
             dir = self.dir.display(),
+            token_file = self.admin_token_file.display(),
         );
     }
 }
@@ -348,5 +357,26 @@ async fn walk(guide: &Guide, services: &Services) -> Result<(), String> {
             ],
         );
     }
+
+    step(
+        9,
+        "the admin API answers operators only: without the bearer token 401, with it the clusters",
+    );
+    let clusters = format!("http://{}/admin/clusters", guide.admin);
+    let call = send(http.get(&clusters)).await?;
+    show(
+        &call,
+        "GET /admin/clusters, no token",
+        &["www-authenticate"],
+    );
+    let token = std::fs::read_to_string(&guide.admin_token_file)
+        .map_err(|e| format!("cannot read {}: {e}", guide.admin_token_file.display()))?;
+    let call = send(http.get(&clusters).bearer_auth(token.trim())).await?;
+    let count = call.json()["clusters"].as_array().map_or(0, Vec::len);
+    show(
+        &call,
+        &format!("GET /admin/clusters with the token → {count} clusters"),
+        &[],
+    );
     Ok(())
 }

@@ -155,6 +155,9 @@ impl PluginChain {
     }
 }
 
+/// The admin API's address and the metrics listener's (`[admin] metrics_address`).
+pub type AdminAddresses = (String, Option<String>);
+
 /// Everything one config load produced. Immutable; replaced whole on reload.
 pub struct Snapshot {
     pub router: Router<Arc<Route>>,
@@ -177,6 +180,9 @@ pub struct Snapshot {
     pub identity_headers: Vec<http::HeaderName>,
     /// Peers whose forwarding headers are believed (`[server] trusted_proxies`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The admin API's bearer token (`[admin] token`/`token_file`, read when this snapshot
+    /// was built), kept only as a digest: see [`crate::admin::AdminToken`].
+    pub admin_token: Option<crate::admin::AdminToken>,
 }
 
 impl Snapshot {
@@ -406,7 +412,14 @@ impl Snapshot {
             .map(|t| crate::config::parse_trusted_proxy(t))
             .collect::<Result<_, _>>()
             .map_err(|e| format!("server.trusted_proxies: {e}"))?;
+        // Read again on every reload, so replacing the file and reloading rotates it.
+        let admin_token = config
+            .admin
+            .read_token()
+            .map_err(|(field, e)| format!("admin.{field}: {e}"))?
+            .map(|t| crate::admin::AdminToken::new(&t));
         Ok(Snapshot {
+            admin_token,
             identity_headers,
             trusted_proxies,
             router: Router::new(routes),
@@ -592,7 +605,7 @@ pub struct State {
     /// One reload at a time (SIGHUP, admin API, file watch), each building on the last.
     reload_lock: tokio::sync::Mutex<()>,
     /// The listeners and admin address this process serves: fixed when it starts.
-    bound: OnceLock<(Vec<config::Listener>, String)>,
+    bound: OnceLock<(Vec<config::Listener>, AdminAddresses)>,
     /// The live TLS state of each TLS listener, updated by reloads.
     tls: OnceLock<Vec<Arc<tls::ListenerTlsState>>>,
     /// Hash of the config file content last loaded (or tried), for the file watch.
@@ -650,12 +663,12 @@ impl State {
         self.last_error.lock().ok().and_then(|e| e.clone())
     }
 
-    /// Records the listeners and admin address this process serves, and the listeners'
-    /// TLS state (once, at start).
+    /// Records the listeners and admin addresses (API, metrics) this process serves, and
+    /// the listeners' TLS state (once, at start).
     pub fn set_listeners(
         &self,
         listeners: Vec<config::Listener>,
-        admin: String,
+        admin: AdminAddresses,
         tls: Vec<Arc<tls::ListenerTlsState>>,
     ) {
         let _ = self.bound.set((listeners, admin));
@@ -677,8 +690,11 @@ impl State {
         if shape(bound) != shape(&snapshot.config.listeners) {
             reasons.push("listeners changed");
         }
-        if snapshot.config.admin.address != *admin {
+        if snapshot.config.admin.address != admin.0 {
             reasons.push("admin address changed");
+        }
+        if snapshot.config.admin.metrics_address != admin.1 {
+            reasons.push("metrics address changed");
         }
         (!reasons.is_empty()).then(|| reasons.join(", "))
     }

@@ -84,6 +84,7 @@ pub fn build(
 
     let listeners = config.listeners.clone();
     let admin_address = config.admin.address.clone();
+    let metrics_address = config.admin.metrics_address.clone();
     let mut tls_states = Vec::new();
     for l in &listeners {
         if let Some(tls) = &l.tls {
@@ -101,7 +102,11 @@ pub fn build(
         .map(|b| super::content_hash(&b));
     let state = State::new(snapshot, config_path);
     state.set_file_hash(file_hash);
-    state.set_listeners(listeners.clone(), admin_address.clone(), tls_states.clone());
+    state.set_listeners(
+        listeners.clone(),
+        (admin_address.clone(), metrics_address.clone()),
+        tls_states.clone(),
+    );
     // After the snapshot, so `--test` (which exits inside bootstrap) has built everything;
     // with `--upgrade` this is where the old process's listening sockets are received.
     server.bootstrap();
@@ -134,6 +139,14 @@ pub fn build(
     let mut admin = Service::new("portico admin".to_string(), AdminApi::new(state.clone()));
     admin.add_tcp(&admin_address);
     server.add_service(admin);
+    if let Some(address) = &metrics_address {
+        let mut metrics = Service::new(
+            "portico metrics".to_string(),
+            AdminApi::metrics_only(state.clone()),
+        );
+        metrics.add_tcp(address);
+        server.add_service(metrics);
+    }
 
     server.add_service(background_service(
         "portico supervisor",

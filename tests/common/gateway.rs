@@ -135,6 +135,21 @@ pub struct GatewayBuilder {
     limits: Option<String>,
     server: String,
     admin_extra: String,
+    /// The admin token, given to the process as `${PORTICO_TEST_ADMIN_TOKEN}`; `None`
+    /// writes no token at all.
+    admin_token: Option<String>,
+}
+
+/// The environment variable the harness passes the admin token in.
+pub const ADMIN_TOKEN_ENV: &str = "PORTICO_TEST_ADMIN_TOKEN";
+
+/// A fresh random admin token (256 bits as hex).
+pub fn new_admin_token() -> String {
+    format!(
+        "{}{}",
+        portico_common::random_hex_128(),
+        portico_common::random_hex_128()
+    )
 }
 
 impl GatewayBuilder {
@@ -180,6 +195,13 @@ impl GatewayBuilder {
         self
     }
 
+    /// No `[admin] token`: every protected admin endpoint answers 401. (By default the
+    /// harness sets a random token and [`Gateway::admin_get`] sends it.)
+    pub fn no_admin_token(mut self) -> Self {
+        self.admin_token = None;
+        self
+    }
+
     /// Writes the config, starts the gateway and waits until `/readyz` answers 200.
     pub async fn start(self) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -199,7 +221,7 @@ address = "{listen}"
 
 [admin]
 address = "{admin}"
-{admin_extra}
+{token_line}{admin_extra}
 
 [logging]
 access_log = "{log}"
@@ -208,6 +230,11 @@ access_log = "{log}"
             server = self.server,
             dir = dir.path().display(),
             admin_extra = self.admin_extra,
+            token_line = if self.admin_token.is_some() {
+                format!("token = \"${{{ADMIN_TOKEN_ENV}}}\"\n")
+            } else {
+                String::new()
+            },
             log = if self.access_log {
                 access_log.display().to_string()
             } else {
@@ -236,9 +263,11 @@ access_log = "{log}"
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
-        for (name, value) in &self.env {
-            command.env(name, value);
+        let mut env = self.env.clone();
+        if let Some(token) = &self.admin_token {
+            env.push((ADMIN_TOKEN_ENV.to_string(), token.clone()));
         }
+        command.envs(env.iter().map(|(k, v)| (k, v)));
         let child = command.spawn().expect("start portico");
         let client = reqwest::Client::builder()
             .no_proxy()
@@ -249,6 +278,8 @@ access_log = "{log}"
             child,
             listen,
             admin,
+            admin_token: self.admin_token.clone(),
+            env,
             config_path,
             access_log,
             config,
@@ -271,6 +302,10 @@ pub struct Gateway {
     pub listen: SocketAddr,
     /// The admin API listener.
     pub admin: SocketAddr,
+    /// The admin token the gateway was given (`None`: [`GatewayBuilder::no_admin_token`]).
+    pub admin_token: Option<String>,
+    /// The environment its config needs (`${NAME}` values, the admin token).
+    env: Vec<(String, String)>,
     pub config_path: PathBuf,
     pub access_log: PathBuf,
     /// The full config text the gateway runs.
@@ -303,11 +338,20 @@ impl Gateway {
             limits: None,
             server: String::new(),
             admin_extra: String::new(),
+            admin_token: Some(new_admin_token()),
         }
     }
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// A `portico` command with the environment the gateway's config needs, for running
+    /// `check` or `routes` on [`Gateway::config_path`].
+    pub fn portico_command(&self) -> Command {
+        let mut command = Command::new(PORTICO);
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
+        command
     }
 
     /// What the process wrote to stderr so far (its log).
@@ -393,13 +437,25 @@ impl Gateway {
         raw_request(self.listen, raw_get_request(target, headers).as_bytes()).await
     }
 
-    /// `GET path` on the admin API.
+    /// `GET path` on the admin API, with the admin token.
     pub async fn admin_get(&self, path: &str) -> reqwest::Response {
-        self.client
-            .get(self.admin_url(path))
-            .send()
+        self.admin_request(http::Method::GET, path).await
+    }
+
+    /// `POST path` on the admin API, with the admin token.
+    pub async fn admin_post(&self, path: &str) -> reqwest::Response {
+        self.admin_request(http::Method::POST, path).await
+    }
+
+    /// `METHOD path` on the admin API, with the admin token.
+    pub async fn admin_request(&self, method: http::Method, path: &str) -> reqwest::Response {
+        let mut req = self.client.request(method, self.admin_url(path));
+        if let Some(token) = &self.admin_token {
+            req = req.bearer_auth(token);
+        }
+        req.send()
             .await
-            .unwrap_or_else(|e| panic!("admin GET {path} failed: {e}"))
+            .unwrap_or_else(|e| panic!("admin {path} failed: {e}"))
     }
 
     /// `GET path` on the admin API, parsed as JSON.

@@ -17,8 +17,9 @@ iterations = 1
 parallelism = 1
 "#;
 
-/// A config for a test service: loopback, ephemeral port, SQLite in `dir` unless `extra`
-/// sets `database_url` itself (it is TOML appended at the top level first).
+/// A config for a test service: loopback, ephemeral ports (the admin listener's too),
+/// SQLite in `dir` unless `extra` sets `database_url` itself (it is TOML appended at the
+/// top level first).
 pub fn config(dir: &Path, top: &str, sections: &str) -> AuthConfig {
     let db = if top.contains("database_url") {
         String::new()
@@ -28,7 +29,12 @@ pub fn config(dir: &Path, top: &str, sections: &str) -> AuthConfig {
             dir.join("auth.db").display()
         )
     };
-    let text = format!("listen = \"127.0.0.1:0\"\n{db}{top}\n{FAST}\n{sections}");
+    let admin = if top.contains("admin_listen") {
+        ""
+    } else {
+        "admin_listen = \"127.0.0.1:0\"\n"
+    };
+    let text = format!("listen = \"127.0.0.1:0\"\n{admin}{db}{top}\n{FAST}\n{sections}");
     auth::config::load_str("test.toml", &text).unwrap_or_else(|e| panic!("{e}\n{text}"))
 }
 
@@ -44,6 +50,28 @@ pub async fn add_client(r: &Running, id: &str, scopes: &str, audiences: &str) ->
     auth::clients::add(&r.service.store, id, scopes, audiences, &r.service.argon2)
         .await
         .expect("client added")
+}
+
+/// Grants a client the right to introspect other clients' tokens (a gateway's own
+/// client needs it for opaque-token introspection).
+pub async fn grant_introspect(r: &Running, id: &str) {
+    auth::clients::set_introspect(&r.service.store, id, true)
+        .await
+        .expect("introspect right granted");
+}
+
+/// The token service's `/metrics`, from its admin listener.
+pub async fn metrics(http: &reqwest::Client, r: &Running) -> String {
+    let admin = r
+        .admin_addr
+        .expect("the test service has an admin listener");
+    http.get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .expect("metrics answered")
+        .text()
+        .await
+        .expect("metrics body")
 }
 
 pub use super::tokens::basic;

@@ -48,12 +48,25 @@ pub struct Site {
     pub runtime_paths: bool,
     /// Environment variables of every process started here.
     pub env: Vec<(String, String)>,
+    /// The admin token, in `admin.token` (mode 0600) named by `[admin] token_file`, as an
+    /// operator would keep it.
+    pub admin_token: String,
 }
 
 impl Site {
     pub fn new() -> Site {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let admin_token = crate::common::new_admin_token();
+        let token_file = dir.path().join("admin.token");
+        std::fs::write(&token_file, format!("{admin_token}\n")).expect("write token");
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod token");
+        }
         Site {
-            dir: tempfile::tempdir().expect("temp dir"),
+            admin_token,
+            dir,
             listen: free_addr(),
             admin: free_addr(),
             grace_period_seconds: 20,
@@ -97,6 +110,7 @@ watch_config = {watch}
 
 [admin]
 address = "{admin}"
+token_file = "{token_file}"
 
 [logging]
 access_log = "{log}"
@@ -114,6 +128,7 @@ access_log = "{log}"
             stop = self.graceful_shutdown_timeout_seconds,
             watch = self.watch_config,
             admin = self.admin,
+            token_file = self.path("admin.token").display(),
             log = self.access_log().display(),
         );
         if self.plain_listener {
@@ -272,6 +287,23 @@ pub fn client() -> reqwest::Client {
         .expect("client")
 }
 
+/// A client for the admin API that sends the site's admin token.
+pub fn admin_client(site: &Site) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", site.admin_token)
+            .parse()
+            .expect("header value"),
+    );
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .default_headers(headers)
+        .build()
+        .expect("client")
+}
+
 /// `GET /readyz` as JSON, if the admin API answers.
 pub async fn readyz(site: &Site) -> Option<(u16, serde_json::Value)> {
     let resp = client().get(site.admin_url("/readyz")).send().await.ok()?;
@@ -301,7 +333,7 @@ pub async fn wait_ready(site: &Site, pid: u32, limit: Duration) -> Duration {
 
 /// `POST /admin/reload`: status and JSON body.
 pub async fn admin_reload(site: &Site) -> (u16, serde_json::Value) {
-    let resp = client()
+    let resp = admin_client(site)
         .post(site.admin_url("/admin/reload"))
         .send()
         .await

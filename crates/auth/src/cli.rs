@@ -1,5 +1,5 @@
 //! The `portico auth` subcommands: serve (the default), check, `keys rotate|list`, and
-//! `clients add|list|remove|rotate-secret`. `src/main.rs` only hands the parsed arguments
+//! `clients add|list|set|remove|rotate-secret`. `src/main.rs` only hands the parsed arguments
 //! here.
 
 use std::path::PathBuf;
@@ -61,6 +61,17 @@ pub enum ClientsCommand {
         /// Allowed audiences, space-separated; the first is the default.
         #[arg(long)]
         audiences: String,
+        /// May introspect tokens issued to other clients (a gateway validating opaque
+        /// tokens); without it a client introspects only its own.
+        #[arg(long)]
+        introspect: bool,
+    },
+    /// Change a client's rights: `--introspect true|false`.
+    Set {
+        id: String,
+        /// Whether it may introspect tokens issued to other clients.
+        #[arg(long, action = clap::ArgAction::Set)]
+        introspect: Option<bool>,
     },
     /// List the registered clients (never their secrets).
     List,
@@ -205,23 +216,38 @@ async fn manage_clients(
             id,
             scopes,
             audiences,
+            introspect,
         } => {
             let secret = clients::add(store, &id, &scopes, &audiences, &config.argon2).await?;
+            if introspect {
+                clients::set_introspect(store, &id, true).await?;
+            }
             print_secret(&id, &secret);
+        }
+        ClientsCommand::Set { id, introspect } => {
+            let Some(introspect) = introspect else {
+                return Err("nothing to change (use --introspect true|false)".into());
+            };
+            clients::set_introspect(store, &id, introspect).await?;
+            println!(
+                "client {id}: {} introspect other clients' tokens",
+                if introspect { "may" } else { "may not" }
+            );
         }
         ClientsCommand::List => {
             let all = store.list_clients().await?;
             println!(
-                "{:<32} {:<21} {:<40} AUDIENCES",
-                "CLIENT_ID", "CREATED", "SCOPES"
+                "{:<32} {:<21} {:<40} {:<30} RIGHTS",
+                "CLIENT_ID", "CREATED", "SCOPES", "AUDIENCES"
             );
             for c in &all {
                 println!(
-                    "{:<32} {:<21} {:<40} {}",
+                    "{:<32} {:<21} {:<40} {:<30} {}",
                     c.client_id,
                     time(c.created_at),
                     c.scopes.join(" "),
-                    c.audiences.join(" ")
+                    c.audiences.join(" "),
+                    if c.introspect { "introspect" } else { "-" }
                 );
             }
             eprintln!("{} client(s)", all.len());

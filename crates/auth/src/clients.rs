@@ -64,6 +64,7 @@ pub async fn add(
         secret_hash: hash,
         scopes,
         audiences,
+        introspect: false,
         created_at: now,
         updated_at: now,
     };
@@ -84,6 +85,16 @@ pub async fn rotate_secret(
     let hash = hash_blocking(&secret, cost).await?;
     if store.update_secret(client_id, &hash, unix_now()).await? {
         Ok(secret)
+    } else {
+        Err(format!("no client `{client_id}`"))
+    }
+}
+
+/// Grants (or withdraws) the right to introspect tokens issued to other clients, which a
+/// gateway validating opaque tokens needs; every client may introspect its own.
+pub async fn set_introspect(store: &Store, client_id: &str, allowed: bool) -> Result<(), String> {
+    if store.set_introspect(client_id, allowed, unix_now()).await? {
+        Ok(())
     } else {
         Err(format!("no client `{client_id}`"))
     }

@@ -30,12 +30,36 @@ pub struct AuthConfig {
     /// Open client connections served at once; more wait in the accept queue.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// The operators' listener, `ip:port` or `off`: `/metrics` and `/healthz`, never on
+    /// the public `listen`. Loopback by default.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: String,
+    /// How long a client may take to send a request's header, and then its body; past
+    /// either it gets 408 and the connection is closed.
+    #[serde(
+        default = "default_read_timeout",
+        with = "portico_common::humantime_serde"
+    )]
+    pub header_read_timeout: Duration,
+    #[serde(
+        default = "default_read_timeout",
+        with = "portico_common::humantime_serde"
+    )]
+    pub body_read_timeout: Duration,
+    /// Peers (addresses or CIDR blocks) whose `X-Forwarded-For` is believed: a TLS
+    /// terminator or load balancer in front of the service. The source address the limits
+    /// count by is then the rightmost address in that header not in this list; without it,
+    /// every client behind such a proxy would share the proxy's limits.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
     #[serde(default)]
     pub tokens: Tokens,
     #[serde(default)]
     pub keys: Keys,
     #[serde(default)]
     pub failed_auth: FailedAuth,
+    #[serde(default)]
+    pub secret_checks: SecretChecks,
     #[serde(default)]
     pub argon2: Argon2Cost,
     /// The directory of the config file; relative SQLite paths resolve against it so the
@@ -139,25 +163,65 @@ impl Default for Keys {
     }
 }
 
-/// Limiting repeated failed client authentication, per client id, per process.
+/// Back-off after failed client authentication, per process, in memory. Keyed by the
+/// client id *and* the source address, so failures from one place never refuse the same
+/// client id elsewhere; and by the source address alone, so one place cannot spray many
+/// ids. A refused attempt costs no argon2 time.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FailedAuth {
-    /// Failures within `window` that lock the client id out.
+    /// Consecutive failures of one client id from one source address before it backs off.
     pub max_failures: u32,
+    /// Failures from one source address, whatever the client ids, before it backs off.
+    pub address_max_failures: u32,
+    /// The first back-off; each further failure doubles it, up to `max_backoff`.
+    #[serde(with = "portico_common::humantime_serde")]
+    pub backoff: Duration,
+    /// The longest back-off (429 with `Retry-After`). `lockout` is its former name.
+    #[serde(with = "portico_common::humantime_serde", alias = "lockout")]
+    pub max_backoff: Duration,
+    /// Each quiet `window` after a back-off ends halves the failure count, so an old
+    /// burst of failures is forgotten and a success forgets it at once.
     #[serde(with = "portico_common::humantime_serde")]
     pub window: Duration,
-    /// How long a locked-out client id is refused (429 with `Retry-After`).
-    #[serde(with = "portico_common::humantime_serde")]
-    pub lockout: Duration,
+    /// Entries per table (client id and address, address) at most. A full table drops
+    /// forgotten entries, then the least recently failed ones, never new failures.
+    pub max_tracked: usize,
 }
 
 impl Default for FailedAuth {
     fn default() -> Self {
         FailedAuth {
             max_failures: 5,
+            address_max_failures: 20,
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(300),
             window: Duration::from_secs(60),
-            lockout: Duration::from_secs(60),
+            max_tracked: 100_000,
+        }
+    }
+}
+
+/// What one source address may spend on secret checks (argon2), counted before the hash,
+/// so an unauthenticated flood queues behind its own address instead of every client.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretChecks {
+    /// Secret checks per second per source address, sustained (a token bucket).
+    pub per_address_rate: f64,
+    /// Secret checks one source address may make at once after a quiet spell.
+    pub per_address_burst: u32,
+    /// Checks waiting for a hashing slot (two per core) at most; more get 503 with
+    /// `Retry-After: 1` at once instead of queueing without end.
+    pub max_queued: usize,
+}
+
+impl Default for SecretChecks {
+    fn default() -> Self {
+        SecretChecks {
+            per_address_rate: 10.0,
+            per_address_burst: 50,
+            max_queued: 256,
         }
     }
 }
@@ -194,6 +258,12 @@ fn default_threads() -> usize {
 fn default_max_connections() -> usize {
     1024
 }
+fn default_admin_listen() -> String {
+    "127.0.0.1:9190".into()
+}
+fn default_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
 
 impl Default for AuthConfig {
     fn default() -> Self {
@@ -203,9 +273,14 @@ impl Default for AuthConfig {
             database_url: default_database_url(),
             threads: default_threads(),
             max_connections: default_max_connections(),
+            admin_listen: default_admin_listen(),
+            header_read_timeout: default_read_timeout(),
+            body_read_timeout: default_read_timeout(),
+            trusted_proxies: Vec::new(),
             tokens: Tokens::default(),
             keys: Keys::default(),
             failed_auth: FailedAuth::default(),
+            secret_checks: SecretChecks::default(),
             argon2: Argon2Cost::default(),
             base_dir: PathBuf::from("."),
         }
@@ -241,12 +316,37 @@ impl AuthConfig {
         }
     }
 
+    /// The admin listener's address; `None` when `admin_listen = "off"`.
+    pub fn admin_address(&self) -> Option<&str> {
+        (self.admin_listen != "off").then_some(self.admin_listen.as_str())
+    }
+
+    /// `trusted_proxies` as networks (validated at load).
+    pub fn trusted_networks(&self) -> Vec<ipnet::IpNet> {
+        self.trusted_proxies
+            .iter()
+            .filter_map(|e| parse_network(e).ok())
+            .collect()
+    }
+
     /// The issuer, defaulting to `http://<listen address>`.
     pub fn issuer_for(&self, bound: std::net::SocketAddr) -> String {
         self.issuer
             .clone()
             .unwrap_or_else(|| format!("http://{bound}"))
     }
+}
+
+/// An address (a one-address network) or a CIDR block.
+fn parse_network(entry: &str) -> Result<ipnet::IpNet, String> {
+    let entry = entry.trim();
+    if let Ok(ip) = entry.parse::<std::net::IpAddr>() {
+        return Ok(ipnet::IpNet::from(ip));
+    }
+    entry
+        .parse::<ipnet::IpNet>()
+        .map(|net| net.trunc())
+        .map_err(|_| format!("`{entry}` is not an IP address or CIDR block"))
 }
 
 /// Replaces `${NAME}` with the environment variable's value (for a database password).
@@ -337,6 +437,36 @@ fn validate(c: &AuthConfig) -> Vec<(Vec<&'static str>, String)> {
     if c.max_connections == 0 {
         p.push((vec!["max_connections"], "must be at least 1".into()));
     }
+    if let Some(admin) = c.admin_address() {
+        match admin.parse::<std::net::SocketAddr>() {
+            Err(_) => p.push((
+                vec!["admin_listen"],
+                format!("`{admin}` is not ip:port (or `off`)"),
+            )),
+            Ok(a) if a.port() != 0 && c.listen.parse::<std::net::SocketAddr>() == Ok(a) => {
+                p.push((
+                    vec!["admin_listen"],
+                    "must differ from `listen`: the admin listener is for operators only".into(),
+                ))
+            }
+            Ok(_) => {}
+        }
+    }
+    for (field, d) in [
+        ("header_read_timeout", c.header_read_timeout),
+        ("body_read_timeout", c.body_read_timeout),
+    ] {
+        if d < Duration::from_millis(100) || d > Duration::from_secs(300) {
+            p.push((vec![field], "must be between 100ms and 5m".into()));
+        }
+    }
+    if let Some(bad) = c
+        .trusted_proxies
+        .iter()
+        .find_map(|e| parse_network(e).err())
+    {
+        p.push((vec!["trusted_proxies"], bad));
+    }
     let t = &c.tokens;
     if t.lifetime < Duration::from_secs(1) || t.lifetime > Duration::from_secs(24 * 3600) {
         p.push((
@@ -383,8 +513,48 @@ fn validate(c: &AuthConfig) -> Vec<(Vec<&'static str>, String)> {
             "must be at least 1".into(),
         ));
     }
+    if f.address_max_failures < f.max_failures {
+        p.push((
+            vec!["failed_auth", "address_max_failures"],
+            "must be at least failed_auth.max_failures".into(),
+        ));
+    }
     if f.window.is_zero() {
         p.push((vec!["failed_auth", "window"], "must be positive".into()));
+    }
+    if f.backoff.is_zero() {
+        p.push((vec!["failed_auth", "backoff"], "must be positive".into()));
+    }
+    if f.max_backoff < f.backoff {
+        p.push((
+            vec!["failed_auth", "max_backoff"],
+            "must be at least failed_auth.backoff".into(),
+        ));
+    }
+    if f.max_tracked < 16 {
+        p.push((
+            vec!["failed_auth", "max_tracked"],
+            "must be at least 16".into(),
+        ));
+    }
+    let s = &c.secret_checks;
+    if !(s.per_address_rate.is_finite() && s.per_address_rate > 0.0) {
+        p.push((
+            vec!["secret_checks", "per_address_rate"],
+            "must be a positive number of checks per second".into(),
+        ));
+    }
+    if s.per_address_burst == 0 {
+        p.push((
+            vec!["secret_checks", "per_address_burst"],
+            "must be at least 1".into(),
+        ));
+    }
+    if s.max_queued == 0 {
+        p.push((
+            vec!["secret_checks", "max_queued"],
+            "must be at least 1".into(),
+        ));
     }
     let a = &c.argon2;
     if let Err(e) = argon2::Params::new(a.memory_kib, a.iterations, a.parallelism, None) {

@@ -5,7 +5,8 @@
 //! share them.
 //!
 //! `config` is the file format, `store` the database, `keys` signing keys and rotation,
-//! `oauth` the endpoints, `server` the HTTP listener, `cli` the subcommands.
+//! `oauth` the endpoints, `limiter` the limits on client authentication, `server` the
+//! HTTP listeners (public and admin), `cli` the subcommands.
 
 pub mod cli;
 pub mod clients;
@@ -34,10 +35,12 @@ pub fn unix_now() -> i64 {
 /// Starts a token service for `portico demo` on 127.0.0.1 (ephemeral port) with SQLite in
 /// `dir`, in a background thread with its own runtime, and registers client `service-a`
 /// (scopes `orders:read orders:write inventory:read`, audience `portico`) with a fresh
-/// secret. Returns the address and that secret.
+/// secret. Returns the address and that secret. It has no admin listener of its own: its
+/// metrics are in the process's registry, on the gateway's admin `/metrics`.
 pub fn spawn_for_demo(dir: &Path) -> Result<(SocketAddr, String), String> {
     let config = AuthConfig {
         listen: "127.0.0.1:0".into(),
+        admin_listen: "off".into(),
         database_url: format!("sqlite://{}", dir.join("auth.db").display()),
         ..AuthConfig::default()
     };

@@ -6,7 +6,8 @@
 //! `WWW-Authenticate: Basic` for `invalid_client`). Log lines are JSON objects naming the
 //! client and the token id, never a secret or a token.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -19,7 +20,7 @@ use tokio::sync::Semaphore;
 
 use super::config::{Argon2Cost, AuthConfig};
 use super::keys::KeyManager;
-use super::limiter::FailureLimiter;
+use super::limiter::{AuthLimiter, Refusal};
 use super::metrics::AUTH_METRICS;
 use super::secrets;
 use super::store::{ClientRecord, Store};
@@ -37,6 +38,9 @@ pub struct Request {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub peer: SocketAddr,
+    /// The source address the limits count by: the peer, or the client a trusted proxy
+    /// names in `X-Forwarded-For` (see `server::client_address`).
+    pub client: IpAddr,
 }
 
 /// An HTTP response to send.
@@ -91,6 +95,22 @@ impl OAuthError {
     }
     fn invalid_client(d: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "invalid_client", d)
+    }
+    /// 429 before any secret check, with `Retry-After` in whole seconds (at least 1).
+    fn throttled(refusal: Refusal) -> Self {
+        use super::limiter::Limit;
+        let description = match refusal.limit {
+            Limit::ClientBackoff => {
+                "too many failed authentication attempts for this client from this address; retry later"
+            }
+            Limit::AddressBackoff => {
+                "too many failed authentication attempts from this address; retry later"
+            }
+            Limit::AddressRate => "too many authentication attempts from this address; retry later",
+        };
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "invalid_client", description);
+        e.retry_after = Some((refusal.retry_after.as_secs_f64().ceil() as u64).max(1));
+        e
     }
     fn server_error() -> Self {
         Self::new(
@@ -159,11 +179,15 @@ pub struct TokenService {
     pub store: Store,
     pub keys: Arc<KeyManager>,
     pub argon2: Argon2Cost,
-    limiter: FailureLimiter,
+    limiter: AuthLimiter,
     /// Bounds concurrent argon2 work (CPU and memory) however many requests arrive.
     hashing: Semaphore,
+    /// Checks waiting for a `hashing` slot now, and at most.
+    hash_waiting: AtomicUsize,
+    max_queued: usize,
     /// Verified against when the client id is unknown, so unknown and known ids cost
-    /// the same time.
+    /// the same time: made once at start with the configured cost, the cost new secrets
+    /// get.
     dummy_hash: String,
     jwks_max_age: u64,
     metadata: Bytes,
@@ -210,8 +234,10 @@ impl TokenService {
             store,
             keys,
             argon2: config.argon2.clone(),
-            limiter: FailureLimiter::new(config.failed_auth.clone()),
+            limiter: AuthLimiter::new(config.failed_auth.clone(), config.secret_checks.clone()),
             hashing: Semaphore::new(workers * 2),
+            hash_waiting: AtomicUsize::new(0),
+            max_queued: config.secret_checks.max_queued,
             dummy_hash,
             jwks_max_age: config.keys.jwks_max_age.as_secs(),
             metadata: serde_json::to_vec(&metadata).unwrap_or_default().into(),
@@ -224,7 +250,7 @@ impl TokenService {
         let path = req.path.as_str();
         let endpoint = match path {
             "/oauth2/token" | "/oauth2/introspect" | "/oauth2/revoke" => Some("POST"),
-            "/.well-known/jwks.json" | "/oauth2/revoked" | "/metrics" | "/healthz" => Some("GET"),
+            "/.well-known/jwks.json" | "/oauth2/revoked" | "/healthz" => Some("GET"),
             p if self.metadata_paths.iter().any(|m| m == p) => Some("GET"),
             _ => None,
         };
@@ -274,14 +300,6 @@ impl TokenService {
                     body,
                 }
             }
-            "/metrics" => Reply {
-                status: StatusCode::OK,
-                headers: vec![(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                )],
-                body: crate::metrics::render().into(),
-            },
             "/healthz" => Reply::json(StatusCode::OK, &json!({ "status": "ok" })),
             _ => Reply {
                 status: StatusCode::OK,
@@ -462,7 +480,23 @@ impl TokenService {
             let token = form
                 .single("token")?
                 .ok_or_else(|| OAuthError::invalid_request("token is required"))?;
-            Ok::<_, OAuthError>((caller, self.inspect(token, true).await?))
+            let claims = self.inspect(token, true).await?;
+            // RFC 7662 §4: a resource server must not learn about tokens it has no business
+            // with. A client may introspect its own tokens; another client's only with the
+            // `introspect` right (a gateway). Everyone else hears "inactive", which says
+            // nothing about whether the token exists.
+            let claims = match claims {
+                Some(c) if c.client_id != caller.client_id && !caller.introspect => {
+                    AUTH_METRICS.introspection_refusals.inc();
+                    log::info!(
+                        "{}",
+                        json!({ "event": "introspection_not_permitted", "caller": caller.client_id, "jti": c.jti })
+                    );
+                    None
+                }
+                other => other,
+            };
+            Ok::<_, OAuthError>((caller, claims))
         }
         .await;
         match result {
@@ -680,53 +714,105 @@ impl TokenService {
         {
             return Err(OAuthError::invalid_client("client authentication failed"));
         }
-        if let Some(wait) = self.limiter.locked(&client_id) {
-            let mut e = OAuthError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "invalid_client",
-                "too many failed authentication attempts for this client; retry later",
-            );
-            e.retry_after = Some(wait.as_secs_f64().ceil() as u64);
-            return Err(e);
+        // Every limit is checked before the database and the hash: a refused attempt
+        // costs a map lookup, not 19 MiB of argon2.
+        if let Err(refusal) = self.limiter.admit(&client_id, req.client) {
+            AUTH_METRICS
+                .throttled
+                .with_label_values(&[refusal.limit.label()])
+                .inc();
+            return Err(OAuthError::throttled(refusal));
         }
         let client = self.store.get_client(&client_id).await.map_err(|e| {
             log::error!("{}", json!({ "event": "database_error", "error": e }));
             OAuthError::server_error()
         })?;
+        let known = client.is_some();
+        if !known {
+            AUTH_METRICS.dummy_checks.inc();
+        }
         let hash = client
             .as_ref()
             .map_or(self.dummy_hash.clone(), |c| c.secret_hash.clone());
-        let ok = {
-            let _permit = self
-                .hashing
-                .acquire()
-                .await
-                .map_err(|_| OAuthError::server_error())?;
-            tokio::task::spawn_blocking(move || secrets::verify_secret(&secret, &hash))
-                .await
-                .unwrap_or(false)
-        };
-        let known = client.is_some();
+        let ok = self.check_secret(secret, hash).await?;
         match client {
             Some(c) if ok => {
-                self.limiter.succeeded(&client_id);
+                self.limiter.succeeded(&client_id, req.client);
                 Ok(c)
             }
             _ => {
-                let locked = self.limiter.failed(&client_id);
+                let out = self.limiter.failed(&client_id, req.client);
+                if out.client_backoff.is_some() {
+                    AUTH_METRICS
+                        .backoffs
+                        .with_label_values(&["client_address"])
+                        .inc();
+                }
+                if out.address_backoff.is_some() {
+                    AUTH_METRICS.backoffs.with_label_values(&["address"]).inc();
+                }
+                let secs = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64());
                 log::warn!(
                     "{}",
                     json!({
                         "event": "client_authentication_failed",
                         "client_id": truncate(&client_id, 128),
                         "known_client": known,
-                        "locked_out": locked.is_some(),
+                        "backoff_seconds": secs(out.client_backoff),
+                        "address_backoff_seconds": secs(out.address_backoff),
                         "peer": req.peer.ip().to_string(),
+                        "client_address": req.client.to_string(),
                     })
                 );
                 Err(OAuthError::invalid_client("client authentication failed"))
             }
         }
+    }
+
+    /// One argon2 verification on the blocking pool, at most two per core at once; when
+    /// `secret_checks.max_queued` already wait for a slot, 503 at once instead.
+    async fn check_secret(&self, secret: String, hash: String) -> Result<bool, OAuthError> {
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let permit = match self.hashing.try_acquire() {
+            Ok(p) => p,
+            Err(_) => {
+                if self.hash_waiting.fetch_add(1, Ordering::Relaxed) >= self.max_queued {
+                    self.hash_waiting.fetch_sub(1, Ordering::Relaxed);
+                    AUTH_METRICS.throttled.with_label_values(&["busy"]).inc();
+                    let mut e = OAuthError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "temporarily_unavailable",
+                        "the token service is busy; retry shortly",
+                    );
+                    e.retry_after = Some(1);
+                    return Err(e);
+                }
+                let _waiting = Waiting(&self.hash_waiting);
+                self.hashing
+                    .acquire()
+                    .await
+                    .map_err(|_| OAuthError::server_error())?
+            }
+        };
+        let ok = tokio::task::spawn_blocking(move || secrets::verify_secret(&secret, &hash))
+            .await
+            .unwrap_or(false);
+        drop(permit);
+        Ok(ok)
+    }
+
+    /// Sets the limiter's gauges (called at scrape time).
+    pub fn refresh_gauges(&self) {
+        let o = self.limiter.occupancy();
+        let m = &AUTH_METRICS.limiter_entries;
+        m.with_label_values(&["client_address"]).set(o.pairs as i64);
+        m.with_label_values(&["address"]).set(o.addresses as i64);
+        m.with_label_values(&["bucket"]).set(o.buckets as i64);
     }
 }
 

@@ -20,6 +20,9 @@ pub struct ClientRecord {
     pub scopes: Vec<String>,
     /// The first one is the default audience.
     pub audiences: Vec<String>,
+    /// May introspect tokens issued to other clients (a gateway); without it a client
+    /// introspects only its own.
+    pub introspect: bool,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -81,6 +84,16 @@ CREATE TABLE IF NOT EXISTS auth_revoked_tokens (
 );
 ";
 
+/// Columns added after the first release, each applied once to older databases.
+/// (`auth_clients.introspect`: the right to introspect other clients' tokens.)
+const SQLITE_INTROSPECT: &str =
+    "ALTER TABLE auth_clients ADD COLUMN introspect BOOLEAN NOT NULL DEFAULT FALSE";
+const PG_MIGRATIONS: &str =
+    "ALTER TABLE auth_clients ADD COLUMN IF NOT EXISTS introspect BOOLEAN NOT NULL DEFAULT FALSE;";
+
+const CLIENT_COLUMNS: &str =
+    "client_id, secret_hash, scopes, audiences, introspect, created_at, updated_at";
+
 /// Any key; the advisory lock that serialises schema creation and key insertion on
 /// PostgreSQL ("portico" in ASCII).
 const PG_LOCK: i64 = 0x0070_6f72_7469_636f;
@@ -131,6 +144,7 @@ impl Store {
                     .await
                     .map_err(db_err)?;
                 tx.batch_execute(SCHEMA).await.map_err(db_err)?;
+                tx.batch_execute(PG_MIGRATIONS).await.map_err(db_err)?;
                 tx.commit().await.map_err(db_err)?;
                 Ok(Store::Postgres(Arc::new(pg)))
             }
@@ -157,8 +171,7 @@ impl Store {
                 Self::sqlite(c, move |c| {
                     use rusqlite::OptionalExtension;
                     c.query_row(
-                        "SELECT client_id, secret_hash, scopes, audiences, created_at, updated_at \
-                         FROM auth_clients WHERE client_id = ?1",
+                        &format!("SELECT {CLIENT_COLUMNS} FROM auth_clients WHERE client_id = ?1"),
                         [&id],
                         client_from_sqlite,
                     )
@@ -171,8 +184,7 @@ impl Store {
                     .client()
                     .await?
                     .query_opt(
-                        "SELECT client_id, secret_hash, scopes, audiences, created_at, updated_at \
-                         FROM auth_clients WHERE client_id = $1",
+                        &format!("SELECT {CLIENT_COLUMNS} FROM auth_clients WHERE client_id = $1"),
                         &[&id],
                     )
                     .await
@@ -183,19 +195,18 @@ impl Store {
     }
 
     pub async fn list_clients(&self) -> Result<Vec<ClientRecord>, String> {
-        const Q: &str = "SELECT client_id, secret_hash, scopes, audiences, created_at, updated_at \
-                         FROM auth_clients ORDER BY client_id";
+        let q = format!("SELECT {CLIENT_COLUMNS} FROM auth_clients ORDER BY client_id");
         match self {
             Store::Sqlite(c) => {
-                Self::sqlite(c, |c| {
-                    let mut stmt = c.prepare(Q)?;
+                Self::sqlite(c, move |c| {
+                    let mut stmt = c.prepare(&q)?;
                     let rows = stmt.query_map([], client_from_sqlite)?;
                     rows.collect()
                 })
                 .await
             }
             Store::Postgres(pg) => {
-                let rows = pg.client().await?.query(Q, &[]).await.map_err(db_err)?;
+                let rows = pg.client().await?.query(&q, &[]).await.map_err(db_err)?;
                 Ok(rows.iter().map(client_from_pg).collect())
             }
         }
@@ -210,14 +221,16 @@ impl Store {
             Store::Sqlite(c) => {
                 Self::sqlite(c, move |c| {
                     c.execute(
-                        "INSERT INTO auth_clients \
-                         (client_id, secret_hash, scopes, audiences, created_at, updated_at) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+                        &format!(
+                            "INSERT INTO auth_clients ({CLIENT_COLUMNS}) \
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING"
+                        ),
                         rusqlite::params![
                             rec.client_id,
                             rec.secret_hash,
                             scopes,
                             audiences,
+                            rec.introspect,
                             rec.created_at,
                             rec.updated_at
                         ],
@@ -230,14 +243,16 @@ impl Store {
                 .client()
                 .await?
                 .execute(
-                    "INSERT INTO auth_clients \
-                     (client_id, secret_hash, scopes, audiences, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                    &format!(
+                        "INSERT INTO auth_clients ({CLIENT_COLUMNS}) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING"
+                    ),
                     &[
                         &rec.client_id,
                         &rec.secret_hash,
                         &scopes,
                         &audiences,
+                        &rec.introspect,
                         &rec.created_at,
                         &rec.updated_at,
                     ],
@@ -273,6 +288,40 @@ impl Store {
                 .execute(
                     "UPDATE auth_clients SET secret_hash = $1, updated_at = $2 WHERE client_id = $3",
                     &[&hash, &now, &id],
+                )
+                .await
+                .map_err(db_err)?,
+        };
+        Ok(n == 1)
+    }
+
+    /// Grants or withdraws the `introspect` right; false when there is no such client.
+    pub async fn set_introspect(
+        &self,
+        client_id: &str,
+        introspect: bool,
+        now: i64,
+    ) -> Result<bool, String> {
+        let id = client_id.to_string();
+        let n = match self {
+            Store::Sqlite(c) => {
+                Self::sqlite(c, move |c| {
+                    c.execute(
+                        "UPDATE auth_clients SET introspect = ?1, updated_at = ?2 \
+                         WHERE client_id = ?3",
+                        rusqlite::params![introspect, now, id],
+                    )
+                    .map(|n| n as u64)
+                })
+                .await?
+            }
+            Store::Postgres(pg) => pg
+                .client()
+                .await?
+                .execute(
+                    "UPDATE auth_clients SET introspect = $1, updated_at = $2 \
+                     WHERE client_id = $3",
+                    &[&introspect, &now, &id],
                 )
                 .await
                 .map_err(db_err)?,
@@ -581,11 +630,14 @@ impl Pg {
 
 fn open_sqlite(path: &Path) -> Result<Store, String> {
     if let Some(dir) = path.parent() {
-        if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        if !dir.as_os_str().is_empty() && !dir.exists() {
+            private_dir(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
     }
+    // The file holds private signing keys. It is made owner-only *before* SQLite opens
+    // it, because SQLite creates the `-wal` and `-shm` files with the database file's
+    // mode: a database made 0600 afterwards would leave them readable by everyone.
+    private_files(path)?;
     let conn = rusqlite::Connection::open(path)
         .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     // WAL lets the CLI write while the service reads; the busy timeout makes the
@@ -597,19 +649,57 @@ fn open_sqlite(path: &Path) -> Result<Store, String> {
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(db_err)?;
     conn.execute_batch(SCHEMA).map_err(db_err)?;
-    restrict_permissions(path);
+    let has_introspect = conn
+        .prepare("SELECT 1 FROM pragma_table_info('auth_clients') WHERE name = 'introspect'")
+        .and_then(|mut s| s.exists([]))
+        .map_err(db_err)?;
+    if !has_introspect {
+        conn.execute_batch(SQLITE_INTROSPECT).map_err(db_err)?;
+    }
     Ok(Store::Sqlite(Arc::new(Mutex::new(conn))))
 }
 
-/// The file holds private signing keys: readable by its owner only.
-fn restrict_permissions(path: &Path) {
+/// Creates a directory for the database, readable by its owner only.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// Creates the database file owner-only (0600) if it does not exist, and makes an
+/// existing one, with its `-wal` and `-shm` files, owner-only too.
+fn private_files(path: &Path) -> Result<(), String> {
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
-            log::warn!("cannot restrict permissions of {}: {e}", path.display());
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        let mut all = vec![path.to_path_buf()];
+        for suffix in ["-wal", "-shm", "-journal"] {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            all.push(name.into());
+        }
+        for file in all {
+            match std::fs::metadata(&file) {
+                Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+                    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                        .map_err(|e| format!("cannot make {} owner-only: {e}", file.display()))?;
+                }
+                _ => {}
+            }
         }
     }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 fn client_from_sqlite(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClientRecord> {
@@ -618,8 +708,9 @@ fn client_from_sqlite(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClientRecord> {
         secret_hash: r.get(1)?,
         scopes: split(&r.get::<_, String>(2)?),
         audiences: split(&r.get::<_, String>(3)?),
-        created_at: r.get(4)?,
-        updated_at: r.get(5)?,
+        introspect: r.get(4)?,
+        created_at: r.get(5)?,
+        updated_at: r.get(6)?,
     })
 }
 
@@ -629,7 +720,8 @@ fn client_from_pg(r: &tokio_postgres::Row) -> ClientRecord {
         secret_hash: r.get(1),
         scopes: split(r.get::<_, &str>(2)),
         audiences: split(r.get::<_, &str>(3)),
-        created_at: r.get(4),
-        updated_at: r.get(5),
+        introspect: r.get(4),
+        created_at: r.get(5),
+        updated_at: r.get(6),
     }
 }

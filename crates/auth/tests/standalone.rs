@@ -7,7 +7,7 @@ use std::time::Duration;
 async fn the_token_service_runs_without_the_gateway() {
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
-        "listen = \"127.0.0.1:0\"\ndatabase_url = \"sqlite://{}\"\n[argon2]\nmemory_kib = 64\niterations = 1\nparallelism = 1\n",
+        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndatabase_url = \"sqlite://{}\"\n[argon2]\nmemory_kib = 64\niterations = 1\nparallelism = 1\n",
         dir.path().join("auth.db").display()
     );
     let config = portico_auth::config::load_str("standalone.toml", &text)
