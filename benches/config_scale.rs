@@ -8,7 +8,8 @@
 //!
 //! `config_scale gen --routes N [--upstream ADDR] [--listen ADDR] [--admin ADDR]
 //! [--runtime-dir DIR] [--traffic-host NAME] [--strict]` prints such a config instead
-//! (`--strict`: no route for the fall-through lint to compare, see `Spec::fallthrough`); `benches/config_scale.sh` uses it for the process-level numbers
+//! (`--strict`: the jwt routes with a header-chosen version answer 404 instead of
+//! falling through, see `Spec::fallthrough`); `benches/config_scale.sh` uses it for the process-level numbers
 //! (`portico check`, the gateway's RSS, `POST /admin/reload`).
 
 #[path = "support/scale_config.rs"]
@@ -117,7 +118,7 @@ fn main() {
         "| routes | config bytes | TOML parse | load_str (parse, serde, validate) | lint | Snapshot::build | drop snapshot | Config held | Snapshot held (besides its Config) | peak during load + build |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    // `CONFIG_SCALE_STRICT=1`: the shape without fall-through routes (`--strict` above).
+    // `CONFIG_SCALE_STRICT=1`: the `--strict` shape above.
     let strict = std::env::var("CONFIG_SCALE_STRICT").is_ok_and(|v| v == "1");
     for routes in sizes {
         let mut spec = Spec::with_routes(routes);

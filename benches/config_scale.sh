@@ -20,8 +20,9 @@
 #
 # Environment (defaults in brackets):
 #   SIZES ["10000 100000"]   route counts (rounded down to thousands)
-#   STRICT [0]               1 = the shape whose jwt routes never fall through (`gen --strict`):
-#                            nothing for the fall-through lint to compare
+#   STRICT [0]               1 = the shape whose header-versioned jwt routes answer 404
+#                            instead of falling through (`gen --strict`; the rate-limit
+#                            routes still fall through, so the lint still has work)
 #   CHECK_RUNS [3]           `portico check` runs per size
 #   RELOADS [5]              reloads per size
 #   PORTICO_BIN              the gateway [target/release/portico, built when missing]
@@ -81,21 +82,22 @@ rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 UPSTREAM=127.0.0.1:9 # nothing is proxied here; clusters only need an address
 ADMIN=""
-# Starts the gateway on $1 and waits until it is ready; prints the seconds that took.
+# Starts the gateway on $1 and waits until it is ready; READY_S is the seconds that took.
+READY_S=""
 start() {
     local config=$1 log=$2 start_ns
     start_ns=$(date +%s%N)
     "$PORTICO_BIN" serve -c "$config" >"$log" 2>&1 &
     PID=$!
-    for _ in $(seq 1 1200); do
+    for _ in $(seq 1 2400); do
         if curl -fsS -o /dev/null "http://$ADMIN/readyz" 2>/dev/null; then
-            echo "scale=3; ($(date +%s%N) - $start_ns) / 1000000000" | bc
+            READY_S=$(echo "scale=3; ($(date +%s%N) - $start_ns) / 1000000000" | bc)
             return
         fi
         kill -0 "$PID" 2>/dev/null || { cat "$log" >&2; die "the gateway exited"; }
         sleep 0.05
     done
-    die "the gateway was not ready within 60 s"
+    die "the gateway was not ready within 120 s"
 }
 stop() {
     kill "$PID" 2>/dev/null || true
@@ -110,7 +112,7 @@ generate() { # routes file
 # The gateway with every cluster and no route: what the routes' memory is measured from.
 ADMIN=127.0.0.1:$(free_port)
 generate 0 "$TMP/empty.toml"
-start "$TMP/empty.toml" "$TMP/empty.log" >/dev/null
+start "$TMP/empty.toml" "$TMP/empty.log"
 sleep 2
 EMPTY_RSS=$(rss_kib "$PID")
 stop
@@ -135,7 +137,8 @@ for size in $SIZES; do
     check_kib=$(printf '%s\n' "${peaks[@]}" | median)
     echo "   check: ${check_s} s, peak ${check_kib} KiB" >&2
 
-    ready_s=$(start "$config" "$TMP/serve-$size.log")
+    start "$config" "$TMP/serve-$size.log"
+    ready_s=$READY_S
     sleep 2
     loaded_kib=$(rss_kib "$PID")
     per_route=$(((loaded_kib - EMPTY_RSS) * 1024 / routes))

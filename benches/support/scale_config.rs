@@ -48,7 +48,7 @@ pub struct Spec {
     /// Whether the header-versioned jwt routes (kind 5) let a request they refuse fall
     /// through to a weaker route (the default, as written), which makes each of them a
     /// route `portico check`'s fall-through lint compares with the others; `false` gives
-    /// them `on_mismatch = "404"`, so that no route is.
+    /// them `on_mismatch = "404"` (the rate-limit routes of kind 7 still fall through).
     pub fallthrough: bool,
 }
 
