@@ -1,6 +1,12 @@
 //! Route lookup cost on a 10,000-route table, and path normalisation on a clean and a dirty
 //! path. Lookups should stay flat as the table grows: cost follows host labels and path
-//! segments, not the number of routes.
+//! segments, not the number of routes. The `scale` group checks that on the route table of
+//! real snapshots built from the generated configs of `benches/support/scale_config.rs`
+//! (10,000 and 100,000 routes: hosts × paths × versions), through `proxy::resolve`, as a
+//! request is routed (URI version split, header versions, the version selector).
+
+#[path = "support/scale_config.rs"]
+mod scale_config;
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -152,5 +158,58 @@ fn route_match(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, route_match);
+/// A snapshot of the generated config with `routes` routes.
+fn scale_snapshot(routes: usize) -> portico::runtime::Snapshot {
+    let text = scale_config::generate(&scale_config::Spec::with_routes(routes));
+    let config = portico::config::load_str("scale.toml", &text).unwrap_or_else(|e| panic!("{e}"));
+    portico::runtime::Snapshot::build(config, None).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn request(probe: &scale_config::Probe) -> pingora_http::RequestHeader {
+    let method = Method::from_bytes(probe.method.as_bytes()).expect("method");
+    let mut req =
+        pingora_http::RequestHeader::build(method, probe.path.as_bytes(), None).expect("request");
+    req.insert_header("host", probe.host.as_str())
+        .expect("host");
+    for (name, value) in &probe.headers {
+        req.insert_header(*name, value.as_str()).expect("header");
+    }
+    req
+}
+
+fn scale(c: &mut Criterion) {
+    let mut g = c.benchmark_group("route_match_scale");
+    g.measurement_time(Duration::from_secs(3));
+    g.warm_up_time(Duration::from_secs(1));
+    for routes in [10_000, 100_000] {
+        let snapshot = scale_snapshot(routes);
+        let hosts = routes / 1_000;
+        // The last host and path of each kind, so the tables are full when they are probed:
+        // a prefix with the version in the path, an exact path, a header-chosen version and
+        // portico's URI versioning (a first lookup without the version segment).
+        for (name, p) in [
+            ("prefix", 242),
+            ("exact", 243),
+            ("header_version", 245),
+            ("uri_versioning", 246),
+        ] {
+            let probe = scale_config::probe(hosts - 1, p, 4);
+            let req = request(&probe);
+            let resolved = portico::proxy::resolve(&snapshot, &req)
+                .unwrap_or_else(|e| panic!("{probe:?}: {e:?}"));
+            assert_eq!(&*resolved.route.id, probe.route.as_str());
+            g.bench_function(format!("{name}_{routes}"), |b| {
+                b.iter(|| portico::proxy::resolve(black_box(&snapshot), black_box(&req)).is_ok())
+            });
+        }
+        let mut miss = request(&scale_config::probe(hosts - 1, 242, 4));
+        miss.set_uri("/v9/svc24/r242/orders".parse().expect("uri"));
+        g.bench_function(format!("miss_{routes}"), |b| {
+            b.iter(|| portico::proxy::resolve(black_box(&snapshot), black_box(&miss)).is_err())
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, route_match, scale);
 criterion_main!(benches);

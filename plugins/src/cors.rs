@@ -452,6 +452,11 @@ impl Plugin for Cors {
         NAME
     }
 
+    /// Stateless: every answer follows from the table and the request.
+    fn shareable(&self) -> bool {
+        true
+    }
+
     fn hooks(&self) -> Hooks {
         Hooks {
             request: true,

@@ -240,6 +240,11 @@ impl Plugin for Headers {
         NAME
     }
 
+    /// Stateless: the edits follow from the table alone.
+    fn shareable(&self) -> bool {
+        true
+    }
+
     fn hooks(&self) -> Hooks {
         Hooks {
             upstream_request: !self.request.is_empty(),

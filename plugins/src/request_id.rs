@@ -97,6 +97,11 @@ impl Plugin for RequestId {
         NAME
     }
 
+    /// Stateless: ids are random, nothing is counted.
+    fn shareable(&self) -> bool {
+        true
+    }
+
     fn hooks(&self) -> Hooks {
         Hooks {
             request: true,

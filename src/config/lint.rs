@@ -2,8 +2,14 @@
 //! logged when a config is loaded: a protected route whose refused requests fall through
 //! to a weaker route on the same cluster, and an admin API without a token (or with one
 //! written into the file itself).
+//!
+//! The fall-through rule compares pairs of routes, but not all pairs: a weaker route can
+//! only catch a protected route's requests when its path covers the protected path and its
+//! hosts cover the protected hosts, so the routes are indexed by path and host first and
+//! each protected route is compared with the few routes its own path prefixes and host names
+//! look up. At 100,000 routes the all-pairs scan this replaces took minutes.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use super::{Config, OnMismatchKind, PathMatchKind, Route};
 
@@ -45,6 +51,8 @@ pub fn lint(config: &Config) -> Vec<Warning> {
         }
         _ => {}
     }
+    let mut index: Option<Index> = None;
+    let mut candidates = Vec::new();
     for (i, protected) in config.routes.iter().enumerate() {
         if protected.on_mismatch != OnMismatchKind::FallThrough {
             continue;
@@ -53,7 +61,10 @@ pub fn lint(config: &Config) -> Vec<Warning> {
         if guards.is_empty() {
             continue;
         }
-        for (j, weaker) in config.routes.iter().enumerate() {
+        let index = index.get_or_insert_with(|| Index::new(&config.routes));
+        index.candidates(protected, &mut candidates);
+        for &j in &candidates {
+            let weaker = &config.routes[j];
             if i == j || !can_catch_from(weaker, protected) {
                 continue;
             }
@@ -79,6 +90,104 @@ pub fn lint(config: &Config) -> Vec<Warning> {
         }
     }
     warnings
+}
+
+/// Host key of a route that matches any host.
+const ANY_HOST: &str = "*";
+
+/// Route indices by path, then by host key, in config order.
+type ByPathAndHost = HashMap<String, HashMap<String, Vec<usize>>>;
+
+/// The routes by the paths and hosts they cover, for [`Index::candidates`].
+struct Index {
+    /// Prefix routes by path with trailing slashes trimmed.
+    prefix: ByPathAndHost,
+    /// Exact routes by path as written.
+    exact: ByPathAndHost,
+}
+
+impl Index {
+    fn new(routes: &[Route]) -> Index {
+        let mut index = Index {
+            prefix: HashMap::new(),
+            exact: HashMap::new(),
+        };
+        for (j, route) in routes.iter().enumerate() {
+            let (map, path) = match route.path_match {
+                PathMatchKind::Prefix => (&mut index.prefix, trim_path(&route.path)),
+                PathMatchKind::Exact => (&mut index.exact, route.path.clone()),
+            };
+            let mut keys: Vec<String> = if route.hosts.is_empty() {
+                vec![ANY_HOST.to_owned()]
+            } else {
+                // `*` is the any-host key itself; `*.suffix` and names are keyed lowercase.
+                route.hosts.iter().map(|h| h.to_ascii_lowercase()).collect()
+            };
+            keys.sort_unstable();
+            keys.dedup();
+            let by_host = map.entry(path).or_default();
+            for key in keys {
+                by_host.entry(key).or_default().push(j);
+            }
+        }
+        index
+    }
+
+    /// Every route that can cover `protected`'s path and hosts ([`covers_path`] and
+    /// [`covers_hosts`] hold for no other), ascending and without repeats, into `out`.
+    fn candidates(&self, protected: &Route, out: &mut Vec<usize>) {
+        out.clear();
+        // Host keys whose routes can cover a protected host: the any-host key, the host
+        // itself, and a wildcard for each of its proper suffixes after a dot.
+        let mut hosts = vec![ANY_HOST.to_owned()];
+        for h in &protected.hosts {
+            let h = h.to_ascii_lowercase();
+            for (dot, _) in h.match_indices('.') {
+                hosts.push(format!("*.{}", &h[dot + 1..]));
+            }
+            hosts.push(h);
+        }
+        hosts.sort_unstable();
+        hosts.dedup();
+        let mut look = |map: &ByPathAndHost, path: &str| {
+            let Some(by_host) = map.get(path) else {
+                return;
+            };
+            for host in &hosts {
+                if let Some(routes) = by_host.get(host) {
+                    out.extend_from_slice(routes);
+                }
+            }
+        };
+        // A prefix covers the path when it is `/`, the path itself, or the path up to a `/`.
+        let path = trim_path(&protected.path);
+        let mut prefixes: Vec<&str> = vec!["/", path.as_str()];
+        prefixes.extend(
+            path.match_indices('/')
+                .filter(|&(at, _)| at > 0)
+                .map(|(at, _)| &path[..at]),
+        );
+        prefixes.sort_unstable();
+        prefixes.dedup();
+        for prefix in prefixes {
+            look(&self.prefix, prefix);
+        }
+        if protected.path_match == PathMatchKind::Exact {
+            look(&self.exact, &protected.path);
+        }
+        out.sort_unstable();
+        out.dedup();
+    }
+}
+
+/// A path without trailing slashes, `/` for the root.
+fn trim_path(path: &str) -> String {
+    let p = path.trim_end_matches('/');
+    if p.is_empty() {
+        "/".to_owned()
+    } else {
+        p.to_owned()
+    }
 }
 
 /// The protecting plugins of a route.
@@ -138,15 +247,7 @@ fn covers_hosts(weaker: &Route, protected: &Route) -> bool {
 
 /// Whether `weaker`'s path matches every path `protected` matches.
 fn covers_path(weaker: &Route, protected: &Route) -> bool {
-    let trim = |p: &str| {
-        let p = p.trim_end_matches('/');
-        if p.is_empty() {
-            "/".to_owned()
-        } else {
-            p.to_owned()
-        }
-    };
-    let (w, p) = (trim(&weaker.path), trim(&protected.path));
+    let (w, p) = (trim_path(&weaker.path), trim_path(&protected.path));
     match weaker.path_match {
         PathMatchKind::Exact => {
             protected.path_match == PathMatchKind::Exact && weaker.path == protected.path
@@ -172,6 +273,116 @@ mod tests {
     }
 
     const GUARD: &str = "[[routes.plugins]]\nname = \"rate-limit\"\n";
+
+    /// The rule as first written: every protected route against every other route.
+    fn all_pairs(config: &Config) -> Vec<Warning> {
+        let mut warnings = Vec::new();
+        for (i, protected) in config.routes.iter().enumerate() {
+            let guards = plugin_names(protected);
+            if protected.on_mismatch != OnMismatchKind::FallThrough || guards.is_empty() {
+                continue;
+            }
+            for (j, weaker) in config.routes.iter().enumerate() {
+                if i == j || !can_catch_from(weaker, protected) {
+                    continue;
+                }
+                let missing = guards.difference(&plugin_names(weaker)).count();
+                let shared = clusters(protected)
+                    .intersection(&clusters(weaker))
+                    .next()
+                    .is_some();
+                if missing > 0 && shared {
+                    warnings.push(Warning {
+                        field: format!("routes[{i}]"),
+                        message: format!("{j}"),
+                    });
+                }
+            }
+        }
+        warnings
+    }
+
+    #[test]
+    fn the_index_finds_what_comparing_all_pairs_finds() {
+        // Paths, hosts and matchers drawn from small sets so that routes overlap often:
+        // trailing and doubled slashes, root prefixes, exact twins, case-different host
+        // names, wildcards at several depths and `*`.
+        const PATHS: &[&str] = &[
+            "/", "/a", "/a/", "/a/b", "/a//b", "/ab", "/a/b/c", "//", "/b",
+        ];
+        const HOSTS: &[&str] = &[
+            "",
+            "\"*\"",
+            "\"x.example.com\"",
+            "\"X.Example.COM\"",
+            "\"*.example.com\"",
+            "\"*.EXAMPLE.com\", \"y.x.example.com\"",
+            "\"example.com\"",
+            "\"*.x.example.com\"",
+            "\"*.com\", \"other.net\"",
+        ];
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let mut warned = 0;
+        for _ in 0..400 {
+            let mut text = String::new();
+            for r in 0..24 {
+                text.push_str(&format!(
+                    "[[routes]]\nid = \"r{r}\"\npath = \"{}\"\nhosts = [{}]\ncluster = \"{}\"\n",
+                    PATHS[next(PATHS.len())],
+                    HOSTS[next(HOSTS.len())],
+                    ["c", "d"][next(2)],
+                ));
+                if next(3) == 0 {
+                    text.push_str("path_match = \"exact\"\n");
+                }
+                if next(3) == 0 {
+                    text.push_str("methods = [\"GET\"]\n");
+                }
+                if next(4) == 0 {
+                    text.push_str("headers = [{ name = \"x-tenant\" }]\n");
+                }
+                if next(6) == 0 {
+                    text.push_str("on_mismatch = \"405\"\n");
+                }
+                for plugin in ["jwt", "rate-limit"] {
+                    if next(3) == 0 {
+                        text.push_str(&format!("[[routes.plugins]]\nname = \"{plugin}\"\n"));
+                    }
+                }
+            }
+            let config: Config = toml::from_str(&text).expect("routes parse");
+            let fast: Vec<(String, usize)> = lint(&config)
+                .iter()
+                .filter(|w| w.field.starts_with("routes["))
+                .map(|w| {
+                    let j = w
+                        .message
+                        .split("routes[")
+                        .nth(1)
+                        .and_then(|t| t.split(']').next());
+                    (
+                        w.field.clone(),
+                        j.and_then(|j| j.parse().ok())
+                            .expect("names the weaker route"),
+                    )
+                })
+                .collect();
+            let slow: Vec<(String, usize)> = all_pairs(&config)
+                .iter()
+                .map(|w| (w.field.clone(), w.message.parse().expect("index")))
+                .collect();
+            assert_eq!(fast, slow, "{text}");
+            warned += fast.len();
+        }
+        // The sets overlap enough for the comparison to mean something.
+        assert!(warned > 400, "{warned}");
+    }
 
     #[test]
     fn warns_when_a_protected_route_falls_through_to_a_weaker_one() {

@@ -411,6 +411,16 @@ pub struct PluginRef {
     pub config: toml::Table,
 }
 
+impl PluginRef {
+    /// Two references with the same key build the same plugin: its name and its table.
+    pub fn key(&self) -> PluginKey {
+        (self.name.clone(), self.config.to_string())
+    }
+}
+
+/// See [`PluginRef::key`].
+pub type PluginKey = (String, String);
+
 /// One route: what it matches and where it sends.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

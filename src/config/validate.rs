@@ -17,11 +17,15 @@ pub struct Problem {
     pub message: String,
 }
 
-struct Problems(Vec<Problem>);
+struct Problems {
+    found: Vec<Problem>,
+    /// What building each distinct plugin table said: the field and message of its error.
+    plugins: HashMap<super::PluginKey, Option<(Vec<Seg>, String)>>,
+}
 
 impl Problems {
     fn add(&mut self, path: &[Seg], message: impl Into<String>) {
-        self.0.push(Problem {
+        self.found.push(Problem {
             path: path.to_vec(),
             message: message.into(),
         });
@@ -48,7 +52,10 @@ pub fn resolve_address(address: &str) -> Result<SocketAddr, String> {
 }
 
 pub fn validate(config: &Config) -> Vec<Problem> {
-    let mut p = Problems(Vec::new());
+    let mut p = Problems {
+        found: Vec::new(),
+        plugins: HashMap::new(),
+    };
 
     if config.server.threads == 0 {
         p.add(&[key("server"), key("threads")], "must be at least 1");
@@ -177,7 +184,7 @@ pub fn validate(config: &Config) -> Vec<Problem> {
     validate_clusters(config, &mut p);
     validate_plugins(&config.plugins, &[key("plugins")], &mut p);
     validate_routes(config, &mut p);
-    p.0
+    p.found
 }
 
 fn validate_tracing(t: &super::Tracing, p: &mut Problems) {
@@ -469,29 +476,43 @@ fn validate_cluster_tls(c: &super::Cluster, at: &[Seg], p: &mut Problems) {
 
 fn validate_plugins(plugins: &[PluginRef], at: &[Seg], p: &mut Problems) {
     for (i, plugin) in plugins.iter().enumerate() {
-        let mut here = at.to_vec();
-        here.push(Seg::Index(i));
-        let config = toml::Value::Table(plugin.config.clone());
-        if let Err(e) = portico_plugins::build(&plugin.name, config) {
-            let mut path = here.clone();
-            match &e {
-                portico_plugins::BuildError::UnknownPlugin(_) => path.push(key("name")),
-                portico_plugins::BuildError::InvalidConfig { field, .. } => {
-                    if let Some(field) = field {
-                        path.extend(field.split('.').map(key));
-                    }
-                }
-            }
-            let msg = match &e {
-                portico_plugins::BuildError::UnknownPlugin(name) => format!(
-                    "unknown plugin `{name}` (built-in plugins: {})",
-                    portico_plugins::BUILTIN_NAMES.join(", ")
-                ),
-                other => other.to_string(),
-            };
+        // Building is what checks a table, and the same table always builds the same way,
+        // so each distinct one is built once however many routes repeat it.
+        let outcome = p
+            .plugins
+            .entry(plugin.key())
+            .or_insert_with(|| {
+                let config = toml::Value::Table(plugin.config.clone());
+                portico_plugins::build(&plugin.name, config)
+                    .err()
+                    .map(|e| plugin_problem(&e))
+            })
+            .clone();
+        if let Some((field, msg)) = outcome {
+            let mut path = at.to_vec();
+            path.push(Seg::Index(i));
+            path.extend(field);
             p.add(&path, msg);
         }
     }
+}
+
+/// Where in a plugin's table a build error is (below the plugin), and what to say.
+fn plugin_problem(e: &portico_plugins::BuildError) -> (Vec<Seg>, String) {
+    let field = match e {
+        portico_plugins::BuildError::UnknownPlugin(_) => vec![key("name")],
+        portico_plugins::BuildError::InvalidConfig { field, .. } => {
+            field.iter().flat_map(|f| f.split('.').map(key)).collect()
+        }
+    };
+    let msg = match e {
+        portico_plugins::BuildError::UnknownPlugin(name) => format!(
+            "unknown plugin `{name}` (built-in plugins: {})",
+            portico_plugins::BUILTIN_NAMES.join(", ")
+        ),
+        other => other.to_string(),
+    };
+    (field, msg)
 }
 
 fn check_cluster_ref(config: &Config, cluster: &str, at: &[Seg], p: &mut Problems) {

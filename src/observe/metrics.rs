@@ -1,11 +1,11 @@
 //! The process's Prometheus metrics (`portico_*`).
 //!
 //! Label lookups (`with_label_values`) hash and lock, so the hot path never does them per
-//! request: each route resolves its metric handles once when the config is loaded
-//! ([`RouteMetrics`]), and the (method, status class) counters are resolved on first use
-//! and kept in `OnceLock`s.
+//! request: each route target resolves its metric handles on its first request and keeps
+//! them ([`RouteMetrics`]), and the (method, status class) counters are resolved on first
+//! use and kept in `OnceLock`s.
 
-use std::sync::{LazyLock, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -274,49 +274,85 @@ fn class_index(status: u16) -> usize {
     }
 }
 
-/// One route's metric handles, resolved once per config load.
+/// One route target's metrics: its label values, and the handles of its series, resolved
+/// on its first request (not when the config is loaded) and then kept for the life of the
+/// snapshot. A route that gets no traffic costs its three shared label strings and one
+/// pointer, and adds no series to `/metrics`: at 100,000 routes, creating every route's
+/// series at load took most of a reload, 1 KiB and more per route, and a scrape of
+/// millions of all-zero lines.
 pub struct RouteMetrics {
-    route: String,
-    version: String,
-    cluster: String,
+    route: Arc<str>,
+    version: Arc<str>,
+    cluster: Arc<str>,
+    handles: OnceLock<Box<Handles>>,
+}
+
+/// The series of one route target, created together on its first request.
+struct Handles {
+    /// By method, then status class; each created on first use.
     counters: [[OnceLock<IntCounter>; 6]; 10],
     attempts: [OnceLock<IntCounter>; 4],
-    pub duration: prometheus::Histogram,
-    pub upstream_duration: prometheus::Histogram,
-    pub request_bytes: IntCounter,
-    pub response_bytes: IntCounter,
+    duration: prometheus::Histogram,
+    upstream_duration: prometheus::Histogram,
+    request_bytes: IntCounter,
+    response_bytes: IntCounter,
 }
 
 impl RouteMetrics {
-    pub fn new(route: &str, cluster: &str, version: &str) -> RouteMetrics {
-        let m = &*METRICS;
+    /// The labels are shared with the route (its id) and the cluster (its name).
+    pub fn new(route: Arc<str>, cluster: Arc<str>, version: Arc<str>) -> RouteMetrics {
         RouteMetrics {
-            route: route.to_string(),
-            version: version.to_string(),
-            cluster: cluster.to_string(),
-            counters: Default::default(),
-            attempts: Default::default(),
-            duration: m.request_duration.with_label_values(&[route, version]),
-            upstream_duration: m.upstream_duration.with_label_values(&[cluster]),
-            request_bytes: m.request_bytes.with_label_values(&[route]),
-            response_bytes: m.response_bytes.with_label_values(&[route]),
+            route,
+            version,
+            cluster,
+            handles: OnceLock::new(),
         }
     }
 
-    /// Counts one finished request.
-    pub fn count(&self, method: &http::Method, status: u16) {
+    fn handles(&self) -> &Handles {
+        self.handles.get_or_init(|| {
+            let m = &*METRICS;
+            let (route, version, cluster) = (&*self.route, &*self.version, &*self.cluster);
+            Box::new(Handles {
+                counters: Default::default(),
+                attempts: Default::default(),
+                duration: m.request_duration.with_label_values(&[route, version]),
+                upstream_duration: m.upstream_duration.with_label_values(&[cluster]),
+                request_bytes: m.request_bytes.with_label_values(&[route]),
+                response_bytes: m.response_bytes.with_label_values(&[route]),
+            })
+        })
+    }
+
+    /// Counts one finished request: its method and status, how long it took (and its
+    /// upstream part, when it reached one), and its body bytes both ways.
+    pub fn finish(
+        &self,
+        method: &http::Method,
+        status: u16,
+        elapsed: std::time::Duration,
+        upstream: Option<std::time::Duration>,
+        body_bytes: (u64, u64),
+    ) {
+        let h = self.handles();
         let (mi, ci) = (method_index(method), class_index(status));
-        self.counters[mi][ci]
+        h.counters[mi][ci]
             .get_or_init(|| {
                 METRICS.requests.with_label_values(&[
-                    self.route.as_str(),
-                    self.version.as_str(),
-                    self.cluster.as_str(),
+                    &*self.route,
+                    &*self.version,
+                    &*self.cluster,
                     METHODS.get(mi).copied().unwrap_or("OTHER"),
                     CLASSES[ci],
                 ])
             })
             .inc();
+        h.duration.observe(elapsed.as_secs_f64());
+        if let Some(up) = upstream {
+            h.upstream_duration.observe(up.as_secs_f64());
+        }
+        h.request_bytes.inc_by(body_bytes.0);
+        h.response_bytes.inc_by(body_bytes.1);
     }
 
     /// Counts one finished upstream attempt of this route's cluster by its result
@@ -326,11 +362,11 @@ impl RouteMetrics {
             .iter()
             .position(|r| *r == result)
             .unwrap_or(ATTEMPT_RESULTS.len() - 1);
-        self.attempts[i]
+        self.handles().attempts[i]
             .get_or_init(|| {
                 METRICS
                     .upstream_attempts
-                    .with_label_values(&[self.cluster.as_str(), ATTEMPT_RESULTS[i]])
+                    .with_label_values(&[&*self.cluster, ATTEMPT_RESULTS[i]])
             })
             .inc();
     }
@@ -345,10 +381,28 @@ mod tests {
 
     #[test]
     fn counts_land_under_bounded_labels() {
-        let rm = RouteMetrics::new("metrics-test-route", "c", "2");
-        rm.count(&http::Method::GET, 204);
-        rm.count(&http::Method::from_bytes(b"BREW").unwrap(), 418);
+        let rm = RouteMetrics::new("metrics-test-route".into(), "c".into(), "2".into());
         let text = String::from_utf8(METRICS.render()).unwrap();
+        assert!(
+            !text.contains("metrics-test-route"),
+            "no series before the first request"
+        );
+        let ms = std::time::Duration::from_millis(1);
+        rm.finish(&http::Method::GET, 204, ms, Some(ms), (0, 10));
+        rm.finish(
+            &http::Method::from_bytes(b"BREW").unwrap(),
+            418,
+            ms,
+            None,
+            (3, 0),
+        );
+        let text = String::from_utf8(METRICS.render()).unwrap();
+        assert!(text.contains(
+            r#"portico_request_duration_seconds_count{route="metrics-test-route",version="2"} 2"#
+        ));
+        assert!(
+            text.contains(r#"portico_response_body_bytes_total{route="metrics-test-route"} 10"#)
+        );
         assert!(text.contains(
             r#"portico_requests_total{cluster="c",method="GET",route="metrics-test-route",status_class="2xx",version="2"} 1"#
         ));

@@ -635,14 +635,14 @@ impl ProxyHttp for Gateway {
             .as_ref()
             .map_or(&ctx.snapshot.unrouted_metrics, |t| &t.metrics);
         let req = session.req_header();
-        metrics.count(&req.method, status);
-        metrics.duration.observe(elapsed.as_secs_f64());
-        if let Some(up) = ctx.upstream_time {
-            metrics.upstream_duration.observe(up.as_secs_f64());
-        }
         let (read, sent) = (session.body_bytes_read(), session.body_bytes_sent());
-        metrics.request_bytes.inc_by(read as u64);
-        metrics.response_bytes.inc_by(sent as u64);
+        metrics.finish(
+            &req.method,
+            status,
+            elapsed,
+            ctx.upstream_time,
+            (read as u64, sent as u64),
+        );
 
         if let (Some(spans), Some(tracer), Some(trace)) =
             (ctx.spans.take(), &ctx.snapshot.tracer, &ctx.trace)

@@ -3,7 +3,7 @@
 //! building a snapshot from a validated config, and [`reload`], which builds the next one
 //! beside the running one and swaps it in.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -223,22 +223,45 @@ impl Snapshot {
             clusters.insert(name.clone(), cluster);
         }
 
-        let build_plugins = |refs: &[config::PluginRef], chain: &mut PluginChain| {
+        // One instance per distinct table of a shareable plugin (see `Plugin::shareable`);
+        // the others get one per route.
+        let mut shared: HashMap<config::PluginKey, Arc<dyn Plugin>> = HashMap::new();
+        let mut build_plugins = |refs: &[config::PluginRef], chain: &mut PluginChain| {
             for r in refs {
-                let plugin = portico_plugins::build(&r.name, toml::Value::Table(r.config.clone()))
-                    .map_err(|e| format!("plugin {}: {e}", r.name))?;
+                let key = r.key();
+                let plugin = match shared.get(&key) {
+                    Some(plugin) => plugin.clone(),
+                    None => {
+                        let plugin =
+                            portico_plugins::build(&r.name, toml::Value::Table(r.config.clone()))
+                                .map_err(|e| format!("plugin {}: {e}", r.name))?;
+                        if plugin.shareable() {
+                            shared.insert(key, plugin.clone());
+                        }
+                        plugin
+                    }
+                };
                 chain.push(plugin);
             }
             Ok::<_, String>(())
         };
         let mut global_plugins = PluginChain::default();
         build_plugins(&config.plugins, &mut global_plugins)?;
+        // Metric labels share one string per cluster name and per version name.
+        let cluster_names: HashMap<&str, Arc<str>> = config
+            .clusters
+            .keys()
+            .map(|name| (name.as_str(), Arc::from(name.as_str())))
+            .collect();
+        let mut version_names: HashMap<&str, Arc<str>> = HashMap::new();
+        let no_version: Arc<str> = Arc::from("");
 
         let mut routes = Vec::with_capacity(config.routes.len());
         for r in &config.routes {
             // Global plugins are not repeated here: the proxy runs them for every request.
             let mut plugins = PluginChain::default();
             build_plugins(&r.plugins, &mut plugins)?;
+            let id: Arc<str> = Arc::from(r.id.as_str());
             let rewrite_of = |prefix_override: Option<&String>| {
                 if let Some(with) = prefix_override {
                     Rewrite::Prefix {
@@ -260,30 +283,36 @@ impl Snapshot {
                 }
             };
             let cluster_of = |name: &str| {
-                clusters
-                    .get(name)
-                    .cloned()
+                let cluster = clusters.get(name).cloned();
+                let label = cluster_names.get(name).cloned();
+                cluster
+                    .zip(label)
                     .ok_or_else(|| format!("route {}: unknown cluster {name}", r.id))
             };
-            let mut targets = Vec::new();
+            let mut targets = Vec::with_capacity(r.versions.len().max(1));
             let versioning = if r.versions.is_empty() {
-                let name = r.cluster.as_deref().unwrap_or_default();
+                let (cluster, label) = cluster_of(r.cluster.as_deref().unwrap_or_default())?;
                 targets.push(Arc::new(Target {
                     version: None,
-                    cluster: cluster_of(name)?,
+                    cluster,
                     rewrite: rewrite_of(None),
-                    metrics: RouteMetrics::new(&r.id, name, ""),
+                    metrics: RouteMetrics::new(id.clone(), label, no_version.clone()),
                     deprecation: Vec::new(),
                 }));
                 None
             } else {
                 for v in &r.versions {
                     let name = router::version::normalize_version(&v.name);
+                    let name = version_names
+                        .entry(name)
+                        .or_insert_with(|| Arc::from(name))
+                        .clone();
+                    let (cluster, label) = cluster_of(&v.cluster)?;
                     targets.push(Arc::new(Target {
-                        version: Some(Arc::from(name)),
-                        cluster: cluster_of(&v.cluster)?,
+                        version: Some(name.clone()),
+                        cluster,
                         rewrite: rewrite_of(v.rewrite_prefix.as_ref()),
-                        metrics: RouteMetrics::new(&r.id, &v.cluster, name),
+                        metrics: RouteMetrics::new(id.clone(), label, name),
                         deprecation: deprecation_headers(r, v),
                     }));
                 }
@@ -340,7 +369,7 @@ impl Snapshot {
                 },
             };
             let route = Route {
-                id: Arc::from(r.id.as_str()),
+                id,
                 plugins,
                 targets,
                 versioning,
@@ -381,14 +410,7 @@ impl Snapshot {
             )),
         };
 
-        let version = {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            serde_json::to_string(&config)
-                .unwrap_or_default()
-                .hash(&mut h);
-            format!("{:016x}", h.finish())
-        };
+        let version = config_version(&config);
         let mut identity_headers: Vec<http::HeaderName> = Vec::new();
         let chains = routes
             .iter()
@@ -428,7 +450,7 @@ impl Snapshot {
             limits: config.limits.clone(),
             access_log,
             tracer,
-            unrouted_metrics: RouteMetrics::new("", "", ""),
+            unrouted_metrics: RouteMetrics::new(no_version.clone(), no_version.clone(), no_version),
             config,
             loaded_at: SystemTime::now(),
             version,
@@ -484,6 +506,27 @@ fn deprecation_headers(
         );
     }
     headers
+}
+
+/// A hash of the effective config (its JSON form), to tell versions apart. Streamed into
+/// the hasher: at 100,000 routes the JSON text would be tens of MiB held for nothing.
+fn config_version(config: &Config) -> String {
+    use std::hash::Hasher;
+    struct HashWriter(std::collections::hash_map::DefaultHasher);
+    impl std::io::Write for HashWriter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.write(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut h = HashWriter(std::collections::hash_map::DefaultHasher::new());
+    // As `str::hash` ends a string, so versions stay what they were before streaming.
+    let _ = serde_json::to_writer(&mut h, config);
+    h.0.write_u8(0xff);
+    format!("{:016x}", h.0.finish())
 }
 
 fn same(a: &config::Cluster, b: &config::Cluster) -> bool {
@@ -636,9 +679,10 @@ impl State {
         self.current.load_full()
     }
 
-    /// Replaces the snapshot atomically.
+    /// Replaces the snapshot atomically. The old one is freed on the retiring thread once
+    /// the last request using it is done (see [`retire`]), never on a proxy thread.
     pub fn swap(&self, snapshot: Snapshot) {
-        self.current.store(Arc::new(snapshot));
+        retire(self.current.swap(Arc::new(snapshot)));
     }
 
     pub fn is_ready(&self) -> bool {
@@ -717,6 +761,90 @@ pub fn content_hash(bytes: &[u8]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     bytes.hash(&mut h);
     h.finish()
+}
+
+/// The nice value of the threads that build and free snapshots: at 100,000 routes a
+/// build takes a core for most of a second, and when it shares a core with a proxy thread
+/// the scheduler should let the proxy thread run first whenever it has requests.
+const BACKGROUND_NICE: libc::c_int = 10;
+
+/// Lowers the calling thread's scheduling priority to [`BACKGROUND_NICE`]. Linux gives each
+/// thread its own nice value; elsewhere this does nothing.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid takes no arguments; setpriority only reads its integer arguments.
+        let rc = unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, BACKGROUND_NICE)
+        };
+        if rc != 0 {
+            log::debug!(
+                "cannot lower the priority of a background thread: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+/// Runs `work` on a thread of its own at a lower priority and waits for it without blocking
+/// the caller's runtime. A reload reads, validates and builds the whole config there: off
+/// the proxy's threads and off the runtime of whoever asked for it (the admin API, the
+/// supervisor), whose blocking pools are not meant for work this long.
+async fn off_the_request_path<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("portico-reload".into())
+        .spawn(move || {
+            lower_priority();
+            let _ = tx.send(work());
+        })
+        .map_err(|e| format!("cannot start the reload thread: {e}"))?;
+    rx.await
+        .map_err(|_| "the reload thread stopped without an answer".to_string())
+}
+
+/// Frees a replaced snapshot on the retiring thread once nothing else holds it.
+///
+/// Requests keep the snapshot they started with, so the last reference to an old one is
+/// usually dropped by a proxy thread, at the end of a request. At 100,000 routes freeing a
+/// snapshot takes tens of milliseconds that would land on that request's neighbours. The
+/// retiring thread keeps one reference to each old snapshot, frees it when its own is the
+/// last, and runs at a lower priority.
+pub fn retire(old: Arc<Snapshot>) {
+    static RETIRING: OnceLock<std::sync::mpsc::Sender<Arc<Snapshot>>> = OnceLock::new();
+    let sender = RETIRING.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Arc<Snapshot>>();
+        let started = std::thread::Builder::new()
+            .name("portico-retire".into())
+            .spawn(move || {
+                lower_priority();
+                let mut waiting: Vec<Arc<Snapshot>> = Vec::new();
+                loop {
+                    let timeout = if waiting.is_empty() {
+                        Duration::from_secs(3600)
+                    } else {
+                        Duration::from_millis(100)
+                    };
+                    match rx.recv_timeout(timeout) {
+                        Ok(old) => waiting.push(old),
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                    }
+                    // Nothing can take a new reference to a snapshot that is out of the
+                    // `ArcSwap`, so a count of one stays one: it is ours to free.
+                    waiting.retain(|s| Arc::strong_count(s) > 1);
+                }
+            });
+        if let Err(e) = started {
+            log::warn!("cannot start the snapshot retiring thread: {e}");
+        }
+        tx
+    });
+    // Without the thread the snapshot is dropped here, as it would have been anyway.
+    let _ = sender.send(old);
 }
 
 /// What a reload loaded and built, before anything is swapped in.
@@ -800,7 +928,7 @@ async fn reload_locked(state: &Arc<State>) -> Result<String, String> {
     let previous = state.snapshot();
     let listeners = state.tls.get().cloned().unwrap_or_default();
     let prev = previous.clone();
-    let (hash, built) = tokio::task::spawn_blocking(move || build_reload(&path, &prev, &listeners))
+    let (hash, built) = off_the_request_path(move || build_reload(&path, &prev, &listeners))
         .await
         .map_err(|e| format!("the reload task failed: {e}"))?;
     if hash.is_some() {

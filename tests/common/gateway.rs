@@ -138,6 +138,7 @@ pub struct GatewayBuilder {
     /// The admin token, given to the process as `${PORTICO_TEST_ADMIN_TOKEN}`; `None`
     /// writes no token at all.
     admin_token: Option<String>,
+    ready_within: Duration,
 }
 
 /// The environment variable the harness passes the admin token in.
@@ -153,6 +154,13 @@ pub fn new_admin_token() -> String {
 }
 
 impl GatewayBuilder {
+    /// How long the gateway may take to become ready (default 10 s; a config of 100,000
+    /// routes takes longer in a debug build).
+    pub fn ready_within(mut self, limit: Duration) -> Self {
+        self.ready_within = limit;
+        self
+    }
+
     /// Sets an environment variable of the gateway process (for `${NAME}` in the config).
     pub fn env(mut self, name: &str, value: &str) -> Self {
         self.env.push((name.to_string(), value.to_string()));
@@ -286,7 +294,7 @@ access_log = "{log}"
             client,
             dir,
         };
-        gateway.wait_ready().await;
+        gateway.wait_ready(self.ready_within).await;
         gateway
     }
 }
@@ -339,6 +347,7 @@ impl Gateway {
             server: String::new(),
             admin_extra: String::new(),
             admin_token: Some(new_admin_token()),
+            ready_within: Duration::from_secs(10),
         }
     }
 
@@ -359,8 +368,8 @@ impl Gateway {
         std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
     }
 
-    async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+    async fn wait_ready(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
         let url = self.admin_url("/readyz");
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -380,7 +389,7 @@ impl Gateway {
             }
             if Instant::now() > deadline {
                 panic!(
-                    "portico was not ready within 10 s\nconfig:\n{}\nstderr:\n{}",
+                    "portico was not ready within {limit:?}\nconfig:\n{}\nstderr:\n{}",
                     self.config,
                     self.stderr()
                 );

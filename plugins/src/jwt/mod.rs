@@ -1089,6 +1089,13 @@ impl Plugin for Jwt {
         NAME
     }
 
+    /// Identical tables verify identically, so their routes can share one instance and
+    /// its verified-token cache (of `cache_size` tokens for all of them). Not with
+    /// `introspection`: its `max_concurrent` bounds the calls of each instance.
+    fn shareable(&self) -> bool {
+        self.introspection.is_none()
+    }
+
     fn hooks(&self) -> Hooks {
         Hooks {
             request: true,
