@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Load benchmark: portico against nginx proxy_pass on one shared upstream, and portico's
-# protected path (RS256 JWT) against HAProxy's native jwt_verify.
+# protected path (RS256 JWT) against HAProxy's native jwt_verify and against a flood of
+# forged tokens.
 # See benches/load/README.md for the method and how to read the results.
 #
 #   benches/load/run.sh                        # MODE=load, ROUNDS=3, DURATION=10
@@ -15,8 +16,10 @@
 #   WARMUP [2]             seconds of wrk warm-up before every measured run (0 = none)
 #   CONNECTIONS [50]       wrk -c
 #   CONTENDERS ["nginx portico portico+log"]   any subset of nginx pingora portico portico+log
-#                          portico+resilience portico+nojwt portico+jwt haproxy+jwt and portico~TAG
-#                          variants (portico+nojwt is portico+jwt without its jwt plugin),
+#                          portico+resilience portico+nojwt portico+jwt portico+forged haproxy+jwt
+#                          and portico~TAG variants (portico+nojwt is portico+jwt without its jwt
+#                          plugin; portico+forged is portico+jwt sent a different forged token
+#                          on every request),
 #                          interleaved in the order given. pingora is the bare Pingora proxy
 #                          (benches/bare_pingora.rs), pingora~ws the same with work
 #                          stealing; portico~TAG is the plain portico contender
@@ -104,19 +107,20 @@ case $MODE in load | memory | all) ;; *) die "MODE must be load, memory or all (
 read -r -a CONTENDER_LIST <<<"$CONTENDERS"
 ((${#CONTENDER_LIST[@]} >= 1)) || die "CONTENDERS is empty"
 for c in "${CONTENDER_LIST[@]}"; do
-    case $c in nginx | pingora | pingora~ws | portico | portico+log | portico+resilience | portico+nojwt | portico+jwt | haproxy+jwt) ;;
+    case $c in nginx | pingora | pingora~ws | portico | portico+log | portico+resilience | portico+nojwt | portico+jwt | portico+forged | haproxy+jwt) ;;
     portico~*)
         tag=${c#portico~}
         [[ $tag =~ ^[A-Za-z0-9_]+$ ]] || die "variant tag '$tag' must be letters, digits and _"
         server_var=PORTICO_SERVER_$tag bin_var=PORTICO_BIN_$tag
         [[ -n ${!server_var:-} || -n ${!bin_var:-} ]] || die "$c needs PORTICO_SERVER_$tag or PORTICO_BIN_$tag"
         ;;
-    *) die "unknown contender '$c' (nginx, pingora, pingora~ws, portico, portico+log, portico+resilience, portico+nojwt, portico+jwt, haproxy+jwt, portico~TAG)" ;;
+    *) die "unknown contender '$c' (nginx, pingora, pingora~ws, portico, portico+log, portico+resilience, portico+nojwt, portico+jwt, portico+forged, haproxy+jwt, portico~TAG)" ;;
     esac
 done
 has_contender() { [[ " ${CONTENDER_LIST[*]} " == *" $1 "* ]]; }
 WANT_JWT=0
-if has_contender portico+jwt || has_contender portico+nojwt || has_contender haproxy+jwt; then WANT_JWT=1; fi
+if has_contender portico+jwt || has_contender portico+nojwt || has_contender portico+forged ||
+    has_contender haproxy+jwt; then WANT_JWT=1; fi
 NPROC=$(nproc)
 ((PROXY_CPU < NPROC && LOAD_CPU < NPROC)) || die "needs cores $PROXY_CPU and $LOAD_CPU; this machine has $NPROC"
 ((PROXY_CPU != LOAD_CPU)) || die "PROXY_CPU and LOAD_CPU must differ"
@@ -291,10 +295,11 @@ wait_http() { # url pid what seconds
 }
 
 # --- configs and processes ----------------------------------------------------------------
-nports=$((14 + 2 * ${#CONTENDER_LIST[@]}))
+nports=$((16 + 2 * ${#CONTENDER_LIST[@]}))
 ports=$(free_ports "$nports") || die "cannot find $nports free ports from $PORT_BASE"
 read -r UPSTREAM_PORT NGINX_PORT PORTICO_PORT PORTICO_ADMIN LOG_PORT LOG_ADMIN JWT_PORT JWT_ADMIN \
-    HAPROXY_PORT RES_PORT RES_ADMIN BARE_PORT NOJWT_PORT NOJWT_ADMIN VARIANT_PORTS <<<"$ports"
+    HAPROXY_PORT RES_PORT RES_ADMIN BARE_PORT NOJWT_PORT NOJWT_ADMIN FORGED_PORT FORGED_ADMIN \
+    VARIANT_PORTS <<<"$ports"
 read -r -a VARIANT_PORTS <<<"$VARIANT_PORTS"
 declare -A PORT PID MEASURE_PIDS ADMIN
 PORT[pingora]=$BARE_PORT
@@ -310,16 +315,20 @@ PORT[portico+log]=$LOG_PORT
 PORT[portico+jwt]=$JWT_PORT
 PORT[portico+resilience]=$RES_PORT
 PORT[portico+nojwt]=$NOJWT_PORT
+PORT[portico+forged]=$FORGED_PORT
 PORT[haproxy+jwt]=$HAPROXY_PORT
 ADMIN[portico]=$PORTICO_ADMIN
 ADMIN[portico+log]=$LOG_ADMIN
 ADMIN[portico+jwt]=$JWT_ADMIN
 ADMIN[portico+resilience]=$RES_ADMIN
 ADMIN[portico+nojwt]=$NOJWT_ADMIN
+ADMIN[portico+forged]=$FORGED_ADMIN
 # Contenders on the protected path: wrk and the checks send the token to these. portico+nojwt
 # gets the same request as portico+jwt, so the two differ only in the token being checked.
-is_protected() { [[ $1 == *+jwt || $1 == portico+nojwt ]]; }
-checks_token() { [[ $1 == *+jwt ]]; }
+# portico+forged is portico+jwt again, checked with the token like it, but measured with a
+# different forged token on every request (forged.lua).
+is_protected() { [[ $1 == *+jwt || $1 == portico+nojwt || $1 == portico+forged ]]; }
+checks_token() { [[ $1 == *+jwt || $1 == portico+forged ]]; }
 
 # --- the token ----------------------------------------------------------------------------
 # A fresh RSA-2048 key pair per run and one long-lived RS256 access token (RFC 9068 profile:
@@ -352,6 +361,9 @@ if ((WANT_JWT)); then
     FORGED=$(JWT_PRIVKEY=$TMP/jwt.other.key.pem sign_token "$(printf '{"iss":"%s","aud":"%s","sub":"service-a","iat":%d,"exp":%d}' \
         "$JWT_ISSUER" "$JWT_AUDIENCE" "$now" $((now + 3600)))")
     log "RS256 token: ${#TOKEN} bytes, iss $JWT_ISSUER, aud $JWT_AUDIENCE (key pair and token in $TMP)"
+    # What forged.lua builds portico+forged's tokens from: the valid token's header and
+    # claims, and the length of an RSA-2048 signature.
+    export FORGED_SIGNED=${TOKEN%.*} FORGED_SIG_BYTES=256
 fi
 
 start_nginx() { # name conf cpu -> sets $started_pid
@@ -440,14 +452,15 @@ retry = { attempts = 3, per_try_timeout = "2s" }' \
 endpoint_breaker = { consecutive_failures = 5 }
 bulkhead = { max_concurrent = 256, max_queue = 64, queue_timeout = "100ms" }'
         ;;
-    portico+jwt | portico+nojwt)
+    portico+jwt | portico+nojwt | portico+forged)
         # The protected path of DESIGN's budget: a valid RS256 token checked by the jwt plugin
         # (local PEM key; iss, aud, exp, sub), request ids, the access log to a file, a retry
         # policy on the route and a bulkhead on the cluster (roomy enough for wrk's 50
         # connections: it must never reject here). Metrics are always on. portico+nojwt is the
         # same route without the jwt plugin: what checking the token costs is the difference.
+        # portico+forged is portico+jwt exactly, in a process of its own.
         route='retry = { attempts = 3, per_try_timeout = "2s" }'
-        if [[ $c == portico+jwt ]]; then
+        if [[ $c != portico+nojwt ]]; then
             route+="
 
 [[routes.plugins]]
@@ -504,6 +517,13 @@ for c in "${CONTENDER_LIST[@]}"; do
         s_forged=$(http_status "$url" -H "Authorization: Bearer $FORGED")
         [[ $s_none == 401 ]] || die "$c answered $s_none instead of 401 without a token"
         [[ $s_forged == 401 ]] || die "$c answered $s_forged instead of 401 to a token signed by another key"
+        if [[ $c == portico+forged ]]; then
+            # ... and a token as forged.lua makes them: the valid header and claims, random
+            # signature bytes below the modulus.
+            s_random=$(http_status "$url" -H "Authorization: Bearer $FORGED_SIGNED.$(
+                { printf '\x2a'; head -c 255 /dev/urandom; } | b64url)")
+            [[ $s_random == 401 ]] || die "$c answered $s_random instead of 401 to a random signature"
+        fi
         log "$c: 200 with the token, 401 without it, 401 with a forged one"
     fi
 done
@@ -577,20 +597,27 @@ parse_wrk() {
     END { printf "%s %s %s %s %s %s\n", rps, p50, p99, reqs, non2xx, sock }' "$1"
 }
 
-metric() { # admin_port name -> value summed over label sets
+metric() { # admin_port name [label-filter] -> value summed over the label sets (holding the filter)
     local body
     body=$(curl -fsS --max-time 2 "http://127.0.0.1:$1/metrics" 2>/dev/null) || { echo n/a; return 0; }
     printf '%s\n' "$body" |
-        awk -v m="$2" '$1 == m || index($1, m "{") == 1 { s += $NF; f = 1 } END { print f ? s : "n/a" }'
+        awk -v m="$2" -v l="${3:-}" '($1 == m || index($1, m "{") == 1) && index($1, l) { s += $NF; f = 1 }
+            END { print f ? s : "n/a" }'
 }
 
 RUNS=$TMP/runs.tsv
 : >"$RUNS"
+: >"$TMP/forged.tsv" # portico+forged: round, 401s, other answers
 declare -A ACCESS_LOG=([portico+log]=$TMP/portico-log.access.log [portico+jwt]=$TMP/portico-jwt.access.log
-    [portico+nojwt]=$TMP/portico-nojwt.access.log)
-# wrk's extra arguments per contender: the token for the protected ones.
+    [portico+nojwt]=$TMP/portico-nojwt.access.log [portico+forged]=$TMP/portico-forged.access.log)
+# wrk's extra arguments per contender: the token for the protected ones, and for
+# portico+forged the script that forges a different token for every request.
 wrk_args() { # contender
-    if is_protected "$1"; then printf '%s\n' -H "Authorization: Bearer $TOKEN"; fi
+    if [[ $1 == portico+forged ]]; then
+        printf '%s\n' -s "$HERE/forged.lua"
+    elif is_protected "$1"; then
+        printf '%s\n' -H "Authorization: Bearer $TOKEN"
+    fi
 }
 measure_round() { # contender round
     local c=$1 r=$2 port=${PORT[$1]} out="$TMP/wrk.$1.$2.txt"
@@ -626,6 +653,19 @@ measure_round() { # contender round
         'BEGIN { printf "%.0f", ((b - a) / hz + w) / (t1 - t0) * 100 }')
     read -r rps p50 p99 reqs non2xx sock <<<"$(parse_wrk "$out")"
     [[ $rps != nan ]] || { cat "$out" >&2; die "could not parse wrk output for $c"; }
+    if [[ $c == portico+forged ]]; then
+        # 401 is the expected answer to a forged token: the non-2xx column counts the others
+        # instead, and a forged token let through ends the run.
+        local forged
+        forged=$(awk '$1 == "forged:" { print $2, $4, $6 }' "$out")
+        [[ -n $forged ]] || { cat "$out" >&2; die "no forged-token counts in the wrk output for $c"; }
+        local f401 f2xx fother
+        read -r f401 f2xx fother <<<"$forged"
+        ((f2xx == 0)) || die "$c admitted $f2xx forged tokens (answered 2xx)"
+        ((f401 > 0)) || { cat "$out" >&2; die "$c answered no forged token with 401"; }
+        non2xx=$fother
+        printf '%s\t%s\t%s\n' "$r" "$f401" "$fother" >>"$TMP/forged.tsv"
+    fi
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
         "$c" "$r" "$rps" "$p50" "$p99" "$reqs" "$non2xx" "$sock" "$cpu" "$load" "$logged" "$bg" "$waitpct" >>"$RUNS"
     log "$(printf '%-12s round %d: %6.0f req/s  p50 %.3f ms  p99 %.3f ms  proxy CPU %s%% (waited %s%%)  wrk+upstream CPU %s%%  background %s%%  non-2xx %s  socket errors %s' \
@@ -678,6 +718,13 @@ run_load() {
             dropped=$(metric "${ADMIN[$c]}" portico_access_log_dropped_total)
             LOAD_NOTES+="- $c: $lines access-log lines for $reqs requests wrk counted in measured runs; portico_access_log_dropped_total = $dropped (whole process lifetime)."$'\n'
         fi
+        if [[ $c == portico+forged ]]; then
+            local n401 nother rej4xx
+            n401=$(awk -F'\t' '{ s += $2 } END { print s + 0 }' "$TMP/forged.tsv")
+            nother=$(awk -F'\t' '{ s += $3 } END { print s + 0 }' "$TMP/forged.tsv")
+            rej4xx=$(metric "${ADMIN[$c]}" portico_requests_total 'status_class="4xx"')
+            LOAD_NOTES+="- portico+forged: every request a different forged RS256 token (the valid token's header and claims, 256 random signature bytes below the modulus); $n401 answered 401 as expected, $nother otherwise (its non-2xx column counts those); portico_requests_total{status_class=\"4xx\"} = $rej4xx (whole process lifetime)."$'\n'
+        fi
         if [[ $c == portico+jwt ]]; then
             local rej retries
             rej=$(metric "$JWT_ADMIN" portico_bulkhead_rejections_total)
@@ -688,22 +735,29 @@ run_load() {
     # The protected path against its budget (DESIGN.md, issue 4).
     if has_contender portico+jwt; then
         local jrps jp99 other orps op99 target what
-        jrps=$(col portico+jwt 3 | median) jp99=$(col portico+jwt 5 | median)
-        PROTECTED_TABLE="| portico+jwt vs | its req/s | portico+jwt req/s ÷ its (ratio of medians) | same, median of per-round ratios (min–max) | target | p99 ÷ its |
+        PROTECTED_TABLE="| contender vs | its req/s | contender req/s ÷ its (ratio of medians) | same, median of per-round ratios (min–max) | target | p99 ÷ its |
 |---|---:|---:|---:|---:|---:|"
-        for other in portico+nojwt portico nginx haproxy+jwt; do
+        local subject
+        for other in portico+nojwt portico nginx haproxy+jwt portico+forged; do
             has_contender "$other" || continue
+            subject=portico+jwt
             case $other in
-            portico+nojwt) target="≥ 0.95" what="portico+nojwt (same route, token not checked)" ;;
-            portico) target="≥ 0.95" what="portico (plain proxy path)" ;;
-            nginx) target="≥ 0.90" what="nginx (plain proxy path)" ;;
-            haproxy+jwt) target="≥ 1.50" what="haproxy+jwt (jwt_verify)" ;;
+            portico+nojwt) target="≥ 0.95" what="portico+jwt vs portico+nojwt (same route, token not checked)" ;;
+            portico) target="≥ 0.95" what="portico+jwt vs portico (plain proxy path)" ;;
+            nginx) target="≥ 0.90" what="portico+jwt vs nginx (plain proxy path)" ;;
+            haproxy+jwt) target="≥ 1.50" what="portico+jwt vs haproxy+jwt (jwt_verify)" ;;
+            portico+forged)
+                # The other way round: the flood's rate as a share of the valid token's.
+                subject=portico+forged other=portico+jwt
+                target="≥ 0.50" what="**forged ÷ valid**: portico+forged (a different forged token per request) vs portico+jwt"
+                ;;
             esac
             orps=$(col "$other" 3 | median) op99=$(col "$other" 5 | median)
+            jrps=$(col "$subject" 3 | median) jp99=$(col "$subject" 5 | median)
             local pr prlo prhi
-            pr=$(round_ratios portico+jwt "$other" | median)
-            prlo=$(round_ratios portico+jwt "$other" | sort -g | head -n1)
-            prhi=$(round_ratios portico+jwt "$other" | sort -g | tail -n1)
+            pr=$(round_ratios "$subject" "$other" | median)
+            prlo=$(round_ratios "$subject" "$other" | sort -g | head -n1)
+            prhi=$(round_ratios "$subject" "$other" | sort -g | tail -n1)
             # The target is judged on the per-round ratio, the steadier of the two.
             PROTECTED_TABLE+=$'\n'$(awk -v w="$what" -v o="$orps" -v j="$jrps" -v t="$target" -v jp="$jp99" -v op="$op99" \
                 -v pr="$pr" -v lo="$prlo" -v hi="$prhi" \
@@ -786,7 +840,7 @@ esac
 
 # --- portico's own log ----------------------------------------------------------------------
 PORTICO_LOG_NOTES=""
-for c in portico portico+log portico+nojwt portico+jwt; do
+for c in portico portico+log portico+nojwt portico+jwt portico+forged; do
     [[ " ${CONTENDER_LIST[*]} " == *" $c "* ]] || continue
     f=$TMP/${c/+/-}.log
     n=$(wc -l <"$f")
@@ -820,7 +874,7 @@ REPORT=$(
     printf -- '- machine: nproc %s, %s, kernel %s; nginx %s, wrk %s\n' "$NPROC" "$CPU_MODEL" "$(uname -r)" "$NGINX_VERSION" "$WRK_VERSION"
     if ((WANT_JWT)); then
         printf -- '- protected path: one RS256 token (RSA-2048, %s bytes; iss, aud, sub, exp, iat, scope) sent by wrk as `Authorization: Bearer`; %s%s\n' \
-            "${#TOKEN}" "$(has_contender portico+jwt && echo 'portico+jwt = jwt plugin (local PEM key, iss/aud/exp/sub checks, verified-token cache) + request-id + access log to a file + route retry policy + cluster bulkhead + metrics; ')" \
+            "${#TOKEN}" "$(has_contender portico+jwt && echo 'portico+jwt = jwt plugin (local PEM key, iss/aud/exp/sub checks, verified-token cache) + request-id + access log to a file + route retry policy + cluster bulkhead + metrics; ')$(has_contender portico+forged && echo 'portico+forged = portico+jwt sent a different forged token per request (forged.lua: right header and claims, random signature); ')" \
             "$(has_contender haproxy+jwt && echo "haproxy+jwt = HAProxy $HAPROXY_VERSION, nbthread 1, jwt_verify + iss/aud/exp checks on every request, http-reuse always, no log; ")OpenSSL $(openssl version | awk '{ print $2 }')"
     fi
     if [[ $MODE != memory ]]; then
