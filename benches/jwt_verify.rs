@@ -1,34 +1,101 @@
-//! JWT verification cost in the `jwt` plugin: a cold check (signature verified every time)
-//! against a cached one (the verified-token cache answers a repeat token), for RS256 and
-//! ES256. The cached path is what a steady service-to-service caller pays, since it reuses
-//! its token until shortly before expiry.
+//! JWT verification cost in the `jwt` plugin, for RS256 (RSA-2048) and ES256 (P-256):
+//!
+//! - `cold`: the signature is verified every time (the verified-token cache is bypassed),
+//!   what the first use of each token costs;
+//! - `cached`: the verified-token cache answers a repeated token, what a steady
+//!   service-to-service caller pays, since it reuses its token until shortly before expiry;
+//! - `forged`: a different token on every call with the right header, kid and claims but
+//!   random signature bytes of the right length, as a flood of forgeries sends them: each one
+//!   misses the cache and costs a full signature check before it is refused;
+//! - `aws-lc-alone`: the same-run control, aws-lc verifying the valid token's signature
+//!   with an already parsed key and nothing else: the floor `cold` can approach.
 
 use std::hint::black_box;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair as _};
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
 use criterion::{criterion_group, criterion_main, Criterion};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use portico_plugins::jwt::Jwt;
-use rsa::pkcs1::EncodeRsaPrivateKey;
-use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
 
-/// A plugin trusting `public_pem` for `alg`, and a valid token signed with `private_pem`.
-fn setup(
-    alg: Algorithm,
-    signing: &EncodingKey,
-    public_pem: &str,
-    dir: &std::path::Path,
-) -> (Jwt, String) {
-    let key_path = dir.join(format!("{alg:?}.pem"));
-    std::fs::write(&key_path, public_pem).expect("write key");
+/// Signs a message, returning the raw signature.
+type SignFn = Box<dyn Fn(&[u8]) -> Vec<u8>>;
+
+/// A private key and what the plugin is given to check its signatures.
+struct Key {
+    alg: &'static str,
+    /// aws-lc's verification algorithm for it.
+    verify: &'static dyn signature::VerificationAlgorithm,
+    sign: SignFn,
+    /// SPKI DER of the public key.
+    public: Vec<u8>,
+}
+
+fn rsa_key() -> Key {
+    let key = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).expect("RSA");
+    let public = key.public_key().as_der().expect("SPKI").as_ref().to_vec();
+    Key {
+        alg: "RS256",
+        verify: &signature::RSA_PKCS1_2048_8192_SHA256,
+        public,
+        sign: Box::new(move |message| {
+            let mut out = vec![0; key.public_modulus_len()];
+            key.sign(
+                &signature::RSA_PKCS1_SHA256,
+                &SystemRandom::new(),
+                message,
+                &mut out,
+            )
+            .expect("sign");
+            out
+        }),
+    }
+}
+
+fn ec_key() -> Key {
+    let key = EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING).expect("P-256");
+    let public = key.public_key().as_der().expect("SPKI").as_ref().to_vec();
+    Key {
+        alg: "ES256",
+        verify: &signature::ECDSA_P256_SHA256_FIXED,
+        public,
+        sign: Box::new(move |message| {
+            let sig = key.sign(&SystemRandom::new(), message).expect("sign");
+            sig.as_ref().to_vec()
+        }),
+    }
+}
+
+fn pem(der: &[u8]) -> String {
+    let text = STANDARD.encode(der);
+    let lines: Vec<&str> = text
+        .as_bytes()
+        .chunks(64)
+        .map(|l| std::str::from_utf8(l).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        lines.join("\n")
+    )
+}
+
+/// A plugin trusting `key` (a PEM file), the signed part of a valid access token, and the
+/// token itself.
+fn setup(key: &Key, dir: &std::path::Path) -> (Jwt, String, String) {
+    let key_path = dir.join(format!("{}.pem", key.alg));
+    std::fs::write(&key_path, pem(&key.public)).expect("write key");
     let config: toml::Value = toml::from_str(&format!(
         r#"
 [[issuers]]
 issuer = "https://auth.bench"
 audiences = ["portico"]
-algorithms = ["{alg:?}"]
+algorithms = ["{}"]
 keys = ["{}"]
 "#,
+        key.alg,
         key_path.display()
     ))
     .expect("config");
@@ -37,13 +104,22 @@ keys = ["{}"]
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs();
+    let header = serde_json::json!({"alg": key.alg, "typ": "at+jwt", "kid": "bench"});
     let claims = serde_json::json!({
         "iss": "https://auth.bench", "sub": "service-a", "aud": "portico",
         "iat": now, "nbf": now, "exp": now + 3600, "jti": "bench",
         "client_id": "service-a", "scope": "orders:read orders:write",
     });
-    let token = jsonwebtoken::encode(&Header::new(alg), &claims, signing).expect("token");
-    (plugin, token)
+    let signed = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let token = format!(
+        "{signed}.{}",
+        URL_SAFE_NO_PAD.encode((key.sign)(signed.as_bytes()))
+    );
+    (plugin, signed, token)
 }
 
 fn bench(c: &mut Criterion) {
@@ -53,39 +129,58 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
 
-    let rsa_key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).expect("rsa key");
-    let rsa_signing = EncodingKey::from_rsa_der(rsa_key.to_pkcs1_der().unwrap().as_bytes());
-    let rsa_public = rsa_key
-        .to_public_key()
-        .to_public_key_pem(LineEnding::LF)
-        .unwrap();
-    let ec_key = p256::SecretKey::random(&mut rsa::rand_core::OsRng);
-    let ec_signing = EncodingKey::from_ec_der(ec_key.to_pkcs8_der().unwrap().as_bytes());
-    let ec_public = ec_key
-        .public_key()
-        .to_public_key_pem(LineEnding::LF)
-        .unwrap();
-
     let mut group = c.benchmark_group("jwt_verify");
     group.measurement_time(Duration::from_secs(3));
     group.warm_up_time(Duration::from_secs(1));
-    for (alg, signing, public) in [
-        (Algorithm::RS256, &rsa_signing, rsa_public.as_str()),
-        (Algorithm::ES256, &ec_signing, ec_public.as_str()),
-    ] {
-        let (plugin, token) = setup(alg, signing, public, dir.path());
-        group.bench_function(format!("{alg:?}/cold"), |b| {
+    for key in [rsa_key(), ec_key()] {
+        let (plugin, signed, token) = setup(&key, dir.path());
+        let alg = key.alg;
+        group.bench_function(format!("{alg}/cold"), |b| {
             b.iter(|| {
                 runtime
                     .block_on(plugin.verify_token_uncached(black_box(&token)))
                     .expect("valid")
             })
         });
-        group.bench_function(format!("{alg:?}/cached"), |b| {
+        group.bench_function(format!("{alg}/cached"), |b| {
             b.iter(|| {
                 runtime
                     .block_on(plugin.verify_token(black_box(&token)))
                     .expect("valid")
+            })
+        });
+        let parsed = signature::ParsedPublicKey::new(key.verify, &key.public).expect("key");
+        let sig = URL_SAFE_NO_PAD
+            .decode(token.rsplit_once('.').unwrap().1)
+            .unwrap();
+        group.bench_function(format!("{alg}/aws-lc-alone"), |b| {
+            b.iter(|| {
+                parsed
+                    .verify_sig(black_box(signed.as_bytes()), black_box(&sig))
+                    .expect("valid")
+            })
+        });
+        // Distinct forgeries, as many as a flood cycles through before repeating one.
+        let sig_len = sig.len();
+        let forged: Vec<String> = (0..4096)
+            .map(|_| {
+                let mut sig = vec![0u8; sig_len];
+                aws_lc_rs::rand::fill(&mut sig).unwrap();
+                if alg == "RS256" {
+                    // Below the modulus: a larger value is refused before any arithmetic,
+                    // and a flood that wants to cost the most avoids that.
+                    sig[0] &= 0x3f;
+                }
+                format!("{signed}.{}", URL_SAFE_NO_PAD.encode(sig))
+            })
+            .collect();
+        let mut next = forged.iter().cycle();
+        group.bench_function(format!("{alg}/forged"), |b| {
+            b.iter(|| {
+                let token = next.next().unwrap();
+                runtime
+                    .block_on(plugin.verify_token(black_box(token)))
+                    .expect_err("forged")
             })
         });
     }

@@ -90,22 +90,61 @@ pub struct RsaKey {
     pub jwk: Value,
 }
 
-/// A fresh 2048-bit RSA key with `kid`. Slow in a debug build: share it between tests
-/// (a `LazyLock`) and make it off the async workers.
+/// A fresh 2048-bit RSA key with `kid`. Share it between tests (a `LazyLock`) and make it
+/// off the async workers: generating one takes a while.
 pub fn rsa_key(kid: &str) -> RsaKey {
-    use rsa::pkcs1::EncodeRsaPrivateKey;
-    use rsa::pkcs8::{EncodePublicKey, LineEnding};
-    use rsa::traits::PublicKeyParts;
-    let private = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).expect("RSA key");
-    let public = private.to_public_key();
+    use aws_lc_rs::encoding::AsDer;
+    use aws_lc_rs::signature::KeyPair as _;
+    let private =
+        aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).expect("RSA key");
+    let public = private.public_key();
+    let pkcs8 = private.as_der().expect("PKCS#8");
+    let spki = public.as_der().expect("SPKI");
     RsaKey {
-        encoding: EncodingKey::from_rsa_der(private.to_pkcs1_der().expect("PKCS#1").as_bytes()),
-        pem: public
-            .to_public_key_pem(LineEnding::LF)
-            .expect("public PEM"),
+        encoding: EncodingKey::from_rsa_der(pkcs1_of(pkcs8.as_ref())),
+        pem: pem("PUBLIC KEY", spki.as_ref()),
         jwk: json!({
             "kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256",
-            "n": b64(public.n().to_bytes_be()), "e": b64(public.e().to_bytes_be()),
+            "n": b64(public.modulus().big_endian_without_leading_zero()),
+            "e": b64(public.exponent().big_endian_without_leading_zero()),
         }),
     }
+}
+
+/// A PEM block of `label` around `der`.
+pub fn pem(label: &str, der: &[u8]) -> String {
+    let text = STANDARD.encode(der);
+    let lines: Vec<&str> = text
+        .as_bytes()
+        .chunks(64)
+        .map(|l| std::str::from_utf8(l).expect("base64 is ASCII"))
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
+}
+
+/// The PKCS#1 `RSAPrivateKey` inside a PKCS#8 `PrivateKeyInfo` (its `privateKey` octet
+/// string), the form jsonwebtoken signs RS256 with.
+fn pkcs1_of(pkcs8: &[u8]) -> &[u8] {
+    // Each step: tag, length (short or long form), contents.
+    fn element(input: &[u8]) -> (&[u8], &[u8]) {
+        let first = input[1];
+        let (len, at) = if first < 0x80 {
+            (usize::from(first), 2)
+        } else {
+            let count = usize::from(first & 0x7f);
+            let len = input[2..2 + count]
+                .iter()
+                .fold(0, |l, &b| l << 8 | usize::from(b));
+            (len, 2 + count)
+        };
+        (&input[at..at + len], &input[at + len..])
+    }
+    let (info, _) = element(pkcs8);
+    let (_version, rest) = element(info);
+    let (_algorithm, rest) = element(rest);
+    let (key, _) = element(rest);
+    key
 }

@@ -93,14 +93,6 @@ impl Algorithm {
             _ => None,
         }
     }
-
-    pub fn jwt(self) -> jsonwebtoken::Algorithm {
-        match self {
-            Algorithm::ES256 => jsonwebtoken::Algorithm::ES256,
-            Algorithm::RS256 => jsonwebtoken::Algorithm::RS256,
-            Algorithm::EdDSA => jsonwebtoken::Algorithm::EdDSA,
-        }
-    }
 }
 
 /// What the issued access tokens look like.

@@ -6,6 +6,10 @@
 //! A key's type is fixed when it is parsed (RSA, P-256, P-384, Ed25519) and an algorithm only
 //! ever uses a key of its own type, so an RSA or EC public key can never become an HMAC
 //! secret: HMAC keys come from an issuer's `hmac_secret` alone, and `oct` JWKs are skipped.
+//!
+//! Signatures are checked with aws-lc. Each key is parsed into aws-lc's own form once, when
+//! its set is loaded (a JWKS fetch, a key file, an `hmac_secret`), so a verification is the
+//! public-key operation and nothing else: no modulus, point or secret is decoded per request.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,11 +17,12 @@ use std::sync::{Arc, LazyLock, Mutex, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
+use aws_lc_rs::hmac;
+use aws_lc_rs::signature::{self, ParsedPublicKey, RsaParameters, RsaPublicKeyComponents};
 use base64::alphabet::URL_SAFE;
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use base64::engine::DecodePaddingMode;
 use base64::Engine;
-use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 use tokio::sync::Notify;
 
@@ -25,6 +30,9 @@ use super::fetch;
 
 /// RSA keys below this size are refused (NIST SP 800-131A; RFC 7518 §3.3 requires 2048).
 pub(crate) const MIN_RSA_BITS: usize = 2048;
+
+/// The largest RSA key accepted: the largest aws-lc verifies with.
+const MAX_RSA_BITS: usize = 8192;
 
 /// The largest JWKS document accepted; real ones are a few KiB.
 const MAX_JWKS_BYTES: usize = 1 << 20;
@@ -34,6 +42,58 @@ const JWK_B64: GeneralPurpose = GeneralPurpose::new(
     &URL_SAFE,
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
+
+/// A JWS algorithm (RFC 7518 §3.1) that portico verifies; `none` is not one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Algorithm {
+    HS256,
+    HS384,
+    HS512,
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+}
+
+const HMAC_ALGS: [Algorithm; 3] = [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
+const RSA_ALGS: [Algorithm; 6] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+];
+
+impl Algorithm {
+    /// aws-lc's parameters for an RSA algorithm: PKCS#1 v1.5 or PSS (salt as long as the
+    /// digest, RFC 7518 §3.5), keys of 2048 to 8192 bits.
+    fn rsa(self) -> Option<&'static RsaParameters> {
+        Some(match self {
+            Algorithm::RS256 => &signature::RSA_PKCS1_2048_8192_SHA256,
+            Algorithm::RS384 => &signature::RSA_PKCS1_2048_8192_SHA384,
+            Algorithm::RS512 => &signature::RSA_PKCS1_2048_8192_SHA512,
+            Algorithm::PS256 => &signature::RSA_PSS_2048_8192_SHA256,
+            Algorithm::PS384 => &signature::RSA_PSS_2048_8192_SHA384,
+            Algorithm::PS512 => &signature::RSA_PSS_2048_8192_SHA512,
+            _ => return None,
+        })
+    }
+
+    fn hmac(self) -> Option<hmac::Algorithm> {
+        Some(match self {
+            Algorithm::HS256 => hmac::HMAC_SHA256,
+            Algorithm::HS384 => hmac::HMAC_SHA384,
+            Algorithm::HS512 => hmac::HMAC_SHA512,
+            _ => return None,
+        })
+    }
+}
 
 /// The algorithm names portico accepts, spelled exactly as RFC 7518 does.
 pub(crate) fn parse_alg(name: &str) -> Option<Algorithm> {
@@ -81,22 +141,38 @@ impl KeyKind {
     }
 }
 
+/// A key in aws-lc's parsed form, ready for one algorithm. An HMAC key holds its hash's
+/// precomputed inner and outer states (over 1 KiB), hence the box.
+enum Checker {
+    Public(ParsedPublicKey),
+    Hmac(Box<hmac::Key>),
+}
+
 /// One key a signature may be checked with.
 pub(crate) struct VerifyKey {
     pub(crate) kid: Option<String>,
     kind: KeyKind,
     /// The JWK's `alg`, when it named one: the key then serves that algorithm only.
     alg: Option<Algorithm>,
-    pub(crate) key: DecodingKey,
+    /// One parsed key per algorithm the key serves. aws-lc binds a parsed key to one
+    /// algorithm (an RSA key's padding and digest), so an RSA key without an `alg` holds six.
+    checkers: Vec<(Algorithm, Checker)>,
 }
 
 impl VerifyKey {
     pub(crate) fn hmac(secret: &[u8]) -> Self {
+        let checkers = HMAC_ALGS
+            .iter()
+            .filter_map(|&alg| {
+                let key = hmac::Key::new(alg.hmac()?, secret);
+                Some((alg, Checker::Hmac(Box::new(key))))
+            })
+            .collect();
         VerifyKey {
             kid: None,
             kind: KeyKind::Hmac,
             alg: None,
-            key: DecodingKey::from_secret(secret),
+            checkers,
         }
     }
 
@@ -113,6 +189,18 @@ impl VerifyKey {
                 (Some(wanted), Some(have)) => wanted == have,
                 _ => true,
             }
+    }
+
+    /// Whether `signature` (decoded from base64url) is this key's signature under `alg` of
+    /// `message` (the token's `header.payload`). HMAC tags are compared in constant time.
+    pub(crate) fn verify(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> bool {
+        let Some((_, checker)) = self.checkers.iter().find(|(a, _)| *a == alg) else {
+            return false;
+        };
+        match checker {
+            Checker::Public(key) => key.verify_sig(message, signature).is_ok(),
+            Checker::Hmac(key) => hmac::verify(key, message, signature).is_ok(),
+        }
     }
 }
 
@@ -191,6 +279,28 @@ struct RawJwk {
     y: Option<String>,
 }
 
+/// A public key's material, as read from a JWK or a PEM file, before aws-lc parses it.
+enum Public<'a> {
+    /// Modulus and exponent, big-endian.
+    Rsa(&'a [u8], &'a [u8]),
+    /// A SEC1 uncompressed point or an SPKI.
+    P256(&'a [u8]),
+    P384(&'a [u8]),
+    /// The 32-byte key.
+    Ed25519(&'a [u8]),
+}
+
+impl Public<'_> {
+    fn kind(&self) -> KeyKind {
+        match self {
+            Public::Rsa(..) => KeyKind::Rsa,
+            Public::P256(_) => KeyKind::P256,
+            Public::P384(_) => KeyKind::P384,
+            Public::Ed25519(_) => KeyKind::Ed25519,
+        }
+    }
+}
+
 fn parse_jwk(raw: RawJwk) -> Result<VerifyKey, String> {
     if let Some(u) = raw.use_.as_deref().filter(|u| *u != "sig") {
         return Err(format!("its `use` is `{u}`, not `sig`"));
@@ -210,17 +320,24 @@ fn parse_jwk(raw: RawJwk) -> Result<VerifyKey, String> {
             .decode(value)
             .map_err(|_| format!("`{name}` is not base64url"))
     };
-    let (kind, key) = match (raw.kty.as_str(), raw.crv.as_deref()) {
-        ("RSA", _) => rsa_key(&member(&raw.n, "n")?, &member(&raw.e, "e")?)?,
+    let (n, e, point);
+    let public = match (raw.kty.as_str(), raw.crv.as_deref()) {
+        ("RSA", _) => {
+            (n, e) = (member(&raw.n, "n")?, member(&raw.e, "e")?);
+            Public::Rsa(&n, &e)
+        }
         ("EC", Some("P-256")) => {
-            let point = ec_point(&member(&raw.x, "x")?, &member(&raw.y, "y")?, 32)?;
-            p256_key(&point)?
+            point = ec_point(&member(&raw.x, "x")?, &member(&raw.y, "y")?, 32)?;
+            Public::P256(&point)
         }
         ("EC", Some("P-384")) => {
-            let point = ec_point(&member(&raw.x, "x")?, &member(&raw.y, "y")?, 48)?;
-            p384_key(&point)?
+            point = ec_point(&member(&raw.x, "x")?, &member(&raw.y, "y")?, 48)?;
+            Public::P384(&point)
         }
-        ("OKP", Some("Ed25519")) => ed25519_key(&member(&raw.x, "x")?)?,
+        ("OKP", Some("Ed25519")) => {
+            point = member(&raw.x, "x")?;
+            Public::Ed25519(&point)
+        }
         ("oct", _) => {
             return Err("symmetric keys are never taken from a key set; \
                         HMAC needs the issuer's `hmac_secret`"
@@ -237,47 +354,98 @@ fn parse_jwk(raw: RawJwk) -> Result<VerifyKey, String> {
         None => None,
         Some(name) => {
             let alg = parse_alg(name).ok_or_else(|| format!("unsupported `alg` `{name}`"))?;
-            if KeyKind::of(alg) != kind {
+            if KeyKind::of(alg) != public.kind() {
                 return Err(format!("its `alg` `{name}` does not fit its key type"));
             }
             Some(alg)
         }
     };
+    public_key(raw.kid, public, alg)
+}
+
+/// Parses `public` with aws-lc for `alg`, or for every algorithm of its type.
+fn public_key(
+    kid: Option<String>,
+    public: Public<'_>,
+    alg: Option<Algorithm>,
+) -> Result<VerifyKey, String> {
+    let kind = public.kind();
+    let checkers = match public {
+        Public::Rsa(n, e) => rsa_checkers(n, e, alg)?,
+        Public::P256(bytes) => {
+            let key = ParsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, bytes)
+                .map_err(|_| "not a point on P-256".to_owned())?;
+            vec![(Algorithm::ES256, Checker::Public(key))]
+        }
+        Public::P384(bytes) => {
+            let key = ParsedPublicKey::new(&signature::ECDSA_P384_SHA384_FIXED, bytes)
+                .map_err(|_| "not a point on P-384".to_owned())?;
+            vec![(Algorithm::ES384, Checker::Public(key))]
+        }
+        Public::Ed25519(x) => {
+            // Checked here, before aws-lc reads it as an SPKI for being of another length.
+            let bytes: &[u8; 32] = x
+                .try_into()
+                .map_err(|_| "an Ed25519 key must be 32 bytes".to_owned())?;
+            let weak = ed25519_dalek::VerifyingKey::from_bytes(bytes)
+                .map_err(|_| "not a valid Ed25519 key".to_owned())?
+                .is_weak();
+            // A small-order key verifies signatures nobody made with a private key.
+            if weak {
+                return Err("a weak (small-order) Ed25519 key".to_owned());
+            }
+            let key = ParsedPublicKey::new(&signature::ED25519, bytes)
+                .map_err(|_| "not a valid Ed25519 key".to_owned())?;
+            vec![(Algorithm::EdDSA, Checker::Public(key))]
+        }
+    };
     Ok(VerifyKey {
-        kid: raw.kid,
+        kid,
         kind,
         alg,
-        key,
+        checkers,
     })
 }
 
-fn rsa_key(n: &[u8], e: &[u8]) -> Result<(KeyKind, DecodingKey), String> {
-    use rsa::traits::PublicKeyParts;
-    let public = rsa::RsaPublicKey::new(
-        rsa::BigUint::from_bytes_be(n),
-        rsa::BigUint::from_bytes_be(e),
-    )
-    .map_err(|e| format!("invalid RSA key: {e}"))?;
-    rsa_checked(&public).map(|()| {
-        (
-            KeyKind::Rsa,
-            DecodingKey::from_rsa_raw_components(
-                &public.n().to_bytes_be(),
-                &public.e().to_bytes_be(),
-            ),
-        )
-    })
-}
-
-fn rsa_checked(public: &rsa::RsaPublicKey) -> Result<(), String> {
-    use rsa::traits::PublicKeyParts;
-    let bits = public.n().bits();
+/// An RSA key of modulus `n` and exponent `e` (big-endian, leading zeros allowed, as some
+/// publishers write them), checked for size and shape, parsed once per algorithm it serves.
+fn rsa_checkers(
+    n: &[u8],
+    e: &[u8],
+    alg: Option<Algorithm>,
+) -> Result<Vec<(Algorithm, Checker)>, String> {
+    let strip = |b: &[u8]| -> usize { b.iter().position(|&x| x != 0).unwrap_or(b.len()) };
+    let (n, e) = (&n[strip(n)..], &e[strip(e)..]);
+    let bits = n
+        .first()
+        .map_or(0, |&top| n.len() * 8 - top.leading_zeros() as usize);
     if bits < MIN_RSA_BITS {
         return Err(format!(
             "RSA key of {bits} bits; at least {MIN_RSA_BITS} are required"
         ));
     }
-    Ok(())
+    if bits > MAX_RSA_BITS {
+        return Err(format!(
+            "RSA key of {bits} bits; at most {MAX_RSA_BITS} are supported"
+        ));
+    }
+    // A modulus is a product of odd primes; a public exponent is odd, at least 3 and at
+    // most 33 bits (what aws-lc and every RSA implementation in use accept).
+    let exponent = (e.len() <= 5).then(|| e.iter().fold(0u64, |v, &b| v << 8 | u64::from(b)));
+    if n[n.len() - 1] & 1 == 0 || !exponent.is_some_and(|e| e >= 3 && e & 1 == 1 && e < 1 << 33) {
+        return Err("invalid RSA key: not a valid modulus and public exponent".to_owned());
+    }
+    let components = RsaPublicKeyComponents { n, e };
+    let algs = alg.as_ref().map_or(&RSA_ALGS[..], std::slice::from_ref);
+    algs.iter()
+        .map(|&alg| {
+            let params = alg.rsa().ok_or("not an RSA algorithm")?;
+            let key = components
+                .to_parsed_public_key(params)
+                .map_err(|e| format!("invalid RSA key: {e}"))?;
+            Ok((alg, Checker::Public(key)))
+        })
+        .collect()
 }
 
 /// The SEC1 uncompressed point `04 || x || y`, both coordinates `len` bytes.
@@ -292,35 +460,14 @@ fn ec_point(x: &[u8], y: &[u8], len: usize) -> Result<Vec<u8>, String> {
     Ok(point)
 }
 
-fn p256_key(point: &[u8]) -> Result<(KeyKind, DecodingKey), String> {
-    p256::PublicKey::from_sec1_bytes(point).map_err(|_| "not a point on P-256".to_owned())?;
-    Ok((KeyKind::P256, DecodingKey::from_ec_der(point)))
-}
-
-fn p384_key(point: &[u8]) -> Result<(KeyKind, DecodingKey), String> {
-    p384::PublicKey::from_sec1_bytes(point).map_err(|_| "not a point on P-384".to_owned())?;
-    Ok((KeyKind::P384, DecodingKey::from_ec_der(point)))
-}
-
-fn ed25519_key(x: &[u8]) -> Result<(KeyKind, DecodingKey), String> {
-    // Checked here: jsonwebtoken slices the first 32 bytes and would panic on fewer.
-    let bytes: &[u8; 32] = x
-        .try_into()
-        .map_err(|_| "an Ed25519 key must be 32 bytes".to_owned())?;
-    let key = ed25519_dalek::VerifyingKey::from_bytes(bytes)
-        .map_err(|_| "not a valid Ed25519 key".to_owned())?;
-    if key.is_weak() {
-        return Err("a weak (small-order) Ed25519 key".to_owned());
-    }
-    Ok((KeyKind::Ed25519, DecodingKey::from_ed_der(bytes)))
-}
+/// The DER header of an Ed25519 SPKI (RFC 8410 §4), which the 32-byte key follows.
+const ED25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
 
 /// Parses one PEM public key: `PUBLIC KEY` (SPKI) of RSA, P-256, P-384 or Ed25519, or
 /// `RSA PUBLIC KEY` (PKCS#1). The SPKI's algorithm identifier decides the type.
 pub(crate) fn parse_pem(text: &str) -> Result<VerifyKey, String> {
-    use ed25519_dalek::pkcs8::DecodePublicKey as _;
-    use rsa::pkcs1::DecodeRsaPublicKey as _;
-
     if text.contains("PRIVATE KEY-----") {
         return Err("this is a private key; give the issuer's public key".to_owned());
     }
@@ -329,41 +476,51 @@ pub(crate) fn parse_pem(text: &str) -> Result<VerifyKey, String> {
                     (`openssl x509 -pubkey -noout -in cert.pem`)"
             .to_owned());
     }
-    let key = |(kind, key)| VerifyKey {
-        kid: None,
-        kind,
-        alg: None,
-        key,
-    };
-    let rsa = rsa::RsaPublicKey::from_public_key_pem(text)
-        .or_else(|_| rsa::RsaPublicKey::from_pkcs1_pem(text));
-    if let Ok(public) = rsa {
-        use rsa::traits::PublicKeyParts;
-        rsa_checked(&public)?;
-        return Ok(key((
-            KeyKind::Rsa,
-            DecodingKey::from_rsa_raw_components(
-                &public.n().to_bytes_be(),
-                &public.e().to_bytes_be(),
-            ),
-        )));
-    }
-    if let Ok(public) = p256::PublicKey::from_public_key_pem(text) {
-        use p256::elliptic_curve::sec1::ToEncodedPoint;
-        return p256_key(public.to_encoded_point(false).as_bytes()).map(key);
-    }
-    if let Ok(public) = p384::PublicKey::from_public_key_pem(text) {
-        use p384::elliptic_curve::sec1::ToEncodedPoint;
-        return p384_key(public.to_encoded_point(false).as_bytes()).map(key);
-    }
-    if let Ok(public) = ed25519_dalek::VerifyingKey::from_public_key_pem(text) {
-        return ed25519_key(public.as_bytes()).map(key);
-    }
-    Err(
+    let not_a_key = || {
         "not a PEM public key (`PUBLIC KEY` of RSA, P-256, P-384 or Ed25519, \
          or `RSA PUBLIC KEY`)"
-            .to_owned(),
-    )
+            .to_owned()
+    };
+    let (label, der) = pem_block(text).ok_or_else(not_a_key)?;
+    if label != "PUBLIC KEY" && label != "RSA PUBLIC KEY" {
+        return Err(not_a_key());
+    }
+    // aws-lc reads an RSA key from PKCS#1 and from an SPKI alike, and nothing else.
+    if let Ok(rsa) = aws_lc_rs::rsa::PublicKey::from_der(&der) {
+        let n = rsa.modulus().big_endian_without_leading_zero();
+        let e = rsa.exponent().big_endian_without_leading_zero();
+        return public_key(None, Public::Rsa(n, e), None);
+    }
+    if label == "PUBLIC KEY" {
+        // Each parse takes only an SPKI of its own algorithm and curve.
+        let is = |alg| ParsedPublicKey::new(alg, &der).is_ok();
+        if is(&signature::ECDSA_P256_SHA256_FIXED) {
+            return public_key(None, Public::P256(&der), None);
+        }
+        if is(&signature::ECDSA_P384_SHA384_FIXED) {
+            return public_key(None, Public::P384(&der), None);
+        }
+        if let Some(x) = der.strip_prefix(&ED25519_SPKI_PREFIX[..]) {
+            return public_key(None, Public::Ed25519(x), None);
+        }
+    }
+    Err(not_a_key())
+}
+
+/// The label and the decoded body of the first PEM block in `text` (RFC 7468).
+fn pem_block(text: &str) -> Option<(&str, Vec<u8>)> {
+    let start = text.find("-----BEGIN ")?;
+    let rest = &text[start + 11..];
+    let label_end = rest.find("-----")?;
+    let label = &rest[..label_end];
+    let body = &rest[label_end + 5..];
+    let end = body.find(&format!("-----END {label}-----"))?;
+    let b64: String = body[..end]
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
+    let der = STANDARD.decode(b64).ok()?;
+    Some((label, der))
 }
 
 /// Reads one local key file: a JWKS document (or a single JWK) when it holds JSON, one PEM
@@ -597,5 +754,62 @@ impl RemoteKeys {
             return Err("no usable key in the set".to_owned());
         }
         Ok(set)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An odd modulus of `bytes` bytes whose first byte is `top`.
+    fn modulus(bytes: usize, top: u8) -> Vec<u8> {
+        let mut n = vec![0x5a; bytes];
+        n[0] = top;
+        n[bytes - 1] |= 1;
+        n
+    }
+
+    fn refused(n: &[u8], e: &[u8]) -> String {
+        rsa_checkers(n, e, None)
+            .err()
+            .expect("the key should be refused")
+    }
+
+    #[test]
+    fn rsa_keys_are_checked_for_size_and_shape() {
+        let e = [1, 0, 1];
+        // Parsed once per RSA algorithm, or for the one its JWK names; leading zeros in
+        // either number are read past.
+        let all = rsa_checkers(&modulus(256, 0x80), &e, None).unwrap();
+        assert_eq!(all.iter().map(|(a, _)| *a).collect::<Vec<_>>(), RSA_ALGS);
+        let padded = [&[0, 0][..], &modulus(256, 0xc0)].concat();
+        let one = rsa_checkers(&padded, &[0, 1, 0, 1], Some(Algorithm::PS256)).unwrap();
+        assert_eq!(one.len(), 1);
+        assert!(rsa_checkers(&modulus(1024, 0x80), &e, None).is_ok());
+
+        assert!(refused(&modulus(256, 0x40), &e).contains("2047 bits; at least 2048"));
+        assert!(refused(&modulus(1025, 0x01), &e).contains("8193 bits; at most 8192"));
+        let mut even = modulus(256, 0x80);
+        even[255] &= 0xfe;
+        for (n, e) in [
+            (&even[..], &e[..]),
+            (&modulus(256, 0x80), &[1][..]),
+            (&modulus(256, 0x80), &[2][..]),
+            (&modulus(256, 0x80), &[1, 0, 0][..]),
+            (&modulus(256, 0x80), &[2, 0, 0, 0, 1][..]),
+            (&modulus(256, 0x80), &[][..]),
+        ] {
+            assert!(refused(n, e).contains("invalid RSA key"), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn pem_blocks_are_read_by_label() {
+        let (label, der) =
+            pem_block("junk\n-----BEGIN PUBLIC KEY-----\nAAEC\nAw==\n-----END PUBLIC KEY-----\n")
+                .unwrap();
+        assert_eq!((label, der.as_slice()), ("PUBLIC KEY", &[0, 1, 2, 3][..]));
+        assert!(pem_block("-----BEGIN PUBLIC KEY-----\nAAEC\n-----END OTHER-----\n").is_none());
+        assert!(pem_block("-----BEGIN PUBLIC KEY-----\n!!!\n-----END PUBLIC KEY-----\n").is_none());
     }
 }

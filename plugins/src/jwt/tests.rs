@@ -1,4 +1,4 @@
-//! Tests of the `jwt` plugin with keys generated at test time, tokens signed by jsonwebtoken,
+//! Tests of the `jwt` plugin with keys generated at test time, tokens signed with aws-lc-rs,
 //! and JWKS and introspection endpoints served by a small HTTP server on 127.0.0.1:0.
 
 use std::net::SocketAddr;
@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
-use jsonwebtoken::EncodingKey;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -22,16 +21,80 @@ const AUD: &str = "orders";
 // ---------------------------------------------------------------------------------------
 // Keys and tokens
 
+/// What signs a test token: a private key of one of the key types, or an HMAC secret.
+enum Signer {
+    Rsa(aws_lc_rs::rsa::KeyPair),
+    Ec(aws_lc_rs::signature::EcdsaKeyPair),
+    Ed(aws_lc_rs::signature::Ed25519KeyPair),
+    Hmac(Vec<u8>),
+}
+
+impl Signer {
+    fn hmac(secret: &[u8]) -> Self {
+        Signer::Hmac(secret.to_vec())
+    }
+
+    /// The JWS signature of `message` under `alg`, as raw bytes.
+    fn sign(&self, alg: Algorithm, message: &[u8]) -> Vec<u8> {
+        use aws_lc_rs::{hmac, rand::SystemRandom, signature as sig};
+        let rng = SystemRandom::new();
+        match self {
+            Signer::Rsa(key) => {
+                let encoding: &'static dyn sig::RsaEncoding = match alg {
+                    Algorithm::RS256 => &sig::RSA_PKCS1_SHA256,
+                    Algorithm::PS256 => &sig::RSA_PSS_SHA256,
+                    other => panic!("{other:?} not used with RSA in tests"),
+                };
+                let mut out = vec![0; key.public_modulus_len()];
+                key.sign(encoding, &rng, message, &mut out).unwrap();
+                out
+            }
+            Signer::Ec(key) => key.sign(&rng, message).unwrap().as_ref().to_vec(),
+            Signer::Ed(key) => key.sign(message).as_ref().to_vec(),
+            Signer::Hmac(secret) => {
+                let alg = match alg {
+                    Algorithm::HS256 => hmac::HMAC_SHA256,
+                    Algorithm::HS384 => hmac::HMAC_SHA384,
+                    Algorithm::HS512 => hmac::HMAC_SHA512,
+                    other => panic!("{other:?} is not HMAC"),
+                };
+                hmac::sign(&hmac::Key::new(alg, secret), message)
+                    .as_ref()
+                    .to_vec()
+            }
+        }
+    }
+}
+
 struct TestKey {
     alg: Algorithm,
     kid: String,
-    encoding: EncodingKey,
+    signer: Signer,
     jwk: Value,
     pem: String,
 }
 
 fn b64(bytes: impl AsRef<[u8]>) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A PEM block of `label` around `der`, lines of 64 characters.
+fn pem(label: &str, der: &[u8]) -> String {
+    let text = STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in text.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// The SPKI DER of a public key.
+fn spki(
+    key: &impl aws_lc_rs::encoding::AsDer<aws_lc_rs::encoding::PublicKeyX509Der<'static>>,
+) -> Vec<u8> {
+    key.as_der().unwrap().as_ref().to_vec()
 }
 
 fn alg_name(alg: Algorithm) -> &'static str {
@@ -45,57 +108,55 @@ fn alg_name(alg: Algorithm) -> &'static str {
 }
 
 fn ec_key(kid: &str) -> TestKey {
-    use p256::elliptic_curve::sec1::ToEncodedPoint;
-    use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
-    let secret = p256::SecretKey::random(&mut rand_core::OsRng);
-    let public = secret.public_key();
-    let point = public.to_encoded_point(false);
+    use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+    let key = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
+    // The uncompressed point `04 || x || y`.
+    let point = key.public_key().as_ref().to_vec();
     TestKey {
         alg: Algorithm::ES256,
         kid: kid.to_owned(),
-        encoding: EncodingKey::from_ec_der(secret.to_pkcs8_der().unwrap().as_bytes()),
         jwk: json!({
             "kty": "EC", "crv": "P-256", "kid": kid, "use": "sig", "alg": "ES256",
-            "x": b64(point.x().unwrap()), "y": b64(point.y().unwrap()),
+            "x": b64(&point[1..33]), "y": b64(&point[33..]),
         }),
-        pem: public.to_public_key_pem(LineEnding::LF).unwrap(),
+        pem: pem("PUBLIC KEY", &spki(key.public_key())),
+        signer: Signer::Ec(key),
     }
 }
 
 /// RSA key generation is slow in debug builds, so the tests share one key.
-static RSA_KEY: LazyLock<rsa::RsaPrivateKey> =
-    LazyLock::new(|| rsa::RsaPrivateKey::new(&mut rand_core::OsRng, 2048).unwrap());
+static RSA_KEY: LazyLock<aws_lc_rs::rsa::KeyPair> =
+    LazyLock::new(|| aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap());
 
 fn rsa_key(kid: &str) -> TestKey {
-    use rsa::pkcs1::EncodeRsaPrivateKey;
-    use rsa::pkcs8::{EncodePublicKey, LineEnding};
-    use rsa::traits::PublicKeyParts;
+    use aws_lc_rs::encoding::AsDer;
+    use aws_lc_rs::signature::KeyPair;
     let private = &*RSA_KEY;
-    let public = private.to_public_key();
+    let public = private.public_key();
+    // Each test key signs with its own copy, parsed from the shared key's PKCS#8.
+    let pkcs8 = private.as_der().unwrap();
     TestKey {
         alg: Algorithm::RS256,
         kid: kid.to_owned(),
-        encoding: EncodingKey::from_rsa_der(private.to_pkcs1_der().unwrap().as_bytes()),
         jwk: json!({
             "kty": "RSA", "kid": kid, "use": "sig",
-            "n": b64(public.n().to_bytes_be()), "e": b64(public.e().to_bytes_be()),
+            "n": b64(public.modulus().big_endian_without_leading_zero()),
+            "e": b64(public.exponent().big_endian_without_leading_zero()),
         }),
-        pem: public.to_public_key_pem(LineEnding::LF).unwrap(),
+        pem: pem("PUBLIC KEY", &spki(public)),
+        signer: Signer::Rsa(aws_lc_rs::rsa::KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap()),
     }
 }
 
 fn ed_key(kid: &str) -> TestKey {
-    use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey};
-    let signing = ed25519_dalek::SigningKey::from_bytes(&rand::random::<[u8; 32]>());
-    let verifying = signing.verifying_key();
+    use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
+    let key = Ed25519KeyPair::generate().unwrap();
     TestKey {
         alg: Algorithm::EdDSA,
         kid: kid.to_owned(),
-        encoding: EncodingKey::from_ed_der(signing.to_pkcs8_der().unwrap().as_bytes()),
-        jwk: json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": b64(verifying.as_bytes())}),
-        pem: verifying
-            .to_public_key_pem(p256::pkcs8::LineEnding::LF)
-            .unwrap(),
+        jwk: json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": b64(key.public_key().as_ref())}),
+        pem: pem("PUBLIC KEY", &spki(key.public_key())),
+        signer: Signer::Ed(key),
     }
 }
 
@@ -137,15 +198,15 @@ fn encode_parts(header: &Value, claims: &Value) -> String {
     )
 }
 
-/// Signs `header.claims` with `key` under `alg`, whatever the header says.
-fn sign_raw(encoding: &EncodingKey, alg: Algorithm, header: &Value, claims: &Value) -> String {
+/// Signs `header.claims` with `signer` under `alg`, whatever the header says.
+fn sign_raw(signer: &Signer, alg: Algorithm, header: &Value, claims: &Value) -> String {
     let message = encode_parts(header, claims);
-    let signature = jsonwebtoken::crypto::sign(message.as_bytes(), encoding, alg).unwrap();
+    let signature = b64(signer.sign(alg, message.as_bytes()));
     format!("{message}.{signature}")
 }
 
 fn sign(key: &TestKey, header: &Value, claims: &Value) -> String {
-    sign_raw(&key.encoding, key.alg, header, claims)
+    sign_raw(&key.signer, key.alg, header, claims)
 }
 
 /// A valid token from `key`, after `edit` changed its header or claims.
@@ -687,19 +748,18 @@ async fn alg_none_is_refused_in_any_spelling() {
 
 #[tokio::test]
 async fn hs256_signed_with_the_rsa_public_key_is_refused() {
-    use rsa::pkcs8::EncodePublicKey;
-    use rsa::traits::PublicKeyParts;
+    use aws_lc_rs::signature::KeyPair;
     let rsa = rsa_key("rsa-1");
-    let public = RSA_KEY.to_public_key();
+    let public = RSA_KEY.public_key();
     let secrets: Vec<Vec<u8>> = vec![
         rsa.pem.clone().into_bytes(),
-        public.to_public_key_der().unwrap().as_bytes().to_vec(),
-        public.n().to_bytes_be(),
+        spki(public),
+        public.modulus().big_endian_without_leading_zero().to_vec(),
         rsa.jwk.to_string().into_bytes(),
     ];
     let forge = |secret: &[u8]| {
         sign_raw(
-            &EncodingKey::from_secret(secret),
+            &Signer::hmac(secret),
             Algorithm::HS256,
             &access_header("HS256", Some("rsa-1")),
             &claims(),
@@ -1243,6 +1303,89 @@ fn building_needs_no_runtime_and_no_network() {
 // ---------------------------------------------------------------------------------------
 // Local keys
 
+/// The algorithms the other tests leave out: PS256 next to RS256 from one RSA key without
+/// an `alg`, RSA keys as PKCS#1 PEM and with a padded modulus, ES384, HS384 and HS512. A
+/// key serves each algorithm with its own parsed form, and a signature of one algorithm
+/// never passes for another.
+#[tokio::test]
+async fn every_algorithm_family_verifies_and_stays_apart() {
+    use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P384_SHA384_FIXED_SIGNING};
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    /// `header.claims` of `alg`, and its signature made as `as_alg`.
+    fn signed_as(signer: &Signer, alg: &str, as_alg: Algorithm) -> String {
+        let message = encode_parts(&access_header(alg, None), &claims());
+        let signature = b64(signer.sign(as_alg, message.as_bytes()));
+        format!("{message}.{signature}")
+    }
+
+    // RSA: a JWK with a leading zero on its modulus, as some publishers write it.
+    let rsa = rsa_key("rsa-1");
+    let mut jwk = rsa.jwk.clone();
+    let n = URL_SAFE_NO_PAD.decode(jwk["n"].as_str().unwrap()).unwrap();
+    jwk["n"] = json!(b64([&[0u8][..], &n].concat()));
+    let set = write("rsa.json", &json!({ "keys": [jwk] }).to_string());
+    let pkcs1 = write(
+        "rsa1.pem",
+        &pem("RSA PUBLIC KEY", RSA_KEY.public_key().as_ref()),
+    );
+    for path in [set, pkcs1] {
+        let p = plugin(&one_issuer(
+            "",
+            &format!("algorithms = [\"RS256\", \"PS256\"]\nkeys = [{path:?}]"),
+        ));
+        admitted(&p, &signed_as(&rsa.signer, "RS256", Algorithm::RS256)).await;
+        admitted(&p, &signed_as(&rsa.signer, "PS256", Algorithm::PS256)).await;
+        for (alg, as_alg) in [("PS256", Algorithm::RS256), ("RS256", Algorithm::PS256)] {
+            let forged = signed_as(&rsa.signer, alg, as_alg);
+            refused_token(&p, &forged, 401, Some(&bad_token(BAD_SIGNATURE))).await;
+        }
+    }
+
+    // ES384, from a PEM file and from a JWK.
+    let key = EcdsaKeyPair::generate(&ECDSA_P384_SHA384_FIXED_SIGNING).unwrap();
+    let point = key.public_key().as_ref().to_vec();
+    let pem_path = write("ec384.pem", &pem("PUBLIC KEY", &spki(key.public_key())));
+    let jwk = json!({"kty": "EC", "crv": "P-384", "x": b64(&point[1..49]), "y": b64(&point[49..])});
+    let jwk_path = write("ec384.json", &jwk.to_string());
+    let signer = Signer::Ec(key);
+    for path in [pem_path, jwk_path] {
+        let p = plugin(&one_issuer(
+            "",
+            &format!("algorithms = [\"ES384\"]\nkeys = [{path:?}]"),
+        ));
+        admitted(&p, &signed_as(&signer, "ES384", Algorithm::ES384)).await;
+        refused_token(
+            &p,
+            &signed_as(&ec_key("x").signer, "ES384", Algorithm::ES256),
+            401,
+            Some(&bad_token(BAD_SIGNATURE)),
+        )
+        .await;
+    }
+
+    // HMAC: one secret, three hashes, and a tag of one hash is no tag of another.
+    let secret = "s".repeat(64);
+    let p = plugin(&one_issuer(
+        "",
+        &format!("algorithms = [\"HS256\", \"HS384\", \"HS512\"]\nhmac_secret = \"{secret}\""),
+    ));
+    let hmac = Signer::hmac(secret.as_bytes());
+    for (name, alg) in [
+        ("HS256", Algorithm::HS256),
+        ("HS384", Algorithm::HS384),
+        ("HS512", Algorithm::HS512),
+    ] {
+        admitted(&p, &signed_as(&hmac, name, alg)).await;
+    }
+    let forged = signed_as(&hmac, "HS512", Algorithm::HS384);
+    refused_token(&p, &forged, 401, Some(&bad_token(BAD_SIGNATURE))).await;
+}
+
 #[tokio::test]
 async fn local_pem_and_jwks_files_are_read() {
     let dir = tempfile::tempdir().unwrap();
@@ -1295,14 +1438,14 @@ async fn hmac_works_only_with_its_own_secret() {
     ));
     let header = access_header("HS256", None);
     let good = sign_raw(
-        &EncodingKey::from_secret(secret.as_bytes()),
+        &Signer::hmac(secret.as_bytes()),
         Algorithm::HS256,
         &header,
         &claims(),
     );
     admitted(&p, &good).await;
     let bad = sign_raw(
-        &EncodingKey::from_secret(&[b'x'; 32]),
+        &Signer::hmac(&[b'x'; 32]),
         Algorithm::HS256,
         &header,
         &claims(),
@@ -1550,19 +1693,26 @@ fn local_key_files_are_checked_at_build() {
     let base = "[[issuers]]\nissuer = \"https://auth.test\"\naudiences = [\"orders\"]\n";
     let ec = ec_key("k1");
     let private = {
-        use p256::pkcs8::{EncodePrivateKey, LineEnding};
-        p256::SecretKey::random(&mut rand_core::OsRng)
-            .to_pkcs8_pem(LineEnding::LF)
-            .unwrap()
-            .to_string()
+        use aws_lc_rs::encoding::AsDer;
+        let key = aws_lc_rs::signature::EcdsaKeyPair::generate(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        )
+        .unwrap();
+        pem("PRIVATE KEY", key.private_key().as_der().unwrap().as_ref())
     };
+    // aws-lc makes no RSA key this small, but the size check reads only the modulus: an odd
+    // 1024-bit number and the usual exponent make the SPKI of one.
     let small_rsa = {
-        use rsa::pkcs8::{EncodePublicKey, LineEnding};
-        rsa::RsaPrivateKey::new(&mut rand_core::OsRng, 1024)
-            .unwrap()
-            .to_public_key()
-            .to_public_key_pem(LineEnding::LF)
-            .unwrap()
+        use aws_lc_rs::encoding::AsDer;
+        let mut n = [0x5au8; 128];
+        n[0] = 0xc1;
+        n[127] = 0x01;
+        let e = [1u8, 0, 1];
+        let components = aws_lc_rs::signature::RsaPublicKeyComponents {
+            n: &n[..],
+            e: &e[..],
+        };
+        pem("PUBLIC KEY", components.as_der().unwrap().as_ref())
     };
     for (text, extra, hint) in [
         (

@@ -10,12 +10,11 @@ use std::fmt;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use jsonwebtoken::Algorithm;
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
-use super::keys::parse_alg;
+use super::keys::{parse_alg, Algorithm};
 
 pub(super) const MALFORMED: &str = "malformed token";
 pub(super) const TOO_LARGE: &str = "token is too large";
