@@ -474,19 +474,6 @@ pub struct Route {
     pub plugins: Vec<PluginRef>,
 }
 
-/// An entry of `[server] trusted_proxies`: an address (`10.0.0.5`) or a CIDR block
-/// (`10.0.0.0/8`, `fd00::/8`).
-pub fn parse_trusted_proxy(entry: &str) -> Result<ipnet::IpNet, String> {
-    let entry = entry.trim();
-    if let Ok(ip) = entry.parse::<std::net::IpAddr>() {
-        return Ok(ipnet::IpNet::from(ip));
-    }
-    entry
-        .parse::<ipnet::IpNet>()
-        .map(|net| net.trunc())
-        .map_err(|_| format!("`{entry}` is not an IP address or CIDR block"))
-}
-
 fn default_upgrades() -> Vec<String> {
     vec!["websocket".into()]
 }

@@ -62,7 +62,7 @@ pub fn validate(config: &Config) -> Vec<Problem> {
     }
 
     for (i, entry) in config.server.trusted_proxies.iter().enumerate() {
-        if let Err(e) = super::parse_trusted_proxy(entry) {
+        if let Err(e) = portico_common::ip_network(entry) {
             p.add(&[key("server"), key("trusted_proxies"), Seg::Index(i)], e);
         }
     }

@@ -41,7 +41,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use super::{Gateway, GatewayError};
 use crate::config::{self, Limits};
 use crate::observe::metrics::METRICS;
-use crate::runtime::State;
+use crate::runtime::{Snapshot, State};
 
 /// The buffer a request header is read into, and handed to Pingora in (its own first
 /// allocation for a request header is the same size). While a connection waits, it holds no
@@ -188,7 +188,8 @@ impl Connections {
     }
 
     /// Counts a new connection in, or says which cap it is over.
-    fn admit(&self, stream: &Stream, limits: &Limits) -> Result<Ticket<'_>, Refusal> {
+    fn admit(&self, stream: &Stream, snapshot: &Snapshot) -> Result<Ticket<'_>, Refusal> {
+        let limits = &snapshot.limits;
         let digest = stream.get_socket_digest();
         let inet = |a: Option<&pingora_core::protocols::l4::socket::SocketAddr>| {
             a.and_then(|a| a.as_inet()).copied()
@@ -203,9 +204,7 @@ impl Connections {
         METRICS.client_connections.inc();
         if let Some(i) = local.and_then(|a| self.listener_of(a)) {
             let slot = &self.listeners[i];
-            let cap = self
-                .state
-                .snapshot()
+            let cap = snapshot
                 .config
                 .listeners
                 .iter()
@@ -233,7 +232,7 @@ impl Connections {
     /// One client connection, from admission to close.
     async fn serve(self: Arc<Self>, stream: Stream, shutdown: ShutdownWatch) {
         let snapshot = self.state.snapshot();
-        let _ticket = match self.admit(&stream, &snapshot.limits) {
+        let _ticket = match self.admit(&stream, &snapshot) {
             Ok(ticket) => ticket,
             Err(refusal) => {
                 METRICS

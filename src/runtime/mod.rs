@@ -431,7 +431,7 @@ impl Snapshot {
             .server
             .trusted_proxies
             .iter()
-            .map(|t| crate::config::parse_trusted_proxy(t))
+            .map(|t| portico_common::ip_network(t))
             .collect::<Result<_, _>>()
             .map_err(|e| format!("server.trusted_proxies: {e}"))?;
         // Read again on every reload, so replacing the file and reloading rotates it.

@@ -317,7 +317,7 @@ impl AuthConfig {
     pub fn trusted_networks(&self) -> Vec<ipnet::IpNet> {
         self.trusted_proxies
             .iter()
-            .filter_map(|e| parse_network(e).ok())
+            .filter_map(|e| portico_common::ip_network(e).ok())
             .collect()
     }
 
@@ -327,18 +327,6 @@ impl AuthConfig {
             .clone()
             .unwrap_or_else(|| format!("http://{bound}"))
     }
-}
-
-/// An address (a one-address network) or a CIDR block.
-fn parse_network(entry: &str) -> Result<ipnet::IpNet, String> {
-    let entry = entry.trim();
-    if let Ok(ip) = entry.parse::<std::net::IpAddr>() {
-        return Ok(ipnet::IpNet::from(ip));
-    }
-    entry
-        .parse::<ipnet::IpNet>()
-        .map(|net| net.trunc())
-        .map_err(|_| format!("`{entry}` is not an IP address or CIDR block"))
 }
 
 /// Replaces `${NAME}` with the environment variable's value (for a database password).
@@ -455,7 +443,7 @@ fn validate(c: &AuthConfig) -> Vec<(Vec<&'static str>, String)> {
     if let Some(bad) = c
         .trusted_proxies
         .iter()
-        .find_map(|e| parse_network(e).err())
+        .find_map(|e| portico_common::ip_network(e).err())
     {
         p.push((vec!["trusted_proxies"], bad));
     }

@@ -5,10 +5,24 @@
 //! - [`config_error`]: config problems with file, line, column and field path;
 //! - [`humantime_serde`]: durations written as `"250ms"`, `"5s"`, `"1m"` in config files;
 //! - [`trace`]: W3C Trace Context (`traceparent`);
-//! - [`hex`], [`write_hex`], [`random_hex_128`]: ids as lowercase hex.
+//! - [`hex`], [`write_hex`], [`random_hex_128`]: ids as lowercase hex;
+//! - [`ip_network`]: an address or CIDR block from a config list.
 
 pub mod config_error;
 pub mod trace;
+
+/// An entry of a config list of peers: an address (`10.0.0.5`, a one-address network) or a
+/// CIDR block (`10.0.0.0/8`, `fd00::/8`; host bits are dropped).
+pub fn ip_network(entry: &str) -> Result<ipnet::IpNet, String> {
+    let entry = entry.trim();
+    if let Ok(ip) = entry.parse::<std::net::IpAddr>() {
+        return Ok(ipnet::IpNet::from(ip));
+    }
+    entry
+        .parse::<ipnet::IpNet>()
+        .map(|net| net.trunc())
+        .map_err(|_| format!("`{entry}` is not an IP address or CIDR block"))
+}
 
 /// 32 lowercase hex characters from 128 random bits: request and trace ids.
 pub fn random_hex_128() -> String {
