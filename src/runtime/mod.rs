@@ -645,6 +645,8 @@ pub struct State {
     draining: AtomicBool,
     /// Why the last reload failed, if it did.
     last_error: Mutex<Option<String>>,
+    /// The last [`RELOADS_KEPT`] reloads, oldest first, for the admin console.
+    reloads: Mutex<std::collections::VecDeque<ReloadRecord>>,
     /// One reload at a time (SIGHUP, admin API, file watch), each building on the last.
     reload_lock: tokio::sync::Mutex<()>,
     /// The listeners and admin address this process serves: fixed when it starts.
@@ -667,6 +669,7 @@ impl State {
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             last_error: Mutex::new(None),
+            reloads: Mutex::default(),
             reload_lock: tokio::sync::Mutex::new(()),
             bound: OnceLock::new(),
             tls: OnceLock::new(),
@@ -705,6 +708,14 @@ impl State {
 
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// The last reloads, newest first.
+    pub fn recent_reloads(&self) -> Vec<ReloadRecord> {
+        self.reloads
+            .lock()
+            .map(|r| r.iter().rev().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Records the listeners and admin addresses (API, metrics) this process serves, and
@@ -753,6 +764,20 @@ impl State {
             *h = hash;
         }
     }
+}
+
+/// How many reloads [`State::recent_reloads`] remembers.
+const RELOADS_KEPT: usize = 10;
+
+/// One reload attempt and its result.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadRecord {
+    /// RFC 3339, seconds.
+    pub at: String,
+    /// The config version now in effect, when it succeeded.
+    pub version: Option<String>,
+    /// Why it was refused, when it failed.
+    pub error: Option<String>,
 }
 
 /// A stable hash of a config file's bytes.
@@ -916,6 +941,16 @@ pub async fn reload(state: &Arc<State>) -> Result<String, String> {
     }
     if let Ok(mut last) = state.last_error.lock() {
         *last = result.as_ref().err().cloned();
+    }
+    if let Ok(mut reloads) = state.reloads.lock() {
+        if reloads.len() == RELOADS_KEPT {
+            reloads.pop_front();
+        }
+        reloads.push_back(ReloadRecord {
+            at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            version: result.as_ref().ok().cloned(),
+            error: result.as_ref().err().cloned(),
+        });
     }
     result
 }
