@@ -212,7 +212,7 @@ id = "users"
 path = "/users"
 versioning = { default = "2" }
 versions = [
-  { name = "1", cluster = "users", deprecated = { since = "2026-06-01T00:00:00Z", sunset = "2027-01-01T00:00:00Z", successor = "2" } },
+  { name = "1", cluster = "users", deprecated = { since = "2026-06-01T00:00:00Z", sunset = "2027-01-01T00:00:00Z", successor = "2", link = "https://docs:hunter2@docs.example.com/users/v2" } },
   { name = "2", cluster = "users" },
 ]
 "#,
@@ -395,6 +395,19 @@ async fn console_files_are_public_and_strict_and_its_data_needs_the_token() {
         assert!(matches!(status, Some(404 | 405)), "{refused}");
         let resp = gw.admin_get("/admin/explain?method=GET").await;
         assert_eq!(resp.status(), 400, "no path");
+
+        // Secrets in config values are redacted as in /admin/config: the password of the
+        // deprecation link's URL.
+        let v1 = gw.admin_json("/admin/explain?path=/v1/users/7").await;
+        assert_eq!(v1["answer"]["version"], "1", "{v1}");
+        let text = v1["text"].as_str().unwrap_or_default();
+        assert!(
+            text.contains("https://docs:<redacted>@docs.example.com"),
+            "{text}"
+        );
+        for doc in [v1.to_string(), live.to_string()] {
+            assert!(!doc.contains("hunter2"), "{doc}");
+        }
     })
     .await;
 }

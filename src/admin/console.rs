@@ -8,7 +8,7 @@
 //! `GET /admin/explain`, behind the admin token like the rest of the API. The script
 //! builds the DOM with `textContent` only, and the Content-Security-Policy allows no inline
 //! script, so nothing a client typed (a path or host in the explain form, an upstream's
-//! address) can run as code.
+//! address) can run as code. Values from the config are redacted as in `/admin/config`.
 
 use std::sync::Arc;
 
@@ -99,7 +99,7 @@ pub fn live(state: &Arc<State>) -> Value {
             status
         })
         .collect();
-    json!({
+    let mut live = json!({
         "pid": std::process::id(),
         "now": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         "ready": state.is_ready(),
@@ -119,7 +119,9 @@ pub fn live(state: &Arc<State>) -> Value {
         "clusters": clusters,
         "changes": window::recent_changes(),
         "tokens": crate::observe::metrics::token_checks(),
-    })
+    });
+    snapshot.redact_strings(&mut live);
+    live
 }
 
 /// `GET /admin/explain?method=GET&path=/orders/1&host=api.example.com`: what
@@ -147,11 +149,13 @@ pub fn explain(state: &Arc<State>, query: Option<&str>) -> (StatusCode, Value) {
         target: &path,
         headers: &headers,
     };
-    match explain::explain(&state.snapshot(), &question) {
-        Ok(answer) => (
-            StatusCode::OK,
-            json!({ "answer": answer, "text": answer.to_string() }),
-        ),
+    let snapshot = state.snapshot();
+    match explain::explain(&snapshot, &question) {
+        Ok(answer) => {
+            let mut body = json!({ "answer": answer, "text": answer.to_string() });
+            snapshot.redact_strings(&mut body);
+            (StatusCode::OK, body)
+        }
         Err(explain::NotARequest(e)) => (StatusCode::BAD_REQUEST, json!({ "error": e })),
     }
 }

@@ -465,6 +465,13 @@ impl Snapshot {
         redact(&mut value, &self.config.secrets, Context::Plain);
         value
     }
+
+    /// Every string of `value` redacted as values are in [`Snapshot::redacted_config`]:
+    /// `${ENV}` values and URL passwords. For documents built from the config's values
+    /// (the console's routes, clusters and explain answers).
+    pub fn redact_strings(&self, value: &mut serde_json::Value) {
+        redact_strings(value, &self.config.secrets);
+    }
 }
 
 /// RFC 9745 `Deprecation: @<unix seconds>`, RFC 8594 `Sunset: <HTTP-date>`, and `Link`s
@@ -581,17 +588,8 @@ fn is_header_table(key: &str, parent: Context) -> bool {
 fn redact(value: &mut serde_json::Value, secrets: &[String], context: Context) {
     use serde_json::Value;
     match value {
-        Value::String(s) => {
-            if context == Context::Secret
-                || secrets
-                    .iter()
-                    .any(|secret| !secret.is_empty() && s.contains(secret.as_str()))
-            {
-                *s = REDACTED.to_string();
-            } else if let Some(clean) = redact_url_password(s) {
-                *s = clean;
-            }
-        }
+        Value::String(s) if context == Context::Secret => *s = REDACTED.to_string(),
+        Value::String(s) => redact_string(s, secrets),
         Value::Array(items) => items.iter_mut().for_each(|v| redact(v, secrets, context)),
         Value::Object(map) => {
             for (k, v) in map.iter_mut() {
@@ -608,6 +606,31 @@ fn redact(value: &mut serde_json::Value, secrets: &[String], context: Context) {
                 redact(v, secrets, inner);
             }
         }
+        _ => {}
+    }
+}
+
+/// The string rules of [`redact`]: a string holding a secret value goes whole, a URL keeps
+/// everything but its password.
+fn redact_string(s: &mut String, secrets: &[String]) {
+    if secrets
+        .iter()
+        .any(|secret| !secret.is_empty() && s.contains(secret.as_str()))
+    {
+        *s = REDACTED.to_string();
+    } else if let Some(clean) = redact_url_password(s) {
+        *s = clean;
+    }
+}
+
+/// [`redact_string`] on every string of a document the gateway wrote itself (the console's
+/// answers), whose keys are its own and say nothing about secrets.
+fn redact_strings(value: &mut serde_json::Value, secrets: &[String]) {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => redact_string(s, secrets),
+        Value::Array(items) => items.iter_mut().for_each(|v| redact_strings(v, secrets)),
+        Value::Object(map) => map.values_mut().for_each(|v| redact_strings(v, secrets)),
         _ => {}
     }
 }
