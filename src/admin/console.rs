@@ -50,17 +50,32 @@ pub fn asset(path: &str) -> Option<(&'static str, &'static [u8])> {
 /// `GET /admin/console`: everything the page shows, from the process itself.
 pub fn live(state: &Arc<State>) -> Value {
     let snapshot = state.snapshot();
-    let mut routes: Vec<(f64, Value)> = snapshot
+    // Numbers for every route first, JSON only for the routes shown.
+    let mut routes: Vec<_> = snapshot
         .router
         .iter()
         .map(|(spec, route)| {
-            let mut busy = 0.0;
+            let last: Vec<window::LastMinute> = route
+                .targets
+                .iter()
+                .map(|t| window::last_minute(&route.id, t.version.as_ref(), &t.metrics))
+                .collect();
+            let busy: f64 = last.iter().map(|l| l.requests_per_second).sum();
+            (busy, spec, route, last)
+        })
+        .collect();
+    let routes_total = routes.len();
+    // Stable: equally busy routes stay in config order.
+    routes.sort_by(|a, b| b.0.total_cmp(&a.0));
+    routes.truncate(ROUTES_SHOWN);
+    let routes: Vec<Value> = routes
+        .into_iter()
+        .map(|(_, spec, route, last)| {
             let targets: Vec<Value> = route
                 .targets
                 .iter()
-                .map(|t| {
-                    let last = window::last_minute(&route.id, t.version.as_ref(), &t.metrics);
-                    busy += last.requests_per_second;
+                .zip(last)
+                .map(|(t, last)| {
                     json!({
                         "version": t.version.as_deref(),
                         "cluster": t.cluster.name,
@@ -71,7 +86,7 @@ pub fn live(state: &Arc<State>) -> Value {
                     })
                 })
                 .collect();
-            let row = json!({
+            json!({
                 "id": &*route.id,
                 "hosts": spec.hosts,
                 "path": spec.path,
@@ -79,13 +94,9 @@ pub fn live(state: &Arc<State>) -> Value {
                 "methods": spec.methods.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
                 "plugins": route.plugins.names,
                 "targets": targets,
-            });
-            (busy, row)
+            })
         })
         .collect();
-    let routes_total = routes.len();
-    routes.sort_by(|a, b| b.0.total_cmp(&a.0));
-    routes.truncate(ROUTES_SHOWN);
     let clusters: Vec<Value> = snapshot
         .clusters
         .values()
@@ -113,7 +124,7 @@ pub fn live(state: &Arc<State>) -> Value {
             "last_reload_error": state.last_error(),
             "reloads": state.recent_reloads(),
         },
-        "routes": routes.into_iter().map(|(_, r)| r).collect::<Vec<_>>(),
+        "routes": routes,
         "routes_total": routes_total,
         "window_seconds": window::WINDOW.as_secs(),
         "clusters": clusters,

@@ -488,6 +488,11 @@ pub struct Totals {
 }
 
 impl RouteMetrics {
+    /// Whether this target has had a request (its series exist).
+    pub fn has_traffic(&self) -> bool {
+        self.handles.get().is_some()
+    }
+
     /// The counts behind this target's series; `None` before its first request.
     pub fn totals(&self) -> Option<Totals> {
         let h = self.handles.get()?;

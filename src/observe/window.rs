@@ -30,18 +30,17 @@ const TICK: Duration = Duration::from_secs(1);
 /// Changes kept for "what changed".
 const EVENTS_KEPT: usize = 100;
 
-/// A route target: its route id and version (empty when unversioned).
-type TargetKey = (Arc<str>, Arc<str>);
+/// A route target: its route id and version.
+type TargetKey = (Arc<str>, Option<Arc<str>>);
 
-/// One target's samples, oldest first, and the tick that last saw it in the snapshot.
-struct Ring {
-    samples: VecDeque<(Instant, Totals)>,
-    seen: u64,
-}
+/// One target's samples, oldest first.
+type Ring = VecDeque<(Instant, Totals)>;
 
 #[derive(Default)]
 struct History {
-    tick: u64,
+    /// Only targets with traffic since they were built; a target that gets no new sample
+    /// for a [`WINDOW`] (gone with a reload, or idle since one) drops out, and its last
+    /// minute is empty, as it should be.
     routes: HashMap<TargetKey, Ring>,
     /// The last state seen of each cluster breaker and endpoint, by (cluster, endpoint).
     seen: HashMap<(String, String), String>,
@@ -99,20 +98,22 @@ fn last_counts_of(replaced: &Snapshot, now: Instant) {
     let Ok(mut history) = HISTORY.lock() else {
         return;
     };
-    for (key, metrics) in targets(replaced) {
+    for (key, metrics) in busy_targets(replaced) {
         if let (Some(ring), Some(totals)) = (history.routes.get_mut(&key), metrics.totals()) {
-            ring.samples.push_back((now, totals));
+            ring.push_back((now, totals));
         }
     }
 }
 
-/// The route targets of a snapshot, with their metrics.
-fn targets(snapshot: &Snapshot) -> impl Iterator<Item = (TargetKey, &RouteMetrics)> {
+/// The route targets of a snapshot that have had traffic, with their counts. A look at each
+/// target is one pointer check; only the busy ones are read.
+fn busy_targets(snapshot: &Snapshot) -> impl Iterator<Item = (TargetKey, &RouteMetrics)> {
     snapshot.router.iter().flat_map(|(_, route)| {
-        route.targets.iter().map(|t| {
-            let version: Arc<str> = t.version.clone().unwrap_or_else(|| Arc::from(""));
-            ((route.id.clone(), version), &t.metrics)
-        })
+        route
+            .targets
+            .iter()
+            .filter(|t| t.metrics.has_traffic())
+            .map(|t| ((route.id.clone(), t.version.clone()), &t.metrics))
     })
 }
 
@@ -122,40 +123,19 @@ fn sample(snapshot: &Snapshot, now: Instant) {
         return;
     };
     let history = &mut *guard;
-    history.tick += 1;
-    let tick = history.tick;
-    for (key, metrics) in targets(snapshot) {
-        match history.routes.get_mut(&key) {
-            Some(ring) => {
-                ring.seen = tick;
-                let due = ring
-                    .samples
-                    .back()
-                    .is_none_or(|(at, _)| now - *at >= ROUTE_STEP);
-                if let Some(totals) = due.then(|| metrics.totals()).flatten() {
-                    ring.samples.push_back((now, totals));
-                    while ring
-                        .samples
-                        .front()
-                        .is_some_and(|(at, _)| now - *at > WINDOW)
-                    {
-                        ring.samples.pop_front();
-                    }
-                }
-            }
-            None => {
-                if let Some(totals) = metrics.totals() {
-                    let ring = Ring {
-                        samples: VecDeque::from([(now, totals)]),
-                        seen: tick,
-                    };
-                    history.routes.insert(key, ring);
-                }
-            }
+    for (key, metrics) in busy_targets(snapshot) {
+        let ring = history.routes.entry(key).or_default();
+        let due = ring.back().is_none_or(|(at, _)| now - *at >= ROUTE_STEP);
+        if let Some(totals) = due.then(|| metrics.totals()).flatten() {
+            ring.push_back((now, totals));
         }
     }
-    // Targets gone with a reload.
-    history.routes.retain(|_, ring| ring.seen == tick);
+    history.routes.retain(|_, ring| {
+        while ring.front().is_some_and(|(at, _)| now - *at > WINDOW) {
+            ring.pop_front();
+        }
+        !ring.is_empty()
+    });
     let at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     for cluster in &statuses {
         let mut states: Vec<(String, String)> = Vec::with_capacity(cluster.endpoints.len() + 1);
@@ -225,15 +205,12 @@ pub fn last_minute(
     version: Option<&Arc<str>>,
     metrics: &RouteMetrics,
 ) -> LastMinute {
-    let key: TargetKey = (
-        route.clone(),
-        version.cloned().unwrap_or_else(|| Arc::from("")),
-    );
+    let key: TargetKey = (route.clone(), version.cloned());
     let (oldest, newest) = HISTORY
         .lock()
         .ok()
         .and_then(|h| {
-            let ring = &h.routes.get(&key)?.samples;
+            let ring = h.routes.get(&key)?;
             Some((ring.front().cloned(), ring.back().map(|(_, t)| t.clone())))
         })
         .unwrap_or_default();
