@@ -6,14 +6,16 @@ mod common;
 mod ops_support;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{ConfigText, Routes, Upstream};
 use ops_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-#[tokio::test]
-async fn terminates_tls_with_a_test_ca() {
+/// A gateway with one TLS listener (a certificate of a test CA for `localhost`) routing
+/// everything to `up`, with `extra` appended to its config; and a client config trusting
+/// only that CA.
+async fn tls_gateway(up: &Upstream, extra: &str) -> (Site, Proc, rustls::ClientConfig) {
     let ca = TestCa::new("portico test CA");
     let mut site = Site::new();
     let leaf = ca.server(site.dir.path(), "leaf", &["localhost"]);
@@ -24,16 +26,13 @@ async fn terminates_tls_with_a_test_ca() {
         leaf.cert.display(),
         leaf.key.display()
     );
-    let up = Upstream::start("up").await;
-    site.write_config(
-        &Routes::new()
-            .route("all", "/", "up")
-            .cluster("up", &[&up])
-            .to_string(),
-    );
+    let routes = Routes::new()
+        .route("all", "/", "up")
+        .cluster("up", &[up])
+        .to_string();
+    site.write_config(&format!("{routes}\n{extra}"));
     let gateway = site.spawn(&[], "portico.log");
     wait_ready(&site, gateway.pid, Duration::from_secs(15)).await;
-    let listen = site.listen;
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.der()).unwrap();
@@ -44,8 +43,13 @@ async fn terminates_tls_with_a_test_ca() {
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
-    let tcp = tokio::net::TcpStream::connect(listen).await.unwrap();
+    (site, gateway, client_config)
+}
+
+/// `GET /x` over a new TLS connection; the whole response.
+async fn get_over_tls(site: &Site, client_config: &rustls::ClientConfig) -> String {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config.clone()));
+    let tcp = tokio::net::TcpStream::connect(site.listen).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let mut tls = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
         .await
@@ -59,7 +63,14 @@ async fn terminates_tls_with_a_test_ca() {
         .await
         .expect("response in time")
         .ok();
-    let text = String::from_utf8_lossy(&response);
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+#[tokio::test]
+async fn terminates_tls_with_a_test_ca() {
+    let up = Upstream::start("up").await;
+    let (site, _gateway, client_config) = tls_gateway(&up, "").await;
+    let text = get_over_tls(&site, &client_config).await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.ends_with("up"), "the upstream answered: {text}");
     assert_eq!(
@@ -67,4 +78,66 @@ async fn terminates_tls_with_a_test_ca() {
         ["https"],
         "upstream should see X-Forwarded-Proto: https"
     );
+}
+
+/// Pingora gives a TLS handshake a fixed 60 s; portico's pre-TLS hook puts the first byte
+/// and the ClientHello under `[limits]`, like a plaintext request header.
+#[tokio::test]
+async fn silent_and_trickling_tls_clients_are_closed_at_the_limits() {
+    let up = Upstream::start("up").await;
+    let limits = "[limits]\nfirst_byte_timeout = \"1s\"\nheader_timeout = \"2s\"\n";
+    let (site, _gateway, client_config) = tls_gateway(&up, limits).await;
+
+    let start = Instant::now();
+    let silent = tokio::net::TcpStream::connect(site.listen).await.unwrap();
+    // A handshake record header announcing 512 bytes, then a byte every 300 ms: every read is
+    // quick, the ClientHello never ends.
+    let mut trickler = tokio::net::TcpStream::connect(site.listen).await.unwrap();
+    trickler.write_all(&[22, 3, 1, 2, 0]).await.unwrap();
+    let trickled_from = Instant::now();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if trickler.write_all(&[1]).await.is_err() {
+                return Some(trickled_from.elapsed());
+            }
+            // A closed socket shows on a read first.
+            let mut probe = [0u8; 16];
+            if let Ok(Ok(0) | Err(_)) =
+                tokio::time::timeout(Duration::from_millis(1), trickler.read(&mut probe)).await
+            {
+                return Some(trickled_from.elapsed());
+            }
+        }
+        None
+    });
+
+    // Real clients are served meanwhile: the hook hands rustls the bytes it read.
+    let text = get_over_tls(&site, &client_config).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+
+    let silent_closed = closed_within(silent, Duration::from_secs(10)).await;
+    let silent_after = start.elapsed();
+    assert!(silent_closed, "a silent TLS client is closed");
+    assert!(
+        silent_after >= Duration::from_millis(900) && silent_after < Duration::from_secs(5),
+        "closed at first_byte_timeout (1 s), not Pingora's 60 s: {silent_after:?}"
+    );
+    let trickled = trickle
+        .await
+        .unwrap()
+        .expect("the trickling client is closed");
+    assert!(
+        trickled >= Duration::from_millis(1500) && trickled < Duration::from_secs(6),
+        "closed at header_timeout (2 s) from its first byte: {trickled:?}"
+    );
+}
+
+/// Whether the peer closes `conn` within `limit`.
+async fn closed_within(mut conn: tokio::net::TcpStream, limit: Duration) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(limit, conn.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
 }

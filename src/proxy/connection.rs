@@ -432,7 +432,7 @@ async fn stopped(shutdown: &mut ShutdownWatch) {
     }
 }
 
-fn count_timeout(phase: &str) {
+pub(crate) fn count_timeout(phase: &str) {
     METRICS.client_timeouts.with_label_values(&[phase]).inc();
 }
 

@@ -9,6 +9,7 @@
 pub mod connection;
 pub mod error;
 pub mod explain;
+pub mod handshake;
 mod headers;
 mod retry;
 

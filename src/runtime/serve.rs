@@ -19,6 +19,7 @@ use super::{Snapshot, State};
 use crate::admin::AdminApi;
 use crate::config::Config;
 use crate::proxy::connection::Connections;
+use crate::proxy::handshake::HelloDeadline;
 use crate::proxy::Gateway;
 
 /// Pingora's own process options, as given on the command line.
@@ -133,6 +134,12 @@ pub fn build(
         if let Ok(addr) = l.address.parse() {
             bound.push(addr);
         }
+    }
+    if !tls_states.is_empty() {
+        // Only TLS listeners run it: the first byte and the ClientHello under `[limits]`.
+        proxy
+            .endpoints()
+            .set_pre_tls_callback(HelloDeadline::new(state.clone()));
     }
     server.add_service(proxy);
 
