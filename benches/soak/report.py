@@ -10,7 +10,9 @@ import csv
 import json
 import math
 import os
+import re
 import sys
+from collections import Counter
 
 EXPECTED_SHOWN = ("401", "403", "429")
 
@@ -47,6 +49,8 @@ def main():
     ap.add_argument("--title", required=True)
     ap.add_argument("--setting", action="append", default=[])
     ap.add_argument("--short", type=int, default=0)
+    ap.add_argument("--warnings", action="append", default=[],
+                    help="a gateway process's WARN/ERROR lines (one file per process)")
     a = ap.parse_args()
 
     samples = read_tsv(a.samples)
@@ -202,7 +206,7 @@ def main():
         for i, t in enumerate(upgrades):
             for ax in (ax1, ax2):
                 ax.axvline(t / 60, color="red", linestyle="--", label="upgrade" if i == 0 and ax is ax2 else None)
-        ax2.legend(loc="upper right", fontsize="small")
+        ax2.legend(loc="upper left", fontsize="small", ncols=5)
         fig.suptitle(a.title)
         fig.tight_layout()
         fig.savefig(os.path.join(a.out, "soak.png"), dpi=100)
@@ -227,6 +231,15 @@ def main():
                      f"| {r['events']} |")
     lines += ["", "| target | verdict | measured |", "|---|---|---|"]
     lines += [f"| {t} | **{v}** | {d} |" for t, v, d in checks]
+    # What the gateways logged at WARN and ERROR, most frequent first (numbers folded).
+    notes = []
+    for path in a.warnings:
+        counts = Counter(re.sub(r"[0-9]+", "N", re.sub(r"^\[\S+ ", "", line.rstrip()))[:160]
+                         for line in open(path, errors="replace"))
+        top = "; ".join(f"{n}× `{m}`" for m, n in counts.most_common(4))
+        notes.append(f"- {os.path.basename(path)}: {sum(counts.values())} WARN/ERROR lines" + (f": {top}" if top else ""))
+    if notes:
+        lines += ["", "Gateway logs (one file per process, in start order):", ""] + notes
     if plotted:
         lines += ["", "![RSS and p99 over the soak](soak.png)"]
     lines.append("")

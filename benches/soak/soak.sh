@@ -452,15 +452,17 @@ event end "generator exit $gen_rc"
 
 # --- the report -------------------------------------------------------------------------------
 cp "$TMP/mix.json" "$OUT_DIR/mix.json"
-for f in "$TMP"/gateway.*.log; do
-    grep -E '\b(WARN|ERROR)\b' "$f" >"$OUT_DIR/$(basename "$f" .log).warnings.log" || true
+warnings=()
+for ((i = 1; i <= GW_N; i++)); do
+    grep -E '\b(WARN|ERROR)\b' "$TMP/gateway.$i.log" >"$OUT_DIR/gateway.$i.warnings.log" || true
+    warnings+=(--warnings "$OUT_DIR/gateway.$i.warnings.log")
 done
 bench_machine
 verdict=0
 python3 "$HERE/report.py" --out "$OUT_DIR" --samples "$SAMPLES" --events "$EVENTS" \
     --generator "$OUT_DIR/generator.json" --sample-seconds "$SAMPLE_SECONDS" --warm-minutes "$WARM_MINUTES" \
     --rss-growth-pct "$RSS_GROWTH_PCT" --fd-slack "$FD_SLACK" --thread-slack "$THREAD_SLACK" \
-    --ops-failed "$OPS_FAILED" --generator-exit "$gen_rc" \
+    --ops-failed "$OPS_FAILED" --generator-exit "$gen_rc" "${warnings[@]}" \
     --title "$(date -u '+%Y-%m-%d %H:%M UTC') — soak, $SOAK_MINUTES minutes" \
     --setting "commit $COMMIT; gateway $PORTICO_BIN (${BIN_ORIGIN}), upgraded to $PORTICO_BIN_UPGRADE" \
     --setting "machine: nproc $NPROC, $CPU_MODEL, kernel $(uname -r); nginx $NGINX_VERSION upstreams" \
