@@ -66,7 +66,9 @@ MEM_RELEASE_WAIT=${MEM_RELEASE_WAIT:-20}
 MEM_TRICKLE=${MEM_TRICKLE:-10}
 MEM_SILENT=${MEM_SILENT:-0}
 if [[ $MODE != load ]]; then
-    PORTICO_LIMITS=$'[limits]\nmax_connections = 0\nfirst_byte_timeout = "600s"'
+    # The keep-alive deadline too: opening and settling 20,000 connections takes longer than
+    # its 60 s default, which closed most of them before the measurement.
+    PORTICO_LIMITS=$'[limits]\nmax_connections = 0\nfirst_byte_timeout = "600s"\nkeepalive_timeout = "600s"'
 fi
 # The setup shared with latency.sh: settings, contenders, upstream, token, cleanup.
 # shellcheck source=benches/load/lib.sh
