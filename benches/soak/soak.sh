@@ -206,7 +206,10 @@ start_gateway() { # binary [serve flags...] -> sets GW_NEW
     "$1" serve -c "$LIVE" "${@:2}" >"$TMP/gateway.$GW_N.log" 2>&1 &
     GW_NEW=$!
     GW_ALL+=("$GW_NEW")
-    STARTED+=("$GW_NEW:INT")
+    # SIGTERM, the graceful stop (within graceful_shutdown_timeout_seconds = 5): SIGINT's
+    # fast shutdown does not end a portico that is still being sent requests (it spins on
+    # failed accepts, logging each), and the generator may still be sending when we stop.
+    STARTED+=("$GW_NEW:TERM")
 }
 # /readyz 200 from that very process (during an upgrade both answer on the admin port).
 wait_ready() { # pid seconds
@@ -393,7 +396,7 @@ sample() { # index (0: only the CPU counters' starting point)
     --duration "$DURATION" --connections "$CONNECTIONS" --warmup 0 --window "$SAMPLE_SECONDS" --json \
     >"$OUT_DIR/generator.json" 2>"$OUT_DIR/generator.stderr" &
 GEN_PID=$!
-STARTED+=("$GEN_PID:INT")
+STARTED+=("$GEN_PID:TERM")
 now_us
 T0_US=$NOW_US
 sample 0
