@@ -106,12 +106,12 @@ read -r GW_PORT GW_ADMIN UP1 UP2 UP3 <<<"$ports"
 UP_PORTS=("$UP1" "$UP2" "$UP3")
 bench_mint_token # TOKEN (valid for ten years), FORGED_SIGNED, JWT_PRIVKEY/JWT_PUBKEY
 
-# More tokens of the same issuer: expired an hour ago (beyond any leeway), the rate-limited
-# client's, and the operator's (the scope /api/ops wants).
+# More tokens of the same issuer, issued two hours ago: one expired an hour ago (beyond any
+# leeway), the rate-limited client's, and the operator's (the scope /api/ops wants).
 now=$(date +%s)
 claims() { # sub client_id scope exp
     printf '{"iss":"%s","aud":"%s","sub":"%s","client_id":"%s","scope":"%s","iat":%d,"exp":%d}' \
-        "$JWT_ISSUER" "$JWT_AUDIENCE" "$1" "$2" "$3" "$now" "$4"
+        "$JWT_ISSUER" "$JWT_AUDIENCE" "$1" "$2" "$3" $((now - 7200)) "$4"
 }
 EXPIRED=$(sign_token "$(claims service-a service-a "bench:read" $((now - 3600)))")
 GREEDY=$(sign_token "$(claims service-greedy service-greedy "bench:read" $((now + 86400)))")
