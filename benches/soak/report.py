@@ -193,7 +193,9 @@ def main():
             ax2.plot(edges, ys[:1] + ys, drawstyle="steps-pre", linestyle=style, label=label)
         ax2.set_ylabel("latency per window (ms)")
         ax2.set_xlabel("minutes")
-        ax2.set_ylim(bottom=0)
+        # Headroom above the highest p99 for the legend.
+        finite = [r["p99_ms"] for r in rows if not math.isnan(r["p99_ms"])]
+        ax2.set_ylim(0, max(finite) * 1.3 if finite and max(finite) > 0 else 1)
         downs = [number(e["t_s"]) / 60 for e in events if e["event"] == "upstream down"]
         ups = [number(e["t_s"]) / 60 for e in events if e["event"] == "upstream up"]
         for i, d in enumerate(downs):
