@@ -36,6 +36,10 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     pub client_timeouts: IntCounterVec,
     pub client_disconnects: IntCounterVec,
+    pub jwt_checks: IntCounterVec,
+    pub jwt_cache: IntCounterVec,
+    pub jwks_fetches: IntCounterVec,
+    pub jwks_keys: IntGaugeVec,
 }
 
 /// Latency buckets from 0.5 ms to 10 s: service-to-service calls live mostly under 200 ms.
@@ -187,8 +191,32 @@ impl Metrics {
             "Requests the client abandoned by closing its connection, by phase (before_response, during_response)",
             &["phase"],
         );
+        let jwt_checks = counter(
+            "portico_jwt_checks_total",
+            "Bearer tokens checked by the jwt plugin, by result (verified, invalid_token, invalid_request, insufficient_scope, missing_token, unavailable) and reason",
+            &["result", "reason"],
+        );
+        let jwt_cache = counter(
+            "portico_jwt_cache_lookups_total",
+            "Verified-token cache lookups of the jwt plugin, by result (hit, miss)",
+            &["result"],
+        );
+        let jwks_fetches = counter(
+            "portico_jwks_fetches_total",
+            "JWKS fetches, by key set URL and result (success, failure)",
+            &["key_set", "result"],
+        );
+        let jwks_keys = gauge(
+            "portico_jwks_keys",
+            "Keys in the last good JWKS of a key set URL (0 before the first good fetch)",
+            &["key_set"],
+        );
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(jwt_checks.clone()),
+            Box::new(jwt_cache.clone()),
+            Box::new(jwks_fetches.clone()),
+            Box::new(jwks_keys.clone()),
             Box::new(client_connections.clone()),
             Box::new(connections_refused.clone()),
             Box::new(client_timeouts.clone()),
@@ -235,6 +263,52 @@ impl Metrics {
             connections_refused,
             client_timeouts,
             client_disconnects,
+            jwt_checks,
+            jwt_cache,
+            jwks_fetches,
+            jwks_keys,
+        }
+    }
+
+    /// Brings the token series up to the jwt plugin's own counts, which it keeps as plain
+    /// atomics (see [`portico_plugins::jwt::token_stats`]) so a check never looks up a
+    /// label; called before each scrape.
+    pub fn sync_token_series(&self) {
+        // Two scrapes at once must not both add the same difference.
+        static SYNC: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = SYNC.lock();
+        let catch_up = |c: IntCounter, total: u64| c.inc_by(total.saturating_sub(c.get()));
+        let stats = portico_plugins::jwt::token_stats();
+        if stats.verified > 0 {
+            catch_up(
+                self.jwt_checks.with_label_values(&["verified", ""]),
+                stats.verified,
+            );
+        }
+        for (result, reason, count) in &stats.failed {
+            catch_up(self.jwt_checks.with_label_values(&[result, reason]), *count);
+        }
+        if stats.cache_hits + stats.cache_misses > 0 {
+            catch_up(self.jwt_cache.with_label_values(&["hit"]), stats.cache_hits);
+            catch_up(
+                self.jwt_cache.with_label_values(&["miss"]),
+                stats.cache_misses,
+            );
+        }
+        self.jwks_keys.reset();
+        for set in portico_plugins::jwt::key_sets() {
+            let succeeded = set.fetches.saturating_sub(set.failures);
+            catch_up(
+                self.jwks_fetches.with_label_values(&[&set.url, "success"]),
+                succeeded,
+            );
+            catch_up(
+                self.jwks_fetches.with_label_values(&[&set.url, "failure"]),
+                set.failures,
+            );
+            self.jwks_keys
+                .with_label_values(&[&set.url])
+                .set(set.keys.unwrap_or(0) as i64);
         }
     }
 
@@ -247,6 +321,36 @@ impl Metrics {
         }
         out
     }
+}
+
+/// The token checks for the admin console, from the same counts as the token series.
+pub fn token_checks() -> serde_json::Value {
+    let stats = portico_plugins::jwt::token_stats();
+    let lookups = stats.cache_hits + stats.cache_misses;
+    let mut failed: Vec<_> = stats
+        .failed
+        .iter()
+        .map(|(result, reason, count)| {
+            serde_json::json!({ "result": result, "reason": reason, "count": count })
+        })
+        .collect();
+    failed.sort_by_key(|f| std::cmp::Reverse(f["count"].as_u64()));
+    serde_json::json!({
+        "verified": stats.verified,
+        "failed_total": stats.failed.iter().map(|f| f.2).sum::<u64>(),
+        "failed": failed,
+        "cache_hits": stats.cache_hits,
+        "cache_misses": stats.cache_misses,
+        "cache_hit_ratio": (lookups > 0).then(|| stats.cache_hits as f64 / lookups as f64),
+        "jwks": portico_plugins::jwt::key_sets().into_iter().map(|k| serde_json::json!({
+            "url": k.url,
+            "keys": k.keys,
+            "fetches": k.fetches,
+            "failures": k.failures,
+            "last_success_seconds_ago": k.last_success_age.map(|a| a.as_secs_f64()),
+            "last_error": k.last_error,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 /// Methods that get their own label value; anything else is counted as `OTHER` so a
@@ -370,6 +474,52 @@ impl RouteMetrics {
             })
             .inc();
     }
+}
+
+/// One route target's cumulative counts since its series were created, read by the
+/// console's once-a-second sampler ([`crate::observe::window`]), never per request.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Totals {
+    pub requests: u64,
+    /// Answers with a 5xx status.
+    pub errors: u64,
+    /// Cumulative count at each upper bound of [`LATENCY_BUCKETS`] (`+Inf` is `requests`).
+    pub buckets: Vec<u64>,
+}
+
+impl RouteMetrics {
+    /// Whether this target has had a request (its series exist).
+    pub fn has_traffic(&self) -> bool {
+        self.handles.get().is_some()
+    }
+
+    /// The counts behind this target's series; `None` before its first request.
+    pub fn totals(&self) -> Option<Totals> {
+        let h = self.handles.get()?;
+        let errors = h
+            .counters
+            .iter()
+            .filter_map(|by_class| by_class[class_index(500)].get())
+            .map(IntCounter::get)
+            .sum();
+        // The histogram's own counts, so the window agrees with what Prometheus scrapes.
+        let metric = prometheus::core::Metric::metric(&h.duration);
+        let histogram = metric.get_histogram();
+        Some(Totals {
+            requests: histogram.get_sample_count(),
+            errors,
+            buckets: histogram
+                .get_bucket()
+                .iter()
+                .map(|b| b.cumulative_count())
+                .collect(),
+        })
+    }
+}
+
+/// The upper bounds (seconds) of the latency histograms' buckets.
+pub fn latency_buckets() -> &'static [f64] {
+    LATENCY_BUCKETS
 }
 
 /// The results `portico_upstream_attempts_total` counts (anything else counts as `error`).

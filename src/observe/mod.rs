@@ -4,6 +4,7 @@
 pub mod access_log;
 pub mod metrics;
 pub mod otlp;
+pub mod window;
 pub use portico_common::trace;
 pub use portico_common::{hex, random_hex_128, write_hex};
 
