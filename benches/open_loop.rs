@@ -1,5 +1,6 @@
 //! An open-loop (constant-rate) HTTP/1.1 load generator: latency at a fixed request rate,
-//! corrected for coordinated omission, for `benches/load/latency.sh`.
+//! corrected for coordinated omission, for `benches/load/latency.sh` and, with a request mix
+//! and per-window reports, for the soak of `benches/soak/soak.sh`.
 //!
 //! wrk keeps a fixed number of requests in flight and sends the next one only when an
 //! answer comes back (a closed loop): a server that stalls for 50 ms is simply sent fewer
@@ -12,8 +13,23 @@
 //! ```text
 //! cargo build --release --bench open_loop      # binary: target/release/deps/open_loop-*
 //! open_loop --url http://127.0.0.1:PORT/path --rate 10000 --duration 10 --connections 64 \
-//!     [--header 'Name: value']... [--warmup 2] [--per-second] [--json] [--timeout 10]
+//!     [--header 'Name: value']... [--warmup 2] [--per-second] [--json] [--timeout 10] \
+//!     [--mix FILE] [--window SECONDS]
 //! ```
+//!
+//! `--mix FILE` replaces the one request of `--url` and `--header` by several *classes* sent to
+//! the same host in a fixed weighted interleaving, each with the statuses it must get (a JSON
+//! array of `{"name", "weight", "path", "headers": [...], "expect": [401]}`; no `expect` means
+//! any 2xx). `{seq}` in a header value becomes the request's sequence number (8 base64url
+//! characters), so that such a request is never sent twice. An answer outside its class's
+//! statuses counts as `unexpected`, and the first few per class and window are printed to
+//! stderr with the head of the response. `--window SECONDS` adds per-window figures (latency,
+//! statuses per class, errors) to the report and prints a progress line per window to
+//! stderr. A request whose reused keep-alive connection turns out closed before any byte of
+//! the answer (the server closed it while idle, as a draining server does) is sent again
+//! once on a new connection, as HTTP clients do for idempotent requests; such resends are
+//! counted as `stale_retries`, not as failures, and their latency still runs from the first
+//! scheduled send.
 //!
 //! Run by `cargo bench` (which passes `--bench`) it only says what it is for and exits.
 //!
@@ -45,19 +61,133 @@ use tokio::sync::Notify;
 const USAGE: &str =
     "usage: open_loop --url http://HOST:PORT/PATH --rate REQ_PER_S --duration SECONDS \
 --connections N [--header 'Name: value']... [--warmup SECONDS (2)] [--per-second] [--json] \
-[--timeout SECONDS (10)]";
+[--timeout SECONDS (10)] [--mix FILE] [--window SECONDS]";
 
 /// Share of the target rate under which the run is flagged as behind.
 const BEHIND_RATIO: f64 = 0.95;
 /// Histograms hold 1 µs .. 100 s at 3 significant digits (0.1 %).
 const HIST_LOW_NS: u64 = 1_000;
 const HIST_HIGH_NS: u64 = 100_000_000_000;
+/// Unexpected answers and failures printed per class and window, at most.
+const SAMPLES_PER_WINDOW: u64 = 5;
+/// Bytes of an unexpected answer printed with its sample.
+const SAMPLE_BYTES: usize = 400;
+/// The placeholder of a header value that becomes the request's sequence number.
+const SEQ: &str = "{seq}";
+
+/// One kind of request: what is sent, and which answers are right for it.
+struct Class {
+    name: String,
+    /// The request, split where its sequence number goes (one part when it has none).
+    parts: Vec<Vec<u8>>,
+    /// The statuses it must get; empty means any 2xx.
+    expect: Vec<u16>,
+}
+
+impl Class {
+    fn expects(&self, status: u16) -> bool {
+        if self.expect.is_empty() {
+            (200..300).contains(&status)
+        } else {
+            self.expect.contains(&status)
+        }
+    }
+
+    /// The bytes of request `seq`: borrowed when the class has no placeholder.
+    fn request(&self, seq: u64) -> std::borrow::Cow<'_, [u8]> {
+        if self.parts.len() == 1 {
+            return std::borrow::Cow::Borrowed(&self.parts[0]);
+        }
+        let digits = seq_digits(seq);
+        let mut out = Vec::with_capacity(self.parts.iter().map(Vec::len).sum::<usize>() + 16);
+        for (i, part) in self.parts.iter().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(&digits);
+            }
+            out.extend_from_slice(part);
+        }
+        std::borrow::Cow::Owned(out)
+    }
+}
+
+/// A sequence number as 8 base64url characters (48 bits, least significant first).
+fn seq_digits(mut seq: u64) -> [u8; 8] {
+    const B64URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = [0u8; 8];
+    for d in &mut out {
+        *d = B64URL[(seq % 64) as usize];
+        seq /= 64;
+    }
+    out
+}
+
+/// A class as a `--mix` file describes it.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClassSpec {
+    name: String,
+    #[serde(default = "one")]
+    weight: u32,
+    path: String,
+    #[serde(default)]
+    headers: Vec<String>,
+    #[serde(default)]
+    expect: Vec<u16>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `GET path` to `authority` with these headers, split at each `{seq}`.
+fn build_request(authority: &str, path: &str, headers: &[String]) -> Result<Vec<Vec<u8>>, String> {
+    if !path.starts_with('/') || path.contains([' ', '\r', '\n']) {
+        return Err(format!(
+            "path '{path}' must start with / and hold no space or line break"
+        ));
+    }
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\n");
+    for h in headers {
+        let (name, value) = h
+            .split_once(':')
+            .ok_or_else(|| format!("header '{h}' is not 'Name: value'"))?;
+        if name.trim().is_empty() || h.contains(['\r', '\n']) {
+            return Err(format!("header '{h}' is not 'Name: value'"));
+        }
+        request.push_str(&format!("{}: {}\r\n", name.trim(), value.trim()));
+    }
+    request.push_str("\r\n");
+    Ok(request.split(SEQ).map(|p| p.as_bytes().to_vec()).collect())
+}
+
+/// Class indices in a smooth weighted round robin: each class as evenly spread over the
+/// cycle as its weight allows, so every second of the schedule carries the same mix.
+fn interleave(weights: &[u32]) -> Vec<usize> {
+    let total: i64 = weights.iter().map(|&w| i64::from(w)).sum();
+    let mut current = vec![0i64; weights.len()];
+    (0..total)
+        .map(|_| {
+            for (c, &w) in current.iter_mut().zip(weights) {
+                *c += i64::from(w);
+            }
+            let best = (0..weights.len())
+                .max_by_key(|&i| (current[i], std::cmp::Reverse(i)))
+                .expect("at least one class");
+            current[best] -= total;
+            best
+        })
+        .collect()
+}
 
 struct Config {
     url: String,
     addr: SocketAddr,
-    /// The whole request, written with one `write` per request.
-    request: Vec<u8>,
+    /// What is sent, each request written with one `write`.
+    classes: Vec<Class>,
+    /// The class of request `i` is `pattern[i % pattern.len()]`.
+    pattern: Vec<usize>,
+    /// Seconds per window of the per-window report (with --window).
+    window: Option<f64>,
     rate: f64,
     duration: f64,
     warmup: f64,
@@ -77,6 +207,8 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
     let mut per_second = false;
     let mut json = false;
     let mut timeout = 10.0;
+    let mut mix = None;
+    let mut window = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = |name: &str| {
@@ -104,6 +236,8 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
             "--header" | "-H" => headers.push(value("--header")?),
             "--warmup" => warmup = number("--warmup", value("--warmup")?)?,
             "--timeout" => timeout = number("--timeout", value("--timeout")?)?,
+            "--mix" => mix = Some(value("--mix")?),
+            "--window" => window = Some(number("--window", value("--window")?)?),
             "--per-second" => per_second = true,
             "--json" => json = true,
             other => return Err(format!("unknown argument '{other}'")),
@@ -115,6 +249,9 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
     let connections = connections.ok_or("--connections is required")?;
     if rate <= 0.0 || duration <= 0.0 || connections == 0 || timeout <= 0.0 {
         return Err("--rate, --duration, --connections and --timeout must be above 0".into());
+    }
+    if window.is_some_and(|w| w < 1.0) {
+        return Err("--window must be at least 1 second".into());
     }
     let rest = url
         .strip_prefix("http://")
@@ -134,21 +271,61 @@ fn parse_args(args: &[String]) -> Result<Config, String> {
         .map_err(|e| format!("cannot resolve '{authority}': {e}"))?
         .next()
         .ok_or_else(|| format!("'{authority}' resolves to no address"))?;
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\n");
-    for h in &headers {
-        let (name, value) = h
-            .split_once(':')
-            .ok_or_else(|| format!("--header '{h}' is not 'Name: value'"))?;
-        if name.trim().is_empty() || h.contains(['\r', '\n']) {
-            return Err(format!("--header '{h}' is not 'Name: value'"));
+    let (classes, weights) = match mix {
+        None => {
+            let parts = build_request(authority, path, &headers).map_err(|e| format!("--{e}"))?;
+            let default = Class {
+                name: "default".into(),
+                parts,
+                expect: Vec::new(),
+            };
+            (vec![default], vec![1])
         }
-        request.push_str(&format!("{}: {}\r\n", name.trim(), value.trim()));
-    }
-    request.push_str("\r\n");
+        Some(file) => {
+            if !headers.is_empty() {
+                return Err(
+                    "--header goes with --url, not with --mix (headers go in the file)".into(),
+                );
+            }
+            let text = std::fs::read_to_string(&file).map_err(|e| format!("--mix {file}: {e}"))?;
+            let specs: Vec<ClassSpec> =
+                serde_json::from_str(&text).map_err(|e| format!("--mix {file}: {e}"))?;
+            if specs.is_empty() {
+                return Err(format!("--mix {file}: no classes"));
+            }
+            let mut classes = Vec::with_capacity(specs.len());
+            let mut weights = Vec::with_capacity(specs.len());
+            for spec in specs {
+                if spec.weight == 0 || spec.weight > 10_000 {
+                    return Err(format!(
+                        "--mix {file}: class '{}': weight must be 1..=10000",
+                        spec.name
+                    ));
+                }
+                if let Some(bad) = spec.expect.iter().find(|s| !(100..=599).contains(*s)) {
+                    return Err(format!(
+                        "--mix {file}: class '{}': {bad} is not a status",
+                        spec.name
+                    ));
+                }
+                let parts = build_request(authority, &spec.path, &spec.headers)
+                    .map_err(|e| format!("--mix {file}: class '{}': {e}", spec.name))?;
+                weights.push(spec.weight);
+                classes.push(Class {
+                    name: spec.name,
+                    parts,
+                    expect: spec.expect,
+                });
+            }
+            (classes, weights)
+        }
+    };
     Ok(Config {
         url,
         addr,
-        request: request.into_bytes(),
+        classes,
+        pattern: interleave(&weights),
+        window,
         rate,
         duration,
         warmup,
@@ -254,15 +431,53 @@ struct Job {
     scheduled: u64,
     /// False during the warm-up: sent, answered, not recorded.
     measured: bool,
+    /// Its place in the schedule: picks its class, and is its `{seq}`.
+    seq: u64,
+    class: usize,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 enum Failure {
     Connect,
     Io,
     Closed,
     Parse,
     Timeout,
+    /// The connection ended, or refused the request, before any byte of an answer: on a
+    /// reused keep-alive connection, one the server had closed while it was idle.
+    Stale,
+}
+
+/// The answers and failures of one class, over the run or over one window.
+#[derive(Clone, Default)]
+struct Tally {
+    statuses: std::collections::BTreeMap<u16, u64>,
+    unexpected: u64,
+    errors: u64,
+    /// Samples printed in the window `sample_window` (run tallies only).
+    sampled: u64,
+    sample_window: usize,
+}
+
+impl Tally {
+    fn to_json(&self) -> serde_json::Value {
+        let statuses: serde_json::Map<String, serde_json::Value> = self
+            .statuses
+            .iter()
+            .map(|(status, n)| (status.to_string(), (*n).into()))
+            .collect();
+        serde_json::json!({
+            "completed": self.statuses.values().sum::<u64>(),
+            "unexpected": self.unexpected, "errors": self.errors, "statuses": statuses,
+        })
+    }
+}
+
+/// One window of scheduled time (with --window).
+struct Window {
+    latency: Histogram<u64>,
+    classes: Vec<Tally>,
+    stale_retries: u64,
 }
 
 struct Stats {
@@ -291,6 +506,14 @@ struct Stats {
     /// Connections opened after the initial pool (after a close or an error).
     reconnects: u64,
     max_queue: usize,
+    /// Answers outside their class's expected statuses.
+    unexpected: u64,
+    /// Requests sent again after a stale keep-alive connection.
+    stale_retries: u64,
+    /// Per class, over the measured run.
+    classes: Vec<Tally>,
+    /// Per window of scheduled time, with --window.
+    windows: Vec<Window>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -308,22 +531,52 @@ struct Shared {
 }
 
 impl Shared {
-    fn fail(&self, job: Job, failure: Failure) {
+    /// The window a measured request scheduled at `scheduled` belongs to.
+    fn window_of(&self, config: &Config, scheduled: u64) -> usize {
+        let Some(w) = config.window else { return 0 };
+        let since = scheduled.saturating_sub(self.measure_start.get());
+        (since as f64 / (w * 1e9)) as usize
+    }
+
+    fn fail(&self, config: &Config, job: Job, failure: Failure) {
         if !job.measured {
             return;
         }
+        let window = self.window_of(config, job.scheduled);
         let mut s = self.stats.borrow_mut();
         match failure {
             Failure::Connect => s.connect_errors += 1,
             Failure::Io => s.io_errors += 1,
-            Failure::Closed => s.closed_errors += 1,
+            // A fresh connection that ends before answering is simply closed.
+            Failure::Closed | Failure::Stale => s.closed_errors += 1,
             Failure::Parse => s.parse_errors += 1,
             Failure::Timeout => s.timeouts += 1,
         }
+        if let Some(w) = s.windows.get_mut(window) {
+            w.classes[job.class].errors += 1;
+        }
+        let class = &config.classes[job.class];
+        if sample_due(&mut s.classes[job.class], window) {
+            eprintln!(
+                "open_loop: failure sample: class {} (window {window}): {failure:?}",
+                class.name
+            );
+        }
+        s.classes[job.class].errors += 1;
         s.finished += 1;
         s.in_flight -= 1;
         s.last_finish = now_ns();
     }
+}
+
+/// Whether another sample of this class may be printed in this window.
+fn sample_due(tally: &mut Tally, window: usize) -> bool {
+    if tally.sample_window != window {
+        tally.sample_window = window;
+        tally.sampled = 0;
+    }
+    tally.sampled += 1;
+    tally.sampled <= SAMPLES_PER_WINDOW
 }
 
 /// A response read off the connection.
@@ -331,6 +584,8 @@ struct Response {
     status: u16,
     /// The server asked to close, or the body ran to the end of the stream.
     close: bool,
+    /// Its first bytes, kept when the status is not one its class expects.
+    sample: Option<String>,
 }
 
 /// Where a head ends (`\r\n\r\n`), searching from `from`.
@@ -473,8 +728,13 @@ async fn exchange(
     stream: &mut TcpStream,
     request: &[u8],
     buf: &mut Vec<u8>,
+    class: &Class,
 ) -> Result<Response, Failure> {
-    stream.write_all(request).await.map_err(|_| Failure::Io)?;
+    stream
+        .write_all(request)
+        .await
+        .map_err(|_| Failure::Stale)?;
+    let mut answered = false;
     loop {
         let mut scanned = 0;
         let end = loop {
@@ -482,9 +742,19 @@ async fn exchange(
                 break end;
             }
             scanned = buf.len();
-            fill(stream, buf, false).await?;
+            match fill(stream, buf, false).await {
+                Ok(_) => {}
+                Err(Failure::Closed | Failure::Io) if !answered && buf.is_empty() => {
+                    return Err(Failure::Stale)
+                }
+                Err(failure) => return Err(failure),
+            }
         };
+        answered = true;
         let (status, framing, close) = parse_head(&buf[..end])?;
+        let sample = (!(100..200).contains(&status) && !class.expects(status)).then(|| {
+            String::from_utf8_lossy(&buf[..buf.len().min(SAMPLE_BYTES)]).replace("\r\n", " | ")
+        });
         match framing {
             Framing::None => {
                 buf.drain(..end);
@@ -530,7 +800,11 @@ async fn exchange(
         if !buf.is_empty() {
             return Err(Failure::Parse);
         }
-        return Ok(Response { status, close });
+        return Ok(Response {
+            status,
+            close,
+            sample,
+        });
     }
 }
 
@@ -544,6 +818,9 @@ async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
 /// schedule is over and the queue empty.
 async fn connection(shared: Rc<Shared>, config: Rc<Config>, mut stream: Option<TcpStream>) {
     let mut buf = Vec::with_capacity(16 * 1024);
+    // Answers read on the current stream: a stale stream is only worth a resend once it has
+    // served (a fresh one that closes at once is a failure of its own).
+    let mut served = 0u64;
     loop {
         let job = loop {
             if let Some(job) = shared.queue.borrow_mut().pop_front() {
@@ -556,37 +833,61 @@ async fn connection(shared: Rc<Shared>, config: Rc<Config>, mut stream: Option<T
         };
         let Some(job) = job else { return };
         if job.measured {
-            shared.stats.borrow_mut().in_flight += 1;
+            let mut st = shared.stats.borrow_mut();
+            st.in_flight += 1;
+            st.sent += 1;
         }
-        if stream.is_none() {
-            match connect(config.addr).await {
-                Ok(s) => {
-                    stream = Some(s);
-                    shared.stats.borrow_mut().reconnects += 1;
-                }
-                Err(_) => {
-                    shared.fail(job, Failure::Connect);
-                    continue;
+        let class = &config.classes[job.class];
+        let request = class.request(job.seq);
+        let mut resent = false;
+        let result = loop {
+            if stream.is_none() {
+                match connect(config.addr).await {
+                    Ok(s) => {
+                        stream = Some(s);
+                        served = 0;
+                        shared.stats.borrow_mut().reconnects += 1;
+                    }
+                    Err(_) => break Err(Failure::Connect),
                 }
             }
-        }
-        let s = stream.as_mut().expect("connected above");
-        let sent_at = now_ns();
-        if job.measured {
-            shared.stats.borrow_mut().sent += 1;
-        }
-        buf.clear();
-        let result = tokio::time::timeout(config.timeout, exchange(s, &config.request, &mut buf))
-            .await
-            .unwrap_or(Err(Failure::Timeout));
-        let response = match result {
+            let s = stream.as_mut().expect("connected above");
+            let sent_at = now_ns();
+            buf.clear();
+            let result =
+                tokio::time::timeout(config.timeout, exchange(s, &request, &mut buf, class))
+                    .await
+                    .unwrap_or(Err(Failure::Timeout));
+            match result {
+                Ok(response) => break Ok((response, sent_at)),
+                Err(Failure::Stale) if served > 0 && !resent => {
+                    // The server closed this idle connection as the request went out: send it
+                    // again on a new one, as HTTP clients do for idempotent requests.
+                    stream = None;
+                    resent = true;
+                    if job.measured {
+                        let window = shared.window_of(&config, job.scheduled);
+                        let mut st = shared.stats.borrow_mut();
+                        st.stale_retries += 1;
+                        if let Some(w) = st.windows.get_mut(window) {
+                            w.stale_retries += 1;
+                        }
+                    }
+                }
+                Err(failure) => {
+                    stream = None;
+                    break Err(failure);
+                }
+            }
+        };
+        let (response, sent_at) = match result {
             Ok(r) => r,
             Err(failure) => {
-                stream = None;
-                shared.fail(job, failure);
+                shared.fail(&config, job, failure);
                 continue;
             }
         };
+        served += 1;
         if response.close {
             stream = None;
         }
@@ -595,6 +896,7 @@ async fn connection(shared: Rc<Shared>, config: Rc<Config>, mut stream: Option<T
         }
         let done = now_ns();
         let latency = done.saturating_sub(job.scheduled);
+        let window = shared.window_of(&config, job.scheduled);
         let mut st = shared.stats.borrow_mut();
         st.latency.saturating_record(latency);
         st.service.saturating_record(done.saturating_sub(sent_at));
@@ -605,6 +907,27 @@ async fn connection(shared: Rc<Shared>, config: Rc<Config>, mut stream: Option<T
                 h.saturating_record(latency);
             }
         }
+        let expected = response.sample.is_none();
+        if let Some(w) = st.windows.get_mut(window) {
+            w.latency.saturating_record(latency);
+            let tally = &mut w.classes[job.class];
+            *tally.statuses.entry(response.status).or_default() += 1;
+            tally.unexpected += u64::from(!expected);
+        }
+        let tally = &mut st.classes[job.class];
+        *tally.statuses.entry(response.status).or_default() += 1;
+        if let Some(sample) = response.sample {
+            tally.unexpected += 1;
+            if sample_due(tally, window) {
+                eprintln!(
+                    "open_loop: unexpected answer sample: class {} (window {window}) got {} (expects {}): {sample}",
+                    class.name,
+                    response.status,
+                    expectation(class)
+                );
+            }
+            st.unexpected += 1;
+        }
         st.completed += 1;
         if !(200..300).contains(&response.status) {
             st.non_2xx += 1;
@@ -612,6 +935,20 @@ async fn connection(shared: Rc<Shared>, config: Rc<Config>, mut stream: Option<T
         st.finished += 1;
         st.in_flight -= 1;
         st.last_finish = done;
+    }
+}
+
+/// What a class expects, for people: "2xx" or "401" or "200/429".
+fn expectation(class: &Class) -> String {
+    if class.expect.is_empty() {
+        "2xx".into()
+    } else {
+        class
+            .expect
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join("/")
     }
 }
 
@@ -632,6 +969,8 @@ async fn pace(shared: Rc<Shared>, timer: Timer, start: u64, config: Rc<Config>) 
             let job = Job {
                 scheduled: at(i),
                 measured: i >= warm,
+                seq: i,
+                class: config.pattern[(i % config.pattern.len() as u64) as usize],
             };
             if i == warm {
                 cpu_start = cpu_ns();
@@ -713,7 +1052,12 @@ impl Report<'_> {
     /// how late the pacer queued requests; `max_queue` (most requests ever waiting for a
     /// connection); `reconnects`; `generator_cpu_pct` (this process's CPU over the measured
     /// window, 100 = one core); `elapsed_s`; with --per-second, `per_second`: [{second,
-    /// count, p99_ms, max_ms}] by scheduled second.
+    /// count, p99_ms, max_ms}] by scheduled second. Also `unexpected` (answers outside their
+    /// class's statuses; without --mix, the non-2xx), `stale_retries`, and `classes`: [{name,
+    /// expect, completed, unexpected, errors, statuses: {"200": n, ...}}]; with --window,
+    /// `windows`: [{window, start_s, completed, latency_ms {p50, p90, p99, p99_9, max, mean},
+    /// unexpected, errors, stale_retries, classes: [{name, completed, unexpected, errors,
+    /// statuses}]}] by scheduled time.
     fn to_json(&self) -> serde_json::Value {
         let s = self.stats;
         let lat = |h: &Histogram<u64>| match summary(h) {
@@ -748,7 +1092,45 @@ impl Report<'_> {
             "reconnects": s.reconnects,
             "generator_cpu_pct": (self.cpu_pct * 10.0).round() / 10.0,
             "elapsed_s": (self.elapsed * 1e3).round() / 1e3,
+            "unexpected": s.unexpected,
+            "stale_retries": s.stale_retries,
+            "classes": self.config.classes.iter().zip(&s.classes).map(|(class, tally)| {
+                let mut v = tally.to_json();
+                v["name"] = class.name.clone().into();
+                v["expect"] = expectation(class).into();
+                v
+            }).collect::<Vec<_>>(),
         });
+        if let Some(w) = self.config.window {
+            v["windows"] = s
+                .windows
+                .iter()
+                .enumerate()
+                .map(|(i, window)| {
+                    let classes: Vec<_> = self
+                        .config
+                        .classes
+                        .iter()
+                        .zip(&window.classes)
+                        .map(|(class, tally)| {
+                            let mut v = tally.to_json();
+                            v["name"] = class.name.clone().into();
+                            v
+                        })
+                        .collect();
+                    serde_json::json!({
+                        "window": i,
+                        "start_s": i as f64 * w,
+                        "completed": window.latency.len(),
+                        "latency_ms": lat(&window.latency),
+                        "unexpected": window.classes.iter().map(|t| t.unexpected).sum::<u64>(),
+                        "errors": window.classes.iter().map(|t| t.errors).sum::<u64>(),
+                        "stale_retries": window.stale_retries,
+                        "classes": classes,
+                    })
+                })
+                .collect();
+        }
         if self.config.per_second {
             v["per_second"] = s
                 .per_second
@@ -790,13 +1172,31 @@ impl Report<'_> {
             self.unfinished
         );
         println!(
-            "  achieved: {:.1} req/s ({:.1} % of target); generator CPU {:.1} %; most queued {}; reconnects {}",
+            "  achieved: {:.1} req/s ({:.1} % of target); generator CPU {:.1} %; most queued {}; reconnects {}; stale retries {}",
             self.achieved,
             self.achieved / c.rate * 100.0,
             self.cpu_pct,
             s.max_queue,
-            s.reconnects
+            s.reconnects,
+            s.stale_retries
         );
+        if c.classes.len() > 1 {
+            for (class, tally) in c.classes.iter().zip(&s.classes) {
+                let statuses: Vec<String> = tally
+                    .statuses
+                    .iter()
+                    .map(|(k, v)| format!("{k}: {v}"))
+                    .collect();
+                println!(
+                    "  class {:<16} expects {:<8} {} unexpected, {} errors; {}",
+                    class.name,
+                    expectation(class),
+                    tally.unexpected,
+                    tally.errors,
+                    statuses.join(", ")
+                );
+            }
+        }
         let line = |what: &str, h: &Histogram<u64>| {
             match summary(h) {
             Some([p50, p90, p99, p999, max, mean]) => println!(
@@ -826,6 +1226,26 @@ impl Report<'_> {
     }
 }
 
+/// A line on stderr per window, a second after its scheduled end (requests of the window
+/// still in flight then are not in it yet; the final report has them all).
+async fn progress(shared: Rc<Shared>, measured_from: u64, window_s: f64, windows: usize) {
+    for i in 0..windows {
+        let end = measured_from + ((i + 1) as f64 * window_s * 1e9) as u64 + 1_000_000_000;
+        tokio::time::sleep(Duration::from_nanos(end.saturating_sub(now_ns()))).await;
+        let st = shared.stats.borrow();
+        let w = &st.windows[i];
+        let p99 = summary(&w.latency).map_or(f64::NAN, |s| s[2]);
+        let max = summary(&w.latency).map_or(f64::NAN, |s| s[4]);
+        eprintln!(
+            "open_loop: window {i}: {} answered, p99 {p99:.3} ms, max {max:.3} ms, {} unexpected, {} errors, {} stale retries",
+            w.latency.len(),
+            w.classes.iter().map(|t| t.unexpected).sum::<u64>(),
+            w.classes.iter().map(|t| t.errors).sum::<u64>(),
+            w.stale_retries
+        );
+    }
+}
+
 fn round3(x: f64) -> f64 {
     (x * 1e3).round() / 1e3
 }
@@ -840,6 +1260,10 @@ async fn run(config: Rc<Config>) -> Result<ExitCode, String> {
         streams.push(s);
     }
     let seconds = config.duration.ceil() as usize;
+    let windows = config
+        .window
+        .map_or(0, |w| (config.duration / w).ceil() as usize);
+    let tallies = vec![Tally::default(); config.classes.len()];
     let shared = Rc::new(Shared {
         queue: RefCell::new(VecDeque::with_capacity(1024)),
         ready: Notify::new(),
@@ -866,6 +1290,16 @@ async fn run(config: Rc<Config>) -> Result<ExitCode, String> {
             in_flight: 0,
             reconnects: 0,
             max_queue: 0,
+            unexpected: 0,
+            stale_retries: 0,
+            classes: tallies.clone(),
+            windows: (0..windows)
+                .map(|_| Window {
+                    latency: histogram(),
+                    classes: tallies.clone(),
+                    stale_retries: 0,
+                })
+                .collect(),
         }),
         measure_start: Cell::new(0),
     });
@@ -879,6 +1313,10 @@ async fn run(config: Rc<Config>) -> Result<ExitCode, String> {
     }
     let timer = Timer::new().map_err(|e| format!("timerfd: {e}"))?;
     let start = now_ns() + 1_000_000;
+    let progress_task = config.window.map(|w| {
+        let measured_from = start + (config.warmup * 1e9) as u64;
+        tokio::task::spawn_local(progress(shared.clone(), measured_from, w, windows))
+    });
     let cpu_start = pace(shared.clone(), timer, start, config.clone())
         .await
         .map_err(|e| format!("pacing timer: {e}"))?;
@@ -892,7 +1330,7 @@ async fn run(config: Rc<Config>) -> Result<ExitCode, String> {
             _ = &mut drain => break,
         }
     }
-    for task in &tasks {
+    for task in tasks.iter().chain(&progress_task) {
         task.abort();
     }
     let end = now_ns();

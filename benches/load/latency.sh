@@ -49,6 +49,8 @@ bench_check_uints RATE ROUNDS DURATION WARMUP CONNECTIONS
 [[ $P99_LIMIT_MS =~ ^[0-9]+([.][0-9]+)?$ && $P99_BUDGET_MS =~ ^[0-9]+([.][0-9]+)?$ ]] ||
     die "P99_LIMIT_MS and P99_BUDGET_MS must be non-negative numbers"
 bench_check_contenders
+# Its forgeries come from wrk's forged.lua; the open-loop generator sends one fixed token.
+! has_contender portico+forged || die "portico+forged is run.sh's contender (wrk with forged.lua), not latency.sh's"
 
 # --- tools and binaries -------------------------------------------------------------------
 bench_tools

@@ -54,9 +54,10 @@ is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
 has_contender() { [[ " ${CONTENDER_LIST[*]} " == *" $1 "* ]]; }
 # Contenders on the protected path: the load generator and the checks send the token to
 # these. portico+nojwt gets the same request as portico+jwt, so the two differ only in the
-# token being checked.
-is_protected() { [[ $1 == *+jwt || $1 == portico+nojwt ]]; }
-checks_token() { [[ $1 == *+jwt ]]; }
+# token being checked. portico+forged is portico+jwt again, checked with the token like it,
+# but measured (run.sh) with a different forged token on every request (forged.lua).
+is_protected() { [[ $1 == *+jwt || $1 == portico+nojwt || $1 == portico+forged ]]; }
+checks_token() { [[ $1 == *+jwt || $1 == portico+forged ]]; }
 
 bench_check_uints() { # names of the script's own non-negative integer variables
     local v
@@ -70,18 +71,19 @@ bench_check_contenders() {
     read -r -a CONTENDER_LIST <<<"$CONTENDERS"
     ((${#CONTENDER_LIST[@]} >= 1)) || die "CONTENDERS is empty"
     for c in "${CONTENDER_LIST[@]}"; do
-        case $c in nginx | pingora | pingora~ws | portico | portico+log | portico+resilience | portico+nojwt | portico+jwt | haproxy+jwt) ;;
+        case $c in nginx | pingora | pingora~ws | portico | portico+log | portico+resilience | portico+nojwt | portico+jwt | portico+forged | haproxy+jwt) ;;
         portico~*)
             tag=${c#portico~}
             [[ $tag =~ ^[A-Za-z0-9_]+$ ]] || die "variant tag '$tag' must be letters, digits and _"
             server_var=PORTICO_SERVER_$tag bin_var=PORTICO_BIN_$tag
             [[ -n ${!server_var:-} || -n ${!bin_var:-} ]] || die "$c needs PORTICO_SERVER_$tag or PORTICO_BIN_$tag"
             ;;
-        *) die "unknown contender '$c' (nginx, pingora, pingora~ws, portico, portico+log, portico+resilience, portico+nojwt, portico+jwt, haproxy+jwt, portico~TAG)" ;;
+        *) die "unknown contender '$c' (nginx, pingora, pingora~ws, portico, portico+log, portico+resilience, portico+nojwt, portico+jwt, portico+forged, haproxy+jwt, portico~TAG)" ;;
         esac
     done
     WANT_JWT=0
-    if has_contender portico+jwt || has_contender portico+nojwt || has_contender haproxy+jwt; then WANT_JWT=1; fi
+    if has_contender portico+jwt || has_contender portico+nojwt || has_contender portico+forged ||
+        has_contender haproxy+jwt; then WANT_JWT=1; fi
     NPROC=$(nproc)
     ((PROXY_CPU < NPROC && LOAD_CPU < NPROC)) || die "needs cores $PROXY_CPU and $LOAD_CPU; this machine has $NPROC"
     ((PROXY_CPU != LOAD_CPU)) || die "PROXY_CPU and LOAD_CPU must differ"
@@ -277,10 +279,11 @@ wait_http() { # url pid what seconds
 
 # --- configs and processes ----------------------------------------------------------------
 bench_ports() {
-    local nports=$((14 + 2 * ${#CONTENDER_LIST[@]})) ports i c
+    local nports=$((16 + 2 * ${#CONTENDER_LIST[@]})) ports i c
     ports=$(free_ports "$nports") || die "cannot find $nports free ports from $PORT_BASE"
     read -r UPSTREAM_PORT NGINX_PORT PORTICO_PORT PORTICO_ADMIN LOG_PORT LOG_ADMIN JWT_PORT JWT_ADMIN \
-        HAPROXY_PORT RES_PORT RES_ADMIN BARE_PORT NOJWT_PORT NOJWT_ADMIN VARIANT_PORTS <<<"$ports"
+        HAPROXY_PORT RES_PORT RES_ADMIN BARE_PORT NOJWT_PORT NOJWT_ADMIN FORGED_PORT FORGED_ADMIN \
+        VARIANT_PORTS <<<"$ports"
     read -r -a VARIANT_PORTS <<<"$VARIANT_PORTS"
     declare -gA PORT PID MEASURE_PIDS ADMIN
     PORT[pingora]=$BARE_PORT
@@ -296,15 +299,17 @@ bench_ports() {
     PORT[portico+jwt]=$JWT_PORT
     PORT[portico+resilience]=$RES_PORT
     PORT[portico+nojwt]=$NOJWT_PORT
+    PORT[portico+forged]=$FORGED_PORT
     PORT[haproxy+jwt]=$HAPROXY_PORT
     ADMIN[portico]=$PORTICO_ADMIN
     ADMIN[portico+log]=$LOG_ADMIN
     ADMIN[portico+jwt]=$JWT_ADMIN
     ADMIN[portico+resilience]=$RES_ADMIN
     ADMIN[portico+nojwt]=$NOJWT_ADMIN
+    ADMIN[portico+forged]=$FORGED_ADMIN
     # Access logs of the contenders that write one (truncated before each measured run).
     declare -gA ACCESS_LOG=([portico+log]=$TMP/portico-log.access.log [portico+jwt]=$TMP/portico-jwt.access.log
-        [portico+nojwt]=$TMP/portico-nojwt.access.log)
+        [portico+nojwt]=$TMP/portico-nojwt.access.log [portico+forged]=$TMP/portico-forged.access.log)
 }
 
 # --- the token ----------------------------------------------------------------------------
@@ -340,6 +345,9 @@ bench_mint_token() {
     FORGED=$(JWT_PRIVKEY=$TMP/jwt.other.key.pem sign_token "$(printf '{"iss":"%s","aud":"%s","sub":"service-a","iat":%d,"exp":%d}' \
         "$JWT_ISSUER" "$JWT_AUDIENCE" "$now" $((now + 3600)))")
     log "RS256 token: ${#TOKEN} bytes, iss $JWT_ISSUER, aud $JWT_AUDIENCE (key pair and token in $TMP)"
+    # What forged.lua builds portico+forged's tokens from: the valid token's header and
+    # claims, and the length of an RSA-2048 signature.
+    export FORGED_SIGNED=${TOKEN%.*} FORGED_SIG_BYTES=256
 }
 
 start_nginx() { # name conf cpu -> sets $started_pid
@@ -432,14 +440,15 @@ retry = { attempts = 3, per_try_timeout = "2s" }' \
 endpoint_breaker = { consecutive_failures = 5 }
 bulkhead = { max_concurrent = 256, max_queue = 64, queue_timeout = "100ms" }'
             ;;
-        portico+jwt | portico+nojwt)
+        portico+jwt | portico+nojwt | portico+forged)
             # The protected path of DESIGN's budget: a valid RS256 token checked by the jwt plugin
             # (local PEM key; iss, aud, exp, sub), request ids, the access log to a file, a retry
             # policy on the route and a bulkhead on the cluster (roomy enough for wrk's 50
             # connections: it must never reject here). Metrics are always on. portico+nojwt is the
             # same route without the jwt plugin: what checking the token costs is the difference.
+            # portico+forged is portico+jwt exactly, in a process of its own.
             route='retry = { attempts = 3, per_try_timeout = "2s" }'
-            if [[ $c == portico+jwt ]]; then
+            if [[ $c != portico+nojwt ]]; then
                 route+="
 
 [[routes.plugins]]
@@ -483,7 +492,7 @@ http_status() { # url [curl args...] -> status code
 }
 # Every contender must really proxy to the upstream before anything is measured.
 bench_verify_contenders() {
-    local c auth status url s_none s_forged
+    local c auth status url s_none s_forged s_random
     EXPECTED_BODY=$(curl -fsS "http://127.0.0.1:$UPSTREAM_PORT/")
     for c in "${CONTENDER_LIST[@]}"; do
         auth=()
@@ -499,6 +508,13 @@ bench_verify_contenders() {
             s_forged=$(http_status "$url" -H "Authorization: Bearer $FORGED")
             [[ $s_none == 401 ]] || die "$c answered $s_none instead of 401 without a token"
             [[ $s_forged == 401 ]] || die "$c answered $s_forged instead of 401 to a token signed by another key"
+            if [[ $c == portico+forged ]]; then
+                # ... and a token as forged.lua makes them: the valid header and claims, random
+                # signature bytes below the modulus.
+                s_random=$(http_status "$url" -H "Authorization: Bearer $FORGED_SIGNED.$(
+                    { printf '\x2a'; head -c 255 /dev/urandom; } | b64url)")
+                [[ $s_random == 401 ]] || die "$c answered $s_random instead of 401 to a random signature"
+            fi
             log "$c: 200 with the token, 401 without it, 401 with a forged one"
         fi
     done
@@ -544,11 +560,12 @@ runqueue_wait_ns() { # pids...
 
 median() { sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
-metric() { # admin_port name -> value summed over label sets
+metric() { # admin_port name [label-filter] -> value summed over the label sets (holding the filter)
     local body
     body=$(curl -fsS --max-time 2 "http://127.0.0.1:$1/metrics" 2>/dev/null) || { echo n/a; return 0; }
     printf '%s\n' "$body" |
-        awk -v m="$2" '$1 == m || index($1, m "{") == 1 { s += $NF; f = 1 } END { print f ? s : "n/a" }'
+        awk -v m="$2" -v l="${3:-}" '($1 == m || index($1, m "{") == 1) && index($1, l) { s += $NF; f = 1 }
+            END { print f ? s : "n/a" }'
 }
 
 # --- the report's header ------------------------------------------------------------------
