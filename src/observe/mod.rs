@@ -2,6 +2,7 @@
 //! context, and span export over OTLP.
 
 pub mod access_log;
+pub mod journal;
 pub mod metrics;
 pub mod otlp;
 pub use portico_common::trace;
