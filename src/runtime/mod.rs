@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 pub mod dirs;
+pub mod notify;
 pub mod serve;
 pub mod supervisor;
 pub mod tls;
@@ -904,7 +905,9 @@ fn build_reload(
 /// `/readyz`. Returns the new config version.
 pub async fn reload(state: &Arc<State>) -> Result<String, String> {
     let _one_at_a_time = state.reload_lock.lock().await;
+    notify::reloading();
     let result = reload_locked(state).await;
+    notify::reloaded(&result);
     let label = if result.is_ok() { "success" } else { "failure" };
     crate::observe::metrics::METRICS
         .config_reloads

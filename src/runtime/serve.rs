@@ -134,7 +134,11 @@ pub fn build(
             bound.push(addr);
         }
     }
-    server.add_service(proxy);
+    server.add_service(super::notify::WatchdogFed::new(
+        proxy,
+        state.clone(),
+        state.snapshot().config.server.threads,
+    ));
 
     let mut admin = Service::new("portico admin".to_string(), AdminApi::new(state.clone()));
     admin.add_tcp(&admin_address);
