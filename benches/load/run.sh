@@ -65,7 +65,9 @@ MEM_RELEASE_WAIT=${MEM_RELEASE_WAIT:-20}
 MEM_TRICKLE=${MEM_TRICKLE:-10}
 MEM_SILENT=${MEM_SILENT:-0}
 if [[ $MODE != load ]]; then
-    PORTICO_LIMITS=$'[limits]\nmax_connections = 0\nfirst_byte_timeout = "600s"'
+    # The keep-alive deadline too: opening and settling 20,000 connections takes longer than
+    # its 60 s default, which closed most of them before the measurement.
+    PORTICO_LIMITS=$'[limits]\nmax_connections = 0\nfirst_byte_timeout = "600s"\nkeepalive_timeout = "600s"'
 fi
 QUIET_THRESHOLD=${QUIET_THRESHOLD:-15}
 if ((EUID == 0)); then NICE=${NICE:--20}; else NICE=${NICE:-0}; fi
