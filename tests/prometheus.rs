@@ -487,6 +487,12 @@ breaker = { consecutive_failures = 3, open_for = "60s", max_open = "60s" }"#,
             "Tokens issued and refused",
             "Published signing keys",
             "Config loads by result",
+            "Process CPU by node",
+            "Resident memory by node",
+            "File descriptors used by node",
+            "Last config load succeeded",
+            "Age of the config in effect",
+            "Builds running",
         ] {
             assert!(
                 with_data.contains(title),

@@ -212,6 +212,8 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric names are unique");
         }
+        // Build, process and config-state series (a block of their own).
+        super::process_metrics::register(&registry);
         Metrics {
             registry,
             requests,

@@ -662,6 +662,7 @@ impl State {
             .config_reloads
             .with_label_values(&["success"])
             .inc();
+        crate::observe::process_metrics::config_loaded(true);
         Arc::new(State {
             current: ArcSwap::from_pointee(snapshot),
             config_path,
@@ -908,6 +909,7 @@ pub async fn reload(state: &Arc<State>) -> Result<String, String> {
     notify::reloading();
     let result = reload_locked(state).await;
     notify::reloaded(&result);
+    crate::observe::process_metrics::config_loaded(result.is_ok());
     let label = if result.is_ok() { "success" } else { "failure" };
     crate::observe::metrics::METRICS
         .config_reloads
