@@ -286,6 +286,14 @@ impl AdminApi {
     /// Endpoint gauges are set from the live cluster state at scrape time, and reset
     /// first so endpoints removed by a reload disappear.
     fn refresh_endpoint_gauges(&self) {
+        crate::observe::process_metrics::tls_certificates(
+            self.state.tls_listeners().iter().flat_map(|listener| {
+                listener
+                    .certificate_expiries()
+                    .into_iter()
+                    .map(|(name, expiry)| (listener.address.clone(), name, expiry))
+            }),
+        );
         let snapshot = self.state.snapshot();
         METRICS.endpoint_healthy.reset();
         METRICS.endpoint_in_flight.reset();

@@ -1,7 +1,8 @@
 //! Metrics about the process rather than its traffic: what is running
 //! (`portico_build_info`), what it uses (the standard `process_*` series, read from /proc at
-//! scrape time), and whether the config it serves is the one on disk
-//! (`portico_config_last_reload_success` and the time of the last successful load).
+//! scrape time), whether the config it serves is the one on disk
+//! (`portico_config_last_reload_success` and the time of the last successful load), and
+//! when the listener certificates it serves expire.
 //!
 //! Registered beside the traffic metrics by [`register`]; nothing here is on the request
 //! path.
@@ -16,6 +17,7 @@ use prometheus::{Counter, Gauge, IntGauge, IntGaugeVec, Opts, Registry};
 struct ConfigState {
     last_success: IntGauge,
     last_success_timestamp: Gauge,
+    certificate_expiry: IntGaugeVec,
 }
 
 static CONFIG_STATE: LazyLock<ConfigState> = LazyLock::new(|| ConfigState {
@@ -29,7 +31,26 @@ static CONFIG_STATE: LazyLock<ConfigState> = LazyLock::new(|| ConfigState {
         "Unix time of the last successful config load (the start) or reload",
     )
     .expect("valid metric"),
+    certificate_expiry: IntGaugeVec::new(
+        Opts::new(
+            "portico_tls_certificate_expiry_seconds",
+            "Unix time at which a certificate a TLS listener serves expires",
+        ),
+        &["listener", "certificate"],
+    )
+    .expect("valid metric"),
 });
+
+/// Sets the certificate expiry series to the certificates served now: `(listener address,
+/// certificate name, expiry as Unix time)`. Called at scrape time, so certificates a
+/// reload replaced disappear.
+pub fn tls_certificates(certificates: impl IntoIterator<Item = (String, String, i64)>) {
+    let gauge = &CONFIG_STATE.certificate_expiry;
+    gauge.reset();
+    for (listener, name, expiry) in certificates {
+        gauge.with_label_values(&[&listener, &name]).set(expiry);
+    }
+}
 
 /// Records the outcome of a config load or reload.
 pub fn config_loaded(success: bool) {
@@ -63,6 +84,7 @@ pub fn register(registry: &Registry) {
         Box::new(build_info),
         Box::new(CONFIG_STATE.last_success.clone()),
         Box::new(CONFIG_STATE.last_success_timestamp.clone()),
+        Box::new(CONFIG_STATE.certificate_expiry.clone()),
         Box::new(ProcessCollector::new()),
     ];
     for c in collectors {

@@ -691,6 +691,11 @@ impl State {
         self.ready.load(Ordering::Acquire)
     }
 
+    /// The live TLS state of each TLS listener (empty before the server is built).
+    pub fn tls_listeners(&self) -> &[Arc<tls::ListenerTlsState>] {
+        self.tls.get().map(Vec::as_slice).unwrap_or_default()
+    }
+
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
     }
