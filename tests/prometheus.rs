@@ -353,7 +353,7 @@ breaker = { consecutive_failures = 3, open_for = "60s", max_open = "60s" }"#,
             .await;
         assert!(sample_value(&p99[0]) < 10.0, "{p99:?}");
         prom.wait_for(
-            r#"portico_breaker_state{cluster="failing",endpoint=""} == 1"#,
+            r#"portico_cluster_breaker_state{cluster="failing"} == 1"#,
             wait,
         )
         .await;

@@ -297,7 +297,8 @@ impl AdminApi {
         let snapshot = self.state.snapshot();
         METRICS.endpoint_healthy.reset();
         METRICS.endpoint_in_flight.reset();
-        METRICS.breaker_state.reset();
+        METRICS.cluster_breaker_state.reset();
+        METRICS.endpoint_breaker_state.reset();
         METRICS.bulkhead_limit.reset();
         let state_value = |s: BreakerState| match s {
             BreakerState::Closed => 0,
@@ -308,8 +309,8 @@ impl AdminApi {
             let status = cluster.status();
             if let Some(s) = status.breaker {
                 METRICS
-                    .breaker_state
-                    .with_label_values(&[cluster.name.as_str(), ""])
+                    .cluster_breaker_state
+                    .with_label_values(&[cluster.name.as_str()])
                     .set(state_value(s));
             }
             if let Some(b) = &status.bulkhead {
@@ -321,7 +322,7 @@ impl AdminApi {
             for e in status.endpoints {
                 if let Some(s) = e.breaker {
                     METRICS
-                        .breaker_state
+                        .endpoint_breaker_state
                         .with_label_values(&[cluster.name.as_str(), e.address.as_str()])
                         .set(state_value(s));
                 }

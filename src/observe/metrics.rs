@@ -29,7 +29,10 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     pub retry_budget_exhausted: IntCounterVec,
     pub breaker_rejections: IntCounterVec,
-    pub breaker_state: IntGaugeVec,
+    /// Cluster and endpoint breakers are separate series: an alert or panel on one never
+    /// has to filter the other out by an empty label.
+    pub cluster_breaker_state: IntGaugeVec,
+    pub endpoint_breaker_state: IntGaugeVec,
     pub bulkhead_rejections: IntCounterVec,
     pub bulkhead_limit: IntGaugeVec,
     pub client_connections: IntGauge,
@@ -152,9 +155,14 @@ impl Metrics {
             "Requests failed fast by an open cluster circuit breaker",
             &["cluster"],
         );
-        let breaker_state = gauge(
-            "portico_breaker_state",
-            "Circuit breaker state: 0 closed, 1 open, 2 half-open (endpoint empty = cluster breaker)",
+        let cluster_breaker_state = gauge(
+            "portico_cluster_breaker_state",
+            "Cluster circuit breaker state: 0 closed, 1 open, 2 half-open",
+            &["cluster"],
+        );
+        let endpoint_breaker_state = gauge(
+            "portico_endpoint_breaker_state",
+            "Endpoint circuit breaker state: 0 closed, 1 open, 2 half-open",
             &["cluster", "endpoint"],
         );
         let bulkhead_rejections = counter(
@@ -196,7 +204,8 @@ impl Metrics {
             Box::new(retries.clone()),
             Box::new(retry_budget_exhausted.clone()),
             Box::new(breaker_rejections.clone()),
-            Box::new(breaker_state.clone()),
+            Box::new(cluster_breaker_state.clone()),
+            Box::new(endpoint_breaker_state.clone()),
             Box::new(bulkhead_rejections.clone()),
             Box::new(bulkhead_limit.clone()),
             Box::new(request_duration.clone()),
@@ -230,7 +239,8 @@ impl Metrics {
             retries,
             retry_budget_exhausted,
             breaker_rejections,
-            breaker_state,
+            cluster_breaker_state,
+            endpoint_breaker_state,
             bulkhead_rejections,
             bulkhead_limit,
             client_connections,
