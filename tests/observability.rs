@@ -86,6 +86,25 @@ async fn metrics_count_requests_by_route_method_and_status_class() {
             "{text}"
         );
         assert_eq!(requests("obs", "GET", "4xx")(&text), None);
+        // The exact code beside the class.
+        assert_eq!(
+            metric_value(
+                &text,
+                "portico_requests_total",
+                &[("route", "bad"), ("status", "500"), ("status_class", "5xx")]
+            ),
+            Some(2.0),
+            "{text}"
+        );
+        assert_eq!(
+            metric_value(
+                &text,
+                "portico_requests_total",
+                &[("route", ""), ("status", "404")]
+            ),
+            Some(2.0),
+            "{text}"
+        );
         assert_eq!(
             metric_value(
                 &text,

@@ -493,6 +493,7 @@ breaker = { consecutive_failures = 3, open_for = "60s", max_open = "60s" }"#,
             "Last config load succeeded",
             "Age of the config in effect",
             "Builds running",
+            "Responses by status code",
         ] {
             assert!(
                 with_data.contains(title),

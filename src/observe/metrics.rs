@@ -56,9 +56,9 @@ impl Metrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "portico_requests_total",
-                "Requests answered, by route, API version, cluster, method and status class",
+                "Requests answered, by route, API version, cluster, method, status (the code, from a fixed list, else `other`) and status class",
             ),
-            &["route", "version", "cluster", "method", "status_class"],
+            &["route", "version", "cluster", "method", "status", "status_class"],
         )
         .expect("valid metric");
         let request_duration = HistogramVec::new(
@@ -268,6 +268,24 @@ const METHODS: [&str; 9] = [
 ];
 const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
 
+/// Status codes that get their own `status` label value: the ones a gateway and its
+/// upstreams answer in practice. Anything else is `other` (its `status_class` still says
+/// which class), so an upstream inventing codes cannot blow up the cardinality.
+const STATUSES: [u16; 31] = [
+    100, 101, 200, 201, 202, 204, 206, 301, 302, 303, 304, 307, 308, 400, 401, 403, 404, 405, 408,
+    409, 410, 413, 415, 421, 422, 429, 500, 501, 502, 503, 504,
+];
+/// The `status` label values, in the order of [`STATUSES`], then `other`.
+const STATUS_LABELS: [&str; 32] = [
+    "100", "101", "200", "201", "202", "204", "206", "301", "302", "303", "304", "307", "308",
+    "400", "401", "403", "404", "405", "408", "409", "410", "413", "415", "421", "422", "429",
+    "500", "501", "502", "503", "504", "other",
+];
+
+fn status_index(status: u16) -> usize {
+    STATUSES.binary_search(&status).unwrap_or(STATUSES.len())
+}
+
 fn method_index(method: &http::Method) -> usize {
     METHODS
         .iter()
@@ -286,6 +304,8 @@ fn class_index(status: u16) -> usize {
     }
 }
 
+type StatusCounters = [OnceLock<IntCounter>; STATUS_LABELS.len()];
+
 /// One route target's metrics: its label values, and the handles of its series, resolved
 /// on its first request (not when the config is loaded) and then kept for the life of the
 /// snapshot. A route that gets no traffic costs its three shared label strings and one
@@ -301,8 +321,9 @@ pub struct RouteMetrics {
 
 /// The series of one route target, created together on its first request.
 struct Handles {
-    /// By method, then status class; each created on first use.
-    counters: [[OnceLock<IntCounter>; 6]; 10],
+    /// By method, then status; a method's row and each counter created on first use, so
+    /// a route answered only to GET holds one row.
+    counters: [OnceLock<Box<StatusCounters>>; 10],
     attempts: [OnceLock<IntCounter>; 4],
     duration: prometheus::Histogram,
     upstream_duration: prometheus::Histogram,
@@ -347,15 +368,16 @@ impl RouteMetrics {
         body_bytes: (u64, u64),
     ) {
         let h = self.handles();
-        let (mi, ci) = (method_index(method), class_index(status));
-        h.counters[mi][ci]
+        let (mi, si) = (method_index(method), status_index(status));
+        h.counters[mi].get_or_init(Default::default)[si]
             .get_or_init(|| {
                 METRICS.requests.with_label_values(&[
                     &*self.route,
                     &*self.version,
                     &*self.cluster,
                     METHODS.get(mi).copied().unwrap_or("OTHER"),
-                    CLASSES[ci],
+                    STATUS_LABELS[si],
+                    CLASSES[class_index(status)],
                 ])
             })
             .inc();
@@ -392,6 +414,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_listed_status_has_its_label() {
+        assert!(
+            STATUSES.windows(2).all(|w| w[0] < w[1]),
+            "sorted for the search"
+        );
+        for (i, code) in STATUSES.iter().enumerate() {
+            assert_eq!(STATUS_LABELS[i], code.to_string());
+            assert_eq!(status_index(*code), i);
+        }
+        assert_eq!(STATUS_LABELS[status_index(418)], "other");
+        assert_eq!(STATUS_LABELS[status_index(0)], "other");
+    }
+
+    #[test]
     fn counts_land_under_bounded_labels() {
         let rm = RouteMetrics::new("metrics-test-route".into(), "c".into(), "2".into());
         let text = String::from_utf8(METRICS.render()).unwrap();
@@ -416,10 +452,11 @@ mod tests {
             text.contains(r#"portico_response_body_bytes_total{route="metrics-test-route"} 10"#)
         );
         assert!(text.contains(
-            r#"portico_requests_total{cluster="c",method="GET",route="metrics-test-route",status_class="2xx",version="2"} 1"#
+            r#"portico_requests_total{cluster="c",method="GET",route="metrics-test-route",status="204",status_class="2xx",version="2"} 1"#
         ));
+        // An unlisted code: `other`, in its class.
         assert!(text.contains(
-            r#"portico_requests_total{cluster="c",method="OTHER",route="metrics-test-route",status_class="4xx",version="2"} 1"#
+            r#"portico_requests_total{cluster="c",method="OTHER",route="metrics-test-route",status="other",status_class="4xx",version="2"} 1"#
         ));
     }
 }
