@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use portico::config;
+use portico::proxy::explain;
 use portico::runtime::{serve, Snapshot};
 
 mod allocator;
@@ -268,6 +269,8 @@ fn report(errors: &config::ConfigErrors) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// `portico routes`: the config file's answer to one request, printed; exit 0 when routed,
+/// 1 when the gateway would refuse it, 2 when the question is not a request.
 fn explain(
     config_path: &std::path::Path,
     method: &str,
@@ -286,110 +289,32 @@ fn explain(
             return ExitCode::from(1);
         }
     };
-    let Ok(method) = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
-        eprintln!("error: `{method}` is not an HTTP method");
-        return ExitCode::from(2);
-    };
-    let (raw_path, query) = target
-        .split_once('?')
-        .map_or((target, None), |(p, q)| (p, Some(q)));
-    let path = match portico::router::normalize_path(raw_path) {
-        Ok(p) => p.into_owned(),
-        Err(e) => {
-            println!("400 Bad Request: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let traits = match portico::router::inspect_path(&path) {
-        Ok(t) => t,
-        Err(e) => {
-            println!("400 Bad Request: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let query_suffix = query.map(|q| format!("?{q}")).unwrap_or_default();
-    let request_target = format!("{path}{query_suffix}");
-    let mut req =
-        match pingora_http::RequestHeader::build(method.clone(), request_target.as_bytes(), None) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("error: `{target}` is not a request target: {e}");
-                return ExitCode::from(2);
-            }
-        };
+    let mut pairs = Vec::with_capacity(headers.len());
     for h in headers {
-        let parsed = h.split_once(':').and_then(|(n, v)| {
-            Some((
-                http::HeaderName::from_bytes(n.trim().as_bytes()).ok()?,
-                http::HeaderValue::from_str(v.trim()).ok()?,
-            ))
-        });
-        match parsed {
-            Some((n, v)) => {
-                let _ = req.append_header(n, v);
-            }
+        match h.split_once(':') {
+            Some((n, v)) => pairs.push((n.to_string(), v.to_string())),
             None => {
                 eprintln!("error: header `{h}` is not `Name: value`");
                 return ExitCode::from(2);
             }
         }
     }
-    println!("request:    {method} {target}");
-    if path != raw_path {
-        println!("normalised: {path}");
-    }
-    let globals = snapshot.global_plugins.names.join(", ");
-    if !req.headers.contains_key(http::header::HOST) {
-        // Without `-H 'Host: …'` the question is "on any host"; an HTTP/1.0 request may
-        // leave Host out, where HTTP/1.1 would be refused for it.
-        req.set_version(http::Version::HTTP_10);
-    }
-    let checked = portico::proxy::clean_request(&mut req, &snapshot.identity_headers, false)
-        .and_then(|()| portico::proxy::resolve(&snapshot, &req))
-        .and_then(|resolved| {
-            portico::proxy::check_route_policy(&resolved.route, traits, &req).map(|()| resolved)
-        });
-    match checked {
-        Ok(resolved) => {
-            let (route, target) = (&resolved.route, &resolved.target);
-            let base = resolved.unversioned_path.as_deref().unwrap_or(&path);
-            let upstream_path = match &target.rewrite {
-                portico::runtime::Rewrite::None => base.to_string(),
-                portico::runtime::Rewrite::Prefix { prefix, with } => {
-                    portico::router::rewrite_prefix(base, prefix, with)
-                }
-            };
-            let cluster = &target.cluster;
-            println!("route:      {}", route.id);
-            if let Some(version) = &target.version {
-                println!("version:    {version}");
-                for (name, value) in &target.deprecation {
-                    println!("  {name}: {}", value.to_str().unwrap_or(""));
-                }
+    let question = explain::Question {
+        method,
+        target,
+        headers: &pairs,
+    };
+    match explain::explain(&snapshot, &question) {
+        Ok(answer) => {
+            print!("{answer}");
+            match answer.outcome {
+                explain::Outcome::Routed(_) => ExitCode::SUCCESS,
+                explain::Outcome::Refused { .. } => ExitCode::from(1),
             }
-            println!("cluster:    {} ({:?})", cluster.name, cluster.definition.lb);
-            for e in &cluster.endpoints {
-                println!("  endpoint  {} weight {}", e.name, e.weight);
-            }
-            println!("upstream:   {method} {upstream_path}{query_suffix}");
-            println!(
-                "retries:    up to {} attempts{}",
-                route.retry.attempts,
-                route
-                    .deadline
-                    .map(|d| format!(", deadline {}", humantime::format_duration(d)))
-                    .unwrap_or_default()
-            );
-            println!(
-                "plugins:    global [{globals}] then route [{}]",
-                route.plugins.names.join(", ")
-            );
-            ExitCode::SUCCESS
         }
-        Err(e) => {
-            println!("{} {}", e.status(), e.detail());
-            println!("plugins:    global [{globals}]");
-            ExitCode::from(1)
+        Err(explain::NotARequest(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
         }
     }
 }

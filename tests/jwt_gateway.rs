@@ -1181,3 +1181,79 @@ cache_ttl = "1s"
     })
     .await;
 }
+
+/// Token checks are counted for `/metrics` and the admin console: verified, refused by
+/// result and reason, and the verified-token cache's hits and misses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_checks_are_counted_by_result_and_reason() {
+    bounded(async {
+        let setup = start().await;
+        let gw = &setup.gw;
+        let auth = bearer(&token());
+        // The first check verifies the signature (a cache miss), the next two are hits.
+        for i in 0..3 {
+            admitted(
+                &setup,
+                Via::Client,
+                &format!("/orders/{i}"),
+                &[("Authorization", &auth)],
+            )
+            .await;
+        }
+        let n = now();
+        let expired = token_with(|_, c| {
+            c["iat"] = json!(n - 7200);
+            c["nbf"] = json!(n - 7200);
+            c["exp"] = json!(n - 3600);
+        });
+        let answer = send(
+            gw,
+            Via::Client,
+            "/orders/1",
+            &[("Authorization", &bearer(&expired))],
+        )
+        .await;
+        assert_eq!(answer.status, 401);
+        let answer = send(gw, Via::Client, "/orders/1", &[]).await;
+        assert_eq!(answer.status, 401);
+
+        let metrics = gw.metrics().await;
+        let checks =
+            |labels: &[(&str, &str)]| metric_value(&metrics, "portico_jwt_checks_total", labels);
+        assert_eq!(
+            checks(&[("result", "verified"), ("reason", "")]),
+            Some(3.0),
+            "{metrics}"
+        );
+        assert_eq!(
+            checks(&[("result", "invalid_token"), ("reason", EXPIRED)]),
+            Some(1.0),
+            "{metrics}"
+        );
+        assert_eq!(
+            checks(&[("result", "missing_token"), ("reason", MISSING_TOKEN)]),
+            Some(1.0),
+            "{metrics}"
+        );
+        let lookups = |result| {
+            metric_value(
+                &metrics,
+                "portico_jwt_cache_lookups_total",
+                &[("result", result)],
+            )
+        };
+        // The expired token missed the cache too; the request without one asked nothing.
+        assert_eq!(
+            (lookups("hit"), lookups("miss")),
+            (Some(2.0), Some(2.0)),
+            "{metrics}"
+        );
+
+        let console = gw.admin_json("/admin/console").await;
+        let tokens = &console["tokens"];
+        assert_eq!(tokens["verified"], 3, "{tokens}");
+        assert_eq!(tokens["failed_total"], 2, "{tokens}");
+        assert_eq!(tokens["cache_hit_ratio"], 0.5, "{tokens}");
+    })
+    .await;
+}

@@ -1,11 +1,15 @@
 //! The admin HTTP API, served by Pingora on its own listener (loopback by default):
-//! liveness, readiness, Prometheus metrics, cluster state, the effective config and reload.
+//! liveness, readiness, Prometheus metrics, cluster state, the effective config, reload,
+//! and the console page ([`console`]) with the live data and explain answers behind it.
 //!
-//! Everything but `/healthz` and `/readyz` (and `/metrics`, unless `metrics_auth`) needs
+//! Everything but `/healthz`, `/readyz`, the console's static files (which hold no data)
+//! and `/metrics` (unless `metrics_auth`) needs
 //! `Authorization: Bearer <[admin] token>`: loopback alone lets in every local user and
 //! any server-side request forgery through an upstream. The token is kept as a SHA-256
 //! digest and compared in constant time, so neither its bytes nor its length leak through
 //! response times. `/metrics` can also have a listener of its own ([`AdminApi::metrics_only`]).
+
+pub mod console;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -129,6 +133,8 @@ impl AdminApi {
         match path {
             "/metrics" => self.state.snapshot().config.admin.metrics_auth,
             "/healthz" | "/readyz" => false,
+            // The page and its script hold no data: they ask for the token themselves.
+            p if console::asset(p).is_some() => false,
             // The metrics listener serves nothing else: its 404s say nothing.
             _ => !self.metrics_only,
         }
@@ -157,7 +163,12 @@ impl AdminApi {
         }
     }
 
-    fn route(&self, method: &http::Method, path: &str) -> (StatusCode, &'static str, Vec<u8>) {
+    fn route(
+        &self,
+        method: &http::Method,
+        path: &str,
+        query: Option<&str>,
+    ) -> (StatusCode, &'static str, Vec<u8>) {
         let json_body = |status: StatusCode, v: serde_json::Value| {
             (
                 status,
@@ -190,11 +201,21 @@ impl AdminApi {
             }
             ("GET", "/metrics") => {
                 self.refresh_endpoint_gauges();
+                METRICS.sync_token_series();
                 (
                     StatusCode::OK,
                     "text/plain; version=0.0.4; charset=utf-8",
                     METRICS.render(),
                 )
+            }
+            ("GET", "/admin/console") => json_body(StatusCode::OK, console::live(&self.state)),
+            ("GET", "/admin/explain") => {
+                let (status, body) = console::explain(&self.state, query);
+                json_body(status, body)
+            }
+            ("GET", p) if console::asset(p).is_some() => {
+                let (content_type, bytes) = console::asset(p).unwrap_or_default();
+                (StatusCode::OK, content_type, bytes.to_vec())
             }
             ("GET", "/admin/clusters") => {
                 let snapshot = self.state.snapshot();
@@ -216,7 +237,7 @@ impl AdminApi {
             (
                 _,
                 "/healthz" | "/readyz" | "/metrics" | "/admin/clusters" | "/admin/config"
-                | "/admin/reload",
+                | "/admin/reload" | "/admin/console" | "/admin/explain",
             ) => json_body(
                 StatusCode::METHOD_NOT_ALLOWED,
                 json!({ "error": format!("{method} is not allowed on {path}") }),
@@ -225,7 +246,7 @@ impl AdminApi {
                 StatusCode::NOT_FOUND,
                 json!({
                     "error": "not found",
-                    "endpoints": ["/healthz", "/readyz", "/metrics", "/admin/clusters", "/admin/config", "POST /admin/reload"],
+                    "endpoints": ["/", "/healthz", "/readyz", "/metrics", "/admin/clusters", "/admin/config", "POST /admin/reload", "/admin/console", "/admin/explain"],
                 }),
             ),
         }
@@ -238,7 +259,7 @@ impl AdminApi {
         path: &str,
     ) -> (StatusCode, &'static str, Vec<u8>) {
         match (method.as_str(), path) {
-            ("GET", "/metrics") => self.route(method, path),
+            ("GET", "/metrics") => self.route(method, path, None),
             (_, "/metrics") => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "application/json",
@@ -481,13 +502,22 @@ impl ServeHttp for AdminApi {
         } else if method == http::Method::POST && path == "/admin/reload" {
             self.reload().await
         } else {
-            self.route(&method, &path)
+            let query = session.req_header().uri.query().map(str::to_string);
+            self.route(&method, &path, query.as_deref())
         };
         let mut response = Response::builder()
             .status(status)
             .header(http::header::CONTENT_TYPE, content_type)
             .header(http::header::CONTENT_LENGTH, body.len())
-            .header(http::header::CACHE_CONTROL, "no-store");
+            .header(http::header::CACHE_CONTROL, "no-store")
+            // Every answer, not only the console's: a JSON body opened in a browser must
+            // not be sniffed into HTML or framed.
+            .header(http::header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+            .header(
+                http::header::CONTENT_SECURITY_POLICY,
+                console::CONTENT_SECURITY_POLICY,
+            )
+            .header(http::header::REFERRER_POLICY, "no-referrer");
         match denied {
             Some(Unauthorized::Invalid) => {
                 response = response.header(

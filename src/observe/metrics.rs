@@ -39,6 +39,10 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     pub client_timeouts: IntCounterVec,
     pub client_disconnects: IntCounterVec,
+    pub jwt_checks: IntCounterVec,
+    pub jwt_cache: IntCounterVec,
+    pub jwks_fetches: IntCounterVec,
+    pub jwks_keys: IntGaugeVec,
 }
 
 /// Latency buckets from 0.5 ms to 10 s: service-to-service calls live mostly under 200 ms.
@@ -195,8 +199,32 @@ impl Metrics {
             "Requests the client abandoned by closing its connection, by phase (before_response, during_response)",
             &["phase"],
         );
+        let jwt_checks = counter(
+            "portico_jwt_checks_total",
+            "Bearer tokens checked by the jwt plugin, by result (verified, invalid_token, invalid_request, insufficient_scope, missing_token, unavailable) and reason",
+            &["result", "reason"],
+        );
+        let jwt_cache = counter(
+            "portico_jwt_cache_lookups_total",
+            "Verified-token cache lookups of the jwt plugin, by result (hit, miss)",
+            &["result"],
+        );
+        let jwks_fetches = counter(
+            "portico_jwks_fetches_total",
+            "JWKS fetches, by key set URL and result (success, failure)",
+            &["key_set", "result"],
+        );
+        let jwks_keys = gauge(
+            "portico_jwks_keys",
+            "Keys in the last good JWKS of a key set URL (0 before the first good fetch)",
+            &["key_set"],
+        );
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(jwt_checks.clone()),
+            Box::new(jwt_cache.clone()),
+            Box::new(jwks_fetches.clone()),
+            Box::new(jwks_keys.clone()),
             Box::new(client_connections.clone()),
             Box::new(connections_refused.clone()),
             Box::new(client_timeouts.clone()),
@@ -247,6 +275,52 @@ impl Metrics {
             connections_refused,
             client_timeouts,
             client_disconnects,
+            jwt_checks,
+            jwt_cache,
+            jwks_fetches,
+            jwks_keys,
+        }
+    }
+
+    /// Brings the token series up to the jwt plugin's own counts, which it keeps as plain
+    /// atomics (see [`portico_plugins::jwt::token_stats`]) so a check never looks up a
+    /// label; called before each scrape.
+    pub fn sync_token_series(&self) {
+        // Two scrapes at once must not both add the same difference.
+        static SYNC: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = SYNC.lock();
+        let catch_up = |c: IntCounter, total: u64| c.inc_by(total.saturating_sub(c.get()));
+        let stats = portico_plugins::jwt::token_stats();
+        if stats.verified > 0 {
+            catch_up(
+                self.jwt_checks.with_label_values(&["verified", ""]),
+                stats.verified,
+            );
+        }
+        for (result, reason, count) in &stats.failed {
+            catch_up(self.jwt_checks.with_label_values(&[result, reason]), *count);
+        }
+        if stats.cache_hits + stats.cache_misses > 0 {
+            catch_up(self.jwt_cache.with_label_values(&["hit"]), stats.cache_hits);
+            catch_up(
+                self.jwt_cache.with_label_values(&["miss"]),
+                stats.cache_misses,
+            );
+        }
+        self.jwks_keys.reset();
+        for set in portico_plugins::jwt::key_sets() {
+            let succeeded = set.fetches.saturating_sub(set.failures);
+            catch_up(
+                self.jwks_fetches.with_label_values(&[&set.url, "success"]),
+                succeeded,
+            );
+            catch_up(
+                self.jwks_fetches.with_label_values(&[&set.url, "failure"]),
+                set.failures,
+            );
+            self.jwks_keys
+                .with_label_values(&[&set.url])
+                .set(set.keys.unwrap_or(0) as i64);
         }
     }
 
@@ -259,6 +333,36 @@ impl Metrics {
         }
         out
     }
+}
+
+/// The token checks for the admin console, from the same counts as the token series.
+pub fn token_checks() -> serde_json::Value {
+    let stats = portico_plugins::jwt::token_stats();
+    let lookups = stats.cache_hits + stats.cache_misses;
+    let mut failed: Vec<_> = stats
+        .failed
+        .iter()
+        .map(|(result, reason, count)| {
+            serde_json::json!({ "result": result, "reason": reason, "count": count })
+        })
+        .collect();
+    failed.sort_by_key(|f| std::cmp::Reverse(f["count"].as_u64()));
+    serde_json::json!({
+        "verified": stats.verified,
+        "failed_total": stats.failed.iter().map(|f| f.2).sum::<u64>(),
+        "failed": failed,
+        "cache_hits": stats.cache_hits,
+        "cache_misses": stats.cache_misses,
+        "cache_hit_ratio": (lookups > 0).then(|| stats.cache_hits as f64 / lookups as f64),
+        "jwks": portico_plugins::jwt::key_sets().into_iter().map(|k| serde_json::json!({
+            "url": k.url,
+            "keys": k.keys,
+            "fetches": k.fetches,
+            "failures": k.failures,
+            "last_success_seconds_ago": k.last_success_age.map(|a| a.as_secs_f64()),
+            "last_error": k.last_error,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 /// Methods that get their own label value; anything else is counted as `OTHER` so a
@@ -275,15 +379,29 @@ const STATUSES: [u16; 31] = [
     100, 101, 200, 201, 202, 204, 206, 301, 302, 303, 304, 307, 308, 400, 401, 403, 404, 405, 408,
     409, 410, 413, 415, 421, 422, 429, 500, 501, 502, 503, 504,
 ];
-/// The `status` label values, in the order of [`STATUSES`], then `other`.
-const STATUS_LABELS: [&str; 32] = [
+/// The `status` label values, in the order of [`STATUSES`].
+const STATUS_LABELS: [&str; 31] = [
     "100", "101", "200", "201", "202", "204", "206", "301", "302", "303", "304", "307", "308",
     "400", "401", "403", "404", "405", "408", "409", "410", "413", "415", "421", "422", "429",
-    "500", "501", "502", "503", "504", "other",
+    "500", "501", "502", "503", "504",
 ];
 
-fn status_index(status: u16) -> usize {
-    STATUSES.binary_search(&status).unwrap_or(STATUSES.len())
+/// A route's request counters per method: one slot per listed status, then one `other`
+/// slot per status class (an unlisted 418 and an unlisted 507 are different series).
+const STATUS_SLOTS: usize = STATUSES.len() + CLASSES.len();
+
+fn status_slot(status: u16) -> usize {
+    STATUSES
+        .binary_search(&status)
+        .unwrap_or_else(|_| STATUSES.len() + class_index(status))
+}
+
+/// The `status` and `status_class` label values of a slot.
+fn slot_labels(slot: usize) -> (&'static str, &'static str) {
+    match STATUSES.get(slot) {
+        Some(&code) => (STATUS_LABELS[slot], CLASSES[class_index(code)]),
+        None => ("other", CLASSES[slot - STATUSES.len()]),
+    }
 }
 
 fn method_index(method: &http::Method) -> usize {
@@ -304,7 +422,7 @@ fn class_index(status: u16) -> usize {
     }
 }
 
-type StatusCounters = [OnceLock<IntCounter>; STATUS_LABELS.len()];
+type StatusCounters = [OnceLock<IntCounter>; STATUS_SLOTS];
 
 /// One route target's metrics: its label values, and the handles of its series, resolved
 /// on its first request (not when the config is loaded) and then kept for the life of the
@@ -368,16 +486,17 @@ impl RouteMetrics {
         body_bytes: (u64, u64),
     ) {
         let h = self.handles();
-        let (mi, si) = (method_index(method), status_index(status));
-        h.counters[mi].get_or_init(Default::default)[si]
+        let (mi, slot) = (method_index(method), status_slot(status));
+        h.counters[mi].get_or_init(|| Box::new(std::array::from_fn(|_| OnceLock::new())))[slot]
             .get_or_init(|| {
+                let (status, class) = slot_labels(slot);
                 METRICS.requests.with_label_values(&[
                     &*self.route,
                     &*self.version,
                     &*self.cluster,
                     METHODS.get(mi).copied().unwrap_or("OTHER"),
-                    STATUS_LABELS[si],
-                    CLASSES[class_index(status)],
+                    status,
+                    class,
                 ])
             })
             .inc();
@@ -406,6 +525,55 @@ impl RouteMetrics {
     }
 }
 
+/// One route target's cumulative counts since its series were created, read by the
+/// console's once-a-second sampler ([`crate::observe::window`]), never per request.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Totals {
+    pub requests: u64,
+    /// Answers with a 5xx status.
+    pub errors: u64,
+    /// Cumulative count at each upper bound of [`LATENCY_BUCKETS`] (`+Inf` is `requests`).
+    pub buckets: Vec<u64>,
+}
+
+impl RouteMetrics {
+    /// Whether this target has had a request (its series exist).
+    pub fn has_traffic(&self) -> bool {
+        self.handles.get().is_some()
+    }
+
+    /// The counts behind this target's series; `None` before its first request.
+    pub fn totals(&self) -> Option<Totals> {
+        let h = self.handles.get()?;
+        let errors = h
+            .counters
+            .iter()
+            .filter_map(OnceLock::get)
+            .flat_map(|by_status| by_status.iter().enumerate())
+            .filter(|(slot, _)| slot_labels(*slot).1 == "5xx")
+            .filter_map(|(_, counter)| counter.get())
+            .map(IntCounter::get)
+            .sum();
+        // The histogram's own counts, so the window agrees with what Prometheus scrapes.
+        let metric = prometheus::core::Metric::metric(&h.duration);
+        let histogram = metric.get_histogram();
+        Some(Totals {
+            requests: histogram.get_sample_count(),
+            errors,
+            buckets: histogram
+                .get_bucket()
+                .iter()
+                .map(|b| b.cumulative_count())
+                .collect(),
+        })
+    }
+}
+
+/// The upper bounds (seconds) of the latency histograms' buckets.
+pub fn latency_buckets() -> &'static [f64] {
+    LATENCY_BUCKETS
+}
+
 /// The results `portico_upstream_attempts_total` counts (anything else counts as `error`).
 const ATTEMPT_RESULTS: [&str; 4] = ["response", "connect_error", "timeout", "error"];
 
@@ -414,17 +582,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_listed_status_has_its_label() {
+    fn every_listed_status_has_its_label_and_the_rest_their_class() {
         assert!(
             STATUSES.windows(2).all(|w| w[0] < w[1]),
             "sorted for the search"
         );
         for (i, code) in STATUSES.iter().enumerate() {
             assert_eq!(STATUS_LABELS[i], code.to_string());
-            assert_eq!(status_index(*code), i);
+            assert_eq!(status_slot(*code), i);
         }
-        assert_eq!(STATUS_LABELS[status_index(418)], "other");
-        assert_eq!(STATUS_LABELS[status_index(0)], "other");
+        assert_eq!(slot_labels(status_slot(418)), ("other", "4xx"));
+        assert_eq!(slot_labels(status_slot(507)), ("other", "5xx"));
+        assert_eq!(slot_labels(status_slot(0)), ("other", "other"));
+        assert_ne!(status_slot(418), status_slot(507));
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod journal;
 pub mod metrics;
 pub mod otlp;
 pub mod process_metrics;
+pub mod window;
 pub use portico_common::trace;
 pub use portico_common::{hex, random_hex_128, write_hex};
 

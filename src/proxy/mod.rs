@@ -8,6 +8,7 @@
 
 pub mod connection;
 pub mod error;
+pub mod explain;
 mod headers;
 mod retry;
 

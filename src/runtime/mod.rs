@@ -466,6 +466,13 @@ impl Snapshot {
         redact(&mut value, &self.config.secrets, Context::Plain);
         value
     }
+
+    /// Every string of `value` redacted as values are in [`Snapshot::redacted_config`]:
+    /// `${ENV}` values and URL passwords. For documents built from the config's values
+    /// (the console's routes, clusters and explain answers).
+    pub fn redact_strings(&self, value: &mut serde_json::Value) {
+        redact_strings(value, &self.config.secrets);
+    }
 }
 
 /// RFC 9745 `Deprecation: @<unix seconds>`, RFC 8594 `Sunset: <HTTP-date>`, and `Link`s
@@ -582,17 +589,8 @@ fn is_header_table(key: &str, parent: Context) -> bool {
 fn redact(value: &mut serde_json::Value, secrets: &[String], context: Context) {
     use serde_json::Value;
     match value {
-        Value::String(s) => {
-            if context == Context::Secret
-                || secrets
-                    .iter()
-                    .any(|secret| !secret.is_empty() && s.contains(secret.as_str()))
-            {
-                *s = REDACTED.to_string();
-            } else if let Some(clean) = redact_url_password(s) {
-                *s = clean;
-            }
-        }
+        Value::String(s) if context == Context::Secret => *s = REDACTED.to_string(),
+        Value::String(s) => redact_string(s, secrets),
         Value::Array(items) => items.iter_mut().for_each(|v| redact(v, secrets, context)),
         Value::Object(map) => {
             for (k, v) in map.iter_mut() {
@@ -609,6 +607,31 @@ fn redact(value: &mut serde_json::Value, secrets: &[String], context: Context) {
                 redact(v, secrets, inner);
             }
         }
+        _ => {}
+    }
+}
+
+/// The string rules of [`redact`]: a string holding a secret value goes whole, a URL keeps
+/// everything but its password.
+fn redact_string(s: &mut String, secrets: &[String]) {
+    if secrets
+        .iter()
+        .any(|secret| !secret.is_empty() && s.contains(secret.as_str()))
+    {
+        *s = REDACTED.to_string();
+    } else if let Some(clean) = redact_url_password(s) {
+        *s = clean;
+    }
+}
+
+/// [`redact_string`] on every string of a document the gateway wrote itself (the console's
+/// answers), whose keys are its own and say nothing about secrets.
+fn redact_strings(value: &mut serde_json::Value, secrets: &[String]) {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => redact_string(s, secrets),
+        Value::Array(items) => items.iter_mut().for_each(|v| redact_strings(v, secrets)),
+        Value::Object(map) => map.values_mut().for_each(|v| redact_strings(v, secrets)),
         _ => {}
     }
 }
@@ -646,6 +669,8 @@ pub struct State {
     draining: AtomicBool,
     /// Why the last reload failed, if it did.
     last_error: Mutex<Option<String>>,
+    /// The last [`RELOADS_KEPT`] reloads, oldest first, for the admin console.
+    reloads: Mutex<std::collections::VecDeque<ReloadRecord>>,
     /// One reload at a time (SIGHUP, admin API, file watch), each building on the last.
     reload_lock: tokio::sync::Mutex<()>,
     /// The listeners and admin address this process serves: fixed when it starts.
@@ -669,6 +694,7 @@ impl State {
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             last_error: Mutex::new(None),
+            reloads: Mutex::default(),
             reload_lock: tokio::sync::Mutex::new(()),
             bound: OnceLock::new(),
             tls: OnceLock::new(),
@@ -712,6 +738,14 @@ impl State {
 
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// The last reloads, newest first.
+    pub fn recent_reloads(&self) -> Vec<ReloadRecord> {
+        self.reloads
+            .lock()
+            .map(|r| r.iter().rev().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Records the listeners and admin addresses (API, metrics) this process serves, and
@@ -760,6 +794,20 @@ impl State {
             *h = hash;
         }
     }
+}
+
+/// How many reloads [`State::recent_reloads`] remembers.
+const RELOADS_KEPT: usize = 10;
+
+/// One reload attempt and its result.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadRecord {
+    /// RFC 3339, seconds.
+    pub at: String,
+    /// The config version now in effect, when it succeeded.
+    pub version: Option<String>,
+    /// Why it was refused, when it failed.
+    pub error: Option<String>,
 }
 
 /// A stable hash of a config file's bytes.
@@ -926,6 +974,16 @@ pub async fn reload(state: &Arc<State>) -> Result<String, String> {
     }
     if let Ok(mut last) = state.last_error.lock() {
         *last = result.as_ref().err().cloned();
+    }
+    if let Ok(mut reloads) = state.reloads.lock() {
+        if reloads.len() == RELOADS_KEPT {
+            reloads.pop_front();
+        }
+        reloads.push_back(ReloadRecord {
+            at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            version: result.as_ref().ok().cloned(),
+            error: result.as_ref().err().cloned(),
+        });
     }
     result
 }

@@ -112,6 +112,11 @@ impl BackgroundService for Supervisor {
             }
         };
         tokio::spawn(watch_file(self.state.clone()));
+        // The admin console's last-minute numbers and "what changed" list.
+        let state = self.state.clone();
+        tokio::spawn(crate::observe::window::sample_forever(move || {
+            state.snapshot()
+        }));
         while !*shutdown.borrow() {
             tokio::select! {
                 _ = shutdown.changed() => {}

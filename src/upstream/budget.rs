@@ -48,15 +48,9 @@ impl RetryBudget {
 
     /// Takes one retry from the budget, or says there is none left.
     pub fn try_retry(&self) -> bool {
-        let ratio = self.ratio;
-        let floor = self.min_per_second as f64 * WINDOW_SECONDS as f64;
         self.with_bucket(|b, i, second| {
-            let oldest = second.saturating_sub(WINDOW_SECONDS as u64 - 1);
-            let (requests, retries) = b
-                .iter()
-                .filter(|x| x.0 != u64::MAX && x.0 >= oldest)
-                .fold((0u64, 0u64), |(r, t), x| (r + x.1 as u64, t + x.2 as u64));
-            if (retries as f64) < ratio * requests as f64 + floor {
+            let usage = self.usage_in(b, second);
+            if (usage.retries as f64) < usage.allowed {
                 b[i].2 += 1;
                 true
             } else {
@@ -64,6 +58,34 @@ impl RetryBudget {
             }
         })
     }
+
+    /// The window's requests, retries and retries allowed, for the admin API.
+    pub fn usage(&self) -> BudgetUsage {
+        self.with_bucket(|b, _, second| self.usage_in(b, second))
+    }
+
+    fn usage_in(&self, b: &[(u64, u32, u32); WINDOW_SECONDS], second: u64) -> BudgetUsage {
+        let oldest = second.saturating_sub(WINDOW_SECONDS as u64 - 1);
+        let (requests, retries) = b
+            .iter()
+            .filter(|x| x.0 != u64::MAX && x.0 >= oldest)
+            .fold((0u64, 0u64), |(r, t), x| (r + x.1 as u64, t + x.2 as u64));
+        BudgetUsage {
+            requests,
+            retries,
+            allowed: self.ratio * requests as f64
+                + self.min_per_second as f64 * WINDOW_SECONDS as f64,
+        }
+    }
+}
+
+/// A retry budget's last 10 seconds.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct BudgetUsage {
+    pub requests: u64,
+    pub retries: u64,
+    /// Retries the budget grants over the window (ratio × requests + the floor).
+    pub allowed: f64,
 }
 
 #[cfg(test)]

@@ -458,6 +458,7 @@ impl Cluster {
                 in_flight: b.in_flight(),
                 queued: b.queued(),
             }),
+            retry_budget: self.retry_budget.usage(),
             endpoints: self
                 .endpoints
                 .iter()
@@ -516,6 +517,7 @@ pub struct ClusterStatus {
     pub available: usize,
     pub breaker: Option<BreakerState>,
     pub bulkhead: Option<BulkheadStatus>,
+    pub retry_budget: budget::BudgetUsage,
     pub endpoints: Vec<EndpointStatus>,
 }
 

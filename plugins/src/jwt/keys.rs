@@ -564,6 +564,7 @@ pub(crate) struct RemoteKeys {
     done: Notify,
     client: OnceLock<Result<reqwest::Client, String>>,
     fetches: AtomicU64,
+    failures: AtomicU64,
 }
 
 #[derive(Default)]
@@ -575,6 +576,8 @@ struct FetchState {
     /// unknown kids, so a rotation right after the first (or a scheduled) fetch is still
     /// picked up at once, while a flood of random kids gets one fetch per floor.
     last_kid_refresh: Option<Instant>,
+    /// Why the last fetch failed, until one succeeds.
+    last_error: Option<String>,
 }
 
 /// Why a fetch is wanted, which decides the floor it must respect.
@@ -617,6 +620,7 @@ impl RemoteKeys {
             done: Notify::new(),
             client: OnceLock::new(),
             fetches: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
         })
     }
 
@@ -717,22 +721,32 @@ impl RemoteKeys {
                 Ok(set) => {
                     log::debug!("jwt: fetched {} keys from {}", set.len(), finish.0.url);
                     finish.0.current.store(Some(Arc::new(set)));
+                    let mut state = finish
+                        .0
+                        .state
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    state.last_success = Some(Instant::now());
+                    state.last_error = None;
+                }
+                Err(e) => {
+                    log::warn!(
+                        "jwt: fetching the key set from {} failed: {e}{}",
+                        finish.0.url,
+                        if finish.0.current.load().is_some() {
+                            "; keeping the last good set"
+                        } else {
+                            ""
+                        }
+                    );
+                    finish.0.failures.fetch_add(1, Ordering::Relaxed);
                     finish
                         .0
                         .state
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
-                        .last_success = Some(Instant::now());
+                        .last_error = Some(e);
                 }
-                Err(e) => log::warn!(
-                    "jwt: fetching the key set from {} failed: {e}{}",
-                    finish.0.url,
-                    if finish.0.current.load().is_some() {
-                        "; keeping the last good set"
-                    } else {
-                        ""
-                    }
-                ),
             }
         });
         Start::Started
@@ -754,6 +768,61 @@ impl RemoteKeys {
             return Err("no usable key in the set".to_owned());
         }
         Ok(set)
+    }
+}
+
+/// One remote key set (JWKS) in use, for `/metrics` and the admin console.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeySetStatus {
+    /// The JWKS URL without user info, query or fragment (which could hold a secret).
+    pub url: String,
+    /// Keys in the last good set; `None` before the first good fetch.
+    pub keys: Option<usize>,
+    pub fetches: u64,
+    pub failures: u64,
+    pub last_success_age: Option<Duration>,
+    /// Why the last fetch failed, until one succeeds.
+    pub last_error: Option<String>,
+}
+
+/// Every remote key set some loaded route uses.
+pub fn key_sets() -> Vec<KeySetStatus> {
+    let live: Vec<Arc<RemoteKeys>> = SHARED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .values()
+        .filter_map(Weak::upgrade)
+        .collect();
+    let mut sets: Vec<KeySetStatus> = live
+        .iter()
+        .map(|r| {
+            let state = r.state.lock().unwrap_or_else(PoisonError::into_inner);
+            KeySetStatus {
+                url: shown_url(&r.url),
+                keys: r.current.load().as_ref().map(|set| set.len()),
+                fetches: r.fetches(),
+                failures: r.failures.load(Ordering::Relaxed),
+                last_success_age: state.last_success.map(|t| t.elapsed()),
+                last_error: state.last_error.clone(),
+            }
+        })
+        .collect();
+    sets.sort_by(|a, b| a.url.cmp(&b.url));
+    sets
+}
+
+/// `url` as scheme, host and path only.
+fn shown_url(url: &str) -> String {
+    match url.parse::<http::Uri>() {
+        Ok(uri) => {
+            format!(
+                "{}://{}{}",
+                uri.scheme_str().unwrap_or("https"),
+                uri.host().unwrap_or(""),
+                uri.port().map(|p| format!(":{p}")).unwrap_or_default()
+            ) + uri.path()
+        }
+        Err(_) => "<unparsable URL>".to_owned(),
     }
 }
 

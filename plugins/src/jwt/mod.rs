@@ -94,7 +94,11 @@ mod fetch;
 mod introspect;
 mod keys;
 mod revocation;
+mod stats;
 mod token;
+
+pub use self::keys::{key_sets, KeySetStatus};
+pub use self::stats::{token_stats, TokenStats};
 
 #[cfg(test)]
 mod tests;
@@ -512,9 +516,11 @@ impl Jwt {
         let hash: TokenHash = Sha256::digest(raw).into();
         let now = unix_now();
         if let Some(hit) = self.cache.get(&hash, now) {
+            stats::count_cache(true);
             not_revoked(&hit).await?;
             return Ok(hit);
         }
+        stats::count_cache(false);
         let token = checked_token(raw)?;
         if let Some(introspection) = self.introspection_for(token) {
             return self
@@ -1100,11 +1106,16 @@ impl Plugin for Jwt {
     async fn request(&self, ctx: &mut PluginCtx, req: &mut RequestHeader) -> Flow {
         let (token, from_query) = match self.authenticate(req).await {
             Ok(found) => found,
-            Err(err) => return Flow::Respond(self.reject(err, ctx, req)),
+            Err(err) => {
+                stats::count_failure(&err);
+                return Flow::Respond(self.reject(err, ctx, req));
+            }
         };
         if let Err(err) = self.authorize(&token) {
+            stats::count_failure(&err);
             return Flow::Respond(self.reject(err, ctx, req));
         }
+        stats::count_verified();
 
         // Identity headers are the gateway's to set: whatever the client sent under these
         // names goes. An insert replaces every value the client sent, so only a header this

@@ -1263,11 +1263,29 @@ async fn without_any_key_set_the_answer_is_503_until_the_issuer_is_back() {
     // Within the floor nothing is refetched.
     refused_token(&p, &token(&key), 503, None).await;
     assert_eq!(server.hits(), 1);
+    // The key set's state, as the admin console and /metrics show it.
+    let state = || {
+        super::key_sets()
+            .into_iter()
+            .find(|s| s.url == server.url())
+            .expect("the key set is listed")
+    };
+    let failing = state();
+    assert_eq!(
+        (failing.keys, failing.fetches, failing.failures),
+        (None, 1, 1)
+    );
+    assert!(failing.last_error.is_some_and(|e| e.contains("500")));
+    assert_eq!(failing.last_success_age, None);
 
     server.set(200, jwks(&[&key]));
     tokio::time::sleep(Duration::from_millis(1100)).await;
     admitted(&p, &token(&key)).await;
     assert_eq!(server.hits(), 2);
+    let good = state();
+    assert_eq!((good.keys, good.fetches, good.failures), (Some(1), 2, 1));
+    assert_eq!(good.last_error, None);
+    assert!(good.last_success_age.is_some());
 }
 
 #[tokio::test]

@@ -1,0 +1,204 @@
+//! "Which route, cluster and plugins would this request get?" answered without sending it:
+//! the same cleaning, normalisation, route match, version selection and route policy as a
+//! real request, run against one [`Snapshot`]. `portico routes` prints the answer for a
+//! config file; the admin console (`GET /admin/explain`) returns it as JSON for the running
+//! config. One implementation, so the two can never disagree with the proxy or each other.
+
+use serde::Serialize;
+
+use crate::runtime::{Rewrite, Snapshot};
+
+/// The question: a method, a request target (`/path?query`) and headers (`Host` selects
+/// the host; without one the question is "on any host").
+pub struct Question<'a> {
+    pub method: &'a str,
+    pub target: &'a str,
+    pub headers: &'a [(String, String)],
+}
+
+/// The question could not be asked: it is not a request at all (exit 2 for the CLI, 400
+/// for the admin API).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotARequest(pub String);
+
+/// The answer, as the proxy would give it.
+#[derive(Debug, Serialize)]
+pub struct Explanation {
+    pub method: String,
+    pub target: String,
+    /// The path after normalisation, when it differs from the one asked about.
+    pub normalised: Option<String>,
+    pub global_plugins: Vec<&'static str>,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    Routed(Box<Routed>),
+    /// The request would be answered by the gateway itself with this status.
+    Refused {
+        status: u16,
+        detail: String,
+    },
+}
+
+#[derive(Debug, Serialize)]
+pub struct Routed {
+    pub route: String,
+    pub version: Option<String>,
+    /// The deprecation headers the version adds (`Deprecation`, `Sunset`, `Link`).
+    pub deprecation: Vec<(String, String)>,
+    pub cluster: String,
+    pub lb: String,
+    /// Endpoint address and weight.
+    pub endpoints: Vec<(String, u32)>,
+    /// The request line sent upstream.
+    pub upstream: String,
+    pub attempts: u32,
+    pub deadline: Option<String>,
+    pub route_plugins: Vec<&'static str>,
+}
+
+/// Runs `question` through `snapshot` the way the proxy would.
+pub fn explain(snapshot: &Snapshot, question: &Question<'_>) -> Result<Explanation, NotARequest> {
+    let Question {
+        method,
+        target,
+        headers,
+    } = *question;
+    let method = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+        .map_err(|_| NotARequest(format!("`{method}` is not an HTTP method")))?;
+    let global_plugins = snapshot.global_plugins.names.clone();
+    let (raw_path, query) = target
+        .split_once('?')
+        .map_or((target, None), |(p, q)| (p, Some(q)));
+    let answer = |normalised: Option<String>, outcome| Explanation {
+        method: method.to_string(),
+        target: target.to_string(),
+        normalised,
+        global_plugins: global_plugins.clone(),
+        outcome,
+    };
+    let bad_request = |detail: String| Outcome::Refused {
+        status: 400,
+        detail,
+    };
+    let path = match crate::router::normalize_path(raw_path) {
+        Ok(p) => p.into_owned(),
+        Err(e) => return Ok(answer(None, bad_request(e.to_string()))),
+    };
+    let normalised = (path != raw_path).then(|| path.clone());
+    let traits = match crate::router::inspect_path(&path) {
+        Ok(t) => t,
+        Err(e) => return Ok(answer(normalised, bad_request(e.to_string()))),
+    };
+    let query_suffix = query.map(|q| format!("?{q}")).unwrap_or_default();
+    let request_target = format!("{path}{query_suffix}");
+    let mut req =
+        pingora_http::RequestHeader::build(method.clone(), request_target.as_bytes(), None)
+            .map_err(|e| NotARequest(format!("`{target}` is not a request target: {e}")))?;
+    for (name, value) in headers {
+        let n = http::HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| NotARequest(format!("`{name}` is not a header name")))?;
+        let v = http::HeaderValue::from_str(value.trim())
+            .map_err(|_| NotARequest(format!("the value of `{name}` is not a header value")))?;
+        let _ = req.append_header(n, v);
+    }
+    if !req.headers.contains_key(http::header::HOST) {
+        // Without a Host the question is "on any host"; an HTTP/1.0 request may leave Host
+        // out, where HTTP/1.1 would be refused for it.
+        req.set_version(http::Version::HTTP_10);
+    }
+    let checked = super::clean_request(&mut req, &snapshot.identity_headers, false)
+        .and_then(|()| super::resolve(snapshot, &req))
+        .and_then(|resolved| {
+            super::check_route_policy(&resolved.route, traits, &req).map(|()| resolved)
+        });
+    let outcome = match checked {
+        Ok(resolved) => {
+            let (route, target) = (&resolved.route, &resolved.target);
+            let base = resolved.unversioned_path.as_deref().unwrap_or(&path);
+            let upstream_path = match &target.rewrite {
+                Rewrite::None => base.to_string(),
+                Rewrite::Prefix { prefix, with } => {
+                    crate::router::rewrite_prefix(base, prefix, with)
+                }
+            };
+            let cluster = &target.cluster;
+            Outcome::Routed(Box::new(Routed {
+                route: route.id.to_string(),
+                version: target.version.as_deref().map(str::to_string),
+                deprecation: target
+                    .deprecation
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_string()))
+                    .collect(),
+                cluster: cluster.name.clone(),
+                lb: format!("{:?}", cluster.definition.lb),
+                endpoints: cluster
+                    .endpoints
+                    .iter()
+                    .map(|e| (e.name.clone(), e.weight))
+                    .collect(),
+                upstream: format!("{method} {upstream_path}{query_suffix}"),
+                attempts: route.retry.attempts,
+                deadline: route
+                    .deadline
+                    .map(|d| humantime::format_duration(d).to_string()),
+                route_plugins: route.plugins.names.clone(),
+            }))
+        }
+        Err(e) => Outcome::Refused {
+            status: e.status(),
+            detail: e.detail().to_string(),
+        },
+    };
+    Ok(answer(normalised, outcome))
+}
+
+impl std::fmt::Display for Explanation {
+    /// The `portico routes` text.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let globals = self.global_plugins.join(", ");
+        writeln!(f, "request:    {} {}", self.method, self.target)?;
+        if let Some(n) = &self.normalised {
+            writeln!(f, "normalised: {n}")?;
+        }
+        match &self.outcome {
+            Outcome::Routed(r) => {
+                writeln!(f, "route:      {}", r.route)?;
+                if let Some(version) = &r.version {
+                    writeln!(f, "version:    {version}")?;
+                    for (name, value) in &r.deprecation {
+                        writeln!(f, "  {name}: {value}")?;
+                    }
+                }
+                writeln!(f, "cluster:    {} ({})", r.cluster, r.lb)?;
+                for (name, weight) in &r.endpoints {
+                    writeln!(f, "  endpoint  {name} weight {weight}")?;
+                }
+                writeln!(f, "upstream:   {}", r.upstream)?;
+                writeln!(
+                    f,
+                    "retries:    up to {} attempts{}",
+                    r.attempts,
+                    r.deadline
+                        .as_ref()
+                        .map(|d| format!(", deadline {d}"))
+                        .unwrap_or_default()
+                )?;
+                writeln!(
+                    f,
+                    "plugins:    global [{globals}] then route [{}]",
+                    r.route_plugins.join(", ")
+                )
+            }
+            Outcome::Refused { status, detail } => {
+                writeln!(f, "{status} {detail}")?;
+                writeln!(f, "plugins:    global [{globals}]")
+            }
+        }
+    }
+}
