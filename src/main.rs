@@ -48,6 +48,11 @@ enum Command {
         #[arg(short, long, default_value = "conf/portico.toml")]
         config: PathBuf,
     },
+    /// Read the effective config: defaults filled in, `${ENV}` references substituted.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
     /// Explain which route, cluster and plugins a request would get, without sending it.
     Routes {
         #[arg(short, long, default_value = "conf/portico.toml")]
@@ -71,6 +76,21 @@ enum Command {
         /// Skip service A's scripted walk-through; just serve.
         #[arg(long)]
         no_script: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Print the value of each KEY, one per line: a string as it is, a number or boolean
+    /// as written, a table or array as JSON, and an empty line for a setting that is not
+    /// set. Keys are dotted paths: `server.pid_file`, `listeners.0.address`,
+    /// `clusters."api.v2".lb`. Exit 2 when the config is invalid, 1 for a path that leads
+    /// nowhere (through a value that is not a table or array).
+    Get {
+        #[arg(short, long, default_value = "conf/portico.toml")]
+        config: PathBuf,
+        #[arg(required = true)]
+        keys: Vec<String>,
     },
 }
 
@@ -138,6 +158,9 @@ fn main() -> ExitCode {
             }
             Err(errors) => report(&errors),
         },
+        Command::Config {
+            action: ConfigAction::Get { config, keys },
+        } => config_get(&config, &keys),
         Command::Routes {
             config,
             method,
@@ -167,7 +190,9 @@ fn main() -> ExitCode {
 
 /// `RUST_LOG` filters (default `info`). `PORTICO_LOG_FORMAT=json` writes one JSON object
 /// per line (timestamp, level, target, message) for central collection; `text` is the
-/// human format. The token service defaults to JSON, everything else to text.
+/// human format. The token service defaults to JSON, everything else to text. When stderr
+/// is systemd's journal, every line starts with its syslog priority
+/// ([`portico::observe::journal`]) and the text format leaves the timestamp to journald.
 fn init_logging(json_by_default: bool, default_filter: &str) {
     let mut builder =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_filter));
@@ -176,8 +201,16 @@ fn init_logging(json_by_default: bool, default_filter: &str) {
         Ok("text") => false,
         _ => json_by_default,
     };
-    if json {
+    let journal = portico::observe::journal::stderr_is_journal();
+    if journal && !json {
         builder.format(|buf, record| {
+            use portico::observe::journal;
+            let message = record.args().to_string();
+            let text = format!("[{} {}] {message}", record.level(), record.target());
+            journal::write_prefixed(buf, journal::priority(record.level(), &message), &text)
+        });
+    } else if json {
+        builder.format(move |buf, record| {
             use std::io::Write;
             let message = record.args().to_string();
             let mut line = serde_json::json!({
@@ -193,12 +226,38 @@ fn init_logging(json_by_default: bool, default_filter: &str) {
                         line.as_object_mut().map(|o| o.entry(k).or_insert(v));
                     }
                 }
-                _ => line["message"] = serde_json::Value::String(message),
+                _ => line["message"] = serde_json::Value::String(message.clone()),
+            }
+            if journal {
+                let priority = portico::observe::journal::priority(record.level(), &message);
+                write!(buf, "<{priority}>")?;
             }
             writeln!(buf, "{line}")
         });
     }
     builder.init();
+}
+
+/// `portico config get`: what `serve` would use, for scripts (systemd/portico-upgrade).
+fn config_get(path: &std::path::Path, keys: &[String]) -> ExitCode {
+    let loaded = match config::load_file(path) {
+        Ok(c) => c,
+        Err(errors) => return report(&errors),
+    };
+    let mut lines = Vec::with_capacity(keys.len());
+    for key in keys {
+        match config::effective_value(&loaded, key) {
+            Ok(value) => lines.push(config::value_as_line(value.as_ref())),
+            Err(e) => {
+                eprintln!("error: {}: {e}", path.display());
+                return ExitCode::from(1);
+            }
+        }
+    }
+    for line in lines {
+        println!("{line}");
+    }
+    ExitCode::SUCCESS
 }
 
 /// Prints every config problem and returns exit code 2, like `nginx -t`.

@@ -628,3 +628,73 @@ fn serve_test_mode_exits_0_without_serving() {
     assert_eq!(run.code, Some(2), "{}", run.stderr);
     assert!(run.stderr.contains("unknown cluster `b`"), "{}", run.stderr);
 }
+
+/// `config get` prints what the gateway would use: `${ENV}` values, defaults, dotted keys
+/// and quoted names, arrays by index, an empty line for an unset option; an invalid config
+/// exits 2 with its problems, a path through a plain value 1.
+#[test]
+fn config_get_prints_effective_values() {
+    let dir = tempfile::tempdir().unwrap();
+    // Dotted keys and an inline table, as TOML allows, which no line-based scraping reads.
+    let text = format!(
+        "server.threads = 1\nserver.pid_file = \"{d}/p.pid\"\nserver.upgrade_sock = \"{d}/u.sock\"\nserver.grace_period_seconds = 7\nlogging.access_log = \"off\"\nadmin = {{ address = \"{admin}\", token = \"${{{ADMIN_TOKEN_ENV}}}\" }}\n\n[[listeners]]\naddress = \"{listen}\"\n\n[[plugins]]\nname = \"headers\"\nrequest = {{ set = {{ \"X-Env\" = \"${{PORTICO_TEST_SNI}}\" }} }}\n\n[clusters.\"api.v2\"]\nendpoints = [{{ address = \"127.0.0.1:1\" }}]\n",
+        d = dir.path().display(),
+        admin = free_addr(),
+        listen = free_addr(),
+    );
+    let file = write(dir.path(), "get.toml", &text);
+    let token = new_admin_token();
+    let run = portico(
+        &[
+            "config",
+            "get",
+            "-c",
+            &file,
+            "server.grace_period_seconds",
+            "admin.token",
+            "plugins.0.request.set.X-Env",
+            "admin.token_file",
+            "server.graceful_shutdown_timeout_seconds",
+            "listeners.0",
+        ],
+        &[
+            (ADMIN_TOKEN_ENV, token.as_str()),
+            ("PORTICO_TEST_SNI", "api.internal"),
+        ],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 6, "{}", run.stdout);
+    assert_eq!(lines[0], "7");
+    assert_eq!(lines[1], token);
+    assert_eq!(lines[2], "api.internal");
+    assert_eq!(lines[3], "");
+    assert_eq!(lines[4], "10");
+    assert!(
+        lines[5].starts_with('{') && lines[5].contains("\"address\""),
+        "{}",
+        lines[5]
+    );
+    let run = portico(
+        &[
+            "config",
+            "get",
+            "-c",
+            &file,
+            "clusters.\"api.v2\".endpoints.0.address",
+        ],
+        &[("PORTICO_TEST_SNI", "x")],
+    );
+    assert_eq!(run.stdout.trim(), "127.0.0.1:1", "{}", run.stderr);
+
+    let run = portico(
+        &["config", "get", "-c", &file, "server.threads.x"],
+        &[("PORTICO_TEST_SNI", "x")],
+    );
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("server.threads"), "{}", run.stderr);
+
+    let run = portico(&["config", "get", "-c", &file, "server.threads"], &[]);
+    assert_eq!(run.code, Some(2), "an unset variable is a config problem");
+    assert!(run.stderr.contains("PORTICO_TEST_SNI"), "{}", run.stderr);
+}

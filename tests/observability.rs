@@ -86,6 +86,18 @@ async fn metrics_count_requests_by_route_method_and_status_class() {
             "{text}"
         );
         assert_eq!(requests("obs", "GET", "4xx")(&text), None);
+        // The exact code beside the class.
+        let by_code: [&[(&str, &str)]; 2] = [
+            &[("route", "bad"), ("status", "500"), ("status_class", "5xx")],
+            &[("route", ""), ("status", "404")],
+        ];
+        for labels in by_code {
+            assert_eq!(
+                metric_value(&text, "portico_requests_total", labels),
+                Some(2.0),
+                "{labels:?}: {text}"
+            );
+        }
         assert_eq!(
             metric_value(
                 &text,

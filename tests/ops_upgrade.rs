@@ -163,7 +163,8 @@ fn helper_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/portico-upgrade")
 }
 
-/// Runs the helper like systemd's ExecReload= would (without MAINPID: the pid file says).
+/// Runs the helper like systemd's ExecReload= would (without MAINPID: the pid file says;
+/// [`helper_with`] can set it).
 /// Its output goes to a file: the daemon it starts inherits it and outlives the helper.
 async fn helper(site: &Site, bin: &Path, command: &str) -> (bool, String) {
     helper_with(site, bin, command, &[]).await
@@ -187,8 +188,8 @@ async fn helper_with(
             .env("PORTICO_BIN", bin)
             .env("PORTICO_CONFIG", site.config_path())
             .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
             .env_remove("MAINPID")
+            .envs(env.iter().copied())
             .stdin(std::process::Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
@@ -351,6 +352,102 @@ async fn the_upgrade_helper_reloads_and_upgrades_a_daemon_under_load() {
             ok && out.contains(&format!("\"pid\": {}", fourth.pid)),
             "{out}"
         );
+    })
+    .await;
+}
+
+/// Under systemd (Type=notify, NotifyAccess=all): the service starts with a foreground
+/// `serve`, and `systemctl reload` runs the helper with MAINPID and NOTIFY_SOCKET set. The
+/// new process of the upgrade announces itself as the main process (MAINPID=) before the
+/// old one exits, then READY=1; the old one never says STOPPING=1 (which would stop the
+/// service); the watchdog timeout goes over to the new process, which feeds it once the old
+/// one is gone; no request fails meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_under_systemd_notify_hands_the_main_pid_over() {
+    let _serial = SERIAL.lock().await;
+    bounded(async {
+        let u1 = Upstream::start("u1").await;
+        let mut site = Site::new();
+        site.grace_period_seconds = 10;
+        let notify = NotifySocket::at_path(&site.path("notify.sock"));
+        site.env
+            .push(("NOTIFY_SOCKET".into(), notify.address.clone()));
+        site.write_config(&route_to(&[&u1]));
+        // As ExecStart= runs it, with WatchdogSec=0.6s.
+        let mut first = site
+            .command(Path::new(common::PORTICO), &[], "portico.log")
+            .env("WATCHDOG_USEC", "600000")
+            .spawn()
+            .map(|child| (child.id(), child))
+            .expect("start portico");
+        let old_pid = first.0;
+        let old = Proc::adopt(old_pid);
+        notify
+            .wait_for(
+                0,
+                &["READY=1", &format!("MAINPID={old_pid}")],
+                Duration::from_secs(20),
+            )
+            .await;
+
+        let load = Load::start(site.url("/item"), 200, 64);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let from = notify.messages().len();
+        let (ok, out) = helper_with(
+            &site,
+            Path::new(common::PORTICO),
+            "upgrade",
+            &[
+                ("MAINPID", &old_pid.to_string()),
+                ("NOTIFY_SOCKET", &notify.address),
+            ],
+        )
+        .await;
+        assert!(ok, "{out}");
+        let new = current(&site);
+        assert_ne!(new.pid, old_pid);
+        let new_main = format!("MAINPID={}", new.pid);
+        let (announced, announced_at) = notify
+            .wait_for(from, &[&new_main], Duration::from_secs(10))
+            .await;
+        notify
+            .wait_for(announced, &["READY=1", &new_main], Duration::from_secs(10))
+            .await;
+        // The old process drains, then exits; systemd knew the new main pid before.
+        let start = Instant::now();
+        while old.alive() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the old process drains"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let old_gone = Instant::now();
+        let _ = first.1.wait();
+        assert!(announced_at < old_gone);
+        assert!(
+            notify
+                .messages()
+                .iter()
+                .all(|(_, m)| !m.lines().any(|l| l == "STOPPING=1")),
+            "no STOPPING=1 during an upgrade: {:?}",
+            notify.messages()
+        );
+        // The watchdog, fed by the new process (the old one is gone).
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let pings_after = notify
+            .messages()
+            .iter()
+            .filter(|(at, m)| *at > old_gone && m.lines().any(|l| l == "WATCHDOG=1"))
+            .count();
+        assert!(pings_after >= 3, "{pings_after} pings from the new process");
+
+        let report = load.finish().await;
+        assert_eq!(report.failed(), 0, "failures: {:?}", report.failures());
+        new.signal("TERM");
+        notify
+            .wait_for(from, &["STOPPING=1"], Duration::from_secs(10))
+            .await;
     })
     .await;
 }

@@ -353,7 +353,7 @@ breaker = { consecutive_failures = 3, open_for = "60s", max_open = "60s" }"#,
             .await;
         assert!(sample_value(&p99[0]) < 10.0, "{p99:?}");
         prom.wait_for(
-            r#"portico_breaker_state{cluster="failing",endpoint=""} == 1"#,
+            r#"portico_cluster_breaker_state{cluster="failing"} == 1"#,
             wait,
         )
         .await;
@@ -487,6 +487,13 @@ breaker = { consecutive_failures = 3, open_for = "60s", max_open = "60s" }"#,
             "Tokens issued and refused",
             "Published signing keys",
             "Config loads by result",
+            "Process CPU by node",
+            "Resident memory by node",
+            "File descriptors used by node",
+            "Last config load succeeded",
+            "Age of the config in effect",
+            "Builds running",
+            "Responses by status code",
         ] {
             assert!(
                 with_data.contains(title),

@@ -588,8 +588,8 @@ async fn cluster_breaker_opens_fails_fast_half_opens_and_closes() {
         assert_eq!(
             metric_value(
                 &metrics,
-                "portico_breaker_state",
-                &[("cluster", "c"), ("endpoint", "")]
+                "portico_cluster_breaker_state",
+                &[("cluster", "c")]
             ),
             Some(1.0),
             "{metrics}"
@@ -622,8 +622,8 @@ async fn cluster_breaker_opens_fails_fast_half_opens_and_closes() {
         assert_eq!(
             metric_value(
                 &metrics,
-                "portico_breaker_state",
-                &[("cluster", "c"), ("endpoint", "")]
+                "portico_cluster_breaker_state",
+                &[("cluster", "c")]
             ),
             Some(0.0),
             "{metrics}"
@@ -709,7 +709,7 @@ endpoint_breaker = {{ consecutive_failures = 2, min_requests = 1000, open_for = 
         assert_eq!(
             metric_value(
                 &metrics,
-                "portico_breaker_state",
+                "portico_endpoint_breaker_state",
                 &[("cluster", "c"), ("endpoint", &bad.address())]
             ),
             Some(1.0),
@@ -718,7 +718,7 @@ endpoint_breaker = {{ consecutive_failures = 2, min_requests = 1000, open_for = 
         assert_eq!(
             metric_value(
                 &metrics,
-                "portico_breaker_state",
+                "portico_endpoint_breaker_state",
                 &[("cluster", "c"), ("endpoint", &good.address())]
             ),
             Some(0.0),

@@ -1,6 +1,7 @@
 //! TLS termination on a listener: a test CA and server certificate are made at test time,
 //! the real gateway serves them with rustls, and a rustls client that trusts only the test
-//! CA calls through it to a plain HTTP upstream.
+//! CA calls through it to a plain HTTP upstream. `/metrics` tells when that certificate
+//! expires.
 
 mod common;
 mod ops_support;
@@ -77,6 +78,31 @@ async fn terminates_tls_with_a_test_ca() {
         up.last_request().header_all("x-forwarded-proto"),
         ["https"],
         "upstream should see X-Forwarded-Proto: https"
+    );
+
+    // The certificate's expiry, as Prometheus alerts on it.
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf.der.as_ref()).unwrap();
+    let expiry = parsed.validity().not_after.timestamp() as f64;
+    let metrics = client()
+        .get(site.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let listener = listen.to_string();
+    assert_eq!(
+        common::metric_value(
+            &metrics,
+            "portico_tls_certificate_expiry_seconds",
+            &[
+                ("listener", listener.as_str()),
+                ("certificate", "localhost")
+            ]
+        ),
+        Some(expiry),
+        "{metrics}"
     );
 }
 

@@ -307,10 +307,19 @@ impl AdminApi {
     /// Endpoint gauges are set from the live cluster state at scrape time, and reset
     /// first so endpoints removed by a reload disappear.
     fn refresh_endpoint_gauges(&self) {
+        crate::observe::process_metrics::tls_certificates(
+            self.state.tls_listeners().iter().flat_map(|listener| {
+                listener
+                    .certificate_expiries()
+                    .into_iter()
+                    .map(|(name, expiry)| (listener.address.clone(), name, expiry))
+            }),
+        );
         let snapshot = self.state.snapshot();
         METRICS.endpoint_healthy.reset();
         METRICS.endpoint_in_flight.reset();
-        METRICS.breaker_state.reset();
+        METRICS.cluster_breaker_state.reset();
+        METRICS.endpoint_breaker_state.reset();
         METRICS.bulkhead_limit.reset();
         let state_value = |s: BreakerState| match s {
             BreakerState::Closed => 0,
@@ -321,8 +330,8 @@ impl AdminApi {
             let status = cluster.status();
             if let Some(s) = status.breaker {
                 METRICS
-                    .breaker_state
-                    .with_label_values(&[cluster.name.as_str(), ""])
+                    .cluster_breaker_state
+                    .with_label_values(&[cluster.name.as_str()])
                     .set(state_value(s));
             }
             if let Some(b) = &status.bulkhead {
@@ -334,7 +343,7 @@ impl AdminApi {
             for e in status.endpoints {
                 if let Some(s) = e.breaker {
                     METRICS
-                        .breaker_state
+                        .endpoint_breaker_state
                         .with_label_values(&[cluster.name.as_str(), e.address.as_str()])
                         .set(state_value(s));
                 }

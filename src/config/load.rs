@@ -43,20 +43,28 @@ pub fn load_str(file: &str, text: &str) -> Result<Config, ConfigErrors> {
     let locate = |path: &[Seg]| original().and_then(|d| span_of(d.as_table(), path));
     let mut errors = Vec::new();
 
-    let (text, secrets, env_problems) = interpolate_env(text);
+    // Interpolation works on the parsed document, the one that locates fields: a file
+    // with a `${…}` is parsed once more than one without.
+    let interpolated = interpolate_env(text, text.contains("${").then(original).flatten());
     // Fields whose `${NAME}` could not be substituted: their value is a stand-in, so
     // validating it again would only repeat the problem in other words.
     let mut env_fields = Vec::new();
-    // Parser spans are offsets into the interpolated text, where a substituted value may
-    // be longer or shorter than its `${NAME}`: locate them there (lines are the same in
-    // both texts, offsets are not).
+    // Parser spans are offsets into the interpolated text, where a substituted string may
+    // be longer or shorter than as written: they are mapped back to the file's offsets.
     let parsed_error = |offset: Option<usize>, field: String, message: String| ConfigError {
         file: file.to_string(),
-        location: offset.map(|o| location_of(&text, o)),
+        location: offset.map(|o| location_of(text, interpolated.original_offset(o))),
         field,
         message,
     };
-    for (offset, message) in env_problems {
+    let Interpolated {
+        text: ref substituted,
+        ref secrets,
+        ref problems,
+        ..
+    } = interpolated;
+    let (text, secrets) = (substituted.as_str(), secrets.clone());
+    for (offset, message) in problems.iter().cloned() {
         let field = original()
             .map(|d| render_path(&path_at(d.as_table(), offset)))
             .unwrap_or_default();
@@ -66,9 +74,9 @@ pub fn load_str(file: &str, text: &str) -> Result<Config, ConfigErrors> {
 
     // The common case: the text parses into a `Config` as it is. Otherwise it is parsed
     // again below, with the field paths tracked, to report every problem.
-    let config = match Config::deserialize(toml::Deserializer::new(&text)) {
+    let config = match Config::deserialize(toml::Deserializer::new(text)) {
         Ok(c) => Some(c),
-        Err(_) => deserialize_reporting(&text, &locate, &error, &parsed_error, &mut errors)?,
+        Err(_) => deserialize_reporting(text, &locate, &error, &parsed_error, &mut errors)?,
     };
 
     if let Some(mut config) = config {
@@ -302,155 +310,226 @@ fn span_of(root: &toml_edit::Table, path: &[Seg]) -> Option<usize> {
     best
 }
 
-/// Replaces `${NAME}` inside double-quoted strings with the environment variable's value,
-/// escaped for a TOML basic string so a secret containing `"` or `\\` cannot change the
-/// document's structure. Comments and literal ('…') strings are left alone, and `$${`
-/// writes a literal `${`. Values never add lines, so error lines stay right.
-/// Returns the text, the substituted values (treated as secrets), and every problem with
-/// its offset; a reference that cannot be substituted becomes an empty string so parsing
-/// can go on and report the rest.
-fn interpolate_env(text: &str) -> (String, Vec<String>, Vec<(usize, String)>) {
-    let mut secrets = Vec::new();
-    let mut problems = Vec::new();
-    if !text.contains("${") {
-        return (text.to_string(), secrets, problems);
+/// A config text with its `${NAME}` references substituted, and how to find an offset of it
+/// in the file as written.
+struct Interpolated {
+    text: String,
+    /// The substituted values, treated as secrets.
+    secrets: Vec<String>,
+    /// Every reference that could not be substituted, at its offset in the original text.
+    problems: Vec<(usize, String)>,
+    /// The strings replaced, in file order: their span in the original text and the length
+    /// of what replaced them.
+    edits: Vec<(std::ops::Range<usize>, usize)>,
+}
+
+impl Interpolated {
+    /// The offset in the original text of `offset` in the substituted one: inside a
+    /// replaced string, the string's start.
+    fn original_offset(&self, offset: usize) -> usize {
+        let mut shift: isize = 0;
+        for (span, new_len) in &self.edits {
+            let new_start = (span.start as isize + shift) as usize;
+            if offset < new_start {
+                break;
+            }
+            if offset < new_start + new_len {
+                return span.start;
+            }
+            shift += *new_len as isize - span.len() as isize;
+        }
+        (offset as isize - shift).max(0) as usize
     }
-    #[derive(PartialEq)]
-    enum At {
-        Code,
-        Comment,
-        Basic,
-        MultiBasic,
-        Literal,
-        MultiLiteral,
-    }
-    let mut at = At::Code;
-    let mut out = String::with_capacity(text.len());
-    let mut i = 0;
-    let bytes = text.as_bytes();
-    while i < text.len() {
-        let rest = &text[i..];
-        let in_basic = at == At::Basic || at == At::MultiBasic;
-        if in_basic && rest.starts_with("$${") {
-            out.push_str("${");
-            i += 3;
+}
+
+/// Replaces `${NAME}` in the document's double-quoted string values with the environment
+/// variable's value. The document is parsed first (a syntax error is left for the real
+/// parse to report), so only string values are touched: comments, keys and literal ('…')
+/// strings stay as written, and `$${` writes a literal `${`. Each string with a reference
+/// is written back as a basic string with the value escaped, so a secret containing `"` or
+/// `\\` cannot change the document's structure. A reference that cannot be substituted
+/// becomes an empty string, so parsing can go on and report the rest.
+/// `doc` is `text` parsed; without it (no reference in the text, or a syntax error) the
+/// text is returned as it is.
+fn interpolate_env(text: &str, doc: Option<&toml_edit::ImDocument<&str>>) -> Interpolated {
+    let mut out = Interpolated {
+        text: String::new(),
+        secrets: Vec::new(),
+        problems: Vec::new(),
+        edits: Vec::new(),
+    };
+    let Some(doc) = doc else {
+        out.text = text.to_string();
+        return out;
+    };
+    let mut strings = Vec::new();
+    strings_in_table(doc.as_table(), &mut strings);
+    strings.sort_by_key(|(span, _)| span.start);
+    let mut rebuilt = String::with_capacity(text.len());
+    let mut copied = 0;
+    for (span, value) in strings {
+        let raw = &text[span.clone()];
+        // Literal strings mean what they say; strings without a reference stay as written.
+        if !raw.starts_with('"') || !value.contains("${") || span.start < copied {
             continue;
         }
-        if in_basic && rest.starts_with("${") {
-            let after = &rest[2..];
+        let substituted = substitute(&value, raw, span.start, &mut out);
+        let encoded = basic_string(&substituted);
+        rebuilt.push_str(&text[copied..span.start]);
+        rebuilt.push_str(&encoded);
+        out.edits.push((span.clone(), encoded.len()));
+        copied = span.end;
+    }
+    rebuilt.push_str(&text[copied..]);
+    out.text = rebuilt;
+    out
+}
+
+/// `value` (a decoded string) with its references replaced; `raw` is how it is written at
+/// `start`, to place problems at their reference.
+fn substitute(value: &str, raw: &str, start: usize, out: &mut Interpolated) -> String {
+    let at = |needle: &str| start + raw.find(needle).unwrap_or(0);
+    let mut result = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(i) = rest.find('$') {
+        result.push_str(&rest[..i]);
+        let from = &rest[i..];
+        if let Some(after) = from.strip_prefix("$${") {
+            result.push_str("${");
+            rest = after;
+        } else if let Some(after) = from.strip_prefix("${") {
             let Some(end) = after
-                .find(['}', '"', '\n'])
+                .find(['}', '\n'])
                 .filter(|&e| after.as_bytes()[e] == b'}')
             else {
-                problems.push((i, "unterminated `${` in config".to_string()));
-                out.push_str("${");
-                i += 2;
+                out.problems
+                    .push((at("${"), "unterminated `${` in config".to_string()));
+                result.push_str("${");
+                rest = after;
                 continue;
             };
             let name = &after[..end];
             let valid =
                 !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-            let value = if !valid {
-                problems.push((
-                    i,
-                    format!("`${{{name}}}` is not a valid environment variable reference"),
+            let reference = format!("${{{name}}}");
+            if !valid {
+                out.problems.push((
+                    at(&reference),
+                    format!("`{reference}` is not a valid environment variable reference"),
                 ));
-                String::new()
             } else {
-                std::env::var(name).unwrap_or_else(|_| {
-                    problems.push((i, format!("environment variable `{name}` is not set")));
-                    String::new()
-                })
-            };
-            for c in value.chars() {
-                match c {
-                    '"' => out.push_str("\\\""),
-                    '\\' => out.push_str("\\\\"),
-                    '\n' => out.push_str("\\n"),
-                    '\r' => out.push_str("\\r"),
-                    '\t' => out.push_str("\\t"),
-                    c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
-                    c => out.push(c),
+                match std::env::var(name) {
+                    Ok(v) => {
+                        result.push_str(&v);
+                        if !v.is_empty() {
+                            out.secrets.push(v);
+                        }
+                    }
+                    Err(_) => out.problems.push((
+                        at(&reference),
+                        format!("environment variable `{name}` is not set"),
+                    )),
                 }
             }
-            if !value.is_empty() {
-                secrets.push(value);
-            }
-            i += 2 + end + 1;
-            continue;
+            rest = &after[end + 1..];
+        } else {
+            result.push('$');
+            rest = &from[1..];
         }
-        let c = rest.chars().next().unwrap_or(' ');
-        let mut step = c.len_utf8();
-        match at {
-            At::Code => {
-                if rest.starts_with("\"\"\"") {
-                    at = At::MultiBasic;
-                    step = 3;
-                } else if rest.starts_with("'''") {
-                    at = At::MultiLiteral;
-                    step = 3;
-                } else if c == '"' {
-                    at = At::Basic;
-                } else if c == '\'' {
-                    at = At::Literal;
-                } else if c == '#' {
-                    at = At::Comment;
-                }
-            }
-            At::Comment => {
-                if c == '\n' {
-                    at = At::Code;
-                }
-            }
-            At::Basic | At::MultiBasic => {
-                if c == '\\' && i + 1 < bytes.len() {
-                    // An escape: copy it whole so `\"` does not end the string.
-                    step = 1 + rest[1..].chars().next().map_or(0, char::len_utf8);
-                } else if at == At::Basic && (c == '"' || c == '\n') {
-                    at = At::Code;
-                } else if at == At::MultiBasic && rest.starts_with("\"\"\"") {
-                    at = At::Code;
-                    step = 3;
-                }
-            }
-            At::Literal => {
-                if c == '\'' || c == '\n' {
-                    at = At::Code;
-                }
-            }
-            At::MultiLiteral => {
-                if rest.starts_with("'''") {
-                    at = At::Code;
-                    step = 3;
-                }
-            }
-        }
-        out.push_str(&rest[..step.min(rest.len())]);
-        i += step.min(rest.len());
     }
-    (out, secrets, problems)
+    result.push_str(rest);
+    result
+}
+
+/// `value` as a one-line TOML basic string.
+fn basic_string(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Every string value of a parsed document with its span, at any depth.
+fn strings_in_table(table: &toml_edit::Table, out: &mut Vec<(std::ops::Range<usize>, String)>) {
+    for (_, item) in table.iter() {
+        match item {
+            toml_edit::Item::Value(v) => strings_in_value(v, out),
+            toml_edit::Item::Table(t) => strings_in_table(t, out),
+            toml_edit::Item::ArrayOfTables(a) => a.iter().for_each(|t| strings_in_table(t, out)),
+            toml_edit::Item::None => {}
+        }
+    }
+}
+
+fn strings_in_value(value: &toml_edit::Value, out: &mut Vec<(std::ops::Range<usize>, String)>) {
+    match value {
+        toml_edit::Value::String(s) => {
+            if let Some(span) = s.span() {
+                out.push((span, s.value().clone()));
+            }
+        }
+        toml_edit::Value::Array(a) => a.iter().for_each(|v| strings_in_value(v, out)),
+        toml_edit::Value::InlineTable(t) => t.iter().for_each(|(_, v)| strings_in_value(v, out)),
+        _ => {}
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn interpolate(text: &str) -> Interpolated {
+        interpolate_env(text, toml_edit::ImDocument::parse(text).ok().as_ref())
+    }
+
     #[test]
     fn interpolation_escapes_and_keeps_literal() {
         std::env::set_var("PORTICO_TEST_SECRET", "a\"b\\c");
-        let (out, secrets, problems) = interpolate_env(
+        let out = interpolate(
             "k = \"${PORTICO_TEST_SECRET} $${X}\" # ${NOT_SUBSTITUTED}\nl = '${LITERAL}'",
         );
-        assert!(problems.is_empty());
-        assert_eq!(secrets, vec!["a\"b\\c".to_string()]);
+        assert!(out.problems.is_empty());
+        assert_eq!(out.secrets, vec!["a\"b\\c".to_string()]);
         assert_eq!(
-            out,
+            out.text,
             "k = \"a\\\"b\\\\c ${X}\" # ${NOT_SUBSTITUTED}\nl = '${LITERAL}'"
         );
-        let (_, _, problems) = interpolate_env("a = 1\nk = \"${PORTICO_SURELY_UNSET_VAR}\"");
-        let (offset, message) = &problems[0];
-        assert_eq!(location_of("a = 1\nk = \"${X", *offset).line, 2);
+        let text = "a = 1\nk = \"${PORTICO_SURELY_UNSET_VAR}\"";
+        let out = interpolate(text);
+        let (offset, message) = &out.problems[0];
+        assert_eq!(location_of(text, *offset), Location { line: 2, column: 6 });
         assert!(message.contains("PORTICO_SURELY_UNSET_VAR"));
+    }
+
+    #[test]
+    fn only_string_values_are_interpolated_wherever_they_are() {
+        std::env::set_var("PORTICO_TEST_NESTED", "v");
+        // Dotted keys, inline tables, arrays, multi-line strings; keys and comments stay.
+        let text = "a.b = \"${PORTICO_TEST_NESTED}\"\nt = { x = [\"1${PORTICO_TEST_NESTED}\", 2] }\n\"${K}\" = \"\"\"\nm${PORTICO_TEST_NESTED}\"\"\"\n# \"${C}\"\n";
+        let out = interpolate(text);
+        assert!(out.problems.is_empty(), "{:?}", out.problems);
+        let parsed: toml::Value = toml::from_str(&out.text).unwrap();
+        assert_eq!(parsed["a"]["b"].as_str(), Some("v"));
+        assert_eq!(parsed["t"]["x"][0].as_str(), Some("1v"));
+        assert_eq!(parsed["${K}"].as_str(), Some("mv"));
+        assert!(out.text.ends_with("# \"${C}\"\n"));
+        // An offset after the (shorter) multi-line string maps back to its line in the file.
+        let after = out.text.find("# \"").unwrap();
+        assert_eq!(location_of(text, out.original_offset(after)).line, 5);
+        // Inside a replaced string: the string's start.
+        let inside = out.text.find("1v").unwrap();
+        assert_eq!(location_of(text, out.original_offset(inside)).line, 2);
     }
 
     #[test]

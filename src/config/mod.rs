@@ -5,6 +5,7 @@
 //! These types are what an operator writes, not what the proxy runs on: the gateway builds
 //! its runtime objects (compiled route table, live clusters) from a validated [`Config`].
 
+mod effective;
 mod field_path;
 mod lint;
 mod load;
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use effective::{effective_value, value_as_line};
 pub use lint::{lint, Warning};
 pub use load::{load_file, load_str, ConfigError, ConfigErrors, Location};
 pub use validate::resolve_address;

@@ -6,11 +6,17 @@
 //! is loaded before Pingora daemonizes, and a thread started before the fork would not
 //! exist in the daemon.
 //!
+//! Log rotation: [`reopen_all`] (SIGUSR1) makes each writer reopen its file by path, so
+//! logrotate can rename the file and signal instead of copying and truncating it (which
+//! loses the lines written in between).
+//!
 //! A process that exits drains every queue first ([`flush_all`]): the lines queued before
 //! the call are written and flushed, so a graceful stop loses no access-log line.
 
 use std::cell::Cell;
 use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, Once, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -247,8 +253,21 @@ enum Msg {
     Flush(SyncSender<()>),
 }
 
-/// The receiving end of the line queue and the output it goes to.
-type PendingWriter = (Receiver<Msg>, Box<dyn Write + Send>);
+/// The receiving end of the line queue, the output it goes to, and the file behind it
+/// (none for stdout) with the [`REOPEN_GENERATION`] it was opened in: a rotation before the
+/// writer thread starts is noticed too.
+type PendingWriter = (Receiver<Msg>, Box<dyn Write + Send>, Option<(PathBuf, u64)>);
+
+/// Bumped by [`reopen_all`]; each writer thread reopens its file when it sees a new value.
+static REOPEN_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// Makes every access log of the process reopen its file by path (SIGUSR1, after logrotate
+/// renamed it): lines queued until then go to the renamed file, the following ones to a new
+/// file at the configured path, so a rotation loses none. Takes effect within a drain
+/// interval of the writer threads.
+pub fn reopen_all() {
+    REOPEN_GENERATION.fetch_add(1, Ordering::SeqCst);
+}
 
 struct Sink {
     sender: SyncSender<Msg>,
@@ -304,10 +323,10 @@ impl Sink {
     fn ensure_writer(&self) {
         self.start.call_once(|| {
             let taken = self.writer.lock().ok().and_then(|mut w| w.take());
-            if let Some((receiver, out)) = taken {
+            if let Some((receiver, out, file)) = taken {
                 let spawned = std::thread::Builder::new()
                     .name("portico-access-log".into())
-                    .spawn(move || write_lines(receiver, out));
+                    .spawn(move || write_lines(receiver, out, file));
                 if let Err(e) = spawned {
                     log::error!("cannot start the access log writer: {e}");
                 }
@@ -316,26 +335,32 @@ impl Sink {
     }
 }
 
+fn open_for_append(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
 /// Lines buffered between the proxy and the writer thread.
 const QUEUE_LINES: usize = 64 * 1024;
 
 impl AccessLog {
     /// `target` is `stdout`, `off`, or a file path opened for appending.
     pub fn open(target: &str, success_sample_ratio: f64) -> std::io::Result<AccessLog> {
-        let out: Box<dyn Write + Send> = match target {
+        let generation = REOPEN_GENERATION.load(Ordering::SeqCst);
+        let (out, file): (Box<dyn Write + Send>, _) = match target {
             "off" => return Ok(AccessLog::off()),
-            "stdout" => Box::new(std::io::stdout()),
-            path => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)?,
+            "stdout" => (Box::new(std::io::stdout()), None),
+            path => (
+                Box::new(open_for_append(Path::new(path))?),
+                Some((path.into(), generation)),
             ),
         };
         let (sender, receiver) = sync_channel(QUEUE_LINES);
         let sink = Arc::new(Sink {
             sender,
-            writer: Mutex::new(Some((receiver, out))),
+            writer: Mutex::new(Some((receiver, out, file))),
             start: Once::new(),
         });
         if let Ok(mut all) = SINKS.lock() {
@@ -390,10 +415,28 @@ const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
 /// woken (a futex call, then a context switch onto the proxy's core) for every line, which
 /// cost the logged proxy path about a third of its throughput in the load benchmark; a
 /// sleeping one costs the sender nothing.
-fn write_lines(receiver: Receiver<Msg>, out: Box<dyn Write + Send>) {
+fn write_lines(receiver: Receiver<Msg>, out: Box<dyn Write + Send>, file: Option<(PathBuf, u64)>) {
     use std::sync::mpsc::TryRecvError;
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+    let (path, mut generation) = match file {
+        Some((path, generation)) => (Some(path), generation),
+        None => (None, 0),
+    };
     loop {
+        let wanted = REOPEN_GENERATION.load(Ordering::SeqCst);
+        if let (Some(path), true) = (&path, wanted != generation) {
+            generation = wanted;
+            // Everything written so far ends in the old (renamed) file.
+            let _ = out.flush();
+            match open_for_append(path) {
+                Ok(file) => out = std::io::BufWriter::with_capacity(64 * 1024, Box::new(file)),
+                // Keep writing to the old file rather than losing lines.
+                Err(e) => log::error!(
+                    "cannot reopen the access log {}: {e}; still writing to the old file",
+                    path.display()
+                ),
+            }
+        }
         loop {
             match receiver.try_recv() {
                 Ok(Msg::Line(line)) => {

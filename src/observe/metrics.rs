@@ -29,7 +29,10 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     pub retry_budget_exhausted: IntCounterVec,
     pub breaker_rejections: IntCounterVec,
-    pub breaker_state: IntGaugeVec,
+    /// Cluster and endpoint breakers are separate series: an alert or panel on one never
+    /// has to filter the other out by an empty label.
+    pub cluster_breaker_state: IntGaugeVec,
+    pub endpoint_breaker_state: IntGaugeVec,
     pub bulkhead_rejections: IntCounterVec,
     pub bulkhead_limit: IntGaugeVec,
     pub client_connections: IntGauge,
@@ -57,9 +60,9 @@ impl Metrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "portico_requests_total",
-                "Requests answered, by route, API version, cluster, method and status class",
+                "Requests answered, by route, API version, cluster, method, status (the code, from a fixed list, else `other`) and status class",
             ),
-            &["route", "version", "cluster", "method", "status_class"],
+            &["route", "version", "cluster", "method", "status", "status_class"],
         )
         .expect("valid metric");
         let request_duration = HistogramVec::new(
@@ -156,9 +159,14 @@ impl Metrics {
             "Requests failed fast by an open cluster circuit breaker",
             &["cluster"],
         );
-        let breaker_state = gauge(
-            "portico_breaker_state",
-            "Circuit breaker state: 0 closed, 1 open, 2 half-open (endpoint empty = cluster breaker)",
+        let cluster_breaker_state = gauge(
+            "portico_cluster_breaker_state",
+            "Cluster circuit breaker state: 0 closed, 1 open, 2 half-open",
+            &["cluster"],
+        );
+        let endpoint_breaker_state = gauge(
+            "portico_endpoint_breaker_state",
+            "Endpoint circuit breaker state: 0 closed, 1 open, 2 half-open",
             &["cluster", "endpoint"],
         );
         let bulkhead_rejections = counter(
@@ -224,7 +232,8 @@ impl Metrics {
             Box::new(retries.clone()),
             Box::new(retry_budget_exhausted.clone()),
             Box::new(breaker_rejections.clone()),
-            Box::new(breaker_state.clone()),
+            Box::new(cluster_breaker_state.clone()),
+            Box::new(endpoint_breaker_state.clone()),
             Box::new(bulkhead_rejections.clone()),
             Box::new(bulkhead_limit.clone()),
             Box::new(request_duration.clone()),
@@ -240,6 +249,8 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric names are unique");
         }
+        // Build, process and config-state series (a block of their own).
+        super::process_metrics::register(&registry);
         Metrics {
             registry,
             requests,
@@ -256,7 +267,8 @@ impl Metrics {
             retries,
             retry_budget_exhausted,
             breaker_rejections,
-            breaker_state,
+            cluster_breaker_state,
+            endpoint_breaker_state,
             bulkhead_rejections,
             bulkhead_limit,
             client_connections,
@@ -360,6 +372,38 @@ const METHODS: [&str; 9] = [
 ];
 const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
 
+/// Status codes that get their own `status` label value: the ones a gateway and its
+/// upstreams answer in practice. Anything else is `other` (its `status_class` still says
+/// which class), so an upstream inventing codes cannot blow up the cardinality.
+const STATUSES: [u16; 31] = [
+    100, 101, 200, 201, 202, 204, 206, 301, 302, 303, 304, 307, 308, 400, 401, 403, 404, 405, 408,
+    409, 410, 413, 415, 421, 422, 429, 500, 501, 502, 503, 504,
+];
+/// The `status` label values, in the order of [`STATUSES`].
+const STATUS_LABELS: [&str; 31] = [
+    "100", "101", "200", "201", "202", "204", "206", "301", "302", "303", "304", "307", "308",
+    "400", "401", "403", "404", "405", "408", "409", "410", "413", "415", "421", "422", "429",
+    "500", "501", "502", "503", "504",
+];
+
+/// A route's request counters per method: one slot per listed status, then one `other`
+/// slot per status class (an unlisted 418 and an unlisted 507 are different series).
+const STATUS_SLOTS: usize = STATUSES.len() + CLASSES.len();
+
+fn status_slot(status: u16) -> usize {
+    STATUSES
+        .binary_search(&status)
+        .unwrap_or_else(|_| STATUSES.len() + class_index(status))
+}
+
+/// The `status` and `status_class` label values of a slot.
+fn slot_labels(slot: usize) -> (&'static str, &'static str) {
+    match STATUSES.get(slot) {
+        Some(&code) => (STATUS_LABELS[slot], CLASSES[class_index(code)]),
+        None => ("other", CLASSES[slot - STATUSES.len()]),
+    }
+}
+
 fn method_index(method: &http::Method) -> usize {
     METHODS
         .iter()
@@ -378,6 +422,8 @@ fn class_index(status: u16) -> usize {
     }
 }
 
+type StatusCounters = [OnceLock<IntCounter>; STATUS_SLOTS];
+
 /// One route target's metrics: its label values, and the handles of its series, resolved
 /// on its first request (not when the config is loaded) and then kept for the life of the
 /// snapshot. A route that gets no traffic costs its three shared label strings and one
@@ -393,8 +439,9 @@ pub struct RouteMetrics {
 
 /// The series of one route target, created together on its first request.
 struct Handles {
-    /// By method, then status class; each created on first use.
-    counters: [[OnceLock<IntCounter>; 6]; 10],
+    /// By method, then status; a method's row and each counter created on first use, so
+    /// a route answered only to GET holds one row.
+    counters: [OnceLock<Box<StatusCounters>>; 10],
     attempts: [OnceLock<IntCounter>; 4],
     duration: prometheus::Histogram,
     upstream_duration: prometheus::Histogram,
@@ -439,15 +486,17 @@ impl RouteMetrics {
         body_bytes: (u64, u64),
     ) {
         let h = self.handles();
-        let (mi, ci) = (method_index(method), class_index(status));
-        h.counters[mi][ci]
+        let (mi, slot) = (method_index(method), status_slot(status));
+        h.counters[mi].get_or_init(|| Box::new(std::array::from_fn(|_| OnceLock::new())))[slot]
             .get_or_init(|| {
+                let (status, class) = slot_labels(slot);
                 METRICS.requests.with_label_values(&[
                     &*self.route,
                     &*self.version,
                     &*self.cluster,
                     METHODS.get(mi).copied().unwrap_or("OTHER"),
-                    CLASSES[ci],
+                    status,
+                    class,
                 ])
             })
             .inc();
@@ -499,7 +548,10 @@ impl RouteMetrics {
         let errors = h
             .counters
             .iter()
-            .filter_map(|by_class| by_class[class_index(500)].get())
+            .filter_map(OnceLock::get)
+            .flat_map(|by_status| by_status.iter().enumerate())
+            .filter(|(slot, _)| slot_labels(*slot).1 == "5xx")
+            .filter_map(|(_, counter)| counter.get())
             .map(IntCounter::get)
             .sum();
         // The histogram's own counts, so the window agrees with what Prometheus scrapes.
@@ -530,6 +582,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_listed_status_has_its_label_and_the_rest_their_class() {
+        assert!(
+            STATUSES.windows(2).all(|w| w[0] < w[1]),
+            "sorted for the search"
+        );
+        for (i, code) in STATUSES.iter().enumerate() {
+            assert_eq!(STATUS_LABELS[i], code.to_string());
+            assert_eq!(status_slot(*code), i);
+        }
+        assert_eq!(slot_labels(status_slot(418)), ("other", "4xx"));
+        assert_eq!(slot_labels(status_slot(507)), ("other", "5xx"));
+        assert_eq!(slot_labels(status_slot(0)), ("other", "other"));
+        assert_ne!(status_slot(418), status_slot(507));
+    }
+
+    #[test]
     fn counts_land_under_bounded_labels() {
         let rm = RouteMetrics::new("metrics-test-route".into(), "c".into(), "2".into());
         let text = String::from_utf8(METRICS.render()).unwrap();
@@ -554,10 +622,11 @@ mod tests {
             text.contains(r#"portico_response_body_bytes_total{route="metrics-test-route"} 10"#)
         );
         assert!(text.contains(
-            r#"portico_requests_total{cluster="c",method="GET",route="metrics-test-route",status_class="2xx",version="2"} 1"#
+            r#"portico_requests_total{cluster="c",method="GET",route="metrics-test-route",status="204",status_class="2xx",version="2"} 1"#
         ));
+        // An unlisted code: `other`, in its class.
         assert!(text.contains(
-            r#"portico_requests_total{cluster="c",method="OTHER",route="metrics-test-route",status_class="4xx",version="2"} 1"#
+            r#"portico_requests_total{cluster="c",method="OTHER",route="metrics-test-route",status="other",status_class="4xx",version="2"} 1"#
         ));
     }
 }

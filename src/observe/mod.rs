@@ -2,8 +2,10 @@
 //! context, and span export over OTLP.
 
 pub mod access_log;
+pub mod journal;
 pub mod metrics;
 pub mod otlp;
+pub mod process_metrics;
 pub mod window;
 pub use portico_common::trace;
 pub use portico_common::{hex, random_hex_128, write_hex};

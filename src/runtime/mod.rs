@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 pub mod dirs;
+pub mod notify;
 pub mod serve;
 pub mod supervisor;
 pub mod tls;
@@ -686,6 +687,7 @@ impl State {
             .config_reloads
             .with_label_values(&["success"])
             .inc();
+        crate::observe::process_metrics::config_loaded(true);
         Arc::new(State {
             current: ArcSwap::from_pointee(snapshot),
             config_path,
@@ -713,6 +715,11 @@ impl State {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// The live TLS state of each TLS listener (empty before the server is built).
+    pub fn tls_listeners(&self) -> &[Arc<tls::ListenerTlsState>] {
+        self.tls.get().map(Vec::as_slice).unwrap_or_default()
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -952,7 +959,10 @@ fn build_reload(
 /// `/readyz`. Returns the new config version.
 pub async fn reload(state: &Arc<State>) -> Result<String, String> {
     let _one_at_a_time = state.reload_lock.lock().await;
+    notify::reloading();
     let result = reload_locked(state).await;
+    notify::reloaded(&result);
+    crate::observe::process_metrics::config_loaded(result.is_ok());
     let label = if result.is_ok() { "success" } else { "failure" };
     crate::observe::metrics::METRICS
         .config_reloads

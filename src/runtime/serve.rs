@@ -141,7 +141,11 @@ pub fn build(
             .endpoints()
             .set_pre_tls_callback(HelloDeadline::new(state.clone()));
     }
-    server.add_service(proxy);
+    server.add_service(super::notify::WatchdogFed::new(
+        proxy,
+        state.clone(),
+        state.snapshot().config.server.threads,
+    ));
 
     let mut admin = Service::new("portico admin".to_string(), AdminApi::new(state.clone()));
     admin.add_tcp(&admin_address);

@@ -1,6 +1,9 @@
 //! The background service that runs beside the listeners: starts active health checks,
-//! declares the gateway ready once its listeners accept connections, reloads the config on SIGHUP (and when the file changes, with
-//! `watch_config`), and ends the process once a graceful stop or upgrade has drained.
+//! declares the gateway ready once its listeners accept connections and every cluster had
+//! its first health-check round (and tells systemd, see [`super::notify`]), reloads the
+//! config on SIGHUP (and when the file changes, with `watch_config`), reopens the log files
+//! on SIGUSR1 (log rotation), and ends the process once a graceful stop or upgrade has
+//! drained.
 //!
 //! Pingora itself, after SIGTERM (or after handing the listening sockets to a new process on
 //! SIGQUIT), stops accepting and then sleeps the whole grace period before it stops its
@@ -64,15 +67,37 @@ impl BackgroundService for Supervisor {
             tokio::spawn(watch_phases(phases, self.state.clone(), ending.clone()));
         }
 
+        // Before anything slow: the process of a graceful upgrade takes the service over
+        // from the old main process while that one still serves.
+        super::notify::main_pid();
+        // SIGUSR1 would end the process by default: take it over early.
+        let mut reopen_logs = match signal(SignalKind::user_defined1()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::warn!("cannot watch SIGUSR1, log files are not reopened on rotation: {e}");
+                None
+            }
+        };
+
         // Endpoints start healthy: a starting process (a graceful upgrade's new one too)
-        // serves at once instead of waiting for probes.
-        for cluster in self.state.snapshot().clusters.values() {
-            crate::upstream::spawn_health_checks(cluster, false);
-        }
+        // serves at once; readiness waits for the first probe round (bounded by the
+        // checks' timeouts), so a service manager learns the state of the upstreams too.
+        let first_rounds: Vec<_> = self
+            .state
+            .snapshot()
+            .clusters
+            .values()
+            .filter_map(|cluster| crate::upstream::spawn_health_checks(cluster, false))
+            .collect();
+        let listening_and_probed = async {
+            wait_for_listeners(&self.listeners).await;
+            futures::future::join_all(first_rounds.into_iter().map(|r| r.wait())).await;
+        };
         tokio::select! {
-            _ = wait_for_listeners(&self.listeners) => {
+            _ = listening_and_probed => {
                 if !self.state.is_draining() {
                     self.state.set_ready(true);
+                    super::notify::ready();
                     log::info!("portico is ready (pid {})", std::process::id());
                 }
             }
@@ -98,6 +123,10 @@ impl BackgroundService for Supervisor {
                 Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => None } } => {
                     log::info!("SIGHUP: reloading config");
                     let _ = super::reload(&self.state).await;
+                }
+                Some(()) = async { match reopen_logs.as_mut() { Some(s) => s.recv().await, None => None } } => {
+                    log::info!("SIGUSR1: reopening the access log files");
+                    crate::observe::access_log::reopen_all();
                 }
             }
         }
@@ -141,6 +170,13 @@ async fn watch_phases(
         };
         if let Ok(mut e) = ending.lock() {
             *e = kind;
+        }
+        match kind {
+            Ending::Terminate => super::notify::stopping(),
+            // Not STOPPING=1: the service goes on in the new process.
+            Ending::Upgrade => {
+                super::notify::status("handing the listeners to a new process, then draining")
+            }
         }
         if !state.is_draining() {
             log::info!("draining: {kind:?}; new requests are answered with Connection: close");

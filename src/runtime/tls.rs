@@ -193,6 +193,30 @@ impl CertStore {
     }
 }
 
+impl CertStore {
+    /// Every certificate of the listener once: its first name (or subject) and the Unix
+    /// time it expires.
+    pub fn expiries(&self) -> Vec<(String, i64)> {
+        let mut keys: Vec<&Arc<CertifiedKey>> = vec![&self.default];
+        for key in self.exact.values().chain(self.wildcard.values()) {
+            if !keys.iter().any(|k| Arc::ptr_eq(k, key)) {
+                keys.push(key);
+            }
+        }
+        keys.into_iter()
+            .filter_map(|key| {
+                let cert = key.end_entity_cert().ok()?;
+                let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+                let name = certificate_names(cert)
+                    .into_iter()
+                    .next()
+                    .unwrap_or_else(|| parsed.subject().to_string());
+                Some((name, parsed.validity().not_after.timestamp()))
+            })
+            .collect()
+    }
+}
+
 /// The listener's certificate resolver; a reload swaps its [`CertStore`].
 #[derive(Debug)]
 pub struct SniResolver {
@@ -366,6 +390,11 @@ impl ListenerTlsState {
             settings.set_alpn(ALPN::H1);
         }
         Ok(settings)
+    }
+
+    /// The certificates served now, each with its expiry (Unix time).
+    pub fn certificate_expiries(&self) -> Vec<(String, i64)> {
+        self.resolver.store.load().expiries()
     }
 
     /// Puts freshly loaded certificates and client-auth settings in place; the next

@@ -668,3 +668,89 @@ impl TestCa {
         issued
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// systemd's notify socket
+// ---------------------------------------------------------------------------------------
+
+/// A datagram socket standing in for systemd's `NOTIFY_SOCKET`: every message the gateway
+/// sends, with when it arrived, read by a thread until dropped.
+pub struct NotifySocket {
+    /// The `NOTIFY_SOCKET` value: a path, or `@name` for the abstract namespace.
+    pub address: String,
+    messages: Arc<Mutex<Vec<(Instant, String)>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl NotifySocket {
+    pub fn at_path(path: &Path) -> NotifySocket {
+        let socket = std::os::unix::net::UnixDatagram::bind(path).expect("bind notify socket");
+        NotifySocket::reading(socket, path.display().to_string())
+    }
+
+    pub fn abstract_named(name: &str) -> NotifySocket {
+        use std::os::linux::net::SocketAddrExt;
+        let address = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+            .expect("abstract address");
+        let socket =
+            std::os::unix::net::UnixDatagram::bind_addr(&address).expect("bind notify socket");
+        NotifySocket::reading(socket, format!("@{name}"))
+    }
+
+    fn reading(socket: std::os::unix::net::UnixDatagram, address: String) -> NotifySocket {
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("read timeout");
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (store, stopping) = (messages.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 4096];
+            while !stopping.load(Ordering::SeqCst) {
+                if let Ok(n) = socket.recv(&mut buf) {
+                    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    store.lock().unwrap().push((Instant::now(), text));
+                }
+            }
+        });
+        NotifySocket {
+            address,
+            messages,
+            stop,
+        }
+    }
+
+    /// Every message so far.
+    pub fn messages(&self) -> Vec<(Instant, String)> {
+        self.messages.lock().unwrap().clone()
+    }
+
+    /// Waits for the first message from index `from` on that has every line of `lines`;
+    /// returns its index and when it arrived.
+    pub async fn wait_for(&self, from: usize, lines: &[&str], limit: Duration) -> (usize, Instant) {
+        let start = Instant::now();
+        loop {
+            let found = self
+                .messages()
+                .into_iter()
+                .enumerate()
+                .skip(from)
+                .find(|(_, (_, m))| lines.iter().all(|l| m.lines().any(|have| have == *l)));
+            if let Some((i, (at, _))) = found {
+                return (i, at);
+            }
+            assert!(
+                start.elapsed() < limit,
+                "no notification with {lines:?} within {limit:?}; got {:?}",
+                self.messages()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
