@@ -155,6 +155,47 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
     .await;
 }
 
+/// SIGINT is a fast stop: requests in flight are cut and the process is gone at once. Through
+/// Pingora's own fast shutdown, under load, the process never exited and logged a failed
+/// accept on every turn of its loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_under_load_exits_at_once_without_a_log_flood() {
+    let _serial = SERIAL.lock().await;
+    bounded(async {
+        let up = Upstream::start("u1").await;
+        let site = Site::new();
+        site.write_config(&route_to(&[&up]));
+        let mut gw = site.spawn(&[], "portico.log");
+        wait_ready(&site, gw.pid, Duration::from_secs(20)).await;
+
+        let load = Load::start(site.url("/item"), 800, 256);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let int = Instant::now();
+        gw.signal("INT");
+        let status = gw
+            .wait_exit(Duration::from_secs(10))
+            .await
+            .expect("exit status");
+        let took = int.elapsed();
+        let report = load.finish().await;
+        assert!(report.sent() > 500, "the load ran: {}", report.sent());
+        let log = site.log("portico.log");
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        println!("SIGINT → exit {status} after {}", ms(took));
+        assert!(
+            took < Duration::from_secs(3),
+            "exited at once, not after {took:?}"
+        );
+        assert!(status.success(), "{tail:?}");
+        assert!(
+            !log.contains("Accept() failed") && log.lines().count() < 500,
+            "{} log lines, the last: {tail:?}",
+            log.lines().count()
+        );
+    })
+    .await;
+}
+
 // ---------------------------------------------------------------------------------------
 // systemd/portico-upgrade
 // ---------------------------------------------------------------------------------------

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use pingora_core::listeners::ListenerConfig;
 use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::server::configuration::{Opt, ServerConf};
-use pingora_core::server::{RunArgs, Server};
+use pingora_core::server::{
+    RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, UnixShutdownSignalWatch,
+};
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 
@@ -170,6 +172,39 @@ pub fn build(
 /// graceful upgrade hand-off). A graceful stop usually ends inside the supervisor once the
 /// requests in flight are done; whatever way Pingora returns, the access log is flushed.
 pub fn run(server: Server) {
-    server.run(RunArgs::default());
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals),
+    });
     crate::observe::access_log::flush_all(std::time::Duration::from_secs(2));
+}
+
+/// Pingora's shutdown signals, except that SIGINT exits here rather than through Pingora's
+/// fast shutdown: under load that path stops the proxy's runtime while its accept loop keeps
+/// polling, which then fails on every turn ("A Tokio 1.x context was found, but it is being
+/// shutdown") and logs each failure, hundreds of thousands of lines a second, without ever
+/// exiting.
+struct Signals;
+
+#[async_trait::async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut quit), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::quit()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            log::error!("cannot listen for shutdown signals; using Pingora's own");
+            return UnixShutdownSignalWatch.recv().await;
+        };
+        tokio::select! {
+            _ = term.recv() => ShutdownSignal::GracefulTerminate,
+            _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
+            _ = int.recv() => {
+                log::info!("SIGINT: exiting now, requests in flight are cut");
+                crate::observe::access_log::flush_all(std::time::Duration::from_secs(1));
+                std::process::exit(0)
+            }
+        }
+    }
 }
