@@ -235,7 +235,12 @@ fn init_logging(json_by_default: bool, default_filter: &str) {
             writeln!(buf, "{line}")
         });
     }
-    builder.init();
+    // Pingora's known noise goes in as debug (observe::log_noise); the filter still decides.
+    let logger = builder.build();
+    let max_level = logger.filter();
+    if log::set_boxed_logger(Box::new(portico::observe::log_noise::Demoting::new(logger))).is_ok() {
+        log::set_max_level(max_level);
+    }
 }
 
 /// `portico config get`: what `serve` would use, for scripts (systemd/portico-upgrade).

@@ -16,7 +16,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// A gateway with one TLS listener (a certificate of a test CA for `localhost`) routing
 /// everything to `up`, with `extra` appended to its config; and a client config trusting
 /// only that CA.
-async fn tls_gateway(up: &Upstream, extra: &str) -> (Site, Proc, rustls::ClientConfig) {
+struct TlsSite {
+    site: Site,
+    /// Kept alive with the site: dropping it kills the gateway.
+    gateway: Proc,
+    client_config: rustls::ClientConfig,
+    leaf: Issued,
+}
+
+async fn tls_gateway(up: &Upstream, extra: &str) -> TlsSite {
     let ca = TestCa::new("portico test CA");
     let mut site = Site::new();
     let leaf = ca.server(site.dir.path(), "leaf", &["localhost"]);
@@ -44,7 +52,12 @@ async fn tls_gateway(up: &Upstream, extra: &str) -> (Site, Proc, rustls::ClientC
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
-    (site, gateway, client_config)
+    TlsSite {
+        site,
+        gateway,
+        client_config,
+        leaf,
+    }
 }
 
 /// `GET /x` over a new TLS connection; the whole response.
@@ -70,7 +83,12 @@ async fn get_over_tls(site: &Site, client_config: &rustls::ClientConfig) -> Stri
 #[tokio::test]
 async fn terminates_tls_with_a_test_ca() {
     let up = Upstream::start("up").await;
-    let (site, _gateway, client_config) = tls_gateway(&up, "").await;
+    let TlsSite {
+        site,
+        client_config,
+        leaf,
+        gateway: _gateway,
+    } = tls_gateway(&up, "").await;
     let text = get_over_tls(&site, &client_config).await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.ends_with("up"), "the upstream answered: {text}");
@@ -91,7 +109,7 @@ async fn terminates_tls_with_a_test_ca() {
         .text()
         .await
         .unwrap();
-    let listener = listen.to_string();
+    let listener = site.listen.to_string();
     assert_eq!(
         common::metric_value(
             &metrics,
@@ -112,7 +130,12 @@ async fn terminates_tls_with_a_test_ca() {
 async fn silent_and_trickling_tls_clients_are_closed_at_the_limits() {
     let up = Upstream::start("up").await;
     let limits = "[limits]\nfirst_byte_timeout = \"1s\"\nheader_timeout = \"2s\"\n";
-    let (site, _gateway, client_config) = tls_gateway(&up, limits).await;
+    let TlsSite {
+        site,
+        client_config,
+        gateway: _gateway,
+        ..
+    } = tls_gateway(&up, limits).await;
 
     let start = Instant::now();
     let silent = tokio::net::TcpStream::connect(site.listen).await.unwrap();
@@ -156,6 +179,35 @@ async fn silent_and_trickling_tls_clients_are_closed_at_the_limits() {
     assert!(
         trickled >= Duration::from_millis(1500) && trickled < Duration::from_secs(6),
         "closed at header_timeout (2 s) from its first byte: {trickled:?}"
+    );
+    // Pingora logs each failed handshake as an error; portico keeps them at debug, counted.
+    let log = site.log("portico.log");
+    assert!(!log.contains("Downstream handshake"), "{log}");
+    let metrics = client()
+        .get(site.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // The two above, and the supervisor's own connect that checks the listener accepts.
+    let failed = common::metric_value(
+        &metrics,
+        "portico_pingora_events_total",
+        &[("event", "downstream_handshake_failed")],
+    );
+    assert!(failed >= Some(2.0), "{metrics}");
+    let timeouts = |phase| {
+        common::metric_value(
+            &metrics,
+            "portico_client_timeouts_total",
+            &[("phase", phase)],
+        )
+    };
+    assert_eq!(
+        (timeouts("first_byte"), timeouts("header")),
+        (Some(1.0), Some(1.0))
     );
 }
 

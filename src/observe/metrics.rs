@@ -39,6 +39,7 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     pub client_timeouts: IntCounterVec,
     pub client_disconnects: IntCounterVec,
+    pub pingora_events: IntCounterVec,
     pub jwt_checks: IntCounterVec,
     pub jwt_cache: IntCounterVec,
     pub jwks_fetches: IntCounterVec,
@@ -194,6 +195,11 @@ impl Metrics {
             "Client connections closed for being too slow, by phase (first_byte, header, body)",
             &["phase"],
         );
+        let pingora_events = counter(
+            "portico_pingora_events_total",
+            "Errors Pingora logs that are not the gateway's (upstream_reuse_race, downstream_handshake_failed): logged at debug, counted here",
+            &["event"],
+        );
         let client_disconnects = counter(
             "portico_client_disconnects_total",
             "Requests the client abandoned by closing its connection, by phase (before_response, during_response)",
@@ -229,6 +235,7 @@ impl Metrics {
             Box::new(connections_refused.clone()),
             Box::new(client_timeouts.clone()),
             Box::new(client_disconnects.clone()),
+            Box::new(pingora_events.clone()),
             Box::new(retries.clone()),
             Box::new(retry_budget_exhausted.clone()),
             Box::new(breaker_rejections.clone()),
@@ -275,6 +282,7 @@ impl Metrics {
             connections_refused,
             client_timeouts,
             client_disconnects,
+            pingora_events,
             jwt_checks,
             jwt_cache,
             jwks_fetches,

@@ -3,6 +3,7 @@
 
 pub mod access_log;
 pub mod journal;
+pub mod log_noise;
 pub mod metrics;
 pub mod otlp;
 pub mod process_metrics;
