@@ -9,6 +9,7 @@
 //! at a time).
 
 mod common;
+mod ops_support;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -30,6 +31,7 @@ use prost::Message;
 struct Export {
     path: String,
     content_type: Option<String>,
+    content_encoding: Option<String>,
     authorization: Option<String>,
     body: ExportTraceServiceRequest,
 }
@@ -115,12 +117,26 @@ async fn receive(
         header("content-type"),
         header("authorization"),
     );
+    let content_encoding = header("content-encoding");
     let body = req.into_body().collect().await.unwrap().to_bytes();
+    let body = match content_encoding.as_deref() {
+        Some("gzip") => {
+            use std::io::Read;
+            let mut plain = Vec::new();
+            flate2::read::GzDecoder::new(&body[..])
+                .read_to_end(&mut plain)
+                .expect("a gzip body");
+            Bytes::from(plain)
+        }
+        None => body,
+        Some(other) => panic!("unexpected content-encoding {other}"),
+    };
     let body =
         ExportTraceServiceRequest::decode(body).expect("a protobuf ExportTraceServiceRequest");
     exports.lock().unwrap().push(Export {
         path,
         content_type,
+        content_encoding,
         authorization,
         body,
     });
@@ -494,7 +510,7 @@ fn tracing_config_problems_are_located() {
 address = "127.0.0.1:8080"
 
 [tracing]
-otlp_endpoint = "https://collector:4318"
+otlp_endpoint = "ftp://collector:4318"
 sample_ratio = 1.5
 batch_size = 0
 flush_interval = "0s"
@@ -504,7 +520,7 @@ headers = { "bad header" = "x" }
         .expect_err("invalid tracing section")
         .to_string();
     for expected in [
-        "portico.toml:6:17: tracing.otlp_endpoint: `https://collector:4318`: https is not supported",
+        "portico.toml:6:17: tracing.otlp_endpoint: `ftp://collector:4318` must start with http:// or https://",
         "portico.toml:7:16: tracing.sample_ratio: 1.5 is outside 0.0–1.0",
         "tracing.batch_size: must be between 1 and 65536",
         "tracing.flush_interval: must be greater than 0",
@@ -555,6 +571,224 @@ async fn a_reload_that_changes_tracing_takes_effect() {
         let spans = receiver.spans();
         assert_eq!(spans.len(), 2, "{spans:#?}");
         assert!(spans.iter().all(|s| hex(&s.trace_id) == trace_hex));
+    })
+    .await;
+}
+
+/// An OTLP/HTTP receiver over TLS with a certificate from `ca` for `localhost`, answering the
+/// first `busy` export requests 503 with `Retry-After: 0` and keeping the rest.
+async fn tls_receiver(
+    ca: &ops_support::TestCa,
+    dir: &std::path::Path,
+    busy: usize,
+) -> (SocketAddr, Arc<Mutex<Vec<Export>>>, Arc<Mutex<usize>>) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let issued = ca.server(dir, "collector", &["localhost"]);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from_pem_file(&issued.cert).unwrap()],
+            PrivateKeyDer::from_pem_file(&issued.key).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let exports = Arc::new(Mutex::new(Vec::new()));
+    let refused = Arc::new(Mutex::new(0usize));
+    let (shared, refusals) = (exports.clone(), refused.clone());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, shared, refusals) = (acceptor.clone(), shared.clone(), refusals.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let (shared, refusals) = (shared.clone(), refusals.clone());
+                    async move {
+                        let turn_away = {
+                            let mut n = refusals.lock().unwrap();
+                            *n += 1;
+                            *n <= busy
+                        };
+                        let answer = if turn_away {
+                            let _ = req.into_body().collect().await;
+                            let mut r = reply(503, "text/plain", "busy");
+                            r.headers_mut().insert(
+                                "retry-after",
+                                hyper::header::HeaderValue::from_static("0"),
+                            );
+                            r
+                        } else {
+                            receive(shared, req).await
+                        };
+                        Ok::<_, std::convert::Infallible>(answer)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (addr, exports, refused)
+}
+
+#[tokio::test]
+async fn an_https_collector_gets_gzip_bodies_and_a_busy_answer_is_retried() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ops_support::TestCa::new("otlp-test-ca");
+        let ca_file = ca.write(dir.path());
+        let (addr, exports, answered) = tls_receiver(&ca, dir.path(), 1).await;
+        let up = Upstream::start("orders-1").await;
+        let gw = Gateway::builder(one_route("orders", &[&up]).toml(&format!(
+            r#"[tracing]
+otlp_endpoint = "https://localhost:{port}/v1/traces"
+ca_file = "{ca}"
+compression = "gzip"
+flush_interval = "20ms"
+"#,
+            port = addr.port(),
+            ca = ca_file.display()
+        )))
+        .start()
+        .await;
+
+        let (trace_id, client_span) = client_trace();
+        let resp = gw
+            .get_with(
+                "/orders/1",
+                &[("traceparent", &traceparent(&trace_id, &client_span, "01"))],
+            )
+            .await;
+        assert_eq!(resp.status(), 200);
+        eventually(
+            Duration::from_secs(10),
+            "the export, retried once",
+            || async { !exports.lock().unwrap().is_empty() },
+        )
+        .await;
+        let export = exports.lock().unwrap()[0].clone();
+        assert_eq!(export.content_encoding.as_deref(), Some("gzip"));
+        assert_eq!(export.path, "/v1/traces");
+        let spans: Vec<Span> = export
+            .body
+            .resource_spans
+            .into_iter()
+            .flat_map(|r| r.scope_spans)
+            .flat_map(|s| s.spans)
+            .collect();
+        assert!(
+            spans.iter().any(|s| s.trace_id == trace_id),
+            "the request's trace in the retried export: {spans:#?}"
+        );
+        assert_eq!(*answered.lock().unwrap(), 2, "one 503, then the export");
+        assert_eq!(
+            metric(&gw, "portico_otlp_export_retries_total", &[]).await,
+            1.0
+        );
+        assert_eq!(
+            metric(&gw, "portico_otlp_export_failures_total", &[]).await,
+            0.0
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_https_collector_with_a_certificate_from_another_ca_is_refused() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, other) = (
+            ops_support::TestCa::new("otlp-real-ca"),
+            ops_support::TestCa::new("otlp-other-ca"),
+        );
+        let other_file = other.write(dir.path());
+        let (addr, exports, _) = tls_receiver(&ca, dir.path(), 0).await;
+        let up = Upstream::start("orders-1").await;
+        let gw = Gateway::builder(one_route("orders", &[&up]).toml(&format!(
+            r#"[tracing]
+otlp_endpoint = "https://localhost:{port}"
+ca_file = "{ca}"
+flush_interval = "20ms"
+timeout = "1s"
+max_retries = 0
+"#,
+            port = addr.port(),
+            ca = other_file.display()
+        )))
+        .start()
+        .await;
+        assert_eq!(gw.get("/orders/1").await.status(), 200);
+        eventually(
+            Duration::from_secs(10),
+            "an export failure counted",
+            || async { metric(&gw, "portico_otlp_export_failures_total", &[]).await >= 1.0 },
+        )
+        .await;
+        assert!(exports.lock().unwrap().is_empty());
+        assert!(gw.stderr().contains("certificate"), "{}", gw.stderr());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_empty_tracing_section_takes_the_collector_from_otel_variables() {
+    bounded(async {
+        let receiver = Receiver::start().await;
+        let up = Upstream::start("orders-1").await;
+        let gw = Gateway::builder(
+            one_route("orders", &[&up]).toml("[tracing]\nflush_interval = \"20ms\"\n"),
+        )
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            &format!("http://{}/", receiver.addr),
+        )
+        .env(
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "authorization=Bearer%20from-env",
+        )
+        .env("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
+        .env("OTEL_SERVICE_NAME", "edge-from-env")
+        .env("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=ci")
+        .start()
+        .await;
+
+        let (trace_id, client_span) = client_trace();
+        gw.get_with(
+            "/orders/2",
+            &[("traceparent", &traceparent(&trace_id, &client_span, "01"))],
+        )
+        .await;
+        receiver.wait_trace(&trace_id, 1).await;
+        let export = receiver.exports()[0].clone();
+        assert_eq!(export.path, "/v1/traces");
+        assert_eq!(export.authorization.as_deref(), Some("Bearer from-env"));
+        assert_eq!(export.content_encoding.as_deref(), Some("gzip"));
+        let resource = export.body.resource_spans[0].resource.clone().unwrap();
+        let attribute = |key: &str| {
+            resource
+                .attributes
+                .iter()
+                .find(|kv| kv.key == key)
+                .and_then(|kv| kv.value.clone())
+                .map(|v| format!("{v:?}"))
+                .unwrap_or_default()
+        };
+        assert!(
+            attribute("service.name").contains("edge-from-env"),
+            "{resource:?}"
+        );
+        assert!(
+            attribute("deployment.environment.name").contains("ci"),
+            "{resource:?}"
+        );
     })
     .await;
 }

@@ -295,28 +295,36 @@ impl Default for Logging {
     }
 }
 
-/// Span export to an OpenTelemetry collector over OTLP/HTTP (protobuf).
+/// Span export to an OpenTelemetry collector over OTLP/HTTP (protobuf). What the section
+/// leaves unset comes from OpenTelemetry's standard `OTEL_EXPORTER_OTLP_*`,
+/// `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` variables where they are set
+/// (`observe::otlp::settings`), so an empty `[tracing]` turns export on from the environment.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tracing {
-    /// `http://host:port/v1/traces`; a URL without a path gets `/v1/traces`.
-    pub otlp_endpoint: String,
+    /// `http(s)://host:port/v1/traces`; a URL without a path gets `/v1/traces`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
     /// Share of new traces exported (0.0–1.0). A caller's `traceparent` decides instead:
     /// sampled-flag traces are always exported, the others never.
     #[serde(default = "default_sample_ratio")]
     pub sample_ratio: f64,
-    /// `service.name` of the exported resource.
-    #[serde(default = "default_service_name")]
-    pub service_name: String,
+    /// `service.name` of the exported resource (default `portico`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
     /// Spans per export request (about: a request's spans are never split).
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
     /// Longest a span waits before its batch is sent.
     #[serde(default = "default_flush_interval", with = "humantime_serde")]
     pub flush_interval: Duration,
-    /// Timeout of one export request, connect included.
-    #[serde(default = "default_export_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
+    /// Timeout of one export request, connect included (default 5 s).
+    #[serde(
+        default,
+        with = "humantime_serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
     /// Requests' span sets waiting for export at most; beyond that they are dropped.
     #[serde(default = "default_queue_size")]
     pub queue_size: usize,
@@ -327,13 +335,21 @@ pub struct Tracing {
     /// Extra resource attributes, e.g. `"deployment.environment.name" = "prod"`.
     #[serde(default)]
     pub resource: BTreeMap<String, String>,
+    /// `gzip` or `none` (default): how export bodies are encoded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<String>,
+    /// A PEM CA bundle trusted (alone) for an `https` collector; default: the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// Retries of an export the collector answered 429, 502, 503 or 504, or that failed to
+    /// connect or timed out, with exponential backoff (from 500 ms, at most 8 s) or the
+    /// collector's `Retry-After` (at most 30 s).
+    #[serde(default = "default_export_retries")]
+    pub max_retries: u32,
 }
 
 fn default_sample_ratio() -> f64 {
     1.0
-}
-fn default_service_name() -> String {
-    "portico".into()
 }
 fn default_batch_size() -> usize {
     512
@@ -341,8 +357,8 @@ fn default_batch_size() -> usize {
 fn default_flush_interval() -> Duration {
     Duration::from_secs(1)
 }
-fn default_export_timeout() -> Duration {
-    Duration::from_secs(5)
+fn default_export_retries() -> u32 {
+    3
 }
 fn default_queue_size() -> usize {
     4096

@@ -189,17 +189,11 @@ pub fn validate(config: &Config) -> Vec<Problem> {
 
 fn validate_tracing(t: &super::Tracing, p: &mut Problems) {
     let at = |f: &str| vec![key("tracing"), key(f)];
-    if let Err(msg) = crate::observe::otlp::endpoint_uri(&t.otlp_endpoint) {
-        p.add(&at("otlp_endpoint"), msg);
-    }
     if !(0.0..=1.0).contains(&t.sample_ratio) {
         p.add(
             &at("sample_ratio"),
             format!("{} is outside 0.0–1.0", t.sample_ratio),
         );
-    }
-    if t.service_name.trim().is_empty() {
-        p.add(&at("service_name"), "must not be empty");
     }
     if !(1..=65_536).contains(&t.batch_size) {
         p.add(&at("batch_size"), "must be between 1 and 65536");
@@ -210,15 +204,16 @@ fn validate_tracing(t: &super::Tracing, p: &mut Problems) {
     if t.flush_interval.is_zero() {
         p.add(&at("flush_interval"), "must be greater than 0");
     }
-    if t.timeout.is_zero() {
-        p.add(&at("timeout"), "must be greater than 0");
+    if t.max_retries > 10 {
+        p.add(&at("max_retries"), "must be at most 10");
     }
-    for (name, value) in &t.headers {
-        let here = vec![key("tracing"), key("headers"), key(name)];
-        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-            p.add(&here, format!("`{name}` is not a valid header name"));
-        } else if http::HeaderValue::from_str(value).is_err() {
-            p.add(&here, "not a valid header value");
+    // The fields the environment can fill in are checked with it, as the exporter will
+    // see them.
+    if let Err(problems) = crate::observe::otlp::settings::resolve(t) {
+        for problem in problems {
+            let mut here = at(problem.field);
+            here.extend(problem.key.as_deref().map(key));
+            p.add(&here, problem.message);
         }
     }
 }

@@ -82,7 +82,7 @@ use portico_common::trace::TraceContext;
 
 pub use breaker::{BreakerConfig, BreakerState};
 pub use error::{Error, Problem, StatusError, TokenError};
-pub use retry::{is_idempotent_method, retry_after, RetryPolicy};
+pub use retry::{is_idempotent_method, is_retryable_status, retry_after, RetryPolicy};
 pub use token::RefreshPolicy;
 pub use version::Versioning;
 

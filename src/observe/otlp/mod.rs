@@ -26,6 +26,7 @@
 //! counted, not retried.
 
 pub mod proto;
+pub mod settings;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,8 +34,8 @@ use std::sync::{Arc, LazyLock, Mutex, Once};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -46,12 +47,15 @@ use super::metrics::METRICS;
 use super::trace::TraceContext;
 use crate::config;
 use proto::{KeyValue, SpanKind, StatusCode};
+use settings::{Compression, Settings};
 
 /// The exporter's own metrics, registered in the process registry when the first tracer
 /// is built (they do not exist while tracing is off).
 pub struct OtlpMetrics {
     pub spans_exported: IntCounter,
     pub export_failures: IntCounter,
+    /// Export requests sent again after a retryable failure.
+    pub export_retries: IntCounter,
     /// `reason`: `queue_full`, `export_failed`, `rejected` (by the collector).
     pub spans_dropped: IntCounterVec,
     /// `spans_dropped{reason="queue_full"}`, resolved once: it counts on the request path.
@@ -69,6 +73,11 @@ pub static OTLP_METRICS: LazyLock<OtlpMetrics> = LazyLock::new(|| {
         "OTLP export requests that failed (connect error, timeout or non-2xx answer)",
     )
     .expect("valid metric");
+    let export_retries = IntCounter::new(
+        "portico_otlp_export_retries_total",
+        "OTLP export requests sent again after a 429, 502, 503 or 504 answer, a failed connect or a timeout",
+    )
+    .expect("valid metric");
     let spans_dropped = IntCounterVec::new(
         Opts::new(
             "portico_otlp_spans_dropped_total",
@@ -80,6 +89,7 @@ pub static OTLP_METRICS: LazyLock<OtlpMetrics> = LazyLock::new(|| {
     for metric in [
         Box::new(spans_exported.clone()) as Box<dyn prometheus::core::Collector>,
         Box::new(export_failures.clone()),
+        Box::new(export_retries.clone()),
         Box::new(spans_dropped.clone()),
     ] {
         if let Err(e) = METRICS.registry.register(metric) {
@@ -90,62 +100,10 @@ pub static OTLP_METRICS: LazyLock<OtlpMetrics> = LazyLock::new(|| {
         queue_full: spans_dropped.with_label_values(&["queue_full"]),
         spans_exported,
         export_failures,
+        export_retries,
         spans_dropped,
     }
 });
-
-/// The URI spans are POSTed to: an `http://` URL, with `/v1/traces` added when it has no
-/// path. TLS is not supported: ship to a collector agent on the node, which forwards.
-pub fn endpoint_uri(text: &str) -> Result<Uri, String> {
-    let uri: Uri = text
-        .parse()
-        .map_err(|e| format!("`{text}` is not a URL: {e}"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(format!(
-                "`{text}`: https is not supported; export to a collector on the node over http"
-            ))
-        }
-        _ => return Err(format!("`{text}` must start with http://")),
-    }
-    if uri.host().is_none_or(str::is_empty) {
-        return Err(format!("`{text}` has no host"));
-    }
-    if uri.path().is_empty() || uri.path() == "/" {
-        let mut parts = uri.into_parts();
-        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/v1/traces"));
-        return Uri::from_parts(parts).map_err(|e| format!("`{text}`: {e}"));
-    }
-    Ok(uri)
-}
-
-/// Builds the extra request headers (e.g. `authorization`) from the config.
-pub fn header_map(
-    headers: &std::collections::BTreeMap<String, String>,
-) -> Result<HeaderMap, String> {
-    let mut map = HeaderMap::new();
-    for (name, value) in headers {
-        let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| format!("`{name}` is not a valid header name"))?;
-        let mut value = HeaderValue::from_str(value)
-            .map_err(|_| format!("the value of `{name}` is not a valid header value"))?;
-        value.set_sensitive(true);
-        map.insert(name, value);
-    }
-    Ok(map)
-}
-
-/// What the exporter thread needs, fixed for the tracer's life.
-struct Settings {
-    endpoint: Uri,
-    headers: HeaderMap,
-    service_name: String,
-    resource: Vec<(String, String)>,
-    batch_size: usize,
-    flush_interval: Duration,
-    timeout: Duration,
-}
 
 /// The head sampler and the queue to the exporter; one per tracing config, kept across
 /// reloads that leave `[tracing]` unchanged.
@@ -172,19 +130,13 @@ impl Tracer {
     /// Builds a tracer from a validated `[tracing]` section. No thread starts here.
     pub fn new(config: &config::Tracing) -> Result<Tracer, String> {
         LazyLock::force(&OTLP_METRICS);
-        let settings = Settings {
-            endpoint: endpoint_uri(&config.otlp_endpoint)?,
-            headers: header_map(&config.headers)?,
-            service_name: config.service_name.clone(),
-            resource: config
-                .resource
+        let settings = settings::resolve(config).map_err(|problems| {
+            let text: Vec<String> = problems
                 .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            batch_size: config.batch_size.max(1),
-            flush_interval: config.flush_interval,
-            timeout: config.timeout,
-        };
+                .map(|p| format!("{}: {}", p.field, p.message))
+                .collect();
+            text.join("; ")
+        })?;
         let (sender, receiver) = mpsc::channel(config.queue_size.max(1));
         Ok(Tracer {
             ratio_bound: ratio_bound(config.sample_ratio),
@@ -580,17 +532,62 @@ async fn export_loop(
 
 struct Exporter {
     settings: Settings,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     resource: proto::Resource,
     /// Whether the last export failed, to log a failure streak once.
     failing: bool,
 }
 
+/// Trust for an `https` collector: `Some(Some(file))` the CA bundle alone, `Some(None)` the
+/// system's roots, `None` nothing (a connector that is never used for TLS).
+fn tls_config(trust: Option<Option<&str>>) -> Result<rustls::ClientConfig, String> {
+    let roots = match trust {
+        Some(Some(path)) => crate::runtime::tls::read_roots(path)?,
+        Some(None) => {
+            let mut roots = rustls::RootCertStore::empty();
+            let found = rustls_native_certs::load_native_certs();
+            for cert in found.certs {
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                return Err(format!(
+                    "no system CA certificates found ({} errors); set ca_file",
+                    found.errors.len()
+                ));
+            }
+            roots
+        }
+        None => rustls::RootCertStore::empty(),
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 impl Exporter {
     fn new(settings: Settings) -> Exporter {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(settings.timeout));
-        connector.set_nodelay(true);
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(settings.timeout));
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        let tls = if settings.endpoint.scheme_str() == Some("https") {
+            tls_config(Some(settings.ca_file.as_deref())).unwrap_or_else(|e| {
+                // Validation checked the CA file; the system's roots can still be missing.
+                log::error!("OTLP export over https cannot verify the collector: {e}");
+                tls_config(None).expect("an empty trust store")
+            })
+        } else {
+            // Never used for http://, but the connector wants one.
+            tls_config(None).expect("an empty trust store")
+        };
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(1)
@@ -681,40 +678,85 @@ impl Exporter {
         }
     }
 
-    /// POSTs one export request; the number of spans the collector rejected.
+    /// POSTs one export request, retrying what the OTLP specification calls retryable
+    /// (429, 502, 503, 504, and failures to connect or answer in time) up to `max_retries`
+    /// times; the number of spans the collector rejected.
     async fn post(&self, body: Vec<u8>) -> Result<i64, String> {
+        let body = match self.settings.compression {
+            Compression::None => Bytes::from(body),
+            Compression::Gzip => Bytes::from(gzip(&body)),
+        };
+        let mut retry = 0;
+        loop {
+            let wait = match self.post_once(body.clone()).await {
+                Ok(rejected) => return Ok(rejected),
+                Err(Failure::Final(e)) => return Err(e),
+                Err(Failure::Retryable(e, _)) if retry >= self.settings.max_retries => {
+                    return Err(e)
+                }
+                Err(Failure::Retryable(e, retry_after)) => {
+                    let wait = retry_after
+                        .map(|d| d.min(MAX_RETRY_AFTER))
+                        .unwrap_or_else(|| backoff(retry));
+                    log::debug!("OTLP export failed ({e}); retrying in {wait:?}");
+                    wait
+                }
+            };
+            tokio::time::sleep(wait).await;
+            retry += 1;
+            OTLP_METRICS.export_retries.inc();
+        }
+    }
+
+    async fn post_once(&self, body: Bytes) -> Result<i64, Failure> {
         let mut request = hyper::Request::post(self.settings.endpoint.clone())
             .header(http::header::CONTENT_TYPE, "application/x-protobuf")
             .header(
                 http::header::USER_AGENT,
                 concat!("portico/", env!("CARGO_PKG_VERSION")),
             )
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| e.to_string())?;
+            .body(Full::new(body))
+            .map_err(|e| Failure::Final(e.to_string()))?;
+        if self.settings.compression == Compression::Gzip {
+            request.headers_mut().insert(
+                http::header::CONTENT_ENCODING,
+                http::HeaderValue::from_static("gzip"),
+            );
+        }
         for (name, value) in &self.settings.headers {
             request.headers_mut().insert(name, value.clone());
         }
         let exchange = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)))?;
-            let status = response.status();
-            let body = response
-                .into_body()
+            let response = self.client.request(request).await.map_err(|e| {
+                let why = std::error::Error::source(&e)
+                    .map_or_else(|| e.to_string(), |s| format!("{e}: {s}"));
+                Failure::Retryable(why, None)
+            })?;
+            let (parts, body) = response.into_parts();
+            let body = body
                 .collect()
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(|e| Failure::Retryable(e.to_string(), None))?
                 .to_bytes();
-            Ok::<_, String>((status, body))
+            Ok::<_, Failure>((parts, body))
         };
-        let (status, body) = tokio::time::timeout(self.settings.timeout, exchange)
+        let (parts, body) = tokio::time::timeout(self.settings.timeout, exchange)
             .await
-            .map_err(|_| format!("no answer within {:?}", self.settings.timeout))??;
-        if !status.is_success() {
+            .map_err(|_| {
+                Failure::Retryable(
+                    format!("no answer within {:?}", self.settings.timeout),
+                    None,
+                )
+            })??;
+        if !parts.status.is_success() {
             let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
-            return Err(format!("collector answered {status}: {text}"));
+            let why = format!("collector answered {}: {text}", parts.status);
+            return Err(if portico_client::is_retryable_status(parts.status) {
+                let after = portico_client::retry_after(&parts.headers, SystemTime::now());
+                Failure::Retryable(why, after)
+            } else {
+                Failure::Final(why)
+            });
         }
         let rejected = proto::ExportTraceServiceResponse::decode(body)
             .ok()
@@ -731,6 +773,35 @@ impl Exporter {
             });
         Ok(rejected)
     }
+}
+
+/// Why one export request failed, and whether sending it again may help (with the
+/// collector's `Retry-After`, if it gave one).
+enum Failure {
+    Retryable(String, Option<Duration>),
+    Final(String),
+}
+
+/// The longest `Retry-After` honoured: the queue fills while the exporter waits.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// 500 ms, 1 s, 2 s, … at most 8 s, each less up to a quarter at random, so gateways that
+/// failed together do not retry together.
+fn backoff(retry: u32) -> Duration {
+    let full = Duration::from_millis(500) * 2u32.saturating_pow(retry.min(4));
+    let full = full.min(Duration::from_secs(8));
+    full.mul_f64(1.0 - rand::random::<f64>() / 4.0)
+}
+
+fn gzip(body: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 4 + 64),
+        flate2::Compression::fast(),
+    );
+    // Writing to a Vec cannot fail.
+    let _ = encoder.write_all(body);
+    encoder.finish().unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -857,23 +928,6 @@ mod tests {
              queued {sampled:.0} ns (+{:.0} ns)",
             sampled - base
         );
-    }
-
-    #[test]
-    fn endpoints_get_a_default_path_and_must_be_http() {
-        assert_eq!(
-            endpoint_uri("http://127.0.0.1:4318").unwrap().to_string(),
-            "http://127.0.0.1:4318/v1/traces"
-        );
-        assert_eq!(
-            endpoint_uri("http://collector:4318/custom/traces")
-                .unwrap()
-                .path(),
-            "/custom/traces"
-        );
-        assert!(endpoint_uri("https://collector:4318").is_err());
-        assert!(endpoint_uri("collector:4318").is_err());
-        assert!(endpoint_uri("not a url").is_err());
     }
 
     #[test]
