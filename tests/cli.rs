@@ -698,3 +698,62 @@ fn config_get_prints_effective_values() {
     assert_eq!(run.code, Some(2), "an unset variable is a config problem");
     assert!(run.stderr.contains("PORTICO_TEST_SNI"), "{}", run.stderr);
 }
+
+#[test]
+fn check_locates_bad_proxy_protocol_and_ip_filter_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    // A type error stops the parse: reported with its place on its own.
+    let text = format!(
+        "{}[[listeners]]\naddress = \"127.0.0.1:1\"\nproxy_protocol = \"yes\"\n",
+        header(dir.path())
+    );
+    let file = write(dir.path(), "proxy.toml", &text);
+    let run = portico(&["check", "-c", &file], &[]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert_problem(
+        &run.stderr,
+        &file,
+        line_of(&text, "proxy_protocol"),
+        col_of(&text, "proxy_protocol", "\"yes\""),
+        "listeners[1].proxy_protocol",
+        "invalid type",
+    );
+
+    let text = format!(
+        r#"{}[limits]
+proxy_header_timeout = "0s"
+
+[[routes]]
+id = "r"
+path = "/"
+cluster = "c"
+
+[[routes.plugins]]
+name = "ip-filter"
+allow = ["10.0.0.0/8", "10.0.0.1/8"]
+
+[clusters.c]
+endpoints = [{{ address = "127.0.0.1:9101" }}]
+"#,
+        header(dir.path())
+    );
+    let file = write(dir.path(), "proxy-limits.toml", &text);
+    let run = portico(&["check", "-c", &file], &[]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert_problem(
+        &run.stderr,
+        &file,
+        line_of(&text, "proxy_header_timeout"),
+        col_of(&text, "proxy_header_timeout", "\"0s\""),
+        "limits.proxy_header_timeout",
+        "must be longer than 0s",
+    );
+    assert_problem(
+        &run.stderr,
+        &file,
+        line_of(&text, "allow = ["),
+        col_of(&text, "allow = [", "\"10.0.0.1/8\""),
+        "routes[0].plugins[0].allow[1]",
+        "has host bits set below its prefix",
+    );
+}

@@ -110,6 +110,12 @@ pub struct Listener {
     /// This listener's cap on client connections, instead of `[limits] max_connections`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2) from the load
+    /// balancer in front, whose source address becomes the client's; a connection without
+    /// a valid one within `[limits] proxy_header_timeout` is closed. On a TLS listener the
+    /// header comes before the ClientHello.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub proxy_protocol: bool,
 }
 
 /// TLS termination for a listener (rustls, TLS 1.2 and 1.3). Certificates, keys and the
@@ -385,6 +391,10 @@ pub struct Limits {
     /// Client connections one client address holds at once, on all listeners together;
     /// 0 (the default) = no cap, as many clients can share an address behind NAT.
     pub max_connections_per_client: usize,
+    /// On `proxy_protocol` listeners, the whole PROXY header must arrive within this after
+    /// the connection is accepted, or the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub proxy_header_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -400,6 +410,7 @@ impl Default for Limits {
             send_timeout: Duration::from_secs(30),
             max_connections: 10_000,
             max_connections_per_client: 0,
+            proxy_header_timeout: Duration::from_secs(5),
         }
     }
 }

@@ -172,6 +172,7 @@ pub fn validate(config: &Config) -> Vec<Problem> {
         ("header_timeout", config.limits.header_timeout),
         ("body_timeout", config.limits.body_timeout),
         ("send_timeout", config.limits.send_timeout),
+        ("proxy_header_timeout", config.limits.proxy_header_timeout),
     ] {
         if value.is_zero() {
             p.add(&[key("limits"), key(field)], "must be longer than 0s");
@@ -501,9 +502,18 @@ fn validate_plugins(plugins: &[PluginRef], at: &[Seg], p: &mut Problems) {
 fn plugin_problem(e: &portico_plugins::BuildError) -> (Vec<Seg>, String) {
     let field = match e {
         portico_plugins::BuildError::UnknownPlugin(_) => vec![key("name")],
-        portico_plugins::BuildError::InvalidConfig { field, .. } => {
-            field.iter().flat_map(|f| f.split('.').map(key)).collect()
-        }
+        portico_plugins::BuildError::InvalidConfig { field, .. } => field
+            .iter()
+            .flat_map(|f| f.split('.'))
+            .flat_map(|part| {
+                // `allow[1]`: the key, then the list index, so the place is the entry's.
+                let indexed = part.strip_suffix(']').and_then(|p| p.split_once('['));
+                match indexed.and_then(|(name, i)| Some((name, i.parse().ok()?))) {
+                    Some((name, i)) => vec![key(name), Seg::Index(i)],
+                    None => vec![key(part)],
+                }
+            })
+            .collect(),
     };
     let msg = match e {
         portico_plugins::BuildError::UnknownPlugin(name) => format!(

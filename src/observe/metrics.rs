@@ -187,7 +187,8 @@ impl Metrics {
         .expect("valid metric");
         let connections_refused = counter(
             "portico_connections_refused_total",
-            "Client connections closed as soon as accepted, by cap (listener_limit, client_limit)",
+            "Client connections closed as soon as accepted, by reason (listener_limit, \
+             client_limit, proxy_protocol)",
             &["reason"],
         );
         let client_timeouts = counter(

@@ -11,6 +11,7 @@ pub mod error;
 pub mod explain;
 pub mod handshake;
 mod headers;
+pub mod proxy_protocol;
 mod retry;
 
 use std::sync::Arc;

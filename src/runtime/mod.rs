@@ -766,9 +766,15 @@ impl State {
     pub fn upgrade_required(&self) -> Option<String> {
         let (bound, admin) = self.bound.get()?;
         let snapshot = self.snapshot();
-        let shape = |ls: &[config::Listener]| -> Vec<(String, Option<bool>)> {
+        let shape = |ls: &[config::Listener]| -> Vec<(String, Option<bool>, bool)> {
             ls.iter()
-                .map(|l| (l.address.clone(), l.tls.as_ref().map(|t| t.http2)))
+                .map(|l| {
+                    (
+                        l.address.clone(),
+                        l.tls.as_ref().map(|t| t.http2),
+                        l.proxy_protocol,
+                    )
+                })
                 .collect()
         };
         let mut reasons = Vec::new();

@@ -134,6 +134,8 @@ pub struct GatewayBuilder {
     success_sample_ratio: Option<f64>,
     limits: Option<String>,
     server: String,
+    /// Extra keys of the client-facing `[[listeners]]` entry.
+    listener: String,
     admin_extra: String,
     /// The admin token, given to the process as `${PORTICO_TEST_ADMIN_TOKEN}`; `None`
     /// writes no token at all.
@@ -191,6 +193,13 @@ impl GatewayBuilder {
         self
     }
 
+    /// Extra keys of the client-facing listener, e.g. `proxy_protocol = true`.
+    pub fn listener(mut self, lines: &str) -> Self {
+        self.listener.push_str(lines);
+        self.listener.push('\n');
+        self
+    }
+
     /// The body of a `[limits]` table, e.g. `max_uri_bytes = 64`.
     pub fn limits(mut self, limits: &str) -> Self {
         self.limits = Some(limits.to_string());
@@ -226,7 +235,7 @@ graceful_shutdown_timeout_seconds = 0
 {server}
 [[listeners]]
 address = "{listen}"
-
+{listener}
 [admin]
 address = "{admin}"
 {token_line}{admin_extra}
@@ -236,6 +245,7 @@ access_log = "{log}"
 "#,
             threads = self.threads,
             server = self.server,
+            listener = self.listener,
             dir = dir.path().display(),
             admin_extra = self.admin_extra,
             token_line = if self.admin_token.is_some() {
@@ -345,6 +355,7 @@ impl Gateway {
             success_sample_ratio: None,
             limits: None,
             server: String::new(),
+            listener: String::new(),
             admin_extra: String::new(),
             admin_token: Some(new_admin_token()),
             ready_within: Duration::from_secs(10),
