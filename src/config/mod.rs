@@ -395,6 +395,10 @@ pub struct Limits {
     /// the connection is accepted, or the connection is closed.
     #[serde(with = "humantime_serde")]
     pub proxy_header_timeout: Duration,
+    /// An upgraded connection (WebSocket) is closed when either side sends nothing for this
+    /// long (pings count).
+    #[serde(with = "humantime_serde")]
+    pub upgrade_idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -411,6 +415,7 @@ impl Default for Limits {
             max_connections: 10_000,
             max_connections_per_client: 0,
             proxy_header_timeout: Duration::from_secs(5),
+            upgrade_idle_timeout: Duration::from_secs(300),
         }
     }
 }

@@ -173,6 +173,7 @@ pub fn validate(config: &Config) -> Vec<Problem> {
         ("body_timeout", config.limits.body_timeout),
         ("send_timeout", config.limits.send_timeout),
         ("proxy_header_timeout", config.limits.proxy_header_timeout),
+        ("upgrade_idle_timeout", config.limits.upgrade_idle_timeout),
     ] {
         if value.is_zero() {
             p.add(&[key("limits"), key(field)], "must be longer than 0s");

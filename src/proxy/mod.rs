@@ -86,6 +86,9 @@ pub struct Ctx {
     peer_ip: Option<std::net::IpAddr>,
     /// What the path holds that its route must allow.
     path_traits: crate::router::PathTraits,
+    /// The upstream answered `101`: the connection is relayed as another protocol and
+    /// counted in `portico_upgraded_connections` until the request ends.
+    upgraded: bool,
 }
 
 impl Ctx {
@@ -138,8 +141,10 @@ impl ProxyHttp for Gateway {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
+        let snapshot = self.state.snapshot();
         Ctx {
-            snapshot: self.state.snapshot(),
+            upgraded: false,
+            snapshot,
             route: None,
             target: None,
             plugin: PluginCtx::default(),
@@ -374,11 +379,10 @@ impl ProxyHttp for Gateway {
         // Pingora forwards only WebSocket upgrades by default; another protocol got here
         // because the route lists it, and `headers::clean_request` already reduced the
         // request to `Upgrade` plus `Connection: upgrade`.
-        let other_upgrade = session
-            .req_header()
-            .headers
-            .get(http::header::UPGRADE)
-            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        let upgrade = session.req_header().headers.get(http::header::UPGRADE);
+        let is_upgrade = upgrade.is_some();
+        let other_upgrade =
+            upgrade.is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"websocket"));
         if other_upgrade {
             peer.options.http_upstream_request_policy.h1_upgrade =
                 pingora_core::upstreams::peer::H1UpgradePolicy::Preserve;
@@ -398,6 +402,11 @@ impl ProxyHttp for Gateway {
             ] {
                 *t = Some(t.map_or(cap, |t| t.min(cap)));
             }
+        }
+        // An upgrade's upstream read timeout is its idle time once it is relayed; the
+        // deadline, meant for a request and its response, bounds only its connect.
+        if is_upgrade {
+            peer.options.read_timeout = Some(upgrade_idle_timeout(&ctx.snapshot, &route));
         }
         Ok(peer)
     }
@@ -540,6 +549,15 @@ impl ProxyHttp for Gateway {
         finish_response_headers(ctx, resp);
         run_response_hooks(ctx, session.req_header(), resp).await;
         self.close_if_draining(session);
+        if resp.status == http::StatusCode::SWITCHING_PROTOCOLS && !ctx.upgraded {
+            if let Some(route) = &ctx.route {
+                // From here on a read of the client waits for the next frame, not a body.
+                let idle = upgrade_idle_timeout(&ctx.snapshot, route);
+                session.set_read_timeout(Some(idle));
+                ctx.upgraded = true;
+                METRICS.upgraded_connections.inc();
+            }
+        }
         Ok(())
     }
 
@@ -632,6 +650,9 @@ impl ProxyHttp for Gateway {
         }
         if ctx.active {
             METRICS.active_requests.dec();
+        }
+        if ctx.upgraded {
+            METRICS.upgraded_connections.dec();
         }
         let elapsed = ctx.start.elapsed();
         let metrics = target
@@ -991,6 +1012,11 @@ async fn run_response_hooks(ctx: &mut Ctx, req: &RequestHeader, resp: &mut Respo
     for p in &snapshot.global_plugins.response {
         p.response(&mut ctx.plugin, req, resp).await;
     }
+}
+
+/// The idle timeout of an upgraded connection on `route`.
+fn upgrade_idle_timeout(snapshot: &Snapshot, _route: &Route) -> Duration {
+    snapshot.limits.upgrade_idle_timeout
 }
 
 /// The first size limit a request breaks, if any.
