@@ -1,7 +1,7 @@
 //! WebSocket through the gateway, end to end: a real WebSocket server (tokio-tungstenite)
 //! behind a route and a real WebSocket client in front — the upgrade, messages both ways,
 //! the close handshake, `portico_upgraded_connections`, the idle timeout of upgraded
-//! connections, and a graceful stop that lets an open WebSocket
+//! connections (global and per route), and a graceful stop that lets an open WebSocket
 //! finish or closes it at the drain deadline.
 
 mod common;
@@ -170,12 +170,18 @@ async fn upgrade_messages_both_ways_and_close() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_upgraded_connections_are_closed() {
+async fn idle_upgraded_connections_are_closed_globally_and_per_route() {
     bounded(async {
         let server = WsServer::start().await;
         let gw = Gateway::config()
-            .limits("upgrade_idle_timeout = \"500ms\"")
-            .route("quick", "/quick", "ws")
+            .limits("upgrade_idle_timeout = \"3s\"")
+            .route_with(
+                "quick",
+                "/quick",
+                "ws",
+                "limits = { upgrade_idle_timeout = \"500ms\" }",
+            )
+            .route("slow", "/slow", "ws")
             .cluster_at("ws", &[server.addr], "")
             .start()
             .await;
@@ -190,7 +196,7 @@ async fn idle_upgraded_connections_are_closed() {
         }
         assert!(start.elapsed() > Duration::from_millis(1000));
 
-        // Then silence: closed after 500 ms.
+        // Then silence: closed after the route's 500 ms, not the global 3 s.
         let silent = Instant::now();
         assert_eq!(next_text(&mut ws).await, None);
         let took = silent.elapsed();
@@ -199,6 +205,15 @@ async fn idle_upgraded_connections_are_closed() {
             "closed after {took:?}"
         );
 
+        // The global idle timeout on a route without its own.
+        let mut ws = connect(&gw, "/slow").await;
+        let silent = Instant::now();
+        assert_eq!(next_text(&mut ws).await, None);
+        let took = silent.elapsed();
+        assert!(
+            took >= Duration::from_millis(2800) && took < Duration::from_millis(4900),
+            "closed after {took:?}"
+        );
         eventually(Duration::from_secs(3), "the gauge back at 0", || async {
             upgraded(&gw).await == Some(0.0)
         })

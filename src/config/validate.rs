@@ -712,6 +712,22 @@ fn validate_routes(config: &Config, p: &mut Problems) {
                 ),
             );
         }
+        if let Some(limits) = &r.limits {
+            let at = |f: &str| vec![key("routes"), Seg::Index(i), key("limits"), key(f)];
+            if limits.max_body_bytes == Some(0) {
+                p.add(&at("max_body_bytes"), "must be greater than 0");
+            }
+            for (field, value) in [
+                ("body_timeout", limits.body_timeout),
+                ("send_timeout", limits.send_timeout),
+                ("response_header_timeout", limits.response_header_timeout),
+                ("upgrade_idle_timeout", limits.upgrade_idle_timeout),
+            ] {
+                if value.is_some_and(|v| v.is_zero()) {
+                    p.add(&at(field), "must be longer than 0s");
+                }
+            }
+        }
         if !r.path.starts_with('/') {
             p.add(&at("path"), format!("`{}` must start with /", r.path));
         } else if let Err(e) = crate::router::normalize_path(&r.path) {
