@@ -698,3 +698,140 @@ fn config_get_prints_effective_values() {
     assert_eq!(run.code, Some(2), "an unset variable is a config problem");
     assert!(run.stderr.contains("PORTICO_TEST_SNI"), "{}", run.stderr);
 }
+
+#[test]
+fn check_locates_bad_proxy_protocol_and_ip_filter_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    // A type error stops the parse: reported with its place on its own.
+    let text = format!(
+        "{}[[listeners]]\naddress = \"127.0.0.1:1\"\nproxy_protocol = \"yes\"\n",
+        header(dir.path())
+    );
+    let file = write(dir.path(), "proxy.toml", &text);
+    let run = portico(&["check", "-c", &file], &[]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert_problem(
+        &run.stderr,
+        &file,
+        line_of(&text, "proxy_protocol"),
+        col_of(&text, "proxy_protocol", "\"yes\""),
+        "listeners[1].proxy_protocol",
+        "invalid type",
+    );
+
+    let text = format!(
+        r#"{}[limits]
+proxy_header_timeout = "0s"
+
+[[routes]]
+id = "r"
+path = "/"
+cluster = "c"
+
+[[routes.plugins]]
+name = "ip-filter"
+allow = ["10.0.0.0/8", "10.0.0.1/8"]
+
+[clusters.c]
+endpoints = [{{ address = "127.0.0.1:9101" }}]
+"#,
+        header(dir.path())
+    );
+    let file = write(dir.path(), "proxy-limits.toml", &text);
+    let run = portico(&["check", "-c", &file], &[]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert_problem(
+        &run.stderr,
+        &file,
+        line_of(&text, "proxy_header_timeout"),
+        col_of(&text, "proxy_header_timeout", "\"0s\""),
+        "limits.proxy_header_timeout",
+        "must be longer than 0s",
+    );
+    assert_problem(
+        &run.stderr,
+        &file,
+        line_of(&text, "allow = ["),
+        col_of(&text, "allow = [", "\"10.0.0.1/8\""),
+        "routes[0].plugins[0].allow[1]",
+        "has host bits set below its prefix",
+    );
+}
+
+#[test]
+fn check_locates_bad_route_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"{}[[routes]]
+id = "r"
+path = "/"
+cluster = "c"
+limits = {{ max_body_bytes = 0, body_timeout = "0s" }}
+
+[clusters.c]
+endpoints = [{{ address = "127.0.0.1:9101" }}]
+"#,
+        header(dir.path())
+    );
+    let file = write(dir.path(), "limits.toml", &text);
+    let run = portico(&["check", "-c", &file], &[]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    let limits_line = line_of(&text, "limits = {");
+    assert_problem(
+        &run.stderr,
+        &file,
+        limits_line,
+        col_of(&text, "limits = {", "0,"),
+        "routes[0].limits.max_body_bytes",
+        "must be greater than 0",
+    );
+    assert_problem(
+        &run.stderr,
+        &file,
+        limits_line,
+        col_of(&text, "limits = {", "\"0s\""),
+        "routes[0].limits.body_timeout",
+        "must be longer than 0s",
+    );
+
+    // An unknown key in a route's limits is named with its place.
+    let text = format!(
+        "{}[[routes]]\nid = \"r\"\npath = \"/\"\ncluster = \"c\"\nlimits = {{ max_body = 5 }}\n[clusters.c]\nendpoints = [{{ address = \"127.0.0.1:9101\" }}]\n",
+        header(dir.path())
+    );
+    let file = write(dir.path(), "unknown.toml", &text);
+    let run = portico(&["check", "-c", &file], &[]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert_problem(
+        &run.stderr,
+        &file,
+        line_of(&text, "max_body = 5"),
+        col_of(&text, "max_body = 5", "max_body"),
+        "routes[0].limits.max_body",
+        "unknown field `max_body`",
+    );
+}
+
+#[test]
+fn routes_shows_a_routes_own_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}[[routes]]\nid = \"uploads\"\npath = \"/uploads\"\ncluster = \"c\"\nlimits = {{ max_body_bytes = 104857600, body_timeout = \"2m\", response_header_timeout = \"10s\" }}\n[[routes.plugins]]\nname = \"ip-filter\"\nallow = [\"10.0.0.0/8\"]\n[clusters.c]\nendpoints = [{{ address = \"127.0.0.1:9101\" }}]\n",
+        header(dir.path())
+    );
+    let file = write(dir.path(), "routes.toml", &text);
+    let run = portico(&["routes", "-c", &file, "POST", "/uploads/a"], &[]);
+    assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("limits:"))
+        .unwrap_or_else(|| panic!("no limits line: {}", run.stdout));
+    assert!(
+        line.contains("max_body_bytes 104857600")
+            && line.contains("body_timeout 2m")
+            && line.contains("response_header_timeout 10s"),
+        "{line}"
+    );
+    assert!(run.stdout.contains("ip-filter"), "{}", run.stdout);
+}

@@ -25,12 +25,17 @@ struct TlsSite {
 }
 
 async fn tls_gateway(up: &Upstream, extra: &str) -> TlsSite {
+    tls_gateway_with(up, "", extra).await
+}
+
+/// [`tls_gateway`] with extra keys on the TLS listener.
+async fn tls_gateway_with(up: &Upstream, listener_extra: &str, extra: &str) -> TlsSite {
     let ca = TestCa::new("portico test CA");
     let mut site = Site::new();
     let leaf = ca.server(site.dir.path(), "leaf", &["localhost"]);
     site.plain_listener = false;
     site.extra_listeners = format!(
-        "\n[[listeners]]\naddress = \"{}\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n",
+        "\n[[listeners]]\naddress = \"{}\"\n{listener_extra}\ntls = {{ cert = \"{}\", key = \"{}\" }}\n",
         site.listen,
         leaf.cert.display(),
         leaf.key.display()
@@ -218,4 +223,65 @@ async fn closed_within(mut conn: tokio::net::TcpStream, limit: Duration) -> bool
         tokio::time::timeout(limit, conn.read(&mut buf)).await,
         Ok(Ok(0) | Err(_))
     )
+}
+
+/// On a TLS listener with `proxy_protocol = true` the PROXY header comes before the
+/// ClientHello; its source is the client the upstream hears of. Without it, no handshake.
+#[tokio::test]
+async fn a_proxy_protocol_header_before_the_client_hello_names_the_client() {
+    let up = Upstream::start("up").await;
+    let TlsSite {
+        site,
+        client_config,
+        gateway: _gateway,
+        ..
+    } = tls_gateway_with(
+        &up,
+        "proxy_protocol = true",
+        "[limits]\nproxy_header_timeout = \"500ms\"",
+    )
+    .await;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+
+    // Version 2, as AWS NLB and HAProxy send it: TCP over IPv4, 198.51.100.20:40000.
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    header.extend_from_slice(&[198, 51, 100, 20, 127, 0, 0, 1]);
+    header.extend_from_slice(&40000u16.to_be_bytes());
+    header.extend_from_slice(&443u16.to_be_bytes());
+    for (prefix, client) in [
+        (
+            b"PROXY TCP4 203.0.113.9 127.0.0.1 5555 443\r\n".to_vec(),
+            "203.0.113.9",
+        ),
+        (header, "198.51.100.20"),
+    ] {
+        let mut tcp = tokio::net::TcpStream::connect(site.listen).await.unwrap();
+        tcp.write_all(&prefix).await.unwrap();
+        let mut tls =
+            tokio::time::timeout(Duration::from_secs(5), connector.connect(name.clone(), tcp))
+                .await
+                .expect("handshake in time")
+                .expect("handshake after the PROXY header");
+        tls.write_all(b"GET /x HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut response)).await;
+        let text = String::from_utf8_lossy(&response);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert_eq!(up.last_request().header_all("x-forwarded-for"), [client]);
+        assert_eq!(up.last_request().header_all("x-forwarded-proto"), ["https"]);
+    }
+
+    // A ClientHello without the header first is not a PROXY header: closed, no handshake.
+    let tcp = tokio::net::TcpStream::connect(site.listen).await.unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
+        .await
+        .expect("refused in time");
+    assert!(
+        refused.is_err(),
+        "a handshake without a PROXY header must fail"
+    );
+    assert_eq!(up.hits(), 2);
 }

@@ -21,6 +21,7 @@ pub use pingora_http::{RequestHeader, ResponseHeader};
 mod build;
 pub mod cors;
 pub mod headers;
+pub mod ip_filter;
 pub mod jwt;
 pub mod rate_limit;
 pub mod registry;
@@ -39,7 +40,8 @@ pub use registry::{build, BUILTIN_NAMES};
 pub struct PluginCtx {
     /// The id of the matched route.
     pub route_id: Arc<str>,
-    /// The client's address as seen on the TCP connection.
+    /// The client's address: the PROXY header's source on a `proxy_protocol` listener, else
+    /// the TCP peer, or the client a trusted proxy names in `X-Forwarded-For`/`Forwarded`.
     pub client_ip: Option<IpAddr>,
     /// True when the client connection is TLS.
     pub tls: bool,

@@ -6,12 +6,13 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::build::BuildError;
-use crate::{cors, headers, jwt, rate_limit, request_id, Plugin};
+use crate::{cors, headers, ip_filter, jwt, rate_limit, request_id, Plugin};
 
 /// The names [`build`] accepts, sorted, for error messages and `--help`-style listings.
 pub const BUILTIN_NAMES: &[&str] = &[
     cors::NAME,
     headers::NAME,
+    ip_filter::NAME,
     jwt::NAME,
     rate_limit::NAME,
     request_id::NAME,
@@ -23,6 +24,7 @@ pub fn build(name: &str, config: toml::Value) -> Result<Arc<dyn Plugin>, BuildEr
     let plugin: Arc<dyn Plugin> = match name {
         cors::NAME => Arc::new(cors::Cors::from_config(config)?),
         headers::NAME => Arc::new(headers::Headers::from_config(config)?),
+        ip_filter::NAME => Arc::new(ip_filter::IpFilter::from_config(config)?),
         jwt::NAME => Arc::new(jwt::Jwt::from_config(config)?),
         rate_limit::NAME => Arc::new(rate_limit::RateLimit::from_config(config)?),
         request_id::NAME => Arc::new(request_id::RequestId::from_config(config)?),

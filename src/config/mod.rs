@@ -110,6 +110,12 @@ pub struct Listener {
     /// This listener's cap on client connections, instead of `[limits] max_connections`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2) from the load
+    /// balancer in front, whose source address becomes the client's; a connection without
+    /// a valid one within `[limits] proxy_header_timeout` is closed. On a TLS listener the
+    /// header comes before the ClientHello.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub proxy_protocol: bool,
 }
 
 /// TLS termination for a listener (rustls, TLS 1.2 and 1.3). Certificates, keys and the
@@ -401,6 +407,14 @@ pub struct Limits {
     /// Client connections one client address holds at once, on all listeners together;
     /// 0 (the default) = no cap, as many clients can share an address behind NAT.
     pub max_connections_per_client: usize,
+    /// On `proxy_protocol` listeners, the whole PROXY header must arrive within this after
+    /// the connection is accepted, or the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub proxy_header_timeout: Duration,
+    /// An upgraded connection (WebSocket) is closed when either side sends nothing for this
+    /// long (pings count).
+    #[serde(with = "humantime_serde")]
+    pub upgrade_idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -416,6 +430,8 @@ impl Default for Limits {
             send_timeout: Duration::from_secs(30),
             max_connections: 10_000,
             max_connections_per_client: 0,
+            proxy_header_timeout: Duration::from_secs(5),
+            upgrade_idle_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -490,6 +506,69 @@ pub struct Route {
     pub upgrades: Vec<String>,
     #[serde(default)]
     pub plugins: Vec<PluginRef>,
+    /// This route's own limits and timeouts, instead of `[limits]` and the cluster's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<RouteLimits>,
+}
+
+/// A route's overrides of `[limits]` (and of its cluster's upstream read timeout); a key
+/// left out keeps the global value.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteLimits {
+    /// Largest request body (declared or streamed); larger → 413.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<u64>,
+    /// Longest pause between two reads of the request body; longer → 408.
+    #[serde(
+        default,
+        with = "humantime_serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub body_timeout: Option<Duration>,
+    /// Longest pause between two writes of the response to a client that stopped reading.
+    #[serde(
+        default,
+        with = "humantime_serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub send_timeout: Option<Duration>,
+    /// Longest wait for the upstream's response header, instead of the cluster's
+    /// `timeouts.read` (which Pingora also applies to each pause in the response body).
+    #[serde(
+        default,
+        with = "humantime_serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub response_header_timeout: Option<Duration>,
+    /// Idle time of an upgraded (WebSocket) connection on this route.
+    #[serde(
+        default,
+        with = "humantime_serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub upgrade_idle_timeout: Option<Duration>,
+}
+
+impl RouteLimits {
+    /// A one-line summary for `portico routes`: the keys that are set.
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(n) = self.max_body_bytes {
+            parts.push(format!("max_body_bytes {n}"));
+        }
+        for (name, value) in [
+            ("body_timeout", self.body_timeout),
+            ("send_timeout", self.send_timeout),
+            ("response_header_timeout", self.response_header_timeout),
+            ("upgrade_idle_timeout", self.upgrade_idle_timeout),
+        ] {
+            if let Some(d) = value {
+                parts.push(format!("{name} {}", humantime::format_duration(d)));
+            }
+        }
+        parts.join(", ")
+    }
 }
 
 fn default_upgrades() -> Vec<String> {

@@ -172,6 +172,8 @@ pub fn validate(config: &Config) -> Vec<Problem> {
         ("header_timeout", config.limits.header_timeout),
         ("body_timeout", config.limits.body_timeout),
         ("send_timeout", config.limits.send_timeout),
+        ("proxy_header_timeout", config.limits.proxy_header_timeout),
+        ("upgrade_idle_timeout", config.limits.upgrade_idle_timeout),
     ] {
         if value.is_zero() {
             p.add(&[key("limits"), key(field)], "must be longer than 0s");
@@ -496,9 +498,18 @@ fn validate_plugins(plugins: &[PluginRef], at: &[Seg], p: &mut Problems) {
 fn plugin_problem(e: &portico_plugins::BuildError) -> (Vec<Seg>, String) {
     let field = match e {
         portico_plugins::BuildError::UnknownPlugin(_) => vec![key("name")],
-        portico_plugins::BuildError::InvalidConfig { field, .. } => {
-            field.iter().flat_map(|f| f.split('.').map(key)).collect()
-        }
+        portico_plugins::BuildError::InvalidConfig { field, .. } => field
+            .iter()
+            .flat_map(|f| f.split('.'))
+            .flat_map(|part| {
+                // `allow[1]`: the key, then the list index, so the place is the entry's.
+                let indexed = part.strip_suffix(']').and_then(|p| p.split_once('['));
+                match indexed.and_then(|(name, i)| Some((name, i.parse().ok()?))) {
+                    Some((name, i)) => vec![key(name), Seg::Index(i)],
+                    None => vec![key(part)],
+                }
+            })
+            .collect(),
     };
     let msg = match e {
         portico_plugins::BuildError::UnknownPlugin(name) => format!(
@@ -695,6 +706,22 @@ fn validate_routes(config: &Config, p: &mut Problems) {
                     r.id
                 ),
             );
+        }
+        if let Some(limits) = &r.limits {
+            let at = |f: &str| vec![key("routes"), Seg::Index(i), key("limits"), key(f)];
+            if limits.max_body_bytes == Some(0) {
+                p.add(&at("max_body_bytes"), "must be greater than 0");
+            }
+            for (field, value) in [
+                ("body_timeout", limits.body_timeout),
+                ("send_timeout", limits.send_timeout),
+                ("response_header_timeout", limits.response_header_timeout),
+                ("upgrade_idle_timeout", limits.upgrade_idle_timeout),
+            ] {
+                if value.is_some_and(|v| v.is_zero()) {
+                    p.add(&at(field), "must be longer than 0s");
+                }
+            }
         }
         if !r.path.starts_with('/') {
             p.add(&at("path"), format!("`{}` must start with /", r.path));

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub bulkhead_rejections: IntCounterVec,
     pub bulkhead_limit: IntGaugeVec,
     pub client_connections: IntGauge,
+    /// Connections switched to another protocol (WebSocket) and relayed now.
+    pub upgraded_connections: IntGauge,
     pub connections_refused: IntCounterVec,
     pub client_timeouts: IntCounterVec,
     pub client_disconnects: IntCounterVec,
@@ -185,9 +187,15 @@ impl Metrics {
             "Client connections open (HTTP/1 and HTTP/2, all listeners)",
         )
         .expect("valid metric");
+        let upgraded_connections = IntGauge::new(
+            "portico_upgraded_connections",
+            "Client connections upgraded to another protocol (WebSocket) and relayed now",
+        )
+        .expect("valid metric");
         let connections_refused = counter(
             "portico_connections_refused_total",
-            "Client connections closed as soon as accepted, by cap (listener_limit, client_limit)",
+            "Client connections closed as soon as accepted, by reason (listener_limit, \
+             client_limit, proxy_protocol)",
             &["reason"],
         );
         let client_timeouts = counter(
@@ -232,6 +240,7 @@ impl Metrics {
             Box::new(jwks_fetches.clone()),
             Box::new(jwks_keys.clone()),
             Box::new(client_connections.clone()),
+            Box::new(upgraded_connections.clone()),
             Box::new(connections_refused.clone()),
             Box::new(client_timeouts.clone()),
             Box::new(client_disconnects.clone()),
@@ -279,6 +288,7 @@ impl Metrics {
             bulkhead_rejections,
             bulkhead_limit,
             client_connections,
+            upgraded_connections,
             connections_refused,
             client_timeouts,
             client_disconnects,

@@ -18,6 +18,10 @@
 //!
 //! HTTP/2 connections (ALPN `h2` on TLS listeners) go to Pingora's own loop unchanged: its
 //! streams are multiplexed and idle connections are closed by its HTTP/2 idle timeout.
+//!
+//! On a plaintext listener with `proxy_protocol = true` the PROXY header is read here, after
+//! the listener's cap and before the client's (which then counts the real client); see
+//! `proxy_protocol.rs`. Other listeners pay one flag test per connection.
 
 use std::collections::HashMap;
 use std::mem::MaybeUninit;
@@ -38,7 +42,7 @@ use pingora_proxy::HttpProxy;
 use pingora_timeout::fast_timeout::fast_timeout;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
-use super::{Gateway, GatewayError};
+use super::{proxy_protocol, Gateway, GatewayError};
 use crate::config::{self, Limits};
 use crate::observe::metrics::METRICS;
 use crate::runtime::{Snapshot, State};
@@ -64,6 +68,9 @@ struct ListenerSlot {
     /// As written in the config, to find its live `max_connections` after reloads.
     address: String,
     addr: Option<SocketAddr>,
+    /// A plaintext listener whose connections start with a PROXY header (a TLS listener's
+    /// is read by the pre-TLS hook).
+    proxy_protocol: bool,
     open: AtomicUsize,
 }
 
@@ -72,6 +79,8 @@ struct ListenerSlot {
 enum Refusal {
     ListenerFull,
     ClientFull,
+    /// No valid PROXY header on a `proxy_protocol` listener.
+    ProxyHeader,
 }
 
 impl Refusal {
@@ -79,6 +88,7 @@ impl Refusal {
         match self {
             Refusal::ListenerFull => "listener_limit",
             Refusal::ClientFull => "client_limit",
+            Refusal::ProxyHeader => PROXY_REFUSAL,
         }
     }
 }
@@ -168,6 +178,7 @@ impl Connections {
                 .map(|l| ListenerSlot {
                     address: l.address.clone(),
                     addr: l.address.parse().ok(),
+                    proxy_protocol: l.proxy_protocol && l.tls.is_none(),
                     open: AtomicUsize::new(0),
                 })
                 .collect(),
@@ -187,37 +198,46 @@ impl Connections {
         })
     }
 
-    /// Counts a new connection in, or says which cap it is over.
-    fn admit(&self, stream: &Stream, snapshot: &Snapshot) -> Result<Ticket<'_>, Refusal> {
-        let limits = &snapshot.limits;
-        let digest = stream.get_socket_digest();
-        let inet = |a: Option<&pingora_core::protocols::l4::socket::SocketAddr>| {
-            a.and_then(|a| a.as_inet()).copied()
-        };
-        let local = digest.as_ref().and_then(|d| inet(d.local_addr()));
-        let peer = digest.as_ref().and_then(|d| inet(d.peer_addr()));
+    /// Counts a new connection in on its listener, or says that the listener is full.
+    fn admit_listener<'a>(
+        &'a self,
+        local: Option<SocketAddr>,
+        snapshot: &Snapshot,
+    ) -> (Ticket<'a>, Result<(), Refusal>) {
         let mut ticket = Ticket {
             owner: self,
             listener: None,
             client: None,
         };
         METRICS.client_connections.inc();
-        if let Some(i) = local.and_then(|a| self.listener_of(a)) {
-            let slot = &self.listeners[i];
-            let cap = snapshot
-                .config
-                .listeners
-                .iter()
-                .find(|l| l.address == slot.address)
-                .and_then(|l| l.max_connections)
-                .unwrap_or(limits.max_connections);
-            let open = slot.open.fetch_add(1, Ordering::Relaxed) + 1;
-            ticket.listener = Some(i);
-            if cap > 0 && open > cap {
-                return Err(Refusal::ListenerFull);
-            }
+        let Some(i) = local.and_then(|a| self.listener_of(a)) else {
+            return (ticket, Ok(()));
+        };
+        let slot = &self.listeners[i];
+        let cap = snapshot
+            .config
+            .listeners
+            .iter()
+            .find(|l| l.address == slot.address)
+            .and_then(|l| l.max_connections)
+            .unwrap_or(snapshot.limits.max_connections);
+        let open = slot.open.fetch_add(1, Ordering::Relaxed) + 1;
+        ticket.listener = Some(i);
+        if cap > 0 && open > cap {
+            return (ticket, Err(Refusal::ListenerFull));
         }
-        if let (Some(peer), cap @ 1..) = (peer, limits.max_connections_per_client) {
+        (ticket, Ok(()))
+    }
+
+    /// Counts a connection in under its client's address, or says that the client is at
+    /// its cap.
+    fn admit_client(
+        &self,
+        ticket: &mut Ticket<'_>,
+        peer: Option<SocketAddr>,
+        snapshot: &Snapshot,
+    ) -> Result<(), Refusal> {
+        if let (Some(peer), cap @ 1..) = (peer, snapshot.limits.max_connections_per_client) {
             let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
             let open = clients.entry(peer.ip()).or_insert(0);
             *open += 1;
@@ -226,33 +246,79 @@ impl Connections {
                 return Err(Refusal::ClientFull);
             }
         }
-        Ok(ticket)
+        Ok(())
     }
 
     /// One client connection, from admission to close.
-    async fn serve(self: Arc<Self>, stream: Stream, shutdown: ShutdownWatch) {
+    async fn serve(self: Arc<Self>, mut stream: Stream, shutdown: ShutdownWatch) {
+        let digest = stream.get_socket_digest();
+        let inet = |a: Option<&pingora_core::protocols::l4::socket::SocketAddr>| {
+            a.and_then(|a| a.as_inet()).copied()
+        };
+        let local = digest.as_ref().and_then(|d| inet(d.local_addr()));
+        let mut peer = digest.as_ref().and_then(|d| inet(d.peer_addr()));
         let snapshot = self.state.snapshot();
-        let _ticket = match self.admit(&stream, &snapshot) {
-            Ok(ticket) => ticket,
-            Err(refusal) => {
-                METRICS
-                    .connections_refused
-                    .with_label_values(&[refusal.label()])
-                    .inc();
+        let (mut ticket, admitted) = self.admit_listener(local, &snapshot);
+        if let Err(refusal) = admitted {
+            count_refusal(refusal);
+            return;
+        }
+        let mut early = None;
+        if ticket
+            .listener
+            .is_some_and(|i| self.listeners[i].proxy_protocol)
+        {
+            let timeout = snapshot.limits.proxy_header_timeout;
+            drop(snapshot);
+            match proxy_protocol::read(&mut stream, timeout).await {
+                Ok((header, rest)) => {
+                    if let Some(client) = header.source {
+                        let fd = stream.id();
+                        stream.set_socket_digest(proxy_protocol::digest_for(
+                            fd,
+                            digest.as_ref(),
+                            client,
+                        ));
+                        peer = Some(client);
+                    }
+                    early = Some(rest);
+                }
+                Err(why) => {
+                    log::debug!("connection from {peer:?} closed: {why}");
+                    if why != proxy_protocol::Refused::Empty {
+                        count_refusal(Refusal::ProxyHeader);
+                    }
+                    return;
+                }
+            }
+            let snapshot = self.state.snapshot();
+            if let Err(refusal) = self.admit_client(&mut ticket, peer, &snapshot) {
+                count_refusal(refusal);
                 return;
             }
-        };
-        drop(snapshot);
+        } else {
+            if let Err(refusal) = self.admit_client(&mut ticket, peer, &snapshot) {
+                count_refusal(refusal);
+                return;
+            }
+            drop(snapshot);
+        }
+        drop(digest);
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             // Boxed by `async_trait`, so its size is paid only by HTTP/2 connections.
             ServerApp::process_new(&self.proxy, stream, &shutdown).await;
             return;
         }
-        self.serve_http1(stream, &shutdown).await;
+        self.serve_http1(stream, &shutdown, early).await;
     }
 
     /// HTTP/1 requests on one connection, each header read while parked.
-    async fn serve_http1(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) {
+    async fn serve_http1(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+        mut early: Option<BytesMut>,
+    ) {
         let mut stopping = shutdown.clone();
         let mut persistent = None;
         let mut first = true;
@@ -266,11 +332,11 @@ impl Connections {
             let head = if first {
                 // A new connection's first request is served even when a shutdown has
                 // begun: the client sent it and cannot know.
-                read_head(&mut stream, idle, &deadlines).await
+                read_head(&mut stream, idle, &deadlines, early.take()).await
             } else {
                 tokio::select! {
                     biased;
-                    head = read_head(&mut stream, idle, &deadlines) => head,
+                    head = read_head(&mut stream, idle, &deadlines, None) => head,
                     _ = stopped(&mut stopping) => return,
                 }
             };
@@ -339,12 +405,21 @@ impl ServerApp for Connections {
 }
 
 /// Waits up to `idle` for a request's first bytes, then up to the header deadline for the
-/// rest of its header.
-async fn read_head(stream: &mut Stream, idle: Duration, deadlines: &Deadlines) -> Head {
-    let mut buf = match fast_timeout(idle, read_first(stream)).await {
-        Err(_) => return Head::Idle,
-        Ok(Some(buf)) => buf,
-        Ok(None) => return Head::Closed,
+/// rest of its header. `early` holds bytes already read (after a PROXY header), which
+/// count as the first.
+async fn read_head(
+    stream: &mut Stream,
+    idle: Duration,
+    deadlines: &Deadlines,
+    early: Option<BytesMut>,
+) -> Head {
+    let mut buf = match early.filter(|b| !b.is_empty()) {
+        Some(buf) => buf,
+        None => match fast_timeout(idle, read_first(stream)).await {
+            Err(_) => return Head::Idle,
+            Ok(Some(buf)) => buf,
+            Ok(None) => return Head::Closed,
+        },
     };
     if header_complete(&buf, 0) {
         return Head::Ready(buf);
@@ -430,6 +505,16 @@ async fn stopped(shutdown: &mut ShutdownWatch) {
     if shutdown.wait_for(|stop| *stop).await.is_err() {
         std::future::pending::<()>().await;
     }
+}
+
+/// The `reason` of `portico_connections_refused_total` for a missing or bad PROXY header.
+pub(crate) const PROXY_REFUSAL: &str = "proxy_protocol";
+
+fn count_refusal(refusal: Refusal) {
+    METRICS
+        .connections_refused
+        .with_label_values(&[refusal.label()])
+        .inc();
 }
 
 pub(crate) fn count_timeout(phase: &str) {

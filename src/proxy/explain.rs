@@ -58,6 +58,8 @@ pub struct Routed {
     pub upstream: String,
     pub attempts: u32,
     pub deadline: Option<String>,
+    /// The route's own limits and timeouts (`routes.limits`), when it has any.
+    pub limits: Option<String>,
     pub route_plugins: Vec<&'static str>,
 }
 
@@ -147,6 +149,7 @@ pub fn explain(snapshot: &Snapshot, question: &Question<'_>) -> Result<Explanati
                 deadline: route
                     .deadline
                     .map(|d| humantime::format_duration(d).to_string()),
+                limits: route.limits.as_deref().map(|l| l.summary()),
                 route_plugins: route.plugins.names.clone(),
             }))
         }
@@ -189,6 +192,9 @@ impl std::fmt::Display for Explanation {
                         .map(|d| format!(", deadline {d}"))
                         .unwrap_or_default()
                 )?;
+                if let Some(limits) = &r.limits {
+                    writeln!(f, "limits:     {limits}")?;
+                }
                 writeln!(
                     f,
                     "plugins:    global [{globals}] then route [{}]",

@@ -9,17 +9,26 @@
 //! `first_byte_timeout` and then `header_timeout`, and puts the bytes back
 //! ([`Stream::rewind`]) for rustls to read as if nothing had happened. What follows the
 //! ClientHello (the client's key exchange and Finished) is bounded by Pingora's 60 s.
+//!
+//! On a TLS listener with `proxy_protocol = true` the hook first reads the PROXY header
+//! (`proxy_protocol.rs`) and puts the client's address in the stream's socket digest, so the
+//! handshake's first byte is the one after the header.
 
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use pingora_core::listeners::PreTlsProcess;
 use pingora_core::protocols::l4::stream::Stream;
+use pingora_core::protocols::GetSocketDigest;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_timeout::fast_timeout::fast_timeout;
 use tokio::io::AsyncReadExt;
 
-use super::connection::count_timeout;
+use super::connection::{count_timeout, PROXY_REFUSAL};
+use super::proxy_protocol;
+use crate::observe::metrics::METRICS;
 use crate::runtime::State;
 
 /// TLS record header: content type, legacy version, length.
@@ -33,17 +42,71 @@ const MAX_RECORD: usize = 1 << 14;
 /// The pre-TLS hook of every TLS client listener.
 pub struct HelloDeadline {
     state: Arc<State>,
+    /// The TLS listeners with `proxy_protocol = true`.
+    proxy_listeners: Vec<SocketAddr>,
 }
 
 impl HelloDeadline {
-    pub fn new(state: Arc<State>) -> Arc<HelloDeadline> {
-        Arc::new(HelloDeadline { state })
+    pub fn new(state: Arc<State>, proxy_listeners: Vec<SocketAddr>) -> Arc<HelloDeadline> {
+        Arc::new(HelloDeadline {
+            state,
+            proxy_listeners,
+        })
+    }
+
+    /// Whether the connection came in on a listener that expects a PROXY header (bound to
+    /// its local address, or to the same port on a wildcard address).
+    fn expects_proxy_header(&self, stream: &Stream) -> bool {
+        if self.proxy_listeners.is_empty() {
+            return false;
+        }
+        let digest = stream.get_socket_digest();
+        let Some(local) = digest
+            .as_ref()
+            .and_then(|d| d.local_addr())
+            .and_then(|a| a.as_inet())
+        else {
+            return false;
+        };
+        self.proxy_listeners
+            .iter()
+            .any(|l| l == local || (l.ip().is_unspecified() && l.port() == local.port()))
+    }
+
+    /// Reads the PROXY header and makes its source the stream's peer; what was read past
+    /// the header is put back for the handshake.
+    async fn read_proxy_header(&self, stream: &mut Stream) -> Result<()> {
+        let timeout = self.state.snapshot().limits.proxy_header_timeout;
+        match proxy_protocol::read(stream, timeout).await {
+            Ok((header, rest)) => {
+                if let Some(client) = header.source {
+                    let old = stream.get_socket_digest();
+                    let digest =
+                        proxy_protocol::digest_for(stream.as_raw_fd(), old.as_ref(), client);
+                    stream.set_socket_digest(digest);
+                }
+                stream.rewind(&rest);
+                Ok(())
+            }
+            Err(why) => {
+                if why != proxy_protocol::Refused::Empty {
+                    METRICS
+                        .connections_refused
+                        .with_label_values(&[PROXY_REFUSAL])
+                        .inc();
+                }
+                Err(Error::explain(ErrorType::ConnectionClosed, why.to_string()))
+            }
+        }
     }
 }
 
 #[async_trait]
 impl PreTlsProcess for HelloDeadline {
     async fn process(&self, stream: &mut Stream) -> Result<()> {
+        if self.expects_proxy_header(stream) {
+            self.read_proxy_header(stream).await?;
+        }
         let (first_byte, header) = {
             let limits = &self.state.snapshot().limits;
             (limits.first_byte_timeout, limits.header_timeout)

@@ -11,6 +11,7 @@ pub mod error;
 pub mod explain;
 pub mod handshake;
 mod headers;
+pub mod proxy_protocol;
 mod retry;
 
 use std::sync::Arc;
@@ -85,6 +86,11 @@ pub struct Ctx {
     peer_ip: Option<std::net::IpAddr>,
     /// What the path holds that its route must allow.
     path_traits: crate::router::PathTraits,
+    /// The largest request body this request may have (`[limits]`, or its route's own).
+    max_body: u64,
+    /// The upstream answered `101`: the connection is relayed as another protocol and
+    /// counted in `portico_upgraded_connections` until the request ends.
+    upgraded: bool,
 }
 
 impl Ctx {
@@ -137,8 +143,11 @@ impl ProxyHttp for Gateway {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
+        let snapshot = self.state.snapshot();
         Ctx {
-            snapshot: self.state.snapshot(),
+            max_body: snapshot.limits.max_body_bytes,
+            upgraded: false,
+            snapshot,
             route: None,
             target: None,
             plugin: PluginCtx::default(),
@@ -188,7 +197,8 @@ impl ProxyHttp for Gateway {
         }
         ctx.trace = Some(trace);
 
-        if let Some(err) = check_limits(session.req_header(), &ctx.snapshot.limits) {
+        let limits = &ctx.snapshot.limits;
+        if let Some(err) = check_limits(session.req_header(), limits, ctx.snapshot.body_cap) {
             return self.answer_error(session, ctx, err).await;
         }
 
@@ -249,6 +259,21 @@ impl ProxyHttp for Gateway {
         if let Err(e) = check_route_policy(&route, ctx.path_traits, session.req_header()) {
             return self.answer_error(session, ctx, e).await;
         }
+        if let Some(limits) = route.limits.as_deref() {
+            apply_route_limits(session, limits);
+        }
+        // The declared length was checked against the largest limit of any route; a route
+        // with a smaller one (its own, or `[limits]`) checks it again.
+        ctx.max_body = route
+            .limits
+            .as_deref()
+            .and_then(|l| l.max_body_bytes)
+            .unwrap_or(snapshot.limits.max_body_bytes);
+        if ctx.max_body < snapshot.body_cap {
+            if let Err(e) = check_body_length(session.req_header(), ctx.max_body) {
+                return self.answer_error(session, ctx, e).await;
+            }
+        }
         ctx.plugin.route_id = route.id.clone();
         ctx.route = Some(route.clone());
         ctx.target = Some(target.clone());
@@ -307,7 +332,7 @@ impl ProxyHttp for Gateway {
         // Content-Length was checked up front; this catches chunked bodies.
         if let Some(chunk) = body {
             ctx.body_bytes += chunk.len() as u64;
-            let limit = ctx.snapshot.limits.max_body_bytes;
+            let limit = ctx.max_body;
             if ctx.body_bytes > limit {
                 ctx.error = Some(GatewayError::BodyTooLarge(limit));
                 return Error::e_explain(ErrorType::HTTPStatus(413), "request body over the limit");
@@ -373,14 +398,17 @@ impl ProxyHttp for Gateway {
         // Pingora forwards only WebSocket upgrades by default; another protocol got here
         // because the route lists it, and `headers::clean_request` already reduced the
         // request to `Upgrade` plus `Connection: upgrade`.
-        let other_upgrade = session
-            .req_header()
-            .headers
-            .get(http::header::UPGRADE)
-            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        let upgrade = session.req_header().headers.get(http::header::UPGRADE);
+        let is_upgrade = upgrade.is_some();
+        let other_upgrade =
+            upgrade.is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"websocket"));
         if other_upgrade {
             peer.options.http_upstream_request_policy.h1_upgrade =
                 pingora_core::upstreams::peer::H1UpgradePolicy::Preserve;
+        }
+        let route_limits = route.limits.as_deref();
+        if let Some(t) = route_limits.and_then(|l| l.response_header_timeout) {
+            peer.options.read_timeout = Some(t);
         }
         // Each attempt gets at most its per-try timeout and never more than the deadline.
         let cap = match (route.retry.per_try_timeout, remaining) {
@@ -397,6 +425,11 @@ impl ProxyHttp for Gateway {
             ] {
                 *t = Some(t.map_or(cap, |t| t.min(cap)));
             }
+        }
+        // An upgrade's upstream read timeout is its idle time once it is relayed; the
+        // deadline, meant for a request and its response, bounds only its connect.
+        if is_upgrade {
+            peer.options.read_timeout = Some(upgrade_idle_timeout(&ctx.snapshot, &route));
         }
         Ok(peer)
     }
@@ -539,6 +572,15 @@ impl ProxyHttp for Gateway {
         finish_response_headers(ctx, resp);
         run_response_hooks(ctx, session.req_header(), resp).await;
         self.close_if_draining(session);
+        if resp.status == http::StatusCode::SWITCHING_PROTOCOLS && !ctx.upgraded {
+            if let Some(route) = &ctx.route {
+                // From here on a read of the client waits for the next frame, not a body.
+                let idle = upgrade_idle_timeout(&ctx.snapshot, route);
+                session.set_read_timeout(Some(idle));
+                ctx.upgraded = true;
+                METRICS.upgraded_connections.inc();
+            }
+        }
         Ok(())
     }
 
@@ -631,6 +673,9 @@ impl ProxyHttp for Gateway {
         }
         if ctx.active {
             METRICS.active_requests.dec();
+        }
+        if ctx.upgraded {
+            METRICS.upgraded_connections.dec();
         }
         let elapsed = ctx.start.elapsed();
         let metrics = target
@@ -992,8 +1037,47 @@ async fn run_response_hooks(ctx: &mut Ctx, req: &RequestHeader, resp: &mut Respo
     }
 }
 
-/// The first size limit a request breaks, if any.
-fn check_limits(req: &RequestHeader, limits: &crate::config::Limits) -> Option<GatewayError> {
+/// The idle timeout of an upgraded connection on `route`.
+fn upgrade_idle_timeout(snapshot: &Snapshot, route: &Route) -> Duration {
+    route
+        .limits
+        .as_deref()
+        .and_then(|l| l.upgrade_idle_timeout)
+        .unwrap_or(snapshot.limits.upgrade_idle_timeout)
+}
+
+/// A route's own client timeouts, for the rest of this request (the connection sets the
+/// global ones again before its next request).
+fn apply_route_limits(session: &mut Session, limits: &crate::config::RouteLimits) {
+    if let Some(t) = limits.body_timeout {
+        session.set_read_timeout(Some(t));
+    }
+    if let Some(t) = limits.send_timeout {
+        session.set_write_timeout(Some(t));
+    }
+}
+
+/// A declared `Content-Length` over `limit` (the values were found valid before routing).
+fn check_body_length(req: &RequestHeader, limit: u64) -> Result<(), GatewayError> {
+    let over = req
+        .headers
+        .get_all(http::header::CONTENT_LENGTH)
+        .iter()
+        .filter_map(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+        .any(|n| n > limit);
+    if over {
+        return Err(GatewayError::BodyTooLarge(limit));
+    }
+    Ok(())
+}
+
+/// The first size limit a request breaks, if any; `body_cap` is the largest body any
+/// route accepts.
+fn check_limits(
+    req: &RequestHeader,
+    limits: &crate::config::Limits,
+    body_cap: u64,
+) -> Option<GatewayError> {
     if req.raw_path().len() > limits.max_uri_bytes {
         return Some(GatewayError::UriTooLong);
     }
@@ -1012,9 +1096,7 @@ fn check_limits(req: &RequestHeader, limits: &crate::config::Limits) -> Option<G
             .ok()
             .and_then(|v| v.trim().parse::<u64>().ok())
         {
-            Some(n) if n > limits.max_body_bytes => {
-                return Some(GatewayError::BodyTooLarge(limits.max_body_bytes))
-            }
+            Some(n) if n > body_cap => return Some(GatewayError::BodyTooLarge(body_cap)),
             Some(_) => {}
             None => return Some(GatewayError::BadRequest("invalid Content-Length".into())),
         }

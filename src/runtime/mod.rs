@@ -44,6 +44,8 @@ pub struct Route {
     pub allow_escaped_slashes: bool,
     /// Protocols a client may `Upgrade` to, lowercase.
     pub upgrades: Vec<Box<str>>,
+    /// The route's own limits and timeouts (`None`: `[limits]` and the cluster's).
+    pub limits: Option<Box<config::RouteLimits>>,
 }
 
 /// One destination of a route: a cluster, with the version it serves.
@@ -181,6 +183,9 @@ pub struct Snapshot {
     pub identity_headers: Vec<http::HeaderName>,
     /// Peers whose forwarding headers are believed (`[server] trusted_proxies`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The largest request body any route accepts (`[limits]` or a route's own): a
+    /// declared length over it is refused before routing.
+    pub body_cap: u64,
     /// The admin API's bearer token (`[admin] token`/`token_file`, read when this snapshot
     /// was built), kept only as a digest: see [`crate::admin::AdminToken`].
     pub admin_token: Option<crate::admin::AdminToken>,
@@ -383,6 +388,11 @@ impl Snapshot {
                     .iter()
                     .map(|u| u.to_ascii_lowercase().into_boxed_str())
                     .collect(),
+                limits: r
+                    .limits
+                    .clone()
+                    .filter(|l| *l != config::RouteLimits::default())
+                    .map(Box::new),
             };
             routes.push((spec, Arc::new(route)));
         }
@@ -441,7 +451,13 @@ impl Snapshot {
             .read_token()
             .map_err(|(field, e)| format!("admin.{field}: {e}"))?
             .map(|t| crate::admin::AdminToken::new(&t));
+        let body_cap = config
+            .routes
+            .iter()
+            .filter_map(|r| r.limits.as_ref()?.max_body_bytes)
+            .fold(config.limits.max_body_bytes, u64::max);
         Ok(Snapshot {
+            body_cap,
             admin_token,
             identity_headers,
             trusted_proxies,
@@ -766,9 +782,15 @@ impl State {
     pub fn upgrade_required(&self) -> Option<String> {
         let (bound, admin) = self.bound.get()?;
         let snapshot = self.snapshot();
-        let shape = |ls: &[config::Listener]| -> Vec<(String, Option<bool>)> {
+        let shape = |ls: &[config::Listener]| -> Vec<(String, Option<bool>, bool)> {
             ls.iter()
-                .map(|l| (l.address.clone(), l.tls.as_ref().map(|t| t.http2)))
+                .map(|l| {
+                    (
+                        l.address.clone(),
+                        l.tls.as_ref().map(|t| t.http2),
+                        l.proxy_protocol,
+                    )
+                })
                 .collect()
         };
         let mut reasons = Vec::new();

@@ -138,10 +138,15 @@ pub fn build(
         }
     }
     if !tls_states.is_empty() {
+        let proxy_tls = listeners
+            .iter()
+            .filter(|l| l.proxy_protocol && l.tls.is_some())
+            .filter_map(|l| l.address.parse().ok())
+            .collect();
         // Only TLS listeners run it: the first byte and the ClientHello under `[limits]`.
         proxy
             .endpoints()
-            .set_pre_tls_callback(HelloDeadline::new(state.clone()));
+            .set_pre_tls_callback(HelloDeadline::new(state.clone(), proxy_tls));
     }
     server.add_service(super::notify::WatchdogFed::new(
         proxy,

@@ -133,7 +133,11 @@ pub struct GatewayBuilder {
     access_log: bool,
     success_sample_ratio: Option<f64>,
     limits: Option<String>,
+    /// `graceful_shutdown_timeout_seconds` (default 0).
+    graceful_seconds: u64,
     server: String,
+    /// Extra keys of the client-facing `[[listeners]]` entry.
+    listener: String,
     admin_extra: String,
     /// The admin token, given to the process as `${PORTICO_TEST_ADMIN_TOKEN}`; `None`
     /// writes no token at all.
@@ -191,6 +195,19 @@ impl GatewayBuilder {
         self
     }
 
+    /// `graceful_shutdown_timeout_seconds`: how long a SIGTERM drain may take (default 0).
+    pub fn graceful_shutdown(mut self, seconds: u64) -> Self {
+        self.graceful_seconds = seconds;
+        self
+    }
+
+    /// Extra keys of the client-facing listener, e.g. `proxy_protocol = true`.
+    pub fn listener(mut self, lines: &str) -> Self {
+        self.listener.push_str(lines);
+        self.listener.push('\n');
+        self
+    }
+
     /// The body of a `[limits]` table, e.g. `max_uri_bytes = 64`.
     pub fn limits(mut self, limits: &str) -> Self {
         self.limits = Some(limits.to_string());
@@ -221,12 +238,12 @@ impl GatewayBuilder {
 threads = {threads}
 pid_file = "{dir}/portico.pid"
 upgrade_sock = "{dir}/upgrade.sock"
-grace_period_seconds = 0
-graceful_shutdown_timeout_seconds = 0
+grace_period_seconds = {grace}
+graceful_shutdown_timeout_seconds = {graceful}
 {server}
 [[listeners]]
 address = "{listen}"
-
+{listener}
 [admin]
 address = "{admin}"
 {token_line}{admin_extra}
@@ -236,6 +253,15 @@ access_log = "{log}"
 "#,
             threads = self.threads,
             server = self.server,
+            graceful = self.graceful_seconds,
+            // Pingora stops its runtimes (cutting what is left) after the grace period;
+            // the drain ends the process first, at `graceful_shutdown_timeout_seconds`.
+            grace = if self.graceful_seconds > 0 {
+                self.graceful_seconds + 5
+            } else {
+                0
+            },
+            listener = self.listener,
             dir = dir.path().display(),
             admin_extra = self.admin_extra,
             token_line = if self.admin_token.is_some() {
@@ -344,7 +370,9 @@ impl Gateway {
             access_log: true,
             success_sample_ratio: None,
             limits: None,
+            graceful_seconds: 0,
             server: String::new(),
+            listener: String::new(),
             admin_extra: String::new(),
             admin_token: Some(new_admin_token()),
             ready_within: Duration::from_secs(10),
@@ -516,6 +544,33 @@ impl Gateway {
         )
         .await;
         self.access_log_lines()
+    }
+}
+
+impl Gateway {
+    /// Sends SIGTERM (a graceful stop) to the gateway process.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Waits up to `limit` for the process to exit; its exit status, or `None` if it still
+    /// runs.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 

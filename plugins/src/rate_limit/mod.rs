@@ -17,7 +17,9 @@
 //! redis = { url = "redis://127.0.0.1:6379", timeout = "50ms", failure = "open", prefix = "portico:rl:" }
 //! ```
 //!
-//! **Keys.** `client_ip` keys on the TCP peer address; IPv6 clients by their /64 network,
+//! **Keys.** `client_ip` keys on the client address the gateway derived
+//! ([`PluginCtx::client_ip`]: a PROXY header's source, the client a trusted proxy names, else
+//! the TCP peer); IPv6 clients by their /64 network,
 //! since one host usually owns a whole /64 and could otherwise pick a fresh bucket per
 //! request. `subject` and `client_id` read [`PluginCtx::identity`], so the plugin must come
 //! after the authentication plugin in the chain; requests without an identity (or without a
