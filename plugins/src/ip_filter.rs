@@ -15,14 +15,12 @@
 use std::net::IpAddr;
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE};
-use http::{HeaderValue, StatusCode};
+use http::StatusCode;
 use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::build::{parse_config, BuildError};
-use crate::{Flow, Hooks, Plugin, PluginCtx, PluginResponse, RequestHeader};
+use crate::{Flow, Hooks, Plugin, PluginCtx, RequestHeader};
 
 /// The registry name.
 pub const NAME: &str = "ip-filter";
@@ -90,17 +88,6 @@ impl IpFilter {
     }
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
-    #[serde(rename = "type")]
-    kind: &'a str,
-    title: &'a str,
-    status: u16,
-    detail: &'a str,
-    instance: &'a str,
-    request_id: &'a str,
-}
-
 #[async_trait]
 impl Plugin for IpFilter {
     fn name(&self) -> &'static str {
@@ -122,31 +109,15 @@ impl Plugin for IpFilter {
         if self.admits(ctx.client_ip) {
             return Flow::Continue;
         }
-        // This answer ends the request phase: an id made here is the one the proxy and the
-        // access log use too.
-        let request_id = ctx
-            .request_id
-            .get_or_insert_with(|| format!("{:032x}", rand::random::<u128>()));
-        let problem = Problem {
-            kind: "urn:portico:problem:address-forbidden",
-            title: "Forbidden",
-            status: 403,
-            detail: "requests from this client address are not accepted here",
-            instance: req.uri.path(),
-            request_id,
-        };
-        let body = Bytes::from(serde_json::to_vec(&problem).unwrap_or_default());
-        Flow::Respond(PluginResponse {
-            status: StatusCode::FORBIDDEN,
-            headers: vec![
-                (
-                    CONTENT_TYPE,
-                    HeaderValue::from_static("application/problem+json"),
-                ),
-                (CACHE_CONTROL, HeaderValue::from_static("no-store")),
-            ],
-            body,
-        })
+        Flow::Respond(crate::problem_response(
+            StatusCode::FORBIDDEN,
+            "address-forbidden",
+            "Forbidden",
+            "requests from this client address are not accepted here",
+            req,
+            ctx,
+            0,
+        ))
     }
 }
 

@@ -23,11 +23,13 @@ pub mod cors;
 pub mod headers;
 pub mod ip_filter;
 pub mod jwt;
+mod problem;
 pub mod rate_limit;
 pub mod registry;
 pub mod request_id;
 
 pub use build::BuildError;
+pub use problem::problem_response;
 pub use registry::{build, BUILTIN_NAMES};
 
 /// What the proxy knows about one request that plugins may read or fill in.

@@ -67,16 +67,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use http::header::RETRY_AFTER;
 use http::{HeaderName, HeaderValue, StatusCode};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use self::cluster::{Failure, RedisLimiter, BREAKER_COOLDOWN};
 use self::local::{Clock, Decision, Gcra, LocalStore};
 use crate::build::{parse_config, BuildError};
-use crate::{Flow, Hooks, Plugin, PluginCtx, PluginResponse, RequestHeader, ResponseHeader};
+use crate::{
+    problem_response, Flow, Hooks, Plugin, PluginCtx, PluginResponse, RequestHeader, ResponseHeader,
+};
 
 /// The registry name.
 pub const NAME: &str = "rate-limit";
@@ -457,15 +458,15 @@ impl RateLimit {
             self.rate,
             humantime::format_duration(self.period)
         );
-        let body = problem(
+        let mut resp = problem_response(
             StatusCode::TOO_MANY_REQUESTS,
             "rate-limited",
             "Too many requests",
-            detail,
+            &detail,
             req,
             ctx,
+            5,
         );
-        let mut resp = problem_response(StatusCode::TOO_MANY_REQUESTS, body, 7);
         resp.headers.extend([
             (RETRY_AFTER, HeaderValue::from(retry_after)),
             (RATELIMIT_LIMIT, self.limit_value.clone()),
@@ -499,15 +500,15 @@ impl RateLimit {
             }
             FailureMode::Closed => {
                 bump(&self.counters.failed_closed);
-                let body = problem(
+                let mut resp = problem_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "rate-limiter-unavailable",
                     "Rate limiter unavailable",
-                    "the shared rate limit store cannot be reached; retry shortly".to_owned(),
+                    "the shared rate limit store cannot be reached; retry shortly",
                     req,
                     ctx,
+                    2,
                 );
-                let mut resp = problem_response(StatusCode::SERVICE_UNAVAILABLE, body, 4);
                 resp.headers.extend([
                     (RETRY_AFTER, HeaderValue::from(BREAKER_COOLDOWN.as_secs())),
                     // Marks the answer as the limiter's, so no response hook adds counts.
@@ -675,55 +676,5 @@ fn parse_duration(text: &str, field: &str) -> Result<Duration, BuildError> {
             field,
             format!("`{text}` is not a duration ({e}); write e.g. \"50ms\", \"1s\", \"1m\""),
         )),
-    }
-}
-
-/// An RFC 9457 problem, shaped like the gateway's own error bodies.
-#[derive(Serialize)]
-struct Problem<'a> {
-    #[serde(rename = "type")]
-    kind: String,
-    title: &'a str,
-    status: u16,
-    detail: String,
-    instance: &'a str,
-    request_id: &'a str,
-}
-
-fn problem(
-    status: StatusCode,
-    slug: &str,
-    title: &str,
-    detail: String,
-    req: &RequestHeader,
-    ctx: &mut PluginCtx,
-) -> Bytes {
-    // This answer ends the request phase: an id made here is the one the proxy, the
-    // request-id plugin's echo and the access log use too.
-    let request_id = ctx
-        .request_id
-        .get_or_insert_with(|| format!("{:032x}", rand::random::<u128>()));
-    let problem = Problem {
-        kind: format!("urn:portico:problem:{slug}"),
-        title,
-        status: status.as_u16(),
-        detail,
-        instance: req.uri.path(),
-        request_id,
-    };
-    Bytes::from(serde_json::to_vec(&problem).unwrap_or_default())
-}
-
-fn problem_response(status: StatusCode, body: Bytes, extra_headers: usize) -> PluginResponse {
-    let mut headers = Vec::with_capacity(2 + extra_headers);
-    headers.push((
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    ));
-    headers.push((CACHE_CONTROL, HeaderValue::from_static("no-store")));
-    PluginResponse {
-        status,
-        headers,
-        body,
     }
 }
