@@ -8,91 +8,18 @@ mod common;
 
 use std::time::Duration;
 
+use common::postgres::Schema;
 use common::token_service::{self, *};
 
 const ISSUER: &str = "https://auth.portico.test";
 
-fn base_url() -> String {
-    std::env::var("PORTICO_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-/// Connects for set-up, or explains why not.
-async fn admin() -> Option<tokio_postgres::Client> {
-    let url = base_url();
-    let attempt = async {
-        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
-        tokio::spawn(conn);
-        Ok::<_, tokio_postgres::Error>(client)
-    };
-    match tokio::time::timeout(Duration::from_secs(5), attempt).await {
-        Ok(Ok(c)) => Some(c),
-        outcome => {
-            let why = match outcome {
-                Ok(Err(e)) => e.to_string(),
-                _ => "timed out".into(),
-            };
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("PostgreSQL at {url} is required under CI=true: {why}");
-            }
-            eprintln!("\n=====================================================================");
-            eprintln!("SKIP auth_postgres: no PostgreSQL at {url}: {why}");
-            eprintln!("set PORTICO_TEST_POSTGRES_URL or start PostgreSQL to run this test");
-            eprintln!("=====================================================================\n");
-            None
-        }
-    }
-}
-
-/// Drops the schema when the test ends, pass or fail.
-struct Schema {
-    name: String,
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let (url, name) = (base_url(), self.name.clone());
-        // Drop runs inside the test's runtime: clean up from a thread with its own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok((c, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
-                    tokio::spawn(conn);
-                    let _ = c
-                        .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
-/// The database URL with the schema as the search path.
-fn url_in(schema: &str) -> String {
-    let url = base_url();
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}options=-c%20search_path%3D{schema}")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_clients_keys_and_revocations_on_postgres() {
-    let Some(admin) = admin().await else { return };
-    let schema = Schema {
-        name: format!(
-            "portico_auth_test_{}_{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ),
+    let Some(schema) = Schema::create("auth_test").await else {
+        return;
     };
-    admin
-        .batch_execute(&format!("CREATE SCHEMA {}", schema.name))
-        .await
-        .unwrap();
-    let db_url = url_in(&schema.name);
+    let admin = &schema.admin;
+    let db_url = schema.url();
 
     let dir = tempfile::tempdir().unwrap();
     let top = format!("issuer = \"{ISSUER}\"\ndatabase_url = \"{db_url}\"");
@@ -232,6 +159,9 @@ async fn replicas_share_clients_keys_and_revocations_on_postgres() {
     a.stop().await;
     b.stop().await;
     drop(schema);
+    let admin = common::postgres::connect(&common::postgres::base_url())
+        .await
+        .unwrap();
     let left: i64 = admin
         .query_one(
             "SELECT count(*) FROM information_schema.schemata WHERE schema_name LIKE 'portico_auth_test_' || $1 || '_%'",

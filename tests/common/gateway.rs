@@ -558,6 +558,12 @@ impl Gateway {
         assert!(status.success(), "kill -TERM failed");
     }
 
+    /// Kills the gateway process at once (SIGKILL): a node lost, nothing drained.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Waits up to `limit` for the process to exit; its exit status, or `None` if it still
     /// runs.
     pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {

@@ -7,7 +7,8 @@
 //! - [`count`]: request-and-count loops, response and metric readers;
 //! - [`raw`]: a raw HTTP/1.1 client;
 //! - [`tokens`]: JWTs and credentials;
-//! - [`token_service`]: portico's own token service, started in-process.
+//! - [`token_service`]: portico's own token service, started in-process;
+//! - [`postgres`]: a schema of the test's own on the machine's PostgreSQL.
 //!
 //! A test reads as set-up, action, assertions:
 //!
@@ -30,6 +31,7 @@
 
 pub mod count;
 pub mod gateway;
+pub mod postgres;
 pub mod raw;
 pub mod token_service;
 pub mod tokens;
