@@ -133,6 +133,22 @@ async fn two_gateways_share_one_redis_limit() {
         }
     }
     assert_eq!((passed, limited), (5, 7));
+    // The decisions reach /metrics, summed over the two gateways.
+    let mut decided = (0.0, 0.0);
+    for gateway in &gateways {
+        let text = gateway.metrics().await;
+        let count = |decision| {
+            metric_value(
+                &text,
+                "portico_rate_limit_decisions_total",
+                &[("decision", decision)],
+            )
+            .unwrap_or(0.0)
+        };
+        decided.0 += count("allowed");
+        decided.1 += count("limited");
+    }
+    assert_eq!(decided, (5.0, 7.0));
     assert_eq!(up.hits(), 5, "limited requests never reach the upstream");
 
     // A route without the plugin is not limited and carries no limit fields.
@@ -142,4 +158,60 @@ async fn two_gateways_share_one_redis_limit() {
         assert!(value(&resp, "ratelimit-limit").is_none());
     }
     assert_eq!(up.hits(), 7);
+}
+
+#[tokio::test]
+async fn redis_failures_are_counted_and_fail_open_lets_requests_through() {
+    bounded(async {
+        let up = Upstream::start("ok").await;
+        // Nothing listens there: every Redis call fails at once.
+        let nowhere = free_addr();
+        let routes = Routes::new()
+            .route_with(
+                "open",
+                "/open",
+                "up",
+                &format!(
+                    "\n[[routes.plugins]]\nname = \"rate-limit\"\nrate = 5\nperiod = \"1m\"\n\
+                     redis = {{ url = \"redis://{nowhere}\", timeout = \"200ms\", failure = \"open\" }}"
+                ),
+            )
+            .route_with(
+                "closed",
+                "/closed",
+                "up",
+                &format!(
+                    "\n[[routes.plugins]]\nname = \"rate-limit\"\nrate = 5\nperiod = \"1m\"\n\
+                     redis = {{ url = \"redis://{nowhere}\", timeout = \"200ms\", failure = \"closed\" }}"
+                ),
+            )
+            .cluster("up", &[&up]);
+        let gw = Gateway::builder(&routes).start().await;
+        for i in 0..3 {
+            assert_eq!(gw.get(&format!("/open/{i}")).await.status(), 200);
+        }
+        let resp = gw.get("/closed/1").await;
+        assert_eq!(resp.status(), 503);
+        let text = gw.metrics().await;
+        let decision = |d| {
+            metric_value(&text, "portico_rate_limit_decisions_total", &[("decision", d)])
+                .unwrap_or(0.0)
+        };
+        assert_eq!(decision("failed_open"), 3.0, "{text}");
+        assert_eq!(decision("failed_closed"), 1.0, "{text}");
+        let failures = metric_value(
+            &text,
+            "portico_rate_limit_redis_failures_total",
+            &[("kind", "error")],
+        )
+        .unwrap_or(0.0)
+            + metric_value(
+                &text,
+                "portico_rate_limit_redis_failures_total",
+                &[("kind", "timeout")],
+            )
+            .unwrap_or(0.0);
+        assert_eq!(failures, 4.0, "{text}");
+    })
+    .await;
 }

@@ -201,7 +201,7 @@ impl AdminApi {
             }
             ("GET", "/metrics") => {
                 self.refresh_endpoint_gauges();
-                METRICS.sync_token_series();
+                METRICS.sync_plugin_series();
                 (
                     StatusCode::OK,
                     "text/plain; version=0.0.4; charset=utf-8",

@@ -46,6 +46,8 @@ pub struct Metrics {
     pub jwt_cache: IntCounterVec,
     pub jwks_fetches: IntCounterVec,
     pub jwks_keys: IntGaugeVec,
+    pub rate_limit_decisions: IntCounterVec,
+    pub rate_limit_redis_failures: IntCounterVec,
 }
 
 /// Latency buckets from 0.5 ms to 10 s: service-to-service calls live mostly under 200 ms.
@@ -233,8 +235,20 @@ impl Metrics {
             "Keys in the last good JWKS of a key set URL (0 before the first good fetch)",
             &["key_set"],
         );
+        let rate_limit_decisions = counter(
+            "portico_rate_limit_decisions_total",
+            "Requests the rate-limit plugin decided, by decision (allowed, limited: 429, failed_open: let through because Redis failed, failed_closed: 503 because Redis failed)",
+            &["decision"],
+        );
+        let rate_limit_redis_failures = counter(
+            "portico_rate_limit_redis_failures_total",
+            "Redis calls of the rate-limit plugin that failed, by kind (timeout, error)",
+            &["kind"],
+        );
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(rate_limit_decisions.clone()),
+            Box::new(rate_limit_redis_failures.clone()),
             Box::new(jwt_checks.clone()),
             Box::new(jwt_cache.clone()),
             Box::new(jwks_fetches.clone()),
@@ -297,13 +311,16 @@ impl Metrics {
             jwt_cache,
             jwks_fetches,
             jwks_keys,
+            rate_limit_decisions,
+            rate_limit_redis_failures,
         }
     }
 
-    /// Brings the token series up to the jwt plugin's own counts, which it keeps as plain
-    /// atomics (see [`portico_plugins::jwt::token_stats`]) so a check never looks up a
-    /// label; called before each scrape.
-    pub fn sync_token_series(&self) {
+    /// Brings the plugin series up to the jwt and rate-limit plugins' own counts, which
+    /// they keep as plain atomics (see [`portico_plugins::jwt::token_stats`] and
+    /// [`portico_plugins::rate_limit::totals`]) so a request never looks up a label; called
+    /// before each scrape.
+    pub fn sync_plugin_series(&self) {
         // Two scrapes at once must not both add the same difference.
         static SYNC: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _one = SYNC.lock();
@@ -339,6 +356,31 @@ impl Metrics {
             self.jwks_keys
                 .with_label_values(&[&set.url])
                 .set(set.keys.unwrap_or(0) as i64);
+        }
+        let limits = portico_plugins::rate_limit::totals();
+        if limits.allowed + limits.limited + limits.failed_open + limits.failed_closed > 0 {
+            for (decision, total) in [
+                ("allowed", limits.allowed),
+                ("limited", limits.limited),
+                ("failed_open", limits.failed_open),
+                ("failed_closed", limits.failed_closed),
+            ] {
+                catch_up(
+                    self.rate_limit_decisions.with_label_values(&[decision]),
+                    total,
+                );
+            }
+        }
+        if limits.errors > 0 {
+            catch_up(
+                self.rate_limit_redis_failures
+                    .with_label_values(&["timeout"]),
+                limits.timeouts,
+            );
+            catch_up(
+                self.rate_limit_redis_failures.with_label_values(&["error"]),
+                limits.errors.saturating_sub(limits.timeouts),
+            );
         }
     }
 

@@ -216,8 +216,41 @@ struct Counters {
     evicted: AtomicU64,
 }
 
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
+impl Counters {
+    const fn new() -> Counters {
+        Counters {
+            allowed: AtomicU64::new(0),
+            limited: AtomicU64::new(0),
+            failed_open: AtomicU64::new(0),
+            failed_closed: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
+        }
+    }
+
+    fn read(&self, keys: usize) -> RateLimitStats {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        RateLimitStats {
+            allowed: get(&self.allowed),
+            limited: get(&self.limited),
+            failed_open: get(&self.failed_open),
+            failed_closed: get(&self.failed_closed),
+            errors: get(&self.errors),
+            timeouts: get(&self.timeouts),
+            evicted: get(&self.evicted),
+            keys,
+        }
+    }
+}
+
+/// Every instance's counts together, replaced ones included: the gateway's metrics read
+/// these, since an instance's own start again when a reload rebuilds it.
+static TOTALS: Counters = Counters::new();
+
+/// The counts of every rate-limit instance of this process since it started (`keys` is 0).
+pub fn totals() -> RateLimitStats {
+    TOTALS.read(0)
 }
 
 #[derive(Debug)]
@@ -380,18 +413,13 @@ impl RateLimit {
 
     /// The counters since the plugin was built.
     pub fn stats(&self) -> RateLimitStats {
-        let c = &self.counters;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        RateLimitStats {
-            allowed: get(&c.allowed),
-            limited: get(&c.limited),
-            failed_open: get(&c.failed_open),
-            failed_closed: get(&c.failed_closed),
-            errors: get(&c.errors),
-            timeouts: get(&c.timeouts),
-            evicted: get(&c.evicted),
-            keys: self.store.len(),
-        }
+        self.counters.read(self.store.len())
+    }
+
+    /// Adds `n` to one of this instance's counters and to the process's totals.
+    fn count(&self, counter: fn(&Counters) -> &AtomicU64, n: u64) {
+        counter(&self.counters).fetch_add(n, Ordering::Relaxed);
+        counter(&TOTALS).fetch_add(n, Ordering::Relaxed);
     }
 
     /// The bucket key of a request; `route` is the route id as the request hook saw it.
@@ -488,18 +516,18 @@ impl RateLimit {
         ctx: &mut PluginCtx,
         req: &RequestHeader,
     ) -> Flow {
-        bump(&self.counters.errors);
+        self.count(|c| &c.errors, 1);
         if matches!(failure, Failure::Timeout) {
-            bump(&self.counters.timeouts);
+            self.count(|c| &c.timeouts, 1);
         }
         self.log_failure(&failure, mode);
         match mode {
             FailureMode::Open => {
-                bump(&self.counters.failed_open);
+                self.count(|c| &c.failed_open, 1);
                 Flow::Continue
             }
             FailureMode::Closed => {
-                bump(&self.counters.failed_closed);
+                self.count(|c| &c.failed_closed, 1);
                 let mut resp = problem_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "rate-limiter-unavailable",
@@ -565,7 +593,7 @@ impl Plugin for RateLimit {
             None => {
                 let (decision, evicted) = self.store.check(&key, self.clock.now());
                 if evicted > 0 {
-                    self.counters.evicted.fetch_add(evicted, Ordering::Relaxed);
+                    self.count(|c| &c.evicted, evicted);
                 }
                 decision
             }
@@ -578,7 +606,7 @@ impl Plugin for RateLimit {
                                 self.store
                                     .observe(&key, self.clock.now(), decision.reset_after);
                             if evicted > 0 {
-                                self.counters.evicted.fetch_add(evicted, Ordering::Relaxed);
+                                self.count(|c| &c.evicted, evicted);
                             }
                         }
                         decision
@@ -588,10 +616,10 @@ impl Plugin for RateLimit {
             }
         };
         if decision.allowed {
-            bump(&self.counters.allowed);
+            self.count(|c| &c.allowed, 1);
             Flow::Continue
         } else {
-            bump(&self.counters.limited);
+            self.count(|c| &c.limited, 1);
             Flow::Respond(self.too_many(ctx, req, &decision))
         }
     }
