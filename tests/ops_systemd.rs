@@ -3,7 +3,8 @@
 //! probed, RELOADING=1 … READY=1 around reloads, STOPPING=1 on a graceful stop, WATCHDOG=1
 //! at a quarter of `WATCHDOG_USEC`), syslog priorities on stderr when it is the journal's
 //! stream, and SIGUSR1 reopening the access log so a rename-and-signal rotation under load
-//! loses no line. (The notify sequence of a binary upgrade is in `ops_upgrade`.)
+//! loses no line; and the token service's own READY=1, WATCHDOG=1 and STOPPING=1. (The
+//! notify sequence of a binary upgrade is in `ops_upgrade`.)
 
 mod common;
 mod ops_support;
@@ -275,6 +276,71 @@ async fn sigusr1_reopens_the_access_log_and_a_rotation_under_load_loses_no_line(
             "one line per request across the rotations"
         );
         assert!(site.log("portico.log").contains("SIGUSR1: reopening"));
+    })
+    .await;
+}
+
+/// The token service (`portico auth serve`, `systemd/portico-auth.service` is
+/// `Type=notify`): READY=1 once it listens, WATCHDOG=1 from its runtime at a quarter of
+/// `WATCHDOG_USEC`, STOPPING=1 on SIGTERM, and then it exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_service_tells_systemd_it_is_ready_alive_and_stopping() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let notify = NotifySocket::at_path(&dir.path().join("notify.sock"));
+        let listen = common::free_addr();
+        let config = dir.path().join("auth.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "issuer = \"https://auth.notify.test\"\nlisten = \"{listen}\"\nadmin_listen = \"off\"\n\
+                 database_url = \"sqlite://{}\"\n[argon2]\nmemory_kib = 64\niterations = 1\nparallelism = 1\n",
+                dir.path().join("auth.db").display()
+            ),
+        )
+        .unwrap();
+        let mut service = std::process::Command::new(common::PORTICO)
+            .args(["auth", "-c", config.to_str().unwrap(), "serve"])
+            .env("NOTIFY_SOCKET", &notify.address)
+            .env("WATCHDOG_USEC", "400000")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = service.id();
+        let (ready, _) = notify
+            .wait_for(
+                0,
+                &["READY=1", &format!("MAINPID={pid}")],
+                Duration::from_secs(20),
+            )
+            .await;
+        // It really listens once it says so.
+        assert!(std::net::TcpStream::connect(listen).is_ok());
+        let (first_ping, _) = notify
+            .wait_for(ready, &["WATCHDOG=1"], Duration::from_secs(2))
+            .await;
+        notify
+            .wait_for(first_ping + 1, &["WATCHDOG=1"], Duration::from_secs(2))
+            .await;
+
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        notify
+            .wait_for(ready, &["STOPPING=1"], Duration::from_secs(10))
+            .await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let exit = loop {
+            if let Some(exit) = service.try_wait().unwrap() {
+                break exit;
+            }
+            assert!(Instant::now() < deadline, "the token service did not stop");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(exit.success(), "{exit:?}");
     })
     .await;
 }

@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use portico_common::sd_notify;
 use serde_json::json;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
@@ -387,7 +388,24 @@ pub fn serve_until_signal(config: &AuthConfig) -> Result<(), String> {
         if let Some(admin) = running.admin_addr {
             println!("admin (metrics) listening on http://{admin}");
         }
+        // A `Type=notify` unit (systemd/portico-auth.service) learns here that the
+        // listeners accept; the watchdog is fed from this runtime, which serves the
+        // requests, so a wedged runtime stops the pings and systemd restarts the service.
+        sd_notify::notify(&format!(
+            "READY=1\nMAINPID={}\nSTATUS=serving on {}",
+            std::process::id(),
+            running.addr
+        ));
+        if let Some(timeout) = sd_notify::watchdog_timeout() {
+            tokio::spawn(async move {
+                loop {
+                    sd_notify::notify("WATCHDOG=1");
+                    tokio::time::sleep(timeout / 4).await;
+                }
+            });
+        }
         wait_for_signal().await;
+        sd_notify::notify("STOPPING=1\nSTATUS=stopping");
         log::info!("{}", json!({ "event": "token_service_stopping" }));
         running.stop().await;
         Ok(())

@@ -5,10 +5,13 @@
 //! - [`config_error`]: config problems with file, line, column and field path;
 //! - [`humantime_serde`]: durations written as `"250ms"`, `"5s"`, `"1m"` in config files;
 //! - [`trace`]: W3C Trace Context (`traceparent`);
+//! - `sd_notify` (Linux): systemd's notification protocol and watchdog period;
 //! - [`hex`], [`write_hex`], [`random_hex_128`]: ids as lowercase hex;
 //! - [`ip_network`]: an address or CIDR block from a config list.
 
 pub mod config_error;
+#[cfg(target_os = "linux")]
+pub mod sd_notify;
 pub mod trace;
 
 /// An entry of a config list of peers: an address (`10.0.0.5`, a one-address network) or a
