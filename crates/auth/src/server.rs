@@ -78,7 +78,7 @@ struct Shared {
 /// the current tokio runtime.
 pub async fn start(config: &AuthConfig) -> Result<Running, String> {
     let db = config.database()?;
-    let store = Store::open(&db).await?;
+    let store = Store::open(&db, config.key_encryption_key()?).await?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;

@@ -5,10 +5,13 @@
 //! clients, keys and revocations. SQLite calls are blocking and run on tokio's blocking
 //! pool behind one connection; PostgreSQL uses one pipelining tokio-postgres connection,
 //! reconnected when it breaks, plus a short-lived one for each locked key insertion.
+//! Private signing keys are sealed and opened here when a key-encryption key is
+//! configured (`at_rest`), so nothing else handles the envelope.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use super::at_rest::{self, Kek};
 use super::config::Database;
 
 /// A registered machine client.
@@ -28,7 +31,8 @@ pub struct ClientRecord {
 }
 
 /// A signing key. The private half is base64 DER (PKCS#8 for EC and Ed25519, PKCS#1 for
-/// RSA); `Debug` leaves it out.
+/// RSA), stored as such or, with a key-encryption key configured, in an AES-256-GCM
+/// envelope (`at_rest`); `Debug` leaves it out.
 #[derive(Clone)]
 pub struct KeyRecord {
     pub kid: String,
@@ -98,9 +102,15 @@ const CLIENT_COLUMNS: &str =
 /// PostgreSQL ("portico" in ASCII).
 const PG_LOCK: i64 = 0x0070_6f72_7469_636f;
 
-/// The open database.
+/// The open database, and the key that encrypts signing keys in it (if configured).
 #[derive(Clone)]
-pub enum Store {
+pub struct Store {
+    db: Db,
+    kek: Option<Arc<Kek>>,
+}
+
+#[derive(Clone)]
+enum Db {
     Sqlite(Arc<Mutex<rusqlite::Connection>>),
     Postgres(Arc<Pg>),
 }
@@ -120,14 +130,16 @@ fn split(words: &str) -> Vec<String> {
 }
 
 impl Store {
-    /// Opens (creating when needed) the database and its tables.
-    pub async fn open(db: &Database) -> Result<Store, String> {
-        match db {
+    /// Opens (creating when needed) the database and its tables. With `kek`, signing keys
+    /// are encrypted at rest: rows written without encryption are encrypted in place here
+    /// (each by a compare-and-set, so replicas starting together do not clash).
+    pub async fn open(db: &Database, kek: Option<Kek>) -> Result<Store, String> {
+        let db = match db {
             Database::Sqlite(path) => {
                 let path = path.clone();
                 tokio::task::spawn_blocking(move || open_sqlite(&path))
                     .await
-                    .map_err(db_err)?
+                    .map_err(db_err)??
             }
             Database::Postgres(url) => {
                 let config: tokio_postgres::Config = url
@@ -146,9 +158,76 @@ impl Store {
                 tx.batch_execute(SCHEMA).await.map_err(db_err)?;
                 tx.batch_execute(PG_MIGRATIONS).await.map_err(db_err)?;
                 tx.commit().await.map_err(db_err)?;
-                Ok(Store::Postgres(Arc::new(pg)))
+                Db::Postgres(Arc::new(pg))
             }
+        };
+        let store = Store {
+            db,
+            kek: kek.map(Arc::new),
+        };
+        if store.kek.is_some() {
+            store.encrypt_plain_keys().await?;
         }
+        Ok(store)
+    }
+
+    /// The id of the configured key-encryption key, if any.
+    pub fn key_encryption_key_id(&self) -> Option<&str> {
+        self.kek.as_deref().map(Kek::id)
+    }
+
+    /// Encrypts the private keys stored before a key-encryption key was configured; the
+    /// number encrypted. A row another replica changed meanwhile is left to it.
+    pub async fn encrypt_plain_keys(&self) -> Result<usize, String> {
+        let Some(kek) = self.kek.clone() else {
+            return Ok(0);
+        };
+        let plain: Vec<(String, String)> = self
+            .raw_keys()
+            .await?
+            .into_iter()
+            .filter(|r| !at_rest::is_sealed(&r.private_key))
+            .map(|r| (r.kid, r.private_key))
+            .collect();
+        let mut done = 0;
+        for (kid, old) in plain {
+            let new = kek.seal(&kid, &old)?;
+            let n = match &self.db {
+                Db::Sqlite(c) => {
+                    Self::sqlite(c, move |c| {
+                        c.execute(
+                            "UPDATE auth_signing_keys SET private_key = ?1 \
+                             WHERE kid = ?2 AND private_key = ?3",
+                            rusqlite::params![new, kid, old],
+                        )
+                        .map(|n| n as u64)
+                    })
+                    .await?
+                }
+                Db::Postgres(pg) => pg
+                    .client()
+                    .await?
+                    .execute(
+                        "UPDATE auth_signing_keys SET private_key = $1 \
+                         WHERE kid = $2 AND private_key = $3",
+                        &[&new, &kid, &old],
+                    )
+                    .await
+                    .map_err(db_err)?,
+            };
+            done += n as usize;
+        }
+        if done > 0 {
+            log::info!(
+                "{}",
+                serde_json::json!({
+                    "event": "signing_keys_encrypted_at_rest",
+                    "count": done,
+                    "key_id": kek.id(),
+                })
+            );
+        }
+        Ok(done)
     }
 
     async fn sqlite<T: Send + 'static>(
@@ -166,8 +245,8 @@ impl Store {
 
     pub async fn get_client(&self, client_id: &str) -> Result<Option<ClientRecord>, String> {
         let id = client_id.to_string();
-        match self {
-            Store::Sqlite(c) => {
+        match &self.db {
+            Db::Sqlite(c) => {
                 Self::sqlite(c, move |c| {
                     use rusqlite::OptionalExtension;
                     c.query_row(
@@ -179,7 +258,7 @@ impl Store {
                 })
                 .await
             }
-            Store::Postgres(pg) => {
+            Db::Postgres(pg) => {
                 let row = pg
                     .client()
                     .await?
@@ -196,8 +275,8 @@ impl Store {
 
     pub async fn list_clients(&self) -> Result<Vec<ClientRecord>, String> {
         let q = format!("SELECT {CLIENT_COLUMNS} FROM auth_clients ORDER BY client_id");
-        match self {
-            Store::Sqlite(c) => {
+        match &self.db {
+            Db::Sqlite(c) => {
                 Self::sqlite(c, move |c| {
                     let mut stmt = c.prepare(&q)?;
                     let rows = stmt.query_map([], client_from_sqlite)?;
@@ -205,7 +284,7 @@ impl Store {
                 })
                 .await
             }
-            Store::Postgres(pg) => {
+            Db::Postgres(pg) => {
                 let rows = pg.client().await?.query(&q, &[]).await.map_err(db_err)?;
                 Ok(rows.iter().map(client_from_pg).collect())
             }
@@ -217,8 +296,8 @@ impl Store {
         let rec = rec.clone();
         let scopes = rec.scopes.join(" ");
         let audiences = rec.audiences.join(" ");
-        let n = match self {
-            Store::Sqlite(c) => {
+        let n = match &self.db {
+            Db::Sqlite(c) => {
                 Self::sqlite(c, move |c| {
                     c.execute(
                         &format!(
@@ -239,7 +318,7 @@ impl Store {
                 })
                 .await?
             }
-            Store::Postgres(pg) => pg
+            Db::Postgres(pg) => pg
                 .client()
                 .await?
                 .execute(
@@ -271,8 +350,8 @@ impl Store {
         now: i64,
     ) -> Result<bool, String> {
         let (id, hash) = (client_id.to_string(), hash.to_string());
-        let n = match self {
-            Store::Sqlite(c) => {
+        let n = match &self.db {
+            Db::Sqlite(c) => {
                 Self::sqlite(c, move |c| {
                     c.execute(
                         "UPDATE auth_clients SET secret_hash = ?1, updated_at = ?2 WHERE client_id = ?3",
@@ -282,7 +361,7 @@ impl Store {
                 })
                 .await?
             }
-            Store::Postgres(pg) => pg
+            Db::Postgres(pg) => pg
                 .client()
                 .await?
                 .execute(
@@ -303,8 +382,8 @@ impl Store {
         now: i64,
     ) -> Result<bool, String> {
         let id = client_id.to_string();
-        let n = match self {
-            Store::Sqlite(c) => {
+        let n = match &self.db {
+            Db::Sqlite(c) => {
                 Self::sqlite(c, move |c| {
                     c.execute(
                         "UPDATE auth_clients SET introspect = ?1, updated_at = ?2 \
@@ -315,7 +394,7 @@ impl Store {
                 })
                 .await?
             }
-            Store::Postgres(pg) => pg
+            Db::Postgres(pg) => pg
                 .client()
                 .await?
                 .execute(
@@ -332,15 +411,15 @@ impl Store {
     /// Removes a client; false when there is no such client.
     pub async fn delete_client(&self, client_id: &str) -> Result<bool, String> {
         let id = client_id.to_string();
-        let n = match self {
-            Store::Sqlite(c) => {
+        let n = match &self.db {
+            Db::Sqlite(c) => {
                 Self::sqlite(c, move |c| {
                     c.execute("DELETE FROM auth_clients WHERE client_id = ?1", [&id])
                         .map(|n| n as u64)
                 })
                 .await?
             }
-            Store::Postgres(pg) => pg
+            Db::Postgres(pg) => pg
                 .client()
                 .await?
                 .execute("DELETE FROM auth_clients WHERE client_id = $1", &[&id])
@@ -350,12 +429,22 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Every signing key, oldest activation first.
+    /// Every signing key, oldest activation first, with its private key decrypted; an
+    /// error (naming the setting) when one does not decrypt with the configured key.
     pub async fn list_keys(&self) -> Result<Vec<KeyRecord>, String> {
+        let mut records = self.raw_keys().await?;
+        for r in &mut records {
+            r.private_key = at_rest::open(self.kek.as_deref(), &r.kid, &r.private_key)?;
+        }
+        Ok(records)
+    }
+
+    /// Every signing key as stored (private keys possibly encrypted).
+    pub async fn raw_keys(&self) -> Result<Vec<KeyRecord>, String> {
         const Q: &str = "SELECT kid, alg, private_key, public_jwk, created_at, activates_at \
                          FROM auth_signing_keys ORDER BY activates_at, created_at, kid";
-        match self {
-            Store::Sqlite(c) => {
+        match &self.db {
+            Db::Sqlite(c) => {
                 Self::sqlite(c, |c| {
                     let mut stmt = c.prepare(Q)?;
                     let rows = stmt.query_map([], |r| {
@@ -372,7 +461,7 @@ impl Store {
                 })
                 .await
             }
-            Store::Postgres(pg) => {
+            Db::Postgres(pg) => {
                 let rows = pg.client().await?.query(Q, &[]).await.map_err(db_err)?;
                 Ok(rows
                     .iter()
@@ -393,9 +482,12 @@ impl Store {
     pub async fn insert_key(&self, rec: &KeyRecord, guard: KeyGuard) -> Result<bool, String> {
         const NEWEST_SQLITE: &str =
             "SELECT kid FROM auth_signing_keys ORDER BY created_at DESC, kid DESC LIMIT 1";
-        let rec = rec.clone();
-        match self {
-            Store::Sqlite(c) => {
+        let mut rec = rec.clone();
+        if let Some(kek) = &self.kek {
+            rec.private_key = kek.seal(&rec.kid, &rec.private_key)?;
+        }
+        match &self.db {
+            Db::Sqlite(c) => {
                 Self::sqlite(c, move |c| {
                     use rusqlite::OptionalExtension;
                     let tx =
@@ -425,7 +517,7 @@ impl Store {
                 })
                 .await
             }
-            Store::Postgres(pg) => {
+            Db::Postgres(pg) => {
                 let (mut client, _task) = pg.dedicated().await?;
                 let tx = client.transaction().await.map_err(db_err)?;
                 tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PG_LOCK])
@@ -466,14 +558,14 @@ impl Store {
     pub async fn delete_keys(&self, kids: &[String]) -> Result<(), String> {
         for kid in kids {
             let kid = kid.clone();
-            match self {
-                Store::Sqlite(c) => {
+            match &self.db {
+                Db::Sqlite(c) => {
                     Self::sqlite(c, move |c| {
                         c.execute("DELETE FROM auth_signing_keys WHERE kid = ?1", [&kid])
                     })
                     .await?;
                 }
-                Store::Postgres(pg) => {
+                Db::Postgres(pg) => {
                     pg.client()
                         .await?
                         .execute("DELETE FROM auth_signing_keys WHERE kid = $1", &[&kid])
@@ -488,8 +580,8 @@ impl Store {
     /// Records a revoked token id until the token would have expired anyway.
     pub async fn revoke(&self, jti: &str, expires_at: i64) -> Result<(), String> {
         let jti = jti.to_string();
-        match self {
-            Store::Sqlite(c) => {
+        match &self.db {
+            Db::Sqlite(c) => {
                 Self::sqlite(c, move |c| {
                     c.execute(
                         "INSERT INTO auth_revoked_tokens (jti, expires_at) VALUES (?1, ?2) \
@@ -499,7 +591,7 @@ impl Store {
                 })
                 .await?;
             }
-            Store::Postgres(pg) => {
+            Db::Postgres(pg) => {
                 pg.client()
                     .await?
                     .execute(
@@ -516,8 +608,8 @@ impl Store {
 
     pub async fn is_revoked(&self, jti: &str) -> Result<bool, String> {
         let jti = jti.to_string();
-        match self {
-            Store::Sqlite(c) => {
+        match &self.db {
+            Db::Sqlite(c) => {
                 Self::sqlite(c, move |c| {
                     c.query_row(
                         "SELECT COUNT(*) FROM auth_revoked_tokens WHERE jti = ?1",
@@ -528,7 +620,7 @@ impl Store {
                 })
                 .await
             }
-            Store::Postgres(pg) => Ok(pg
+            Db::Postgres(pg) => Ok(pg
                 .client()
                 .await?
                 .query_opt("SELECT 1 FROM auth_revoked_tokens WHERE jti = $1", &[&jti])
@@ -541,8 +633,8 @@ impl Store {
     /// The revoked token ids whose tokens have not expired at `now`, with their `exp`,
     /// oldest expiry first.
     pub async fn list_revoked(&self, now: i64) -> Result<Vec<(String, i64)>, String> {
-        match self {
-            Store::Sqlite(c) => {
+        match &self.db {
+            Db::Sqlite(c) => {
                 Self::sqlite(c, move |c| {
                     let mut stmt = c.prepare(
                         "SELECT jti, expires_at FROM auth_revoked_tokens \
@@ -553,7 +645,7 @@ impl Store {
                 })
                 .await
             }
-            Store::Postgres(pg) => Ok(pg
+            Db::Postgres(pg) => Ok(pg
                 .client()
                 .await?
                 .query(
@@ -571,8 +663,8 @@ impl Store {
 
     /// Forgets revocations of tokens that expired before `before`.
     pub async fn purge_revoked(&self, before: i64) -> Result<u64, String> {
-        match self {
-            Store::Sqlite(c) => {
+        match &self.db {
+            Db::Sqlite(c) => {
                 Self::sqlite(c, move |c| {
                     c.execute(
                         "DELETE FROM auth_revoked_tokens WHERE expires_at < ?1",
@@ -582,7 +674,7 @@ impl Store {
                 })
                 .await
             }
-            Store::Postgres(pg) => pg
+            Db::Postgres(pg) => pg
                 .client()
                 .await?
                 .execute(
@@ -628,7 +720,7 @@ impl Pg {
     }
 }
 
-fn open_sqlite(path: &Path) -> Result<Store, String> {
+fn open_sqlite(path: &Path) -> Result<Db, String> {
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() && !dir.exists() {
             private_dir(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -656,7 +748,7 @@ fn open_sqlite(path: &Path) -> Result<Store, String> {
     if !has_introspect {
         conn.execute_batch(SQLITE_INTROSPECT).map_err(db_err)?;
     }
-    Ok(Store::Sqlite(Arc::new(Mutex::new(conn))))
+    Ok(Db::Sqlite(Arc::new(Mutex::new(conn))))
 }
 
 /// Creates a directory for the database, readable by its owner only.
