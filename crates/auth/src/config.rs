@@ -62,6 +62,8 @@ pub struct AuthConfig {
     pub secret_checks: SecretChecks,
     #[serde(default)]
     pub argon2: Argon2Cost,
+    #[serde(default)]
+    pub postgres: Postgres,
     /// The directory of the config file; relative SQLite paths resolve against it so the
     /// CLI and the service find the same database whatever their working directory.
     #[serde(skip)]
@@ -116,6 +118,22 @@ impl Default for Tokens {
             algorithm: Algorithm::ES256,
             rsa_bits: 2048,
         }
+    }
+}
+
+/// The PostgreSQL connections (`database_url = "postgres://…"`); TLS is set in the URL,
+/// libpq-style: `sslmode`, `sslrootcert` (see `pg_tls`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Postgres {
+    /// Connections kept open and shared by every request (each pipelines queries); a
+    /// broken one is replaced on its next use.
+    pub pool_size: usize,
+}
+
+impl Default for Postgres {
+    fn default() -> Self {
+        Postgres { pool_size: 4 }
     }
 }
 
@@ -283,6 +301,7 @@ impl Default for AuthConfig {
             failed_auth: FailedAuth::default(),
             secret_checks: SecretChecks::default(),
             argon2: Argon2Cost::default(),
+            postgres: Postgres::default(),
             base_dir: PathBuf::from("."),
         }
     }
@@ -292,7 +311,7 @@ impl Default for AuthConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Database {
     Sqlite(PathBuf),
-    Postgres(String),
+    Postgres { url: String, pool_size: usize },
 }
 
 impl AuthConfig {
@@ -311,7 +330,11 @@ impl AuthConfig {
             };
             Ok(Database::Sqlite(path))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Ok(Database::Postgres(url))
+            crate::pg_tls::PgSettings::parse(&url)?;
+            Ok(Database::Postgres {
+                url,
+                pool_size: self.postgres.pool_size,
+            })
         } else {
             Err("must start with `sqlite://` or `postgres://`".into())
         }
@@ -487,6 +510,9 @@ fn validate(c: &AuthConfig) -> Vec<(Vec<&'static str>, String)> {
         // The message names the setting itself; the location comes from the field.
         let e = e.split_once(": ").map_or(e.clone(), |(_, m)| m.to_string());
         p.push((vec!["keys", field], e));
+    }
+    if !(1..=64).contains(&c.postgres.pool_size) {
+        p.push((vec!["postgres", "pool_size"], "must be 1 to 64".into()));
     }
     if c.threads == 0 {
         p.push((vec!["threads"], "must be at least 1".into()));

@@ -16,6 +16,7 @@ pub mod keys;
 pub mod limiter;
 pub mod metrics;
 pub mod oauth;
+pub mod pg_tls;
 pub mod secrets;
 pub mod server;
 pub mod store;

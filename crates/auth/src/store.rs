@@ -3,16 +3,20 @@
 //!
 //! SQLite (one file, embedded, zero set-up) or PostgreSQL, so several replicas share
 //! clients, keys and revocations. SQLite calls are blocking and run on tokio's blocking
-//! pool behind one connection; PostgreSQL uses one pipelining tokio-postgres connection,
-//! reconnected when it breaks, plus a short-lived one for each locked key insertion.
+//! pool behind one connection; PostgreSQL uses a pool of `postgres.pool_size` pipelining
+//! tokio-postgres connections, each replaced when it breaks, plus a short-lived one for
+//! each locked key insertion, all over TLS as `sslmode` says (`pg_tls`).
 //! Private signing keys are sealed and opened here when a key-encryption key is
 //! configured (`at_rest`), so nothing else handles the envelope.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::at_rest::{self, Kek};
 use super::config::Database;
+use super::metrics::AUTH_METRICS;
+use super::pg_tls::{MakeRustls, PgSettings};
 
 /// A registered machine client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,10 +119,13 @@ enum Db {
     Postgres(Arc<Pg>),
 }
 
-/// A PostgreSQL connection that reconnects on demand.
+/// A pool of PostgreSQL connections, each pipelining the queries given to it, taken in
+/// turn; a broken one is replaced when its turn comes.
 pub struct Pg {
-    config: tokio_postgres::Config,
-    client: tokio::sync::Mutex<Option<Arc<tokio_postgres::Client>>>,
+    settings: PgSettings,
+    tls: MakeRustls,
+    slots: Vec<tokio::sync::Mutex<Option<Arc<tokio_postgres::Client>>>>,
+    next: AtomicUsize,
 }
 
 fn db_err(e: impl std::fmt::Display) -> String {
@@ -141,13 +148,18 @@ impl Store {
                     .await
                     .map_err(db_err)??
             }
-            Database::Postgres(url) => {
-                let config: tokio_postgres::Config = url
-                    .parse()
-                    .map_err(|e| format!("database_url is not a valid PostgreSQL URL: {e}"))?;
+            Database::Postgres { url, pool_size } => {
+                let settings = PgSettings::parse(url).map_err(|e| format!("database_url: {e}"))?;
+                let tls = settings
+                    .connector()
+                    .map_err(|e| format!("database_url: {e}"))?;
                 let pg = Pg {
-                    config,
-                    client: tokio::sync::Mutex::new(None),
+                    settings,
+                    tls,
+                    slots: (0..(*pool_size).max(1))
+                        .map(|_| tokio::sync::Mutex::new(None))
+                        .collect(),
+                    next: AtomicUsize::new(0),
                 };
                 // Replicas starting together would race on CREATE TABLE IF NOT EXISTS.
                 let (mut client, _task) = pg.dedicated().await?;
@@ -169,6 +181,14 @@ impl Store {
             store.encrypt_plain_keys().await?;
         }
         Ok(store)
+    }
+
+    /// The PostgreSQL pool, if this is PostgreSQL.
+    pub fn postgres(&self) -> Option<&Pg> {
+        match &self.db {
+            Db::Postgres(pg) => Some(pg),
+            Db::Sqlite(_) => None,
+        }
     }
 
     /// The id of the configured key-encryption key, if any.
@@ -688,29 +708,81 @@ impl Store {
 }
 
 impl Pg {
-    /// The shared connection, reconnecting if it broke.
+    /// The next pool connection, replacing it first if it broke.
     async fn client(&self) -> Result<Arc<tokio_postgres::Client>, String> {
-        let mut slot = self.client.lock().await;
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let mut slot = self.slots[i].lock().await;
         if let Some(c) = slot.as_ref() {
             if !c.is_closed() {
                 return Ok(c.clone());
             }
+            *slot = None;
+            AUTH_METRICS.db_pool_open.dec();
         }
         let (client, _task) = self.dedicated().await?;
         let client = Arc::new(client);
         *slot = Some(client.clone());
+        AUTH_METRICS.db_pool_open.inc();
         Ok(client)
+    }
+
+    /// The `sslmode` in force (from the URL, or the loopback rule).
+    pub fn sslmode(&self) -> &'static str {
+        self.settings.mode.as_str()
+    }
+
+    /// Whether a pool connection is encrypted, as the server sees it (`pg_stat_ssl`).
+    pub async fn backend_ssl(&self) -> Result<bool, String> {
+        self.client()
+            .await?
+            .query_one(
+                "SELECT COALESCE((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)",
+                &[],
+            )
+            .await
+            .map(|r| r.get(0))
+            .map_err(db_err)
+    }
+
+    /// How many pool connections are open now (a test and diagnostic aid).
+    pub async fn open_connections(&self) -> usize {
+        let mut n = 0;
+        for slot in &self.slots {
+            if slot.lock().await.as_ref().is_some_and(|c| !c.is_closed()) {
+                n += 1;
+            }
+        }
+        n
     }
 
     /// A new connection whose I/O task runs on the current runtime until it is dropped.
     async fn dedicated(
         &self,
     ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), String> {
-        let (client, connection) = self
-            .config
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
+        let connected = self.settings.config.connect(self.tls.clone()).await;
+        AUTH_METRICS
+            .db_connects
+            .with_label_values(&[if connected.is_ok() { "ok" } else { "error" }])
+            .inc();
+        let (client, connection) = connected.map_err(|e| {
+            let mut msg = format!(
+                "cannot connect to PostgreSQL at {}: {e}",
+                self.settings.describe()
+            );
+            if let Some(source) = std::error::Error::source(&e) {
+                let source = source.to_string();
+                if !msg.contains(&source) {
+                    msg.push_str(&format!(": {source}"));
+                }
+                if source.contains("NotValidForName") || source.contains("not valid for name") {
+                    msg.push_str(
+                        " (the server's certificate does not name this host: connect by a \
+                         name it carries, or use sslmode=verify-ca)",
+                    );
+                }
+            }
+            msg
+        })?;
         let task = tokio::spawn(async move {
             if let Err(e) = connection.await {
                 log::warn!("PostgreSQL connection closed: {e}");
