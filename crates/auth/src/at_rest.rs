@@ -50,14 +50,20 @@ impl Kek {
         Kek { id, key }
     }
 
-    /// Reads a KEK written as text: 64 hex digits or base64 of 32 bytes (surrounding
-    /// whitespace ignored); or, from a file, exactly 32 raw bytes.
+    /// Reads a KEK from a file: exactly 32 raw bytes, or text as [`Kek::parse_text`].
     pub fn parse(content: &[u8]) -> Result<Kek, String> {
         if let Ok(raw) = <[u8; 32]>::try_from(content) {
-            // 32 bytes that are not all printable are the raw key; a 32-character text is
-            // never a valid hex or base64 32-byte key, so that is what the key must be.
+            // A 32-character text is never a valid hex or base64 32-byte key, so 32 bytes
+            // are the raw key.
             return Ok(Kek::new(&raw));
         }
+        Kek::parse_text(content)
+    }
+
+    /// Reads a KEK written as text: 64 hex digits or base64 of 32 bytes (surrounding
+    /// whitespace ignored). Never raw bytes, so a 32-character passphrase in an
+    /// environment variable is refused rather than taken for a key.
+    pub fn parse_text(content: &[u8]) -> Result<Kek, String> {
         let text = std::str::from_utf8(content)
             .map_err(|_| "is neither 32 raw bytes nor text (64 hex digits or base64)")?
             .trim();
@@ -206,6 +212,10 @@ mod tests {
         assert_eq!(a.id(), b.id());
         assert_eq!(a.id(), c.id());
         assert!(Kek::parse(b"short").is_err());
+        assert!(
+            Kek::parse_text(&[b'x'; 32]).is_err(),
+            "a passphrase is not a key"
+        );
         assert!(Kek::parse(STANDARD.encode([1u8; 16]).as_bytes())
             .unwrap_err()
             .contains("16 bytes"));

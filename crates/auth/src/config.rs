@@ -364,7 +364,7 @@ impl AuthConfig {
             }
             (None, Some(text)) => {
                 let text = expand_env(text).map_err(|e| format!("keys.key_encryption_key: {e}"))?;
-                crate::at_rest::Kek::parse(text.trim().as_bytes())
+                crate::at_rest::Kek::parse_text(text.as_bytes())
                     .map(Some)
                     .map_err(|e| format!("keys.key_encryption_key: the value {e}"))
             }
