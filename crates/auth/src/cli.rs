@@ -131,7 +131,7 @@ where
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async {
-        let store = Store::open(&config.database()?).await?;
+        let store = Store::open(&config.database()?, config.key_encryption_key()?).await?;
         f(store).await
     })
 }

@@ -62,6 +62,8 @@ pub struct AuthConfig {
     pub secret_checks: SecretChecks,
     #[serde(default)]
     pub argon2: Argon2Cost,
+    #[serde(default)]
+    pub postgres: Postgres,
     /// The directory of the config file; relative SQLite paths resolve against it so the
     /// CLI and the service find the same database whatever their working directory.
     #[serde(skip)]
@@ -119,6 +121,22 @@ impl Default for Tokens {
     }
 }
 
+/// The PostgreSQL connections (`database_url = "postgres://…"`); TLS is set in the URL,
+/// libpq-style: `sslmode`, `sslrootcert` (see `pg_tls`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Postgres {
+    /// Connections kept open and shared by every request (each pipelines queries); a
+    /// broken one is replaced on its next use.
+    pub pool_size: usize,
+}
+
+impl Default for Postgres {
+    fn default() -> Self {
+        Postgres { pool_size: 4 }
+    }
+}
+
 /// Signing-key rotation.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -141,6 +159,13 @@ pub struct Keys {
     /// `Cache-Control: max-age` of the JWKS response.
     #[serde(with = "portico_common::humantime_serde")]
     pub jwks_max_age: Duration,
+    /// A file holding the 32-byte key that encrypts the private keys in the database
+    /// (AES-256-GCM): 64 hex digits, base64, or 32 raw bytes; not readable by every user.
+    /// Relative paths are relative to this file's directory.
+    pub key_encryption_key_file: Option<PathBuf>,
+    /// The same key as text (64 hex digits or base64), normally `${NAME}` of an
+    /// environment variable. At most one of the two.
+    pub key_encryption_key: Option<String>,
 }
 
 impl Default for Keys {
@@ -151,6 +176,8 @@ impl Default for Keys {
             refresh_interval: Duration::from_secs(30),
             retire_grace: Duration::from_secs(120),
             jwks_max_age: Duration::from_secs(300),
+            key_encryption_key_file: None,
+            key_encryption_key: None,
         }
     }
 }
@@ -274,6 +301,7 @@ impl Default for AuthConfig {
             failed_auth: FailedAuth::default(),
             secret_checks: SecretChecks::default(),
             argon2: Argon2Cost::default(),
+            postgres: Postgres::default(),
             base_dir: PathBuf::from("."),
         }
     }
@@ -283,7 +311,7 @@ impl Default for AuthConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Database {
     Sqlite(PathBuf),
-    Postgres(String),
+    Postgres { url: String, pool_size: usize },
 }
 
 impl AuthConfig {
@@ -302,9 +330,45 @@ impl AuthConfig {
             };
             Ok(Database::Sqlite(path))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Ok(Database::Postgres(url))
+            crate::pg_tls::PgSettings::parse(&url)?;
+            Ok(Database::Postgres {
+                url,
+                pool_size: self.postgres.pool_size,
+            })
         } else {
             Err("must start with `sqlite://` or `postgres://`".into())
+        }
+    }
+
+    /// The key that encrypts signing keys at rest, if one is configured; the error names
+    /// the setting.
+    pub fn key_encryption_key(&self) -> Result<Option<crate::at_rest::Kek>, String> {
+        match (
+            &self.keys.key_encryption_key_file,
+            &self.keys.key_encryption_key,
+        ) {
+            (Some(_), Some(_)) => Err("keys.key_encryption_key_file and keys.key_encryption_key \
+                                       are both set; keep one"
+                .into()),
+            (Some(file), None) => {
+                let path = if file.is_absolute() {
+                    file.clone()
+                } else {
+                    self.base_dir.join(file)
+                };
+                let content = read_secret_file(&path)
+                    .map_err(|e| format!("keys.key_encryption_key_file: {e}"))?;
+                crate::at_rest::Kek::parse(&content)
+                    .map(Some)
+                    .map_err(|e| format!("keys.key_encryption_key_file: `{}` {e}", path.display()))
+            }
+            (None, Some(text)) => {
+                let text = expand_env(text).map_err(|e| format!("keys.key_encryption_key: {e}"))?;
+                crate::at_rest::Kek::parse_text(text.as_bytes())
+                    .map(Some)
+                    .map_err(|e| format!("keys.key_encryption_key: the value {e}"))
+            }
+            (None, None) => Ok(None),
         }
     }
 
@@ -349,21 +413,46 @@ fn expand_env(text: &str) -> Result<String, String> {
     Ok(out)
 }
 
+/// The content of a secret file, which must be a file not readable by every user (as the
+/// gateway's token files).
+fn read_secret_file(path: &Path) -> Result<Vec<u8>, String> {
+    let shown = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read `{shown}`: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("`{shown}` is not a file"));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o004 != 0 {
+            return Err(format!(
+                "`{shown}` is readable by every user (mode {mode:04o}); `chmod o-r {shown}`"
+            ));
+        }
+    }
+    std::fs::read(path).map_err(|e| format!("cannot read `{shown}`: {e}"))
+}
+
 /// Reads and validates an auth config file.
 pub fn load_file(path: &Path) -> Result<AuthConfig, ConfigErrors> {
     let (name, text) = portico_common::config_error::read_config_file(path)?;
-    let mut config = load_str(&name, &text)?;
     let dir = path.parent().unwrap_or(Path::new("."));
-    config.base_dir = if dir.as_os_str().is_empty() {
+    let base_dir = if dir.as_os_str().is_empty() {
         PathBuf::from(".")
     } else {
         dir.to_path_buf()
     };
-    Ok(config)
+    load(&name, &text, base_dir)
 }
 
-/// Parses and validates auth config text; `file` names it in errors.
+/// Parses and validates auth config text; `file` names it in errors, relative paths are
+/// relative to the working directory.
 pub fn load_str(file: &str, text: &str) -> Result<AuthConfig, ConfigErrors> {
+    load(file, text, PathBuf::new())
+}
+
+fn load(file: &str, text: &str, base_dir: PathBuf) -> Result<AuthConfig, ConfigErrors> {
     let error = |offset: Option<usize>, field: String, message: String| ConfigError {
         file: file.to_string(),
         location: offset.map(|o| location_of(text, o)),
@@ -371,7 +460,7 @@ pub fn load_str(file: &str, text: &str) -> Result<AuthConfig, ConfigErrors> {
         message,
     };
     let deserializer = toml::Deserializer::new(text);
-    let config: AuthConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+    let mut config: AuthConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let field = if path == "." { String::new() } else { path };
@@ -381,6 +470,7 @@ pub fn load_str(file: &str, text: &str) -> Result<AuthConfig, ConfigErrors> {
             inner.message().trim().to_string(),
         )])
     })?;
+    config.base_dir = base_dir;
     let problems = validate(&config);
     if problems.is_empty() {
         return Ok(config);
@@ -410,6 +500,19 @@ fn validate(c: &AuthConfig) -> Vec<(Vec<&'static str>, String)> {
     }
     if let Err(e) = c.database() {
         p.push((vec!["database_url"], e));
+    }
+    if let Err(e) = c.key_encryption_key() {
+        let field = if c.keys.key_encryption_key.is_some() {
+            "key_encryption_key"
+        } else {
+            "key_encryption_key_file"
+        };
+        // The message names the setting itself; the location comes from the field.
+        let e = e.split_once(": ").map_or(e.clone(), |(_, m)| m.to_string());
+        p.push((vec!["keys", field], e));
+    }
+    if !(1..=64).contains(&c.postgres.pool_size) {
+        p.push((vec!["postgres", "pool_size"], "must be 1 to 64".into()));
     }
     if c.threads == 0 {
         p.push((vec!["threads"], "must be at least 1".into()));

@@ -11,7 +11,10 @@
 //! Keys are stored as they always were (RSA as PKCS#1 DER, P-256 and Ed25519 as PKCS#8
 //! DER, base64 in the database), so a replica of an older version sharing the database
 //! reads the keys a newer one made, and the other way round. Each is parsed into aws-lc's
-//! form once per key-set refresh, never per token signed or checked.
+//! form once per key-set refresh, never per token signed or checked. With a
+//! key-encryption key configured, the store seals that base64 DER in an AES-256-GCM
+//! envelope on the way in and opens it on the way out (`at_rest`); this module only ever
+//! sees the DER.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -8,6 +8,7 @@
 //! `oauth` the endpoints, `limiter` the limits on client authentication, `server` the
 //! HTTP listeners (public and admin), `cli` the subcommands.
 
+pub mod at_rest;
 pub mod cli;
 pub mod clients;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod keys;
 pub mod limiter;
 pub mod metrics;
 pub mod oauth;
+pub mod pg_tls;
 pub mod secrets;
 pub mod server;
 pub mod store;

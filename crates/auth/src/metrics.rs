@@ -33,6 +33,10 @@ pub struct AuthMetrics {
     pub limiter_entries: IntGaugeVec,
     /// Entries the limiter dropped to stay within `failed_auth.max_tracked`.
     pub limiter_evictions: IntCounter,
+    /// PostgreSQL pool connections open now.
+    pub db_pool_open: IntGauge,
+    /// PostgreSQL connection attempts, by `result` (`ok`, `error`), pool and dedicated.
+    pub db_connects: IntCounterVec,
 }
 
 /// Created, and registered, on first use.
@@ -112,6 +116,19 @@ pub static AUTH_METRICS: LazyLock<AuthMetrics> = LazyLock::new(|| {
         "Entries the authentication limiter dropped to stay within failed_auth.max_tracked",
     )
     .expect("valid metric");
+    let db_pool_open = IntGauge::new(
+        "portico_auth_db_pool_open",
+        "PostgreSQL pool connections open (at most postgres.pool_size)",
+    )
+    .expect("valid metric");
+    let db_connects = IntCounterVec::new(
+        Opts::new(
+            "portico_auth_db_connects_total",
+            "PostgreSQL connection attempts, by result (ok, error)",
+        ),
+        &["result"],
+    )
+    .expect("valid metric");
     for c in [
         Box::new(tokens_issued.clone()) as Box<dyn prometheus::core::Collector>,
         Box::new(token_failures.clone()),
@@ -125,6 +142,8 @@ pub static AUTH_METRICS: LazyLock<AuthMetrics> = LazyLock::new(|| {
         Box::new(body_timeouts.clone()),
         Box::new(limiter_entries.clone()),
         Box::new(limiter_evictions.clone()),
+        Box::new(db_pool_open.clone()),
+        Box::new(db_connects.clone()),
     ] {
         if let Err(e) = prometheus::default_registry().register(c) {
             log::error!("cannot register a token service metric: {e}");
@@ -143,6 +162,8 @@ pub static AUTH_METRICS: LazyLock<AuthMetrics> = LazyLock::new(|| {
         body_timeouts,
         limiter_entries,
         limiter_evictions,
+        db_pool_open,
+        db_connects,
     }
 });
 

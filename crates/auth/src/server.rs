@@ -79,7 +79,7 @@ struct Shared {
 /// the current tokio runtime.
 pub async fn start(config: &AuthConfig) -> Result<Running, String> {
     let db = config.database()?;
-    let store = Store::open(&db).await?;
+    let store = Store::open(&db, config.key_encryption_key()?).await?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -130,7 +130,9 @@ pub async fn start(config: &AuthConfig) -> Result<Running, String> {
             "listen": addr.to_string(),
             "admin_listen": admin_addr.map(|a| a.to_string()),
             "issuer": issuer,
-            "database": match db { super::config::Database::Sqlite(_) => "sqlite", super::config::Database::Postgres(_) => "postgres" },
+            "database": match db { super::config::Database::Sqlite(_) => "sqlite", super::config::Database::Postgres { .. } => "postgres" },
+            "database_sslmode": service.store.postgres().map(|p| p.sslmode()),
+            "signing_keys_encrypted": service.store.key_encryption_key_id().is_some(),
             "algorithm": config.tokens.algorithm.as_str(),
         })
     );

@@ -3,13 +3,20 @@
 //!
 //! SQLite (one file, embedded, zero set-up) or PostgreSQL, so several replicas share
 //! clients, keys and revocations. SQLite calls are blocking and run on tokio's blocking
-//! pool behind one connection; PostgreSQL uses one pipelining tokio-postgres connection,
-//! reconnected when it breaks, plus a short-lived one for each locked key insertion.
+//! pool behind one connection; PostgreSQL uses a pool of `postgres.pool_size` pipelining
+//! tokio-postgres connections, each replaced when it breaks, plus a short-lived one for
+//! each locked key insertion, all over TLS as `sslmode` says (`pg_tls`).
+//! Private signing keys are sealed and opened here when a key-encryption key is
+//! configured (`at_rest`), so nothing else handles the envelope.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::at_rest::{self, Kek};
 use super::config::Database;
+use super::metrics::AUTH_METRICS;
+use super::pg_tls::{MakeRustls, PgSettings};
 
 /// A registered machine client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,7 +35,8 @@ pub struct ClientRecord {
 }
 
 /// A signing key. The private half is base64 DER (PKCS#8 for EC and Ed25519, PKCS#1 for
-/// RSA); `Debug` leaves it out.
+/// RSA), stored as such or, with a key-encryption key configured, in an AES-256-GCM
+/// envelope (`at_rest`); `Debug` leaves it out.
 #[derive(Clone)]
 pub struct KeyRecord {
     pub kid: String,
@@ -98,17 +106,26 @@ const CLIENT_COLUMNS: &str =
 /// PostgreSQL ("portico" in ASCII).
 const PG_LOCK: i64 = 0x0070_6f72_7469_636f;
 
-/// The open database.
+/// The open database, and the key that encrypts signing keys in it (if configured).
 #[derive(Clone)]
-pub enum Store {
+pub struct Store {
+    db: Db,
+    kek: Option<Arc<Kek>>,
+}
+
+#[derive(Clone)]
+enum Db {
     Sqlite(Arc<Mutex<rusqlite::Connection>>),
     Postgres(Arc<Pg>),
 }
 
-/// A PostgreSQL connection that reconnects on demand.
+/// A pool of PostgreSQL connections, each pipelining the queries given to it, taken in
+/// turn; a broken one is replaced when its turn comes.
 pub struct Pg {
-    config: tokio_postgres::Config,
-    client: tokio::sync::Mutex<Option<Arc<tokio_postgres::Client>>>,
+    settings: PgSettings,
+    tls: MakeRustls,
+    slots: Vec<tokio::sync::Mutex<Option<Arc<tokio_postgres::Client>>>>,
+    next: AtomicUsize,
 }
 
 fn db_err(e: impl std::fmt::Display) -> String {
@@ -120,22 +137,29 @@ fn split(words: &str) -> Vec<String> {
 }
 
 impl Store {
-    /// Opens (creating when needed) the database and its tables.
-    pub async fn open(db: &Database) -> Result<Store, String> {
-        match db {
+    /// Opens (creating when needed) the database and its tables. With `kek`, signing keys
+    /// are encrypted at rest: rows written without encryption are encrypted in place here
+    /// (each by a compare-and-set, so replicas starting together do not clash).
+    pub async fn open(db: &Database, kek: Option<Kek>) -> Result<Store, String> {
+        let db = match db {
             Database::Sqlite(path) => {
                 let path = path.clone();
                 tokio::task::spawn_blocking(move || open_sqlite(&path))
                     .await
-                    .map_err(db_err)?
+                    .map_err(db_err)??
             }
-            Database::Postgres(url) => {
-                let config: tokio_postgres::Config = url
-                    .parse()
-                    .map_err(|e| format!("database_url is not a valid PostgreSQL URL: {e}"))?;
+            Database::Postgres { url, pool_size } => {
+                let settings = PgSettings::parse(url).map_err(|e| format!("database_url: {e}"))?;
+                let tls = settings
+                    .connector()
+                    .map_err(|e| format!("database_url: {e}"))?;
                 let pg = Pg {
-                    config,
-                    client: tokio::sync::Mutex::new(None),
+                    settings,
+                    tls,
+                    slots: (0..(*pool_size).max(1))
+                        .map(|_| tokio::sync::Mutex::new(None))
+                        .collect(),
+                    next: AtomicUsize::new(0),
                 };
                 // Replicas starting together would race on CREATE TABLE IF NOT EXISTS.
                 let (mut client, _task) = pg.dedicated().await?;
@@ -146,9 +170,84 @@ impl Store {
                 tx.batch_execute(SCHEMA).await.map_err(db_err)?;
                 tx.batch_execute(PG_MIGRATIONS).await.map_err(db_err)?;
                 tx.commit().await.map_err(db_err)?;
-                Ok(Store::Postgres(Arc::new(pg)))
+                Db::Postgres(Arc::new(pg))
             }
+        };
+        let store = Store {
+            db,
+            kek: kek.map(Arc::new),
+        };
+        if store.kek.is_some() {
+            store.encrypt_plain_keys().await?;
         }
+        Ok(store)
+    }
+
+    /// The PostgreSQL pool, if this is PostgreSQL.
+    pub fn postgres(&self) -> Option<&Pg> {
+        match &self.db {
+            Db::Postgres(pg) => Some(pg),
+            Db::Sqlite(_) => None,
+        }
+    }
+
+    /// The id of the configured key-encryption key, if any.
+    pub fn key_encryption_key_id(&self) -> Option<&str> {
+        self.kek.as_deref().map(Kek::id)
+    }
+
+    /// Encrypts the private keys stored before a key-encryption key was configured; the
+    /// number encrypted. A row another replica changed meanwhile is left to it.
+    pub async fn encrypt_plain_keys(&self) -> Result<usize, String> {
+        let Some(kek) = self.kek.clone() else {
+            return Ok(0);
+        };
+        let plain: Vec<(String, String)> = self
+            .raw_keys()
+            .await?
+            .into_iter()
+            .filter(|r| !at_rest::is_sealed(&r.private_key))
+            .map(|r| (r.kid, r.private_key))
+            .collect();
+        let mut done = 0;
+        for (kid, old) in plain {
+            let new = kek.seal(&kid, &old)?;
+            let n = match &self.db {
+                Db::Sqlite(c) => {
+                    Self::sqlite(c, move |c| {
+                        c.execute(
+                            "UPDATE auth_signing_keys SET private_key = ?1 \
+                             WHERE kid = ?2 AND private_key = ?3",
+                            rusqlite::params![new, kid, old],
+                        )
+                        .map(|n| n as u64)
+                    })
+                    .await?
+                }
+                Db::Postgres(pg) => pg
+                    .client()
+                    .await?
+                    .execute(
+                        "UPDATE auth_signing_keys SET private_key = $1 \
+                         WHERE kid = $2 AND private_key = $3",
+                        &[&new, &kid, &old],
+                    )
+                    .await
+                    .map_err(db_err)?,
+            };
+            done += n as usize;
+        }
+        if done > 0 {
+            log::info!(
+                "{}",
+                serde_json::json!({
+                    "event": "signing_keys_encrypted_at_rest",
+                    "count": done,
+                    "key_id": kek.id(),
+                })
+            );
+        }
+        Ok(done)
     }
 
     async fn sqlite<T: Send + 'static>(
@@ -166,8 +265,8 @@ impl Store {
 
     pub async fn get_client(&self, client_id: &str) -> Result<Option<ClientRecord>, String> {
         let id = client_id.to_string();
-        match self {
-            Store::Sqlite(c) => {
+        match &self.db {
+            Db::Sqlite(c) => {
                 Self::sqlite(c, move |c| {
                     use rusqlite::OptionalExtension;
                     c.query_row(
@@ -179,7 +278,7 @@ impl Store {
                 })
                 .await
             }
-            Store::Postgres(pg) => {
+            Db::Postgres(pg) => {
                 let row = pg
                     .client()
                     .await?
@@ -196,8 +295,8 @@ impl Store {
 
     pub async fn list_clients(&self) -> Result<Vec<ClientRecord>, String> {
         let q = format!("SELECT {CLIENT_COLUMNS} FROM auth_clients ORDER BY client_id");
-        match self {
-            Store::Sqlite(c) => {
+        match &self.db {
+            Db::Sqlite(c) => {
                 Self::sqlite(c, move |c| {
                     let mut stmt = c.prepare(&q)?;
                     let rows = stmt.query_map([], client_from_sqlite)?;
@@ -205,7 +304,7 @@ impl Store {
                 })
                 .await
             }
-            Store::Postgres(pg) => {
+            Db::Postgres(pg) => {
                 let rows = pg.client().await?.query(&q, &[]).await.map_err(db_err)?;
                 Ok(rows.iter().map(client_from_pg).collect())
             }
@@ -217,8 +316,8 @@ impl Store {
         let rec = rec.clone();
         let scopes = rec.scopes.join(" ");
         let audiences = rec.audiences.join(" ");
-        let n = match self {
-            Store::Sqlite(c) => {
+        let n = match &self.db {
+            Db::Sqlite(c) => {
                 Self::sqlite(c, move |c| {
                     c.execute(
                         &format!(
@@ -239,7 +338,7 @@ impl Store {
                 })
                 .await?
             }
-            Store::Postgres(pg) => pg
+            Db::Postgres(pg) => pg
                 .client()
                 .await?
                 .execute(
@@ -271,8 +370,8 @@ impl Store {
         now: i64,
     ) -> Result<bool, String> {
         let (id, hash) = (client_id.to_string(), hash.to_string());
-        let n = match self {
-            Store::Sqlite(c) => {
+        let n = match &self.db {
+            Db::Sqlite(c) => {
                 Self::sqlite(c, move |c| {
                     c.execute(
                         "UPDATE auth_clients SET secret_hash = ?1, updated_at = ?2 WHERE client_id = ?3",
@@ -282,7 +381,7 @@ impl Store {
                 })
                 .await?
             }
-            Store::Postgres(pg) => pg
+            Db::Postgres(pg) => pg
                 .client()
                 .await?
                 .execute(
@@ -303,8 +402,8 @@ impl Store {
         now: i64,
     ) -> Result<bool, String> {
         let id = client_id.to_string();
-        let n = match self {
-            Store::Sqlite(c) => {
+        let n = match &self.db {
+            Db::Sqlite(c) => {
                 Self::sqlite(c, move |c| {
                     c.execute(
                         "UPDATE auth_clients SET introspect = ?1, updated_at = ?2 \
@@ -315,7 +414,7 @@ impl Store {
                 })
                 .await?
             }
-            Store::Postgres(pg) => pg
+            Db::Postgres(pg) => pg
                 .client()
                 .await?
                 .execute(
@@ -332,15 +431,15 @@ impl Store {
     /// Removes a client; false when there is no such client.
     pub async fn delete_client(&self, client_id: &str) -> Result<bool, String> {
         let id = client_id.to_string();
-        let n = match self {
-            Store::Sqlite(c) => {
+        let n = match &self.db {
+            Db::Sqlite(c) => {
                 Self::sqlite(c, move |c| {
                     c.execute("DELETE FROM auth_clients WHERE client_id = ?1", [&id])
                         .map(|n| n as u64)
                 })
                 .await?
             }
-            Store::Postgres(pg) => pg
+            Db::Postgres(pg) => pg
                 .client()
                 .await?
                 .execute("DELETE FROM auth_clients WHERE client_id = $1", &[&id])
@@ -350,12 +449,22 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Every signing key, oldest activation first.
+    /// Every signing key, oldest activation first, with its private key decrypted; an
+    /// error (naming the setting) when one does not decrypt with the configured key.
     pub async fn list_keys(&self) -> Result<Vec<KeyRecord>, String> {
+        let mut records = self.raw_keys().await?;
+        for r in &mut records {
+            r.private_key = at_rest::open(self.kek.as_deref(), &r.kid, &r.private_key)?;
+        }
+        Ok(records)
+    }
+
+    /// Every signing key as stored (private keys possibly encrypted).
+    pub async fn raw_keys(&self) -> Result<Vec<KeyRecord>, String> {
         const Q: &str = "SELECT kid, alg, private_key, public_jwk, created_at, activates_at \
                          FROM auth_signing_keys ORDER BY activates_at, created_at, kid";
-        match self {
-            Store::Sqlite(c) => {
+        match &self.db {
+            Db::Sqlite(c) => {
                 Self::sqlite(c, |c| {
                     let mut stmt = c.prepare(Q)?;
                     let rows = stmt.query_map([], |r| {
@@ -372,7 +481,7 @@ impl Store {
                 })
                 .await
             }
-            Store::Postgres(pg) => {
+            Db::Postgres(pg) => {
                 let rows = pg.client().await?.query(Q, &[]).await.map_err(db_err)?;
                 Ok(rows
                     .iter()
@@ -393,9 +502,12 @@ impl Store {
     pub async fn insert_key(&self, rec: &KeyRecord, guard: KeyGuard) -> Result<bool, String> {
         const NEWEST_SQLITE: &str =
             "SELECT kid FROM auth_signing_keys ORDER BY created_at DESC, kid DESC LIMIT 1";
-        let rec = rec.clone();
-        match self {
-            Store::Sqlite(c) => {
+        let mut rec = rec.clone();
+        if let Some(kek) = &self.kek {
+            rec.private_key = kek.seal(&rec.kid, &rec.private_key)?;
+        }
+        match &self.db {
+            Db::Sqlite(c) => {
                 Self::sqlite(c, move |c| {
                     use rusqlite::OptionalExtension;
                     let tx =
@@ -425,7 +537,7 @@ impl Store {
                 })
                 .await
             }
-            Store::Postgres(pg) => {
+            Db::Postgres(pg) => {
                 let (mut client, _task) = pg.dedicated().await?;
                 let tx = client.transaction().await.map_err(db_err)?;
                 tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PG_LOCK])
@@ -466,14 +578,14 @@ impl Store {
     pub async fn delete_keys(&self, kids: &[String]) -> Result<(), String> {
         for kid in kids {
             let kid = kid.clone();
-            match self {
-                Store::Sqlite(c) => {
+            match &self.db {
+                Db::Sqlite(c) => {
                     Self::sqlite(c, move |c| {
                         c.execute("DELETE FROM auth_signing_keys WHERE kid = ?1", [&kid])
                     })
                     .await?;
                 }
-                Store::Postgres(pg) => {
+                Db::Postgres(pg) => {
                     pg.client()
                         .await?
                         .execute("DELETE FROM auth_signing_keys WHERE kid = $1", &[&kid])
@@ -488,8 +600,8 @@ impl Store {
     /// Records a revoked token id until the token would have expired anyway.
     pub async fn revoke(&self, jti: &str, expires_at: i64) -> Result<(), String> {
         let jti = jti.to_string();
-        match self {
-            Store::Sqlite(c) => {
+        match &self.db {
+            Db::Sqlite(c) => {
                 Self::sqlite(c, move |c| {
                     c.execute(
                         "INSERT INTO auth_revoked_tokens (jti, expires_at) VALUES (?1, ?2) \
@@ -499,7 +611,7 @@ impl Store {
                 })
                 .await?;
             }
-            Store::Postgres(pg) => {
+            Db::Postgres(pg) => {
                 pg.client()
                     .await?
                     .execute(
@@ -516,8 +628,8 @@ impl Store {
 
     pub async fn is_revoked(&self, jti: &str) -> Result<bool, String> {
         let jti = jti.to_string();
-        match self {
-            Store::Sqlite(c) => {
+        match &self.db {
+            Db::Sqlite(c) => {
                 Self::sqlite(c, move |c| {
                     c.query_row(
                         "SELECT COUNT(*) FROM auth_revoked_tokens WHERE jti = ?1",
@@ -528,7 +640,7 @@ impl Store {
                 })
                 .await
             }
-            Store::Postgres(pg) => Ok(pg
+            Db::Postgres(pg) => Ok(pg
                 .client()
                 .await?
                 .query_opt("SELECT 1 FROM auth_revoked_tokens WHERE jti = $1", &[&jti])
@@ -541,8 +653,8 @@ impl Store {
     /// The revoked token ids whose tokens have not expired at `now`, with their `exp`,
     /// oldest expiry first.
     pub async fn list_revoked(&self, now: i64) -> Result<Vec<(String, i64)>, String> {
-        match self {
-            Store::Sqlite(c) => {
+        match &self.db {
+            Db::Sqlite(c) => {
                 Self::sqlite(c, move |c| {
                     let mut stmt = c.prepare(
                         "SELECT jti, expires_at FROM auth_revoked_tokens \
@@ -553,7 +665,7 @@ impl Store {
                 })
                 .await
             }
-            Store::Postgres(pg) => Ok(pg
+            Db::Postgres(pg) => Ok(pg
                 .client()
                 .await?
                 .query(
@@ -571,8 +683,8 @@ impl Store {
 
     /// Forgets revocations of tokens that expired before `before`.
     pub async fn purge_revoked(&self, before: i64) -> Result<u64, String> {
-        match self {
-            Store::Sqlite(c) => {
+        match &self.db {
+            Db::Sqlite(c) => {
                 Self::sqlite(c, move |c| {
                     c.execute(
                         "DELETE FROM auth_revoked_tokens WHERE expires_at < ?1",
@@ -582,7 +694,7 @@ impl Store {
                 })
                 .await
             }
-            Store::Postgres(pg) => pg
+            Db::Postgres(pg) => pg
                 .client()
                 .await?
                 .execute(
@@ -596,29 +708,81 @@ impl Store {
 }
 
 impl Pg {
-    /// The shared connection, reconnecting if it broke.
+    /// The next pool connection, replacing it first if it broke.
     async fn client(&self) -> Result<Arc<tokio_postgres::Client>, String> {
-        let mut slot = self.client.lock().await;
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let mut slot = self.slots[i].lock().await;
         if let Some(c) = slot.as_ref() {
             if !c.is_closed() {
                 return Ok(c.clone());
             }
+            *slot = None;
+            AUTH_METRICS.db_pool_open.dec();
         }
         let (client, _task) = self.dedicated().await?;
         let client = Arc::new(client);
         *slot = Some(client.clone());
+        AUTH_METRICS.db_pool_open.inc();
         Ok(client)
+    }
+
+    /// The `sslmode` in force (from the URL, or the loopback rule).
+    pub fn sslmode(&self) -> &'static str {
+        self.settings.mode.as_str()
+    }
+
+    /// Whether a pool connection is encrypted, as the server sees it (`pg_stat_ssl`).
+    pub async fn backend_ssl(&self) -> Result<bool, String> {
+        self.client()
+            .await?
+            .query_one(
+                "SELECT COALESCE((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)",
+                &[],
+            )
+            .await
+            .map(|r| r.get(0))
+            .map_err(db_err)
+    }
+
+    /// How many pool connections are open now (a test and diagnostic aid).
+    pub async fn open_connections(&self) -> usize {
+        let mut n = 0;
+        for slot in &self.slots {
+            if slot.lock().await.as_ref().is_some_and(|c| !c.is_closed()) {
+                n += 1;
+            }
+        }
+        n
     }
 
     /// A new connection whose I/O task runs on the current runtime until it is dropped.
     async fn dedicated(
         &self,
     ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), String> {
-        let (client, connection) = self
-            .config
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
+        let connected = self.settings.config.connect(self.tls.clone()).await;
+        AUTH_METRICS
+            .db_connects
+            .with_label_values(&[if connected.is_ok() { "ok" } else { "error" }])
+            .inc();
+        let (client, connection) = connected.map_err(|e| {
+            let mut msg = format!(
+                "cannot connect to PostgreSQL at {}: {e}",
+                self.settings.describe()
+            );
+            if let Some(source) = std::error::Error::source(&e) {
+                let source = source.to_string();
+                if !msg.contains(&source) {
+                    msg.push_str(&format!(": {source}"));
+                }
+                if source.contains("NotValidForName") || source.contains("not valid for name") {
+                    msg.push_str(
+                        " (the server's certificate does not name this host: connect by a \
+                         name it carries, or use sslmode=verify-ca)",
+                    );
+                }
+            }
+            msg
+        })?;
         let task = tokio::spawn(async move {
             if let Err(e) = connection.await {
                 log::warn!("PostgreSQL connection closed: {e}");
@@ -628,7 +792,7 @@ impl Pg {
     }
 }
 
-fn open_sqlite(path: &Path) -> Result<Store, String> {
+fn open_sqlite(path: &Path) -> Result<Db, String> {
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() && !dir.exists() {
             private_dir(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -656,7 +820,7 @@ fn open_sqlite(path: &Path) -> Result<Store, String> {
     if !has_introspect {
         conn.execute_batch(SQLITE_INTROSPECT).map_err(db_err)?;
     }
-    Ok(Store::Sqlite(Arc::new(Mutex::new(conn))))
+    Ok(Db::Sqlite(Arc::new(Mutex::new(conn))))
 }
 
 /// Creates a directory for the database, readable by its owner only.

@@ -94,18 +94,63 @@ impl fmt::Debug for RedisLimiter {
 }
 
 impl RedisLimiter {
-    /// Parses the URL; connects nothing.
+    /// Parses the URL and reads the CA file; connects nothing. The error names its field.
     pub(crate) fn new(
         url: &str,
+        ca_file: Option<&str>,
         timeout: Duration,
         interval_us: u64,
         burst: u64,
-    ) -> Result<Self, String> {
-        let client = redis::Client::open(url).map_err(|e| {
-            format!(
-                "not a usable Redis URL ({e}); expected `redis://[user:password@]host[:port][/db]`"
+    ) -> Result<Self, (&'static str, String)> {
+        let bad_url = |e: redis::RedisError| {
+            (
+                "redis.url",
+                format!(
+                    "not a usable Redis URL ({e}); expected \
+                     `redis://[user:password@]host[:port][/db]` or `rediss://…` for TLS"
+                ),
             )
-        })?;
+        };
+        let tls = url.starts_with("rediss://");
+        if tls {
+            // The redis crate builds its rustls config with the process-wide provider.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            if url.contains('#') {
+                return Err((
+                    "redis.url",
+                    "a `#` fragment (`#insecure`) is not accepted: the server's certificate \
+                     is always checked; give its CA with `ca_file`"
+                        .into(),
+                ));
+            }
+        }
+        let client = match ca_file {
+            None => redis::Client::open(url).map_err(bad_url)?,
+            Some(_) if !tls => {
+                return Err((
+                    "redis.ca_file",
+                    "needs a `rediss://` URL (TLS); `redis://` is plaintext".into(),
+                ))
+            }
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| ("redis.ca_file", format!("cannot read `{path}`: {e}")))?;
+                if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+                    return Err((
+                        "redis.ca_file",
+                        format!("`{path}` holds no PEM certificate"),
+                    ));
+                }
+                redis::Client::build_with_tls(
+                    url,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem),
+                    },
+                )
+                .map_err(|e| ("redis.ca_file", format!("`{path}`: {e}")))?
+            }
+        };
         Ok(RedisLimiter {
             client,
             conn: OnceCell::new(),

@@ -15,6 +15,8 @@
 //! max_keys = 100000      # buckets kept in memory at most (default)
 //! # Cluster-wide instead of per process (omit for local limits):
 //! redis = { url = "redis://127.0.0.1:6379", timeout = "50ms", failure = "open", prefix = "portico:rl:" }
+//! # TLS: `rediss://`, the certificate checked against the system's roots or `ca_file` (PEM)
+//! # redis = { url = "rediss://redis.internal:6380", ca_file = "/etc/portico/redis-ca.pem" }
 //! ```
 //!
 //! **Keys.** `client_ip` keys on the client address the gateway derived
@@ -44,7 +46,8 @@
 //! answer, `failure = "open"` (default) lets the request through and `failure = "closed"`
 //! answers `503` with `Retry-After: 1`: the client did not exceed its limit, so `429` would
 //! mislead it. One Redis server (or a primary behind one address); Redis Cluster is not
-//! supported.
+//! supported. `rediss://` is TLS over rustls (ring), always verified: against `ca_file`
+//! when given, else the system's roots; `#insecure` is refused.
 //!
 //! **Headers.** `RateLimit-Limit` is the burst (the most `RateLimit-Remaining` can be),
 //! `RateLimit-Reset` the seconds until the bucket is full again, `RateLimit-Policy`
@@ -136,6 +139,10 @@ struct RedisConfig {
     failure: FailureMode,
     #[serde(default = "default_redis_prefix")]
     prefix: String,
+    /// PEM file of the CA(s) that a `rediss://` server's certificate must chain to,
+    /// instead of the system's roots. The certificate and host name are always checked.
+    #[serde(default)]
+    ca_file: Option<String>,
 }
 
 fn default_redis_timeout() -> String {
@@ -378,8 +385,14 @@ impl RateLimit {
             Some(redis) => {
                 let timeout = parse_duration(&redis.timeout, "redis.timeout")?;
                 let interval_us = (period.as_micros() / u128::from(config.rate)) as u64;
-                let limiter = RedisLimiter::new(&redis.url, timeout, interval_us, burst)
-                    .map_err(|msg| BuildError::invalid(NAME, "redis.url", msg))?;
+                let limiter = RedisLimiter::new(
+                    &redis.url,
+                    redis.ca_file.as_deref(),
+                    timeout,
+                    interval_us,
+                    burst,
+                )
+                .map_err(|(field, msg)| BuildError::invalid(NAME, field, msg))?;
                 Some(RedisMode {
                     limiter,
                     failure: redis.failure,

@@ -750,3 +750,176 @@ async fn redis_reconnects_after_the_connection_is_killed() {
     assert!(failures <= 2, "{failures} failures before reconnecting");
     assert!(passes(&p, &mut ctx).await);
 }
+
+/// A `redis-server` with TLS only on 127.0.0.1 (plaintext port off), its certificate for
+/// `localhost` and 127.0.0.1 signed by a CA made for the test; killed when dropped.
+struct TlsRedis {
+    child: std::process::Child,
+    port: u16,
+    ca_file: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsRedis {
+    /// `None` after a loud SKIP when `redis-server` is missing (a failure under `CI=true`).
+    async fn start(test: &str) -> Option<TlsRedis> {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca, &ca_key)
+            .unwrap();
+        let path = |name: &str| dir.path().join(name);
+        std::fs::write(path("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(path("server.pem"), cert.pem()).unwrap();
+        std::fs::write(path("server.key"), key.serialize_pem()).unwrap();
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let spawned = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--tls-port", &port.to_string()])
+            .arg("--tls-cert-file")
+            .arg(path("server.pem"))
+            .arg("--tls-key-file")
+            .arg(path("server.key"))
+            .arg("--tls-ca-cert-file")
+            .arg(path("ca.pem"))
+            .args(["--tls-auth-clients", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                if std::env::var("CI").is_ok_and(|v| v == "true") {
+                    panic!("{test}: redis-server is required under CI=true: {e}");
+                }
+                eprintln!("\n!!!!!!!! SKIP {test}: cannot run redis-server ({e}) !!!!!!!!\n");
+                return None;
+            }
+        };
+        let server = TlsRedis {
+            child,
+            port,
+            ca_file: path("ca.pem"),
+            _dir: dir,
+        };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(server);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{test}: redis-server did not listen on {port} with TLS");
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_ca_file_limits_and_an_unknown_ca_is_refused() {
+    let test = "rediss_with_a_ca_file_limits_and_an_unknown_ca_is_refused";
+    let Some(server) = TlsRedis::start(test).await else {
+        return;
+    };
+    let ca = format!(
+        ", timeout = \"2s\", ca_file = \"{}\"",
+        server.ca_file.display()
+    );
+    let limits = "rate = 2\nperiod = \"1m\"\nburst = 2";
+    for host in ["127.0.0.1", "localhost"] {
+        let url = format!("rediss://{host}:{}", server.port);
+        let p = redis_plugin(&url, &unique_prefix("tls"), limits, &ca);
+        let mut ctx = ctx_from("192.0.2.1");
+        assert!(passes(&p, &mut ctx).await);
+        assert!(passes(&p, &mut ctx).await);
+        assert!(
+            !passes(&p, &mut ctx).await,
+            "{host}: the third is limited by Redis"
+        );
+        let stats = p.stats();
+        assert_eq!(
+            (stats.allowed, stats.limited, stats.errors),
+            (2, 1, 0),
+            "{host}"
+        );
+    }
+
+    // Verified by default: without the CA file the system's roots do not know this CA,
+    // so Redis gives no decision (and the plugin fails open, as configured by default).
+    let url = format!("rediss://127.0.0.1:{}", server.port);
+    let p = redis_plugin(
+        &url,
+        &unique_prefix("tls-noca"),
+        limits,
+        ", timeout = \"2s\"",
+    );
+    let mut ctx = ctx_from("192.0.2.1");
+    for _ in 0..3 {
+        assert!(passes(&p, &mut ctx).await);
+    }
+    let stats = p.stats();
+    assert_eq!(
+        (stats.allowed, stats.errors),
+        (0, 3),
+        "no decision without trust"
+    );
+    let redis = p.redis.as_ref().expect("redis mode");
+    let Err(err) = redis.limiter.connection().await else {
+        panic!("an unknown CA is refused");
+    };
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+
+    // Plaintext to the TLS port gets nowhere either.
+    let url = format!("redis://127.0.0.1:{}", server.port);
+    let p = redis_plugin(
+        &url,
+        &unique_prefix("tls-plain"),
+        limits,
+        ", timeout = \"500ms\"",
+    );
+    assert!(passes(&p, &mut ctx).await);
+    assert_eq!(p.stats().errors, 1);
+}
+
+#[test]
+fn rediss_settings_are_checked_at_build() {
+    let (msg, field) = config_error(
+        "rate = 1\nredis = { url = \"redis://127.0.0.1:6379\", ca_file = \"/etc/ssl/certs/ca-certificates.crt\" }",
+    );
+    assert_eq!(field.as_deref(), Some("redis.ca_file"));
+    assert!(msg.contains("rediss://"), "{msg}");
+    let (msg, field) = config_error(
+        "rate = 1\nredis = { url = \"rediss://127.0.0.1:6380\", ca_file = \"/nonexistent.pem\" }",
+    );
+    assert_eq!(field.as_deref(), Some("redis.ca_file"));
+    assert!(msg.contains("/nonexistent.pem"), "{msg}");
+    let (msg, field) =
+        config_error("rate = 1\nredis = { url = \"rediss://127.0.0.1:6380/#insecure\" }");
+    assert_eq!(field.as_deref(), Some("redis.url"));
+    assert!(msg.contains("insecure"), "{msg}");
+}
