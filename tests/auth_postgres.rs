@@ -18,7 +18,7 @@ async fn replicas_share_clients_keys_and_revocations_on_postgres() {
     let Some(schema) = Schema::create("auth_test").await else {
         return;
     };
-    let admin = &schema.admin;
+    let admin = &schema.client;
     let db_url = schema.url();
 
     let dir = tempfile::tempdir().unwrap();

@@ -9,8 +9,11 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+mod support;
+
 use portico_auth::{clients, config, Running};
 use serde_json::Value;
+use support::postgres;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Light argon2 cost so the tests run in seconds in debug builds.
@@ -450,7 +453,7 @@ async fn introspection_needs_the_token_or_the_right_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn introspection_needs_the_token_or_the_right_on_postgres() {
-    let Some(pg) = postgres::Schema::create().await else {
+    let Some(pg) = postgres::Schema::create("hardening").await else {
         return;
     };
     // A database made by the previous release has no `introspect` column: opening it
@@ -540,85 +543,4 @@ async fn an_old_sqlite_database_gets_the_introspect_column() {
     assert!(!old.introspect);
     introspection_is_limited(&svc).await;
     svc.stop().await;
-}
-
-/// A PostgreSQL schema of its own for one test (`PORTICO_TEST_POSTGRES_URL`, default
-/// `postgres://postgres@127.0.0.1:5432/test`), dropped afterwards. Without a server the
-/// test says SKIP loudly, except under `CI=true`, where it fails.
-mod postgres {
-    use std::time::Duration;
-
-    pub struct Schema {
-        pub name: String,
-        pub client: tokio_postgres::Client,
-    }
-
-    fn base_url() -> String {
-        std::env::var("PORTICO_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-    }
-
-    impl Schema {
-        pub async fn create() -> Option<Schema> {
-            let url = base_url();
-            let attempt = async {
-                let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
-                tokio::spawn(conn);
-                Ok::<_, tokio_postgres::Error>(client)
-            };
-            let client = match tokio::time::timeout(Duration::from_secs(5), attempt).await {
-                Ok(Ok(c)) => c,
-                outcome => {
-                    let why = match outcome {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => "timed out".into(),
-                    };
-                    if std::env::var("CI").as_deref() == Ok("true") {
-                        panic!("PostgreSQL at {url} is required under CI=true: {why}");
-                    }
-                    eprintln!("SKIP: no PostgreSQL at {url}: {why}");
-                    return None;
-                }
-            };
-            let name = format!("portico_hardening_{}", std::process::id());
-            client
-                .batch_execute(&format!(
-                    "DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}"
-                ))
-                .await
-                .expect("create schema");
-            Some(Schema { name, client })
-        }
-
-        /// The database URL with this schema as the search path.
-        pub fn url(&self) -> String {
-            let url = base_url();
-            let sep = if url.contains('?') { '&' } else { '?' };
-            format!("{url}{sep}options=-c%20search_path%3D{}", self.name)
-        }
-    }
-
-    impl Drop for Schema {
-        fn drop(&mut self) {
-            let (url, name) = (base_url(), self.name.clone());
-            // Drop runs inside the test's runtime: clean up from a thread with its own.
-            let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(async {
-                    if let Ok((c, conn)) =
-                        tokio_postgres::connect(&url, tokio_postgres::NoTls).await
-                    {
-                        tokio::spawn(conn);
-                        let _ = c
-                            .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
-                            .await;
-                    }
-                });
-            })
-            .join();
-        }
-    }
 }
