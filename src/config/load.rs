@@ -590,10 +590,11 @@ mod tests {
     /// names the file, a line and column, and says what is wrong.
     #[test]
     fn every_problem_has_a_place_and_a_message() {
-        for (text, line, column) in [
-            ("client_id_header = ", 1, 20),
-            ("[server]\nthreads = \n", 2, 11),
-            ("a = 1\nb = ", 2, 5),
+        // (text, line, column, whether toml_edit gives no message of its own)
+        for (text, line, column, silent) in [
+            ("client_id_header = ", 1, 20, true),
+            ("[server]\nthreads = \n", 2, 11, false),
+            ("a = 1\nb = ", 2, 5, true),
         ] {
             let errors = load_str("t.toml", text).unwrap_err().0;
             for e in &errors {
@@ -605,7 +606,12 @@ mod tests {
                 Some(Location { line, column }),
                 "{text:?}: {errors:?}"
             );
-            assert!(errors[0].message.starts_with("invalid TOML"), "{errors:?}");
+            if silent {
+                assert_eq!(
+                    errors[0].message, "invalid TOML: unexpected end of file",
+                    "{errors:?}"
+                );
+            }
         }
         // Nothing to point at but the file: its start.
         let errors = load_str("t.toml", "").unwrap_err().0;
