@@ -578,6 +578,40 @@ fn routes_explains_the_route_cluster_and_plugins() {
     assert!(run.stdout.contains("/api/orders/42?x=1"), "{}", run.stdout);
 }
 
+/// An absolute-form target is explained as the proxy routes it: by its path, its authority
+/// the Host (tests/fuzz_gateway.rs checks the proxy side).
+#[test]
+fn routes_explains_an_absolute_form_target_by_its_path_and_authority() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = routes_config(dir.path());
+    let run = portico(
+        &[
+            "routes",
+            "-c",
+            &file,
+            "GET",
+            "http://admin.example.com/orders/42",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("orders-admin"), "{}", run.stdout);
+    let run = portico(
+        &[
+            "routes",
+            "-c",
+            &file,
+            "GET",
+            "http://admin.example.com/orders/42",
+            "-H",
+            "Host: other.example.com",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, Some(1), "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("400"), "{}", run.stdout);
+}
+
 #[test]
 fn routes_without_a_match_exits_1_with_404() {
     let dir = tempfile::tempdir().unwrap();

@@ -26,9 +26,11 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
 /// locate and remove bad fields are parsed only when there is a problem to locate: at
 /// 100,000 routes each parse of the file costs as much as the whole load otherwise does.
 pub fn load_str(file: &str, text: &str) -> Result<Config, ConfigErrors> {
+    // Every problem has a place: one about a field that is not in the file at all (no
+    // `[[listeners]]`), and so no closer parent to point at, points at the file's start.
     let error = |offset: Option<usize>, field: String, message: String| ConfigError {
         file: file.to_string(),
-        location: offset.map(|o| location_of(text, o)),
+        location: Some(location_of(text, offset.unwrap_or(0))),
         field,
         message,
     };
@@ -53,7 +55,10 @@ pub fn load_str(file: &str, text: &str) -> Result<Config, ConfigErrors> {
     // be longer or shorter than as written: they are mapped back to the file's offsets.
     let parsed_error = |offset: Option<usize>, field: String, message: String| ConfigError {
         file: file.to_string(),
-        location: offset.map(|o| location_of(text, interpolated.original_offset(o))),
+        location: Some(location_of(
+            text,
+            interpolated.original_offset(offset.unwrap_or(0)),
+        )),
         field,
         message,
     };
@@ -108,10 +113,11 @@ fn deserialize_reporting(
         Ok(doc) => doc,
         Err(e) => {
             let e: toml_edit::TomlError = e;
+            let offset = e.span().map(|s| s.start);
             errors.push(parsed_error(
-                e.span().map(|s| s.start),
+                offset,
                 String::new(),
-                e.message().trim().to_string(),
+                syntax_message(e.message(), text, offset),
             ));
             return Err(sorted(std::mem::take(errors)));
         }
@@ -127,7 +133,10 @@ fn deserialize_reporting(
             Err(e) => {
                 let path = path_of(e.path());
                 let inner = e.into_inner();
-                let message = inner.message().trim().to_string();
+                let message = match inner.message().trim() {
+                    "" => "invalid value".to_string(),
+                    m => m.to_string(),
+                };
                 // Spans are exact in the first round; later texts are re-rendered.
                 let offset = if round == 0 {
                     inner.span().map(|s| s.start)
@@ -147,6 +156,24 @@ fn deserialize_reporting(
         }
     }
     Ok(None)
+}
+
+/// What is wrong with TOML that does not parse. toml_edit gives no reason for some errors
+/// (`key = ` with nothing after it): then say what it stumbled on, so no problem is
+/// reported without a message.
+fn syntax_message(message: &str, text: &str, offset: Option<usize>) -> String {
+    let message = message.trim();
+    if !message.is_empty() {
+        return message.to_string();
+    }
+    let at = offset
+        .and_then(|o| text.get(o..))
+        .and_then(|rest| rest.chars().next());
+    match at {
+        None => "invalid TOML: unexpected end of file".to_string(),
+        Some('\n' | '\r') => "invalid TOML: unexpected end of line".to_string(),
+        Some(c) => format!("invalid TOML: unexpected `{}`", c.escape_debug()),
+    }
 }
 
 /// In file order, as an editor would walk them; problems without a place come first.
@@ -556,5 +583,43 @@ mod tests {
     fn location_counts_lines_and_columns() {
         assert_eq!(location_of("ab\ncd", 4), Location { line: 2, column: 2 });
         assert_eq!(location_of("ab", 0), Location { line: 1, column: 1 });
+    }
+
+    /// Found by fuzzing (`fuzz/` target `config`): toml_edit reports `key = ` with nothing
+    /// after it without a message, and a missing top-level table had no line. Every problem
+    /// names the file, a line and column, and says what is wrong.
+    #[test]
+    fn every_problem_has_a_place_and_a_message() {
+        // (text, line, column, whether toml_edit gives no message of its own)
+        for (text, line, column, silent) in [
+            ("client_id_header = ", 1, 20, true),
+            ("[server]\nthreads = \n", 2, 11, false),
+            ("a = 1\nb = ", 2, 5, true),
+        ] {
+            let errors = load_str("t.toml", text).unwrap_err().0;
+            for e in &errors {
+                assert!(!e.message.trim().is_empty(), "{text:?}: {e:?}");
+                assert_eq!(e.file, "t.toml");
+            }
+            assert_eq!(
+                errors[0].location,
+                Some(Location { line, column }),
+                "{text:?}: {errors:?}"
+            );
+            if silent {
+                assert_eq!(
+                    errors[0].message, "invalid TOML: unexpected end of file",
+                    "{errors:?}"
+                );
+            }
+        }
+        // Nothing to point at but the file: its start.
+        let errors = load_str("t.toml", "").unwrap_err().0;
+        let e = errors
+            .iter()
+            .find(|e| e.field == "listeners")
+            .unwrap_or_else(|| panic!("{errors:?}"));
+        assert_eq!(e.location, Some(Location { line: 1, column: 1 }));
+        assert!(e.message.contains("listener"), "{e:?}");
     }
 }

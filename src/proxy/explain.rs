@@ -73,9 +73,63 @@ pub fn explain(snapshot: &Snapshot, question: &Question<'_>) -> Result<Explanati
     let method = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
         .map_err(|_| NotARequest(format!("`{method}` is not an HTTP method")))?;
     let global_plugins = snapshot.global_plugins.names.clone();
-    let (raw_path, query) = target
+    // An absolute-form target (`http://host/path`) is explained as the proxy routes it
+    // (`headers::to_origin_form`): by its path, with its authority as the Host when the
+    // question names none, and refused when a Host names another.
+    let implied_headers;
+    let implied_target;
+    let mut headers = headers;
+    let mut origin_target = target;
+    if !target.starts_with('/') {
+        use pingora_http::authority::{raw_target_authority, RawTargetAuthority};
+        if let RawTargetAuthority::Absolute {
+            authority,
+            path_and_query,
+            ..
+        } = raw_target_authority(target.as_bytes())
+        {
+            let authority = String::from_utf8_lossy(authority).into_owned();
+            let host = headers
+                .iter()
+                .find(|(n, _)| n.trim().eq_ignore_ascii_case("host"));
+            match host {
+                Some((_, h)) if !h.trim().eq_ignore_ascii_case(&authority) => {
+                    return Ok(Explanation {
+                        method: method.to_string(),
+                        target: target.to_string(),
+                        normalised: None,
+                        global_plugins,
+                        outcome: Outcome::Refused {
+                            status: 400,
+                            detail: "the Host header differs from the request target's authority"
+                                .to_string(),
+                        },
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    implied_headers = headers
+                        .iter()
+                        .cloned()
+                        .chain(std::iter::once(("Host".to_string(), authority)))
+                        .collect::<Vec<_>>();
+                    headers = &implied_headers;
+                }
+            }
+            // The classifier splits on ASCII delimiters only: a suffix of `target`.
+            let rest = target
+                .get(target.len() - path_and_query.len()..)
+                .unwrap_or_default();
+            origin_target = if rest.starts_with('/') { rest } else { "/" };
+            if rest.starts_with('?') {
+                implied_target = format!("/{rest}");
+                origin_target = &implied_target;
+            }
+        }
+    }
+    let (raw_path, query) = origin_target
         .split_once('?')
-        .map_or((target, None), |(p, q)| (p, Some(q)));
+        .map_or((origin_target, None), |(p, q)| (p, Some(q)));
     let answer = |normalised: Option<String>, outcome| Explanation {
         method: method.to_string(),
         target: target.to_string(),

@@ -156,6 +156,49 @@ pub fn clean_request(
     Ok(())
 }
 
+/// Puts the request target in origin-form (`/path?query`), the form the gateway routes
+/// and the upstream receives. An absolute-form target (`GET http://host/path`) becomes its
+/// path and query, its authority the Host when the client sent none (`check_host` has
+/// already refused one that differs), so routing, the plugins and the upstream read one
+/// path and one host: Pingora keeps such a target's bytes and would otherwise forward them
+/// whole. A target that is neither form, or not UTF-8 (its URI then holds a lossy copy,
+/// and the upstream would get other bytes than were routed), is refused.
+pub fn to_origin_form(req: &mut RequestHeader) -> Result<(), GatewayError> {
+    let bad = |why: &str| Err(GatewayError::BadRequest(why.to_owned()));
+    if !req.raw_path_is_utf8() {
+        return bad("the request target is not UTF-8");
+    }
+    let raw = req.raw_path();
+    let in_uri = req.uri.path_and_query().map(|p| p.as_str().as_bytes());
+    if in_uri == Some(raw) {
+        return Ok(());
+    }
+    let authority = match pingora_http::authority::raw_target_authority(raw).authority() {
+        Some(authority) if raw.first() != Some(&b'/') => authority.to_vec(),
+        _ => return bad("the request target is neither a path nor an absolute URI"),
+    };
+    if !req.headers.contains_key(header::HOST) {
+        let Ok(host) = HeaderValue::from_bytes(&authority) else {
+            return bad("the request target's authority is not a valid host[:port]");
+        };
+        let _ = req.insert_header(header::HOST, host);
+    }
+    let mut parts = http::uri::Parts::default();
+    parts.path_and_query = Some(
+        req.uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    match http::Uri::from_parts(parts) {
+        Ok(uri) => {
+            req.set_uri(uri);
+            Ok(())
+        }
+        Err(_) => bad("the request target has no valid path"),
+    }
+}
+
 /// Refuses a request whose Host an upstream could read differently from the gateway: more
 /// than one Host, a Host that is not `name[:port]`, `IPv4[:port]` or `[IPv6][:port]`, one
 /// that disagrees with an absolute request target, or none at all on HTTP/1.1.

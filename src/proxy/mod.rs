@@ -206,7 +206,9 @@ impl ProxyHttp for Gateway {
         let snapshot = ctx.snapshot.clone();
         let trusted_peer = ctx.peer_ip.is_some_and(|ip| snapshot.is_trusted_proxy(ip));
         let req = session.req_header_mut();
-        if let Err(err) = headers::clean_request(req, &snapshot.identity_headers, trusted_peer) {
+        if let Err(err) = headers::clean_request(req, &snapshot.identity_headers, trusted_peer)
+            .and_then(|()| headers::to_origin_form(req))
+        {
             return self.answer_error(session, ctx, err).await;
         }
         if let (Some(peer), true) = (ctx.peer_ip, trusted_peer) {
@@ -600,6 +602,12 @@ impl ProxyHttp for Gateway {
             }
             (None, ErrorType::HTTPStatus(400)) if downstream => {
                 GatewayError::BadRequest("the request could not be read".into())
+            }
+            // The client's own bytes were wrong (a badly framed body: a bad chunk size, a
+            // chunk without its CRLF, a body cut short of its framing): 400, not a 502 that
+            // blames the upstream and counts against it.
+            (None, _) if downstream => {
+                GatewayError::BadRequest("the request body is not correctly framed".into())
             }
             (None, _) => GatewayError::from_pingora(e, ctx.cluster_name()),
         };

@@ -182,6 +182,46 @@ struct JoseHeader {
     kid: Option<String>,
 }
 
+/// A token as introspection and revocation read it before any key is chosen: split into
+/// its segments, the JOSE header decoded.
+struct Unverified<'t> {
+    header: JoseHeader,
+    /// The signed input: the first two segments, as sent.
+    signed: &'t str,
+    payload: &'t str,
+    signature: &'t str,
+}
+
+impl<'t> Unverified<'t> {
+    /// `None` for anything that is not three segments with a JOSE header that is a JSON
+    /// object in UTF-8 (serde reads a struct from an array too, and checks UTF-8 only in
+    /// the strings it reads, not in the members it skips).
+    fn split(token: &'t str) -> Option<Unverified<'t>> {
+        if token.len() > MAX_TOKEN {
+            return None;
+        }
+        let mut parts = token.split('.');
+        let (Some(header), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        let signed = &token[..header.len() + 1 + payload.len()];
+        let header = URL_SAFE_NO_PAD.decode(header).ok()?;
+        let header = std::str::from_utf8(&header).ok()?;
+        if !header.trim_start().starts_with('{') {
+            return None;
+        }
+        let header = serde_json::from_str::<JoseHeader>(header).ok()?;
+        Some(Unverified {
+            header,
+            signed,
+            payload,
+            signature,
+        })
+    }
+}
+
 /// The token service's state, shared by every connection.
 pub struct TokenService {
     pub issuer: String,
@@ -623,21 +663,12 @@ impl TokenService {
         token: &str,
         check_time: bool,
     ) -> Result<Option<AccessClaims>, OAuthError> {
-        if token.len() > MAX_TOKEN {
-            return Ok(None);
-        }
-        let mut parts = token.split('.');
-        let (Some(header), Some(payload), Some(signature), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Ok(None);
-        };
-        // The signed input: the first two segments, as sent.
-        let signed = &token[..header.len() + 1 + payload.len()];
-        let Some(header) = URL_SAFE_NO_PAD
-            .decode(header)
-            .ok()
-            .and_then(|h| serde_json::from_slice::<JoseHeader>(&h).ok())
+        let Some(Unverified {
+            header,
+            signed,
+            payload,
+            signature,
+        }) = Unverified::split(token)
         else {
             return Ok(None);
         };
@@ -704,43 +735,7 @@ impl TokenService {
     /// Client authentication by `client_secret_basic` or `client_secret_post` (exactly
     /// one), with failure limiting.
     async fn authenticate(&self, req: &Request, form: &Form) -> Result<ClientRecord, OAuthError> {
-        let mut auth_headers = req.headers.get_all(header::AUTHORIZATION).iter();
-        let basic = match (auth_headers.next(), auth_headers.next()) {
-            (None, _) => None,
-            (Some(_), Some(_)) => {
-                return Err(OAuthError::invalid_request(
-                    "more than one Authorization header",
-                ))
-            }
-            (Some(v), None) => Some(parse_basic(v)?),
-        };
-        let post_id = form.single("client_id")?;
-        let post_secret = form.single("client_secret")?;
-        let (client_id, secret) = match (basic, post_id, post_secret) {
-            (Some(_), _, Some(_)) => {
-                return Err(OAuthError::invalid_request(
-                    "use one client authentication method, not both",
-                ))
-            }
-            (Some((id, secret)), post_id, None) => {
-                if post_id.is_some_and(|p| p != id) {
-                    return Err(OAuthError::invalid_request(
-                        "client_id does not match the Authorization header",
-                    ));
-                }
-                (id, secret)
-            }
-            (None, Some(id), Some(secret)) => (id.to_string(), secret.to_string()),
-            (None, _, _) => {
-                return Err(OAuthError::invalid_client(
-                    "client authentication is required",
-                ))
-            }
-        };
-        if client_id.is_empty() || client_id.len() > MAX_CREDENTIAL || secret.len() > MAX_CREDENTIAL
-        {
-            return Err(OAuthError::invalid_client("client authentication failed"));
-        }
+        let (client_id, secret) = client_credentials(req, form)?;
         // Every limit is checked before the database and the hash: a refused attempt
         // costs a map lookup, not 19 MiB of argon2.
         if let Err(refusal) = self.limiter.admit(&client_id, req.client) {
@@ -857,6 +852,48 @@ fn valid_scope_token(s: &str) -> bool {
             .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
 }
 
+/// The client id and secret a request authenticates with: `client_secret_basic` or
+/// `client_secret_post`, exactly one, bounded in size; nothing is looked up yet.
+fn client_credentials(req: &Request, form: &Form) -> Result<(String, String), OAuthError> {
+    let mut auth_headers = req.headers.get_all(header::AUTHORIZATION).iter();
+    let basic = match (auth_headers.next(), auth_headers.next()) {
+        (None, _) => None,
+        (Some(_), Some(_)) => {
+            return Err(OAuthError::invalid_request(
+                "more than one Authorization header",
+            ))
+        }
+        (Some(v), None) => Some(parse_basic(v)?),
+    };
+    let post_id = form.single("client_id")?;
+    let post_secret = form.single("client_secret")?;
+    let (client_id, secret) = match (basic, post_id, post_secret) {
+        (Some(_), _, Some(_)) => {
+            return Err(OAuthError::invalid_request(
+                "use one client authentication method, not both",
+            ))
+        }
+        (Some((id, secret)), post_id, None) => {
+            if post_id.is_some_and(|p| p != id) {
+                return Err(OAuthError::invalid_request(
+                    "client_id does not match the Authorization header",
+                ));
+            }
+            (id, secret)
+        }
+        (None, Some(id), Some(secret)) => (id.to_string(), secret.to_string()),
+        (None, _, _) => {
+            return Err(OAuthError::invalid_client(
+                "client authentication is required",
+            ))
+        }
+    };
+    if client_id.is_empty() || client_id.len() > MAX_CREDENTIAL || secret.len() > MAX_CREDENTIAL {
+        return Err(OAuthError::invalid_client("client authentication failed"));
+    }
+    Ok((client_id, secret))
+}
+
 /// `Authorization: Basic base64(urlencode(id) ":" urlencode(secret))` (RFC 6749 §2.3.1).
 fn parse_basic(value: &HeaderValue) -> Result<(String, String), OAuthError> {
     let bad = || OAuthError::invalid_client("malformed Basic credentials");
@@ -925,6 +962,122 @@ impl Form {
     }
 }
 
+/// Entry points for the fuzz targets in `fuzz/` (not an API): the parsing the endpoints do
+/// before anything is looked up, reached without making the endpoints' internals public.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    fn request(path: &str, headers: HeaderMap, body: &[u8]) -> Request {
+        let peer = SocketAddr::from(([127, 0, 0, 1], 40000));
+        Request {
+            method: Method::POST,
+            path: path.to_string(),
+            headers,
+            body: Bytes::copy_from_slice(body),
+            peer,
+            client: peer.ip(),
+        }
+    }
+
+    /// What the token endpoint reads from a request before any lookup.
+    #[derive(Debug)]
+    pub struct TokenRequest {
+        pub client_id: String,
+        pub secret: String,
+        pub scopes: Option<Vec<String>>,
+        pub audiences: Vec<String>,
+    }
+
+    /// The token endpoint's reading of a request: the form, `grant_type`, the client's
+    /// credentials (Basic or form), the requested scope tokens and audiences. The error is
+    /// the response the endpoint would send.
+    pub fn token_request(headers: HeaderMap, body: &[u8]) -> Result<TokenRequest, OAuthError> {
+        let req = request("/oauth2/token", headers, body);
+        let form = Form::parse(&req)?;
+        match form.single("grant_type")? {
+            Some("client_credentials") => {}
+            Some(_) => return Err(OAuthError::invalid_request("unsupported grant")),
+            None => return Err(OAuthError::invalid_request("grant_type is required")),
+        }
+        let (client_id, secret) = client_credentials(&req, &form)?;
+        let scopes = match form.single("scope")? {
+            None => None,
+            Some(requested) => {
+                let mut scopes = Vec::new();
+                for s in requested.split(' ').filter(|s| !s.is_empty()) {
+                    if !valid_scope_token(s) {
+                        return Err(OAuthError::invalid_request("bad scope"));
+                    }
+                    scopes.push(s.to_string());
+                }
+                Some(scopes)
+            }
+        };
+        let audiences = form
+            .all("audience")
+            .chain(form.all("resource"))
+            .map(str::to_string)
+            .collect();
+        Ok(TokenRequest {
+            client_id,
+            secret,
+            scopes,
+            audiences,
+        })
+    }
+
+    /// What introspection and revocation read from a token before any key is chosen.
+    #[derive(Debug)]
+    pub struct TokenParts {
+        pub alg: String,
+        pub typ: Option<String>,
+        pub kid: Option<String>,
+        /// Whether the payload decodes into the claims of an access token.
+        pub claims: bool,
+    }
+
+    /// The introspection (`/oauth2/introspect`) or revocation (`/oauth2/revoke`) body:
+    /// the form, the caller's credentials, the `token` parameter, and the token split as
+    /// the endpoint splits it (`None` for a token it would call inactive unread).
+    pub fn token_body(
+        path: &str,
+        headers: HeaderMap,
+        body: &[u8],
+    ) -> Result<Option<TokenParts>, OAuthError> {
+        let req = request(path, headers, body);
+        let form = Form::parse(&req)?;
+        client_credentials(&req, &form)?;
+        let token = form
+            .single("token")?
+            .ok_or_else(|| OAuthError::invalid_request("token is required"))?;
+        Ok(split_token(token))
+    }
+
+    /// A token split as introspection splits it.
+    pub fn split_token(token: &str) -> Option<TokenParts> {
+        let u = Unverified::split(token)?;
+        let _ = URL_SAFE_NO_PAD.decode(u.signature);
+        let claims = URL_SAFE_NO_PAD
+            .decode(u.payload)
+            .ok()
+            .and_then(|c| serde_json::from_slice::<AccessClaims>(&c).ok())
+            .is_some();
+        let _ = u.signed.len();
+        Some(TokenParts {
+            alg: u.header.alg,
+            typ: u.header.typ,
+            kid: u.header.kid,
+            claims,
+        })
+    }
+
+    /// `Authorization: Basic …` as the endpoints read it.
+    pub fn basic(value: &HeaderValue) -> Result<(String, String), OAuthError> {
+        parse_basic(value)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -939,6 +1092,34 @@ mod tests {
         );
         let v = HeaderValue::from_static("Bearer abc");
         assert_eq!(parse_basic(&v).unwrap_err().code, "invalid_client");
+    }
+
+    /// Introspection and revocation read a token's JOSE header only as a JSON object in
+    /// UTF-8 (found by fuzzing: an array was read as the header's members by position, and
+    /// a non-UTF-8 byte in a member serde skips passed).
+    #[test]
+    fn token_headers_must_be_json_objects_in_utf8() {
+        let payload = URL_SAFE_NO_PAD.encode(b"{}");
+        let token = |header: &[u8]| format!("{}.{payload}.c2ln", URL_SAFE_NO_PAD.encode(header));
+        let good = token(br#"{"alg":"ES256","typ":"at+jwt","kid":"k1"}"#);
+        let parsed = Unverified::split(&good).expect("an object header is read");
+        assert_eq!(parsed.header.kid.as_deref(), Some("k1"));
+        assert_eq!(parsed.signature, "c2ln");
+        for header in [
+            &br#"["ES256","at+jwt","k1"]"#[..],
+            br#" ["ES256","at+jwt","k1"]"#,
+            b"{\"alg\":\"ES256\",\"typ\":\"at+jwt\",\"kid\":\"k1\",\"x\":\"\xff\"}",
+            b"{\"alg\":\"ES256\",\"typ\":\"at+jwt\",\"kid\":\"k\xc0\xae\"}",
+            b"\"ES256\"",
+        ] {
+            assert!(
+                Unverified::split(&token(header)).is_none(),
+                "{:?}",
+                String::from_utf8_lossy(header)
+            );
+        }
+        assert!(Unverified::split("a.b").is_none());
+        assert!(Unverified::split(&format!("{good}.x")).is_none());
     }
 
     #[test]

@@ -236,18 +236,27 @@ impl KeySet {
     /// for signatures, too small, invalid points) are skipped with a warning rather than
     /// failing the whole set, so one odd key at the issuer does not lock every client out.
     pub(crate) fn from_jwks(json: &[u8], source: &str) -> Result<Self, String> {
-        #[derive(Deserialize)]
-        struct Jwks {
-            keys: Vec<serde_json::Value>,
-        }
-        let jwks: Jwks =
+        // Read as a JSON value first: serde reads a struct from an array as readily as from
+        // an object, so `[[{…}]]` would pass for `{"keys": [{…}]}`, and a key written as an
+        // array would have its members taken by position.
+        let document: serde_json::Value =
             serde_json::from_slice(json).map_err(|e| format!("not a JWKS document: {e}"))?;
-        let mut keys = Vec::with_capacity(jwks.keys.len());
-        for (i, value) in jwks.keys.iter().enumerate() {
-            match RawJwk::deserialize(value)
-                .map_err(|e| e.to_string())
-                .and_then(parse_jwk)
-            {
+        let serde_json::Value::Object(mut document) = document else {
+            return Err("not a JWKS document: not a JSON object".to_string());
+        };
+        let listed = match document.remove("keys") {
+            Some(serde_json::Value::Array(keys)) => keys,
+            Some(_) => return Err("not a JWKS document: `keys` is not an array".to_string()),
+            None => return Err("not a JWKS document: no `keys` member".to_string()),
+        };
+        let mut keys = Vec::with_capacity(listed.len());
+        for (i, value) in listed.iter().enumerate() {
+            let parsed = if value.is_object() {
+                RawJwk::deserialize(value).map_err(|e| e.to_string())
+            } else {
+                Err("a key is not a JSON object".to_string())
+            };
+            match parsed.and_then(parse_jwk) {
                 Ok(key) => keys.push(key),
                 Err(e) => log::warn!("jwt: {source}: skipping key {i}: {e}"),
             }

@@ -91,6 +91,8 @@
 mod cache;
 mod config;
 mod fetch;
+#[doc(hidden)]
+pub mod fuzzing;
 mod introspect;
 mod keys;
 mod revocation;

@@ -2287,3 +2287,84 @@ async fn a_caller_that_goes_away_does_not_strand_the_others() {
     assert_eq!(answered.expect("not stranded").unwrap(), Ok(()));
     assert_eq!(server.hits(), 2);
 }
+
+// ---------------------------------------------------------------------------------------
+// Regression tests for what fuzzing found (fuzz/README.md)
+
+/// A JOSE header (or payload) whose bytes are not UTF-8 is not JSON: refused as malformed
+/// before any key is tried, even when genuinely signed. serde_json checks UTF-8 only in
+/// the strings it reads, so a non-UTF-8 byte in a member it skips used to pass.
+#[tokio::test]
+async fn jose_headers_and_payloads_that_are_not_utf8_are_malformed() {
+    let key = ec_key("k1");
+    let (_server, p) = served(&[&key], "", "").await;
+    let claims_b64 = b64(serde_json::to_vec(&claims()).unwrap());
+    let signed = |header: &[u8], payload: &str| {
+        let message = format!("{}.{payload}", b64(header));
+        let signature = b64(key.signer.sign(key.alg, message.as_bytes()));
+        format!("{message}.{signature}")
+    };
+    let header = |extra: &[u8]| {
+        let mut h = br#"{"alg":"ES256","typ":"at+jwt","kid":"k1","x5u":""#.to_vec();
+        h.extend_from_slice(extra);
+        h.extend_from_slice(br#""}"#);
+        h
+    };
+    let not_utf8_payload = {
+        let mut c = serde_json::to_vec(&claims()).unwrap();
+        c.pop();
+        c.extend_from_slice(b",\"x\":\"\xff\"}");
+        b64(c)
+    };
+    for t in [
+        signed(&header(b"\xff"), &claims_b64),
+        signed(&header(b"\xc0\xae"), &claims_b64),
+        signed(&header(b"\xed\xa0\x80"), &claims_b64),
+        signed(&header(b"ok"), &not_utf8_payload),
+    ] {
+        assert_eq!(token::parse(&t).err(), Some(MALFORMED), "{t}");
+        refused_token(&p, &t, 401, Some(&bad_token(MALFORMED))).await;
+    }
+    assert_eq!(p.signature_checks(), 0);
+    // The same header in UTF-8 is fine.
+    admitted(&p, &signed(&header(b"ok"), &claims_b64)).await;
+}
+
+/// A JWKS document is a JSON object with a `keys` array: an array (which serde would read
+/// as the struct's members by position), a `keys` that is no array, or a key that is no
+/// object is refused or skipped, never read.
+#[test]
+fn jwks_documents_that_are_not_objects_are_refused() {
+    let key = ec_key("k1");
+    let jwk = key.jwk.clone();
+    for doc in [
+        json!([[jwk.clone()]]),
+        json!([{"keys": [jwk.clone()]}]),
+        json!({"keys": {"0": jwk.clone()}}),
+        json!({"keys": jwk.clone()}),
+        json!({"keys": null}),
+        json!({"other": [jwk.clone()]}),
+        json!("keys"),
+        json!(null),
+    ] {
+        let err = KeySet::from_jwks(doc.to_string().as_bytes(), "test")
+            .err()
+            .unwrap_or_else(|| panic!("{doc} was read as a key set"));
+        assert!(err.starts_with("not a JWKS document"), "{doc}: {err}");
+    }
+    // A key written as an array (members by position) is skipped, not read.
+    let as_array = json!({"keys": [[
+        jwk["kty"], jwk["kid"], "sig", null, "ES256", jwk["crv"], null, null, jwk["x"], jwk["y"]
+    ]]});
+    let set = KeySet::from_jwks(as_array.to_string().as_bytes(), "test").unwrap();
+    assert_eq!(set.len(), 0);
+    // Not UTF-8 at all.
+    assert!(KeySet::from_jwks(b"{\"keys\": [\"\xff\"]}", "test").is_err());
+    let good = json!({ "keys": [jwk] });
+    assert_eq!(
+        KeySet::from_jwks(good.to_string().as_bytes(), "test")
+            .unwrap()
+            .len(),
+        1
+    );
+}

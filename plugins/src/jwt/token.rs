@@ -79,7 +79,10 @@ pub(super) fn parse(token: &str) -> Result<Unverified, &'static str> {
     if !is_object(&header) {
         return Err(MALFORMED);
     }
-    let header: RawHeader = serde_json::from_slice(&header).map_err(|_| MALFORMED)?;
+    // JSON is UTF-8 (RFC 8259 §8.1). serde_json checks that only in the strings it reads,
+    // not in the members it skips, so `{"alg":"ES256","x":"\xff"}` would pass unchecked.
+    let header = std::str::from_utf8(&header).map_err(|_| MALFORMED)?;
+    let header: RawHeader = serde_json::from_str(header).map_err(|_| MALFORMED)?;
     if header.alg.eq_ignore_ascii_case("none") {
         return Err(UNSIGNED);
     }
@@ -94,7 +97,8 @@ pub(super) fn parse(token: &str) -> Result<Unverified, &'static str> {
     }
 
     let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| MALFORMED)?;
-    let StrictObject(claims) = serde_json::from_slice(&payload).map_err(|_| MALFORMED)?;
+    let payload = std::str::from_utf8(&payload).map_err(|_| MALFORMED)?;
+    let StrictObject(claims) = serde_json::from_str(payload).map_err(|_| MALFORMED)?;
     Ok(Unverified {
         alg,
         kid: header.kid,
