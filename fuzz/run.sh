@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Runs the fuzz targets for a bounded time each, one after the other (never in parallel).
 #
-#   fuzz/run.sh [-t SECONDS] [--merge] [TARGET...]
+#   fuzz/run.sh [-t SECONDS] [--dev] [--merge] [TARGET...]
 #
 #   -t SECONDS  time per target (default 30)
+#   --dev       build without optimisation (what CI does: a cold build of every dependency
+#               for the nightly toolchain takes far less; each second runs fewer inputs)
 #   --merge     afterwards, merge what the run found into fuzz/corpus/<target>, minimised
 #               (for a long run done by hand; CI never writes to the corpus)
 #   TARGET      one or more of: fuzz/run.sh --list (default: all)
@@ -18,13 +20,17 @@ cd "$(dirname "$0")"
 
 seconds=30
 merge=0
+# No sanitizer: the code under test is safe Rust, and without ASan the build is faster
+# and every second of the budget runs several times more inputs.
+build=(-s none)
 targets=()
 while [ $# -gt 0 ]; do
   case "$1" in
     -t) seconds="$2"; shift 2 ;;
+    --dev) build+=(--dev); shift ;;
     --merge) merge=1; shift ;;
     --list) cargo +nightly fuzz list; exit 0 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) targets+=("$1"); shift ;;
   esac
 done
@@ -40,15 +46,14 @@ dict_of() {
     jwks) echo dict/jwks.dict ;;
     token_form|introspect_revoke) echo dict/forms.dict ;;
     config) echo dict/config.dict ;;
+    proxy_protocol) echo dict/proxy_protocol.dict ;;
   esac
 }
 
-# No sanitizer: the code under test is safe Rust, and without ASan the build is faster
-# and every second of the budget runs several times more inputs.
 if [ ${#targets[@]} -eq 1 ]; then
-  cargo +nightly fuzz build -s none "${targets[0]}" >&2
+  cargo +nightly fuzz build "${build[@]}" "${targets[0]}" >&2
 else
-  cargo +nightly fuzz build -s none >&2
+  cargo +nightly fuzz build "${build[@]}" >&2
 fi
 
 scratch=$(mktemp -d)
@@ -62,7 +67,7 @@ for t in "${targets[@]}"; do
   [ -n "$dict" ] && args+=(-dict="$dict")
   echo "== $t: $seconds s" >&2
   log="$scratch/$t.log"
-  if cargo +nightly fuzz run -s none "$t" "$scratch/$t" "corpus/$t" -- "${args[@]}" >"$log" 2>&1; then
+  if cargo +nightly fuzz run "${build[@]}" "$t" "$scratch/$t" "corpus/$t" -- "${args[@]}" >"$log" 2>&1; then
     result=ok
   else
     result=FAILED
@@ -75,7 +80,7 @@ for t in "${targets[@]}"; do
   ft=$(echo "$last" | grep -o 'ft: [0-9]*' | grep -o '[0-9]*' || echo "?")
   summary+=("$t $seconds s: ${execs:-?} execs, cov ${cov:-?}, ft ${ft:-?}: $result")
   if [ "$merge" = 1 ] && [ "$result" = ok ]; then
-    cargo +nightly fuzz run -s none "$t" "corpus/$t" "$scratch/$t" -- -merge=1 >/dev/null 2>&1 || true
+    cargo +nightly fuzz run "${build[@]}" "$t" "corpus/$t" "$scratch/$t" -- -merge=1 >/dev/null 2>&1 || true
   fi
 done
 printf '%s\n' "${summary[@]}"
