@@ -93,6 +93,11 @@ fn parse_v1(buf: &[u8]) -> Result<Option<Header>, &'static str> {
             Ok(None)
         };
     };
+    // A bare LF before the CRLF is refused whether or not the CRLF has arrived yet, so the
+    // answer never depends on how the bytes were split into reads.
+    if window[..end].contains(&b'\n') {
+        return Err("version 1 line not ended by CRLF");
+    }
     let line = std::str::from_utf8(&window[6..end]).map_err(|_| "version 1 line not ASCII")?;
     let len = end + 2;
     let mut fields = line.split(' ');
@@ -289,6 +294,15 @@ mod tests {
         for end in 0..h.len() {
             assert_eq!(parse(&h[..end]), Ok(None), "{end}");
         }
+    }
+
+    #[test]
+    fn a_bare_lf_is_refused_however_the_bytes_arrive() {
+        let line = b"PROXY UNKNOWN x\n\r\n";
+        assert!(parse(&line[..16]).is_err(), "before the CRLF");
+        assert!(parse(line).is_err(), "with the CRLF");
+        let line = b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n\r\n";
+        assert!(parse(line).is_err());
     }
 
     #[test]
