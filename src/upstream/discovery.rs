@@ -20,6 +20,9 @@ use serde::{Deserialize, Serialize};
 use super::Cluster;
 use crate::config;
 
+/// The endpoints a file lists: name (the address as written), address, weight.
+pub type Listed = Vec<(String, SocketAddr, u32)>;
+
 /// How often the endpoints file is looked at.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -64,14 +67,20 @@ struct TomlFile {
 
 /// Reads and checks an endpoints file: (name, address, weight) of each endpoint. An
 /// error reads `path:line:column: reason`.
-pub fn read_endpoints_file(path: &Path) -> Result<Vec<(String, SocketAddr, u32)>, String> {
+pub fn read_endpoints_file(path: &Path) -> Result<Listed, String> {
+    read_endpoints_file_hashed(path).map(|(listed, _)| listed)
+}
+
+/// [`read_endpoints_file`], with the hash of the content read, so the watch starts from
+/// the version the cluster was built from (a change in between is not missed).
+pub(super) fn read_endpoints_file_hashed(path: &Path) -> Result<(Listed, u64), String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("{}: cannot read the endpoints file: {e}", path.display()))?;
-    parse_endpoints(path, &text)
+    Ok((parse_endpoints(path, &text)?, content_hash(text.as_bytes())))
 }
 
 /// [`read_endpoints_file`] on text already read.
-pub fn parse_endpoints(path: &Path, text: &str) -> Result<Vec<(String, SocketAddr, u32)>, String> {
+pub fn parse_endpoints(path: &Path, text: &str) -> Result<Listed, String> {
     let shown = path.display();
     let at = |offset: usize| {
         let loc = portico_common::config_error::location_of(text, offset);
@@ -148,7 +157,7 @@ pub fn spawn_discovery(cluster: &Arc<Cluster>) {
     let weak: Weak<Cluster> = Arc::downgrade(cluster);
     let name = cluster.name.clone();
     // The version the cluster was built from counts as seen.
-    let mut seen = std::fs::read(&path).ok().map(|b| content_hash(&b));
+    let mut seen = Some(cluster.built_from);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(POLL_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -203,7 +212,7 @@ fn content_hash(bytes: &[u8]) -> u64 {
     h.finish().max(1)
 }
 
-async fn accept(cluster: &Arc<Cluster>, listed: Vec<(String, SocketAddr, u32)>) {
+async fn accept(cluster: &Arc<Cluster>, listed: Listed) {
     let total = listed.len();
     match cluster.apply_endpoints(listed).await {
         Ok((added, removed)) => {

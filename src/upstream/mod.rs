@@ -236,6 +236,8 @@ pub struct Cluster {
     draining: Mutex<Vec<Arc<Endpoint>>>,
     /// What the discovery task last did (`None` for a cluster with fixed endpoints).
     pub(crate) discovery: Option<Mutex<DiscoveryStatus>>,
+    /// The content hash of the endpoints file version the cluster was built from.
+    built_from: u64,
 }
 
 /// The endpoints of a cluster and the balancer over them, replaced as one.
@@ -268,8 +270,14 @@ impl Cluster {
     /// Builds a cluster from a validated definition (addresses were checked by validation).
     pub fn build(name: &str, def: &config::Cluster) -> Result<Cluster, String> {
         let tls = PeerTls::load(def)?;
-        let listed: Vec<(String, SocketAddr, u32)> = match &def.endpoints_file {
-            Some(path) => discovery::read_endpoints_file(std::path::Path::new(path))?,
+        let mut built_from = 0;
+        let listed: discovery::Listed = match &def.endpoints_file {
+            Some(path) => {
+                let (listed, hash) =
+                    discovery::read_endpoints_file_hashed(std::path::Path::new(path))?;
+                built_from = hash;
+                listed
+            }
             None => def
                 .endpoints
                 .iter()
@@ -306,6 +314,7 @@ impl Cluster {
             epoch: Instant::now(),
             draining: Mutex::new(Vec::new()),
             discovery: dynamic.then(|| Mutex::new(DiscoveryStatus::new(def))),
+            built_from,
         })
     }
 
@@ -342,7 +351,7 @@ impl Cluster {
     /// changed: (added, removed).
     pub(crate) async fn apply_endpoints(
         self: &Arc<Self>,
-        listed: Vec<(String, SocketAddr, u32)>,
+        listed: discovery::Listed,
     ) -> Result<(usize, usize), String> {
         let Endpoints::Dynamic(current) = &self.endpoints else {
             return Err("the cluster's endpoints are fixed".into());
