@@ -730,7 +730,13 @@ pub struct HeaderMatcher {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
+    /// Fixed endpoints; empty when `endpoints_file` names them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<Endpoint>,
+    /// A JSON or TOML file (by extension) listing the endpoints, which another tool
+    /// writes: it is watched and each good version applied without a config reload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints_file: Option<String>,
     #[serde(default)]
     pub lb: LbKind,
     /// What `consistent_hash` hashes on.

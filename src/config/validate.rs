@@ -224,11 +224,25 @@ fn validate_clusters(config: &Config, p: &mut Problems) {
     for (name, c) in &config.clusters {
         let at = [key("clusters"), key(name)];
         let sub = |tail: &[Seg]| -> Vec<Seg> { at.iter().chain(tail).cloned().collect() };
-        if c.endpoints.is_empty() {
-            p.add(
+        match &c.endpoints_file {
+            Some(_) if !c.endpoints.is_empty() => p.add(
+                &sub(&[key("endpoints_file")]),
+                "a cluster takes `endpoints` or `endpoints_file`, not both",
+            ),
+            // The file as it is now: a watched file that turns bad later is rejected by
+            // the watch, and the last good set stays.
+            Some(file) => {
+                if let Err(e) =
+                    crate::upstream::discovery::read_endpoints_file(std::path::Path::new(file))
+                {
+                    p.add(&sub(&[key("endpoints_file")]), e);
+                }
+            }
+            None if c.endpoints.is_empty() => p.add(
                 &sub(&[key("endpoints")]),
-                "a cluster needs at least one endpoint",
-            );
+                "a cluster needs at least one endpoint (`endpoints`, or `endpoints_file`)",
+            ),
+            None => {}
         }
         let mut seen = HashSet::new();
         for (i, e) in c.endpoints.iter().enumerate() {

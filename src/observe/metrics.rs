@@ -35,6 +35,9 @@ pub struct Metrics {
     pub endpoint_breaker_state: IntGaugeVec,
     pub bulkhead_rejections: IntCounterVec,
     pub bulkhead_limit: IntGaugeVec,
+    /// Endpoint-set versions a cluster's discovery applied or rejected.
+    pub discovery_updates: IntCounterVec,
+    pub discovery_errors: IntCounterVec,
     pub client_connections: IntGauge,
     /// Connections switched to another protocol (WebSocket) and relayed now.
     pub upgraded_connections: IntGauge,
@@ -179,6 +182,16 @@ impl Metrics {
             "Requests refused by a cluster's bulkhead, by reason (queue_full, queue_timeout)",
             &["cluster", "reason"],
         );
+        let discovery_updates = counter(
+            "portico_discovery_updates_total",
+            "Endpoint sets a cluster's discovery applied without a config reload, by cluster",
+            &["cluster"],
+        );
+        let discovery_errors = counter(
+            "portico_discovery_errors_total",
+            "Endpoint sets a cluster's discovery rejected (the last good set stays), by cluster",
+            &["cluster"],
+        );
         let bulkhead_limit = gauge(
             "portico_bulkhead_limit",
             "Current concurrency limit of a cluster's bulkhead",
@@ -266,6 +279,8 @@ impl Metrics {
             Box::new(endpoint_breaker_state.clone()),
             Box::new(bulkhead_rejections.clone()),
             Box::new(bulkhead_limit.clone()),
+            Box::new(discovery_updates.clone()),
+            Box::new(discovery_errors.clone()),
             Box::new(request_duration.clone()),
             Box::new(upstream_duration.clone()),
             Box::new(active_requests.clone()),
@@ -301,6 +316,8 @@ impl Metrics {
             endpoint_breaker_state,
             bulkhead_rejections,
             bulkhead_limit,
+            discovery_updates,
+            discovery_errors,
             client_connections,
             upgraded_connections,
             connections_refused,

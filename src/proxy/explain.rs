@@ -194,7 +194,7 @@ pub fn explain(snapshot: &Snapshot, question: &Question<'_>) -> Result<Explanati
                 cluster: cluster.name.clone(),
                 lb: format!("{:?}", cluster.definition.lb),
                 endpoints: cluster
-                    .endpoints
+                    .endpoints()
                     .iter()
                     .map(|e| (e.name.clone(), e.weight))
                     .collect(),

@@ -34,7 +34,7 @@ use crate::router::version::{split_uri_version, VersionError};
 use crate::router::{inspect_path, normalize_path, rewrite_prefix, RouteMatch};
 use crate::runtime::{Rewrite, Route, Snapshot, State, Target};
 use crate::upstream::breaker::Admission;
-use crate::upstream::{HashInput, Outcome};
+use crate::upstream::{Endpoint, HashInput, Outcome};
 pub use error::GatewayError;
 pub use headers::clean_request;
 use retry::{Failure, RETRYABLE_STATUS};
@@ -65,9 +65,10 @@ pub struct Ctx {
     /// The path without its version segment, when the version came from the URI.
     unversioned_path: Option<String>,
     /// Endpoints this request has tried, in order.
-    tried: Vec<usize>,
-    /// The attempt in progress: endpoint index and whether it is a breaker probe.
-    current: Option<(usize, bool)>,
+    tried: Vec<Arc<Endpoint>>,
+    /// The attempt in progress: its endpoint (which discovery may have removed from the
+    /// cluster since) and whether it is a breaker probe.
+    current: Option<(Arc<Endpoint>, bool)>,
     attempts: u32,
     /// `Retry-After` of the last retried response, honoured by the next backoff.
     retry_after: Option<Duration>,
@@ -125,8 +126,8 @@ impl Ctx {
     /// [`Ctx::finish_attempt`], naming the outcome for the attempt's span (`timeout` is
     /// a `Failure` the span tells apart).
     fn finish_attempt_as(&mut self, outcome: Outcome, label: &'static str) {
-        if let (Some(target), Some((index, probe))) = (&self.target, self.current.take()) {
-            target.cluster.finish(index, probe, outcome);
+        if let (Some(target), Some((endpoint, probe))) = (&self.target, self.current.take()) {
+            target.cluster.finish(&endpoint, probe, outcome);
             if let Some(spans) = &mut self.spans {
                 let status = match outcome {
                     Outcome::Response(s) => Some(s),
@@ -376,25 +377,23 @@ impl ProxyHttp for Gateway {
         // An endpoint whose breaker turns a request away is skipped like a tried one.
         let mut skipped = Vec::new();
         let attempt = loop {
-            let exclude: Vec<usize> = ctx.tried.iter().chain(&skipped).copied().collect();
+            let exclude: Vec<Arc<Endpoint>> = ctx.tried.iter().chain(&skipped).cloned().collect();
             match cluster.select(&input, &exclude) {
-                Ok((index, _)) => match cluster.start(index) {
+                Ok(endpoint) => match cluster.start(&endpoint) {
                     Some(attempt) => break attempt,
-                    None if skipped.len() < cluster.endpoints.len() => skipped.push(index),
+                    None if skipped.len() < cluster.endpoint_count() => skipped.push(endpoint),
                     None => break_no_endpoint(ctx, &cluster.name)?,
                 },
                 Err(_) => break_no_endpoint(ctx, &cluster.name)?,
             }
         };
-        ctx.tried.push(attempt.index);
-        ctx.current = Some((attempt.index, attempt.probe));
+        ctx.tried.push(attempt.endpoint.clone());
+        ctx.current = Some((attempt.endpoint.clone(), attempt.probe));
         ctx.attempts += 1;
         ctx.upstream_start = Some(Instant::now());
         ctx.upstream_status = None;
         if let Some(spans) = &mut ctx.spans {
-            if let Some(endpoint) = cluster.endpoints.get(attempt.index) {
-                spans.start_attempt(&endpoint.name, endpoint.addr);
-            }
+            spans.start_attempt(&attempt.endpoint.name, attempt.endpoint.addr);
         }
         let mut peer = attempt.peer;
         // Pingora forwards only WebSocket upgrades by default; another protocol got here
@@ -724,10 +723,7 @@ impl ProxyHttp for Gateway {
 
         if ctx.snapshot.access_log.wants(status) {
             let req = session.req_header();
-            let upstream = match (&target, ctx.tried.last()) {
-                (Some(t), Some(&i)) => t.cluster.endpoints.get(i).map(|e| e.name.as_str()),
-                _ => None,
-            };
+            let upstream = ctx.tried.last().map(|e| e.name.as_str());
             let error = ctx
                 .error
                 .as_ref()

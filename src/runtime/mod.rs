@@ -1043,6 +1043,7 @@ async fn reload_locked(state: &Arc<State>) -> Result<String, String> {
             .get(name)
             .is_some_and(|old| Arc::ptr_eq(old, cluster));
         if !reused {
+            crate::upstream::spawn_discovery(cluster);
             if let Some(round) = crate::upstream::spawn_health_checks(cluster, true) {
                 first_rounds.push((name.clone(), round));
             }

@@ -82,13 +82,17 @@ impl BackgroundService for Supervisor {
         // Endpoints start healthy: a starting process (a graceful upgrade's new one too)
         // serves at once; readiness waits for the first probe round (bounded by the
         // checks' timeouts), so a service manager learns the state of the upstreams too.
-        let first_rounds: Vec<_> = self
-            .state
-            .snapshot()
+        let snapshot = self.state.snapshot();
+        let first_rounds: Vec<_> = snapshot
             .clusters
             .values()
             .filter_map(|cluster| crate::upstream::spawn_health_checks(cluster, false))
             .collect();
+        // Clusters with an endpoints file watch it from now on.
+        for cluster in snapshot.clusters.values() {
+            crate::upstream::spawn_discovery(cluster);
+        }
+        drop(snapshot);
         let listening_and_probed = async {
             wait_for_listeners(&self.listeners).await;
             futures::future::join_all(first_rounds.into_iter().map(|r| r.wait())).await;

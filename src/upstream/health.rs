@@ -8,9 +8,15 @@
 //! fails its very first probe starts unhealthy, and the reload waits for that round, so
 //! new endpoints take traffic only once a probe passed.
 //!
+//! The checking task follows the cluster's endpoint set round by round, so endpoints that
+//! discovery adds are checked and removed ones no longer are. Discovery probes the
+//! endpoints it adds once before they join the set ([`probe_new`]), so they take traffic
+//! only once a probe passed.
+//!
 //! The checking task holds only a weak reference to its cluster, so it ends by itself
 //! when a config reload drops the cluster.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -44,70 +50,35 @@ impl FirstRound {
 pub fn spawn_health_checks(cluster: &Arc<Cluster>, decisive_first: bool) -> Option<FirstRound> {
     let spec = cluster.health_check.clone()?;
     let weak: Weak<Cluster> = Arc::downgrade(cluster);
-    let probes: Vec<(Arc<Endpoint>, HttpHealthCheck, Backend)> = cluster
-        .endpoints
-        .iter()
-        .map(|e| {
-            let host = spec.host.clone().unwrap_or_else(|| e.name.clone());
-            let mut check = HttpHealthCheck::new(&host, cluster.definition.tls);
-            if let Some(sni) = &cluster.definition.sni {
-                check.peer_template.sni = sni.clone();
-            }
-            cluster.tls.apply(&mut check.peer_template);
-            check.peer_template.options.connection_timeout = Some(spec.timeout);
-            check.peer_template.options.read_timeout = Some(spec.timeout);
-            check.peer_template.options.total_connection_timeout = Some(spec.timeout);
-            // A fresh connection every time: a pooled one can hide a dead listener.
-            check.reuse_connection = false;
-            if let Ok(mut req) =
-                pingora_http::RequestHeader::build("GET", spec.path.as_bytes(), None)
-            {
-                let _ = req.insert_header("Host", host.as_str());
-                let _ = req.insert_header("User-Agent", "portico-health-check");
-                check.req = req;
-            }
-            let expected = spec.expected_status.clone();
-            check.validator = Some(Box::new(move |resp| {
-                if expected.contains(&resp.status.as_u16()) {
-                    Ok(())
-                } else {
-                    pingora_error::Error::e_explain(
-                        pingora_error::ErrorType::CustomCode(
-                            "unexpected health status",
-                            resp.status.as_u16(),
-                        ),
-                        format!("status {}", resp.status),
-                    )
-                }
-            }));
-            let backend = Backend {
-                addr: pingora_core::protocols::l4::socket::SocketAddr::Inet(e.addr),
-                weight: e.weight as usize,
-                ext: Default::default(),
-            };
-            (e.clone(), check, backend)
-        })
-        .collect();
     let name = cluster.name.clone();
     let (first_done, done) = tokio::sync::oneshot::channel();
     let bound = spec.timeout * 2 + Duration::from_millis(250);
     tokio::spawn(async move {
         let mut first_done = Some(first_done);
+        // One probe per endpoint, kept while the endpoint stays in the set (discovery
+        // can change the set between rounds).
+        let mut probes: HashMap<usize, Probe> = HashMap::new();
         let mut tick = tokio::time::interval(spec.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if weak.strong_count() == 0 {
+            let Some(cluster) = weak.upgrade() else {
                 log::debug!("cluster {name}: stopping health checks");
                 return;
+            };
+            let endpoints = cluster.endpoints();
+            probes.retain(|k, _| endpoints.iter().any(|e| Arc::as_ptr(e) as usize == *k));
+            for e in &endpoints {
+                probes
+                    .entry(Arc::as_ptr(e) as usize)
+                    .or_insert_with(|| Probe::new(&cluster, e));
             }
+            drop(cluster);
             let (name, spec) = (&name, &spec);
             // Probe concurrently, so one slow endpoint does not delay the others.
-            let round = probes.iter().map(|(endpoint, check, backend)| async move {
-                let passed = tokio::time::timeout(spec.timeout * 2, check.check(backend))
-                    .await
-                    .map(|r| r.is_ok())
-                    .unwrap_or(false);
+            let round = probes.values().map(|probe| async move {
+                let passed = probe.run(spec.timeout).await;
+                let endpoint = &probe.endpoint;
                 let fresh = !endpoint.probed.swap(true, Ordering::Relaxed);
                 if decisive_first && fresh {
                     record_first(name, endpoint, passed);
@@ -128,6 +99,97 @@ pub fn spawn_health_checks(cluster: &Arc<Cluster>, decisive_first: bool) -> Opti
         }
     });
     Some(FirstRound { done, bound })
+}
+
+/// Probes endpoints discovery is adding, once each and concurrently, before they join the
+/// set: each starts healthy only if its probe passed (the regular checks take it from there).
+pub(super) async fn probe_new(cluster: &Cluster, fresh: &[Arc<Endpoint>]) {
+    let Some(spec) = cluster.health_check.clone() else {
+        return;
+    };
+    let round = fresh.iter().map(|e| {
+        let probe = Probe::new(cluster, e);
+        let timeout = spec.timeout;
+        let name = cluster.name.as_str();
+        async move {
+            let passed = probe.run(timeout).await;
+            e.probed.store(true, Ordering::Relaxed);
+            e.healthy.store(passed, Ordering::Relaxed);
+            e.check_passes.store(u32::from(passed), Ordering::Relaxed);
+            e.check_failures.store(u32::from(!passed), Ordering::Relaxed);
+            if !passed {
+                log::warn!(
+                    "cluster {name}: new endpoint {} failed its first health check; no traffic until it passes",
+                    e.name
+                );
+            }
+        }
+    });
+    futures::future::join_all(round).await;
+}
+
+/// One endpoint's health probe: Pingora's HTTP check and the backend it probes.
+struct Probe {
+    endpoint: Arc<Endpoint>,
+    check: HttpHealthCheck,
+    backend: Backend,
+}
+
+impl Probe {
+    fn new(cluster: &Cluster, e: &Arc<Endpoint>) -> Probe {
+        let spec = cluster
+            .health_check
+            .as_ref()
+            .expect("probes are made for clusters with health checks");
+        let host = spec.host.clone().unwrap_or_else(|| e.name.clone());
+        let mut check = HttpHealthCheck::new(&host, cluster.definition.tls);
+        if let Some(sni) = &cluster.definition.sni {
+            check.peer_template.sni = sni.clone();
+        }
+        cluster.tls.apply(&mut check.peer_template);
+        check.peer_template.options.connection_timeout = Some(spec.timeout);
+        check.peer_template.options.read_timeout = Some(spec.timeout);
+        check.peer_template.options.total_connection_timeout = Some(spec.timeout);
+        // A fresh connection every time: a pooled one can hide a dead listener.
+        check.reuse_connection = false;
+        if let Ok(mut req) = pingora_http::RequestHeader::build("GET", spec.path.as_bytes(), None) {
+            let _ = req.insert_header("Host", host.as_str());
+            let _ = req.insert_header("User-Agent", "portico-health-check");
+            check.req = req;
+        }
+        let expected = spec.expected_status.clone();
+        check.validator = Some(Box::new(move |resp| {
+            if expected.contains(&resp.status.as_u16()) {
+                Ok(())
+            } else {
+                pingora_error::Error::e_explain(
+                    pingora_error::ErrorType::CustomCode(
+                        "unexpected health status",
+                        resp.status.as_u16(),
+                    ),
+                    format!("status {}", resp.status),
+                )
+            }
+        }));
+        let backend = Backend {
+            addr: pingora_core::protocols::l4::socket::SocketAddr::Inet(e.addr),
+            weight: e.weight as usize,
+            ext: Default::default(),
+        };
+        Probe {
+            endpoint: e.clone(),
+            check,
+            backend,
+        }
+    }
+
+    /// One probe, cut at twice the check timeout; true when it passed.
+    async fn run(&self, timeout: Duration) -> bool {
+        tokio::time::timeout(timeout * 2, self.check.check(&self.backend))
+            .await
+            .map(|r| r.is_ok())
+            .unwrap_or(false)
+    }
 }
 
 /// The first probe of an endpoint sets its health directly.

@@ -5,17 +5,23 @@
 //! Endpoint state is atomics: selecting an endpoint and recording its outcome take no lock
 //! of their own. Only a configured endpoint breaker adds one, a short mutex to count the
 //! outcome (see [`breaker`]), never held across an await.
+//!
+//! A cluster's endpoints are fixed, or (with `endpoints_file`, see [`discovery`]) an
+//! endpoint set swapped whole at run time: requests hold the `Arc<Endpoint>` they chose,
+//! addresses that stay keep their `Endpoint`, and removed ones drain.
 
 pub mod breaker;
 pub mod budget;
 pub mod bulkhead;
+pub mod discovery;
 mod health;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_ketama::{Bucket, Continuum};
 use serde::Serialize;
@@ -25,6 +31,7 @@ use breaker::{Admission, BreakerState, CircuitBreaker};
 use budget::RetryBudget;
 use bulkhead::Bulkhead;
 
+pub use discovery::{spawn_discovery, DiscoveryStatus};
 pub use health::{spawn_health_checks, FirstRound};
 
 /// One upstream instance.
@@ -62,6 +69,65 @@ impl Endpoint {
 
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// A new endpoint of a cluster at `addr`, named `name` (the address as written).
+    fn new(
+        def: &config::Cluster,
+        tls: &PeerTls,
+        name: &str,
+        addr: SocketAddr,
+        weight: u32,
+    ) -> Endpoint {
+        let sni = def.sni.clone().unwrap_or_else(|| {
+            name.rsplit_once(':')
+                .map_or(name.to_string(), |(h, _)| h.to_string())
+        });
+        let mut peer = HttpPeer::new(addr, def.tls, sni);
+        tls.apply(&mut peer);
+        peer.options.connection_timeout = Some(def.timeouts.connect);
+        peer.options.read_timeout = Some(def.timeouts.read);
+        peer.options.write_timeout = Some(def.timeouts.write);
+        peer.options.idle_timeout = Some(def.timeouts.idle);
+        Endpoint {
+            addr,
+            name: name.to_string(),
+            weight: weight.max(1),
+            peer,
+            healthy: AtomicBool::new(true),
+            ejected_until_ms: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
+            consecutive_5xx: AtomicU32::new(0),
+            consecutive_connect_failures: AtomicU32::new(0),
+            in_flight: AtomicUsize::new(0),
+            breaker: def.endpoint_breaker.as_ref().map(CircuitBreaker::new),
+            check_passes: AtomicU32::new(0),
+            check_failures: AtomicU32::new(0),
+            probed: AtomicBool::new(false),
+        }
+    }
+
+    /// Copies the health, ejection and check state of `old` (the same address), for an
+    /// endpoint that replaces it with another weight.
+    fn take_state_of(&self, old: &Endpoint) {
+        let copy32 = |to: &AtomicU32, from: &AtomicU32| {
+            to.store(from.load(Ordering::Relaxed), Ordering::Relaxed)
+        };
+        self.healthy.store(old.is_healthy(), Ordering::Relaxed);
+        self.ejected_until_ms.store(
+            old.ejected_until_ms.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        copy32(&self.ejections, &old.ejections);
+        copy32(&self.consecutive_5xx, &old.consecutive_5xx);
+        copy32(
+            &self.consecutive_connect_failures,
+            &old.consecutive_connect_failures,
+        );
+        copy32(&self.check_passes, &old.check_passes);
+        copy32(&self.check_failures, &old.check_failures);
+        self.probed
+            .store(old.probed.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     fn is_ejected(&self, now_ms: u64) -> bool {
@@ -152,8 +218,7 @@ pub fn tls_fingerprint(def: &config::Cluster) -> u64 {
 /// A group of interchangeable endpoints and its policies.
 pub struct Cluster {
     pub name: String,
-    pub endpoints: Vec<Arc<Endpoint>>,
-    balancer: Balancer,
+    endpoints: Endpoints,
     outlier: config::Outlier,
     pub(crate) health_check: Option<config::HealthCheck>,
     pub(crate) tls: PeerTls,
@@ -166,6 +231,26 @@ pub struct Cluster {
     /// cluster (and its live state) as it is.
     pub definition: config::Cluster,
     epoch: Instant,
+    /// Endpoints a discovery update removed while requests were in flight on them: they
+    /// get no new requests and are shown until the last one finishes.
+    draining: Mutex<Vec<Arc<Endpoint>>>,
+    /// What the discovery task last did (`None` for a cluster with fixed endpoints).
+    pub(crate) discovery: Option<Mutex<DiscoveryStatus>>,
+    /// The content hash of the endpoints file version the cluster was built from.
+    built_from: u64,
+}
+
+/// The endpoints of a cluster and the balancer over them, replaced as one.
+pub struct EndpointSet {
+    pub endpoints: Vec<Arc<Endpoint>>,
+    balancer: Balancer,
+}
+
+/// Fixed endpoints are read directly; discovered ones behind one pointer that an update
+/// swaps, so a request sees either the old set or the new one, never a mix.
+enum Endpoints {
+    Static(EndpointSet),
+    Dynamic(ArcSwap<EndpointSet>),
 }
 
 /// What the request offers for consistent hashing.
@@ -185,60 +270,39 @@ impl Cluster {
     /// Builds a cluster from a validated definition (addresses were checked by validation).
     pub fn build(name: &str, def: &config::Cluster) -> Result<Cluster, String> {
         let tls = PeerTls::load(def)?;
-        let mut endpoints = Vec::with_capacity(def.endpoints.len());
-        for e in &def.endpoints {
-            let addr = crate::config::resolve_address(&e.address)?;
-            let sni = def.sni.clone().unwrap_or_else(|| {
-                e.address
-                    .rsplit_once(':')
-                    .map_or(e.address.clone(), |(h, _)| h.to_string())
-            });
-            let mut peer = HttpPeer::new(addr, def.tls, sni);
-            tls.apply(&mut peer);
-            peer.options.connection_timeout = Some(def.timeouts.connect);
-            peer.options.read_timeout = Some(def.timeouts.read);
-            peer.options.write_timeout = Some(def.timeouts.write);
-            peer.options.idle_timeout = Some(def.timeouts.idle);
-            endpoints.push(Arc::new(Endpoint {
-                addr,
-                name: e.address.clone(),
-                weight: e.weight.max(1),
-                peer,
-                healthy: AtomicBool::new(true),
-                ejected_until_ms: AtomicU64::new(0),
-                ejections: AtomicU32::new(0),
-                consecutive_5xx: AtomicU32::new(0),
-                consecutive_connect_failures: AtomicU32::new(0),
-                in_flight: AtomicUsize::new(0),
-                breaker: def.endpoint_breaker.as_ref().map(CircuitBreaker::new),
-                check_passes: AtomicU32::new(0),
-                check_failures: AtomicU32::new(0),
-                probed: AtomicBool::new(false),
-            }));
-        }
-        let balancer = match def.lb {
-            LbKind::RoundRobin => Balancer::RoundRobin {
-                cycle: smooth_weighted_cycle(&endpoints),
-                next: AtomicUsize::new(0),
-            },
-            LbKind::LeastRequest => Balancer::LeastRequest,
-            LbKind::ConsistentHash => {
-                let hash = def.hash.clone().ok_or("consistent_hash needs `hash`")?;
-                let buckets: Vec<Bucket> = endpoints
-                    .iter()
-                    .map(|e| Bucket::new(e.addr, e.weight))
-                    .collect();
-                Balancer::ConsistentHash {
-                    ring: Continuum::new(&buckets),
-                    on: hash.by,
-                    name: hash.name.unwrap_or_default().to_ascii_lowercase(),
-                }
+        let mut built_from = 0;
+        let listed: discovery::Listed = match &def.endpoints_file {
+            Some(path) => {
+                let (listed, hash) =
+                    discovery::read_endpoints_file_hashed(std::path::Path::new(path))?;
+                built_from = hash;
+                listed
             }
+            None => def
+                .endpoints
+                .iter()
+                .map(|e| {
+                    Ok((
+                        e.address.clone(),
+                        crate::config::resolve_address(&e.address)?,
+                        e.weight,
+                    ))
+                })
+                .collect::<Result<_, String>>()?,
         };
+        let endpoints: Vec<Arc<Endpoint>> = listed
+            .iter()
+            .map(|(n, addr, w)| Arc::new(Endpoint::new(def, &tls, n, *addr, *w)))
+            .collect();
+        let set = EndpointSet::new(def, endpoints)?;
+        let dynamic = def.endpoints_file.is_some();
         Ok(Cluster {
             name: name.to_string(),
-            endpoints,
-            balancer,
+            endpoints: if dynamic {
+                Endpoints::Dynamic(ArcSwap::from_pointee(set))
+            } else {
+                Endpoints::Static(set)
+            },
             outlier: def.outlier.clone(),
             health_check: def.health_check.clone(),
             tls,
@@ -248,15 +312,104 @@ impl Cluster {
             max_per_endpoint: def.max_requests_per_endpoint.unwrap_or(usize::MAX),
             definition: def.clone(),
             epoch: Instant::now(),
+            draining: Mutex::new(Vec::new()),
+            discovery: dynamic.then(|| Mutex::new(DiscoveryStatus::new(def))),
+            built_from,
         })
+    }
+
+    /// Runs `f` on the current endpoint set: no atomic operation for fixed endpoints, one
+    /// pointer load for discovered ones.
+    #[inline]
+    fn with_set<R>(&self, f: impl FnOnce(&EndpointSet) -> R) -> R {
+        match &self.endpoints {
+            Endpoints::Static(set) => f(set),
+            Endpoints::Dynamic(set) => f(&set.load()),
+        }
+    }
+
+    /// The current endpoints (a copy of the list, for the admin API, checks and tests).
+    pub fn endpoints(&self) -> Vec<Arc<Endpoint>> {
+        self.with_set(|set| set.endpoints.clone())
+    }
+
+    /// How many endpoints the cluster has now.
+    pub fn endpoint_count(&self) -> usize {
+        self.with_set(|set| set.endpoints.len())
+    }
+
+    /// Whether the endpoints can change at run time (discovery).
+    pub fn is_dynamic(&self) -> bool {
+        matches!(self.endpoints, Endpoints::Dynamic(_))
+    }
+
+    /// Replaces the endpoint set of a discovered cluster with `listed` (name, address,
+    /// weight). An address that stays keeps its `Endpoint` and all its state (a changed
+    /// weight gets a new `Endpoint` that copies the state); new addresses become new
+    /// endpoints, probed first when the cluster has health checks, so they take traffic
+    /// only once a probe passed; removed ones get no new requests and drain. Returns what
+    /// changed: (added, removed).
+    pub(crate) async fn apply_endpoints(
+        self: &Arc<Self>,
+        listed: discovery::Listed,
+    ) -> Result<(usize, usize), String> {
+        let Endpoints::Dynamic(current) = &self.endpoints else {
+            return Err("the cluster's endpoints are fixed".into());
+        };
+        let old = current.load_full();
+        let mut fresh = Vec::new();
+        let endpoints: Vec<Arc<Endpoint>> = listed
+            .iter()
+            .map(
+                |(name, addr, weight)| match old.endpoints.iter().find(|e| e.addr == *addr) {
+                    Some(e) if e.weight == (*weight).max(1) && e.name == *name => e.clone(),
+                    kept => {
+                        let e = Arc::new(Endpoint::new(
+                            &self.definition,
+                            &self.tls,
+                            name,
+                            *addr,
+                            *weight,
+                        ));
+                        match kept {
+                            Some(k) => e.take_state_of(k),
+                            None => fresh.push(e.clone()),
+                        }
+                        e
+                    }
+                },
+            )
+            .collect();
+        if self.health_check.is_some() && !fresh.is_empty() {
+            health::probe_new(self, &fresh).await;
+        }
+        let set = EndpointSet::new(&self.definition, endpoints)?;
+        let removed: Vec<Arc<Endpoint>> = old
+            .endpoints
+            .iter()
+            .filter(|o| !set.endpoints.iter().any(|e| Arc::ptr_eq(e, o)))
+            .cloned()
+            .collect();
+        let added = fresh.len();
+        current.store(Arc::new(set));
+        let n_removed = removed
+            .iter()
+            .filter(|o| !listed.iter().any(|(_, a, _)| *a == o.addr))
+            .count();
+        if let Ok(mut draining) = self.draining.lock() {
+            draining.retain(|e| e.in_flight() > 0);
+            draining.extend(removed.into_iter().filter(|e| e.in_flight() > 0));
+        }
+        Ok((added, n_removed))
     }
 
     /// Takes over the active health state of the endpoints `previous` (the cluster of the
     /// same name a reload replaces) has at the same address, so a changed cluster does not
     /// forget what it knew about the endpoints it keeps.
     pub fn inherit_health(&self, previous: &Cluster) {
-        for e in &self.endpoints {
-            let Some(old) = previous.endpoints.iter().find(|o| o.addr == e.addr) else {
+        let before = previous.endpoints();
+        for e in &self.endpoints() {
+            let Some(old) = before.iter().find(|o| o.addr == e.addr) else {
                 continue;
             };
             if previous.health_check.is_none() || self.health_check.is_none() {
@@ -289,10 +442,12 @@ impl Cluster {
     /// How many endpoints would get traffic right now.
     pub fn available_count(&self) -> usize {
         let now = self.now_ms();
-        self.endpoints
-            .iter()
-            .filter(|e| self.available(e, now))
-            .count()
+        self.with_set(|set| {
+            set.endpoints
+                .iter()
+                .filter(|e| self.available(e, now))
+                .count()
+        })
     }
 
     /// Picks an endpoint for one attempt, avoiding the ones in `exclude` (already tried by
@@ -300,23 +455,36 @@ impl Cluster {
     pub fn select(
         &self,
         input: &HashInput<'_>,
-        exclude: &[usize],
-    ) -> Result<(usize, &Arc<Endpoint>), SelectError> {
+        exclude: &[Arc<Endpoint>],
+    ) -> Result<Arc<Endpoint>, SelectError> {
+        self.with_set(|set| self.select_in(set, input, exclude))
+    }
+
+    fn select_in(
+        &self,
+        set: &EndpointSet,
+        input: &HashInput<'_>,
+        exclude: &[Arc<Endpoint>],
+    ) -> Result<Arc<Endpoint>, SelectError> {
         let now = self.now_ms();
-        let usable = |i: usize| self.available(&self.endpoints[i], now) && !exclude.contains(&i);
-        let picked = match &self.balancer {
+        let endpoints = &set.endpoints;
+        let usable = |i: usize| {
+            let e = &endpoints[i];
+            self.available(e, now) && !exclude.iter().any(|x| Arc::ptr_eq(x, e))
+        };
+        let picked = match &set.balancer {
             Balancer::RoundRobin { cycle, next } => {
                 let start = next.fetch_add(1, Ordering::Relaxed);
                 (0..cycle.len())
                     .map(|k| cycle[(start + k) % cycle.len()] as usize)
                     .find(|&i| usable(i))
             }
-            Balancer::LeastRequest => self.least_request(&usable),
+            Balancer::LeastRequest => least_request(endpoints, &usable),
             Balancer::ConsistentHash { ring, on, name } => {
                 let key = hash_key(*on, name, input);
                 ring.node_iter(key.as_bytes())
-                    .take(ring_probe_limit(self.endpoints.len()))
-                    .filter_map(|addr| self.endpoints.iter().position(|e| e.addr == *addr))
+                    .take(ring_probe_limit(endpoints.len()))
+                    .filter_map(|addr| endpoints.iter().position(|e| e.addr == *addr))
                     .find(|&i| usable(i))
             }
         };
@@ -326,44 +494,18 @@ impl Cluster {
             if exclude.is_empty() {
                 None
             } else {
-                (0..self.endpoints.len()).find(|&i| self.available(&self.endpoints[i], now))
+                (0..endpoints.len()).find(|&i| self.available(&endpoints[i], now))
             }
         });
         picked
-            .map(|i| (i, &self.endpoints[i]))
+            .map(|i| endpoints[i].clone())
             .ok_or(SelectError::NoHealthyEndpoint)
-    }
-
-    fn least_request(&self, usable: &dyn Fn(usize) -> bool) -> Option<usize> {
-        let candidates: Vec<usize> = (0..self.endpoints.len()).filter(|&i| usable(i)).collect();
-        match candidates.len() {
-            0 => None,
-            1 => Some(candidates[0]),
-            n => {
-                use rand::Rng;
-                let mut rng = rand::thread_rng();
-                let a = candidates[rng.gen_range(0..n)];
-                let mut b = candidates[rng.gen_range(0..n - 1)];
-                if b == a {
-                    b = candidates[n - 1];
-                }
-                // Compare in_flight/weight without division: a_load * b_w vs b_load * a_w.
-                let load = |i: usize| (self.endpoints[i].in_flight() + 1) as u64;
-                let w = |i: usize| self.endpoints[i].weight as u64;
-                Some(if load(a) * w(b) <= load(b) * w(a) {
-                    a
-                } else {
-                    b
-                })
-            }
-        }
     }
 
     /// Starts an attempt on a selected endpoint: asks its breaker (which may have changed
     /// its mind since selection, or has no half-open probe left) and counts the attempt
     /// as in flight until [`Cluster::finish`]. `None` means pick another endpoint.
-    pub fn start(&self, index: usize) -> Option<Attempt> {
-        let e = &self.endpoints[index];
+    pub fn start(&self, e: &Arc<Endpoint>) -> Option<Attempt> {
         let probe = match e.breaker.as_ref().map(CircuitBreaker::admit) {
             Some(Admission::Rejected { .. }) => return None,
             Some(Admission::Allowed { probe }) => probe,
@@ -371,7 +513,7 @@ impl Cluster {
         };
         e.in_flight.fetch_add(1, Ordering::Relaxed);
         Some(Attempt {
-            index,
+            endpoint: e.clone(),
             probe,
             peer: Box::new(e.peer.clone()),
         })
@@ -379,10 +521,8 @@ impl Cluster {
 
     /// Records the outcome of an attempt started with [`Cluster::start`] for passive outlier
     /// ejection.
-    pub fn finish(&self, index: usize, probe: bool, outcome: Outcome) {
-        let Some(e) = self.endpoints.get(index) else {
-            return;
-        };
+    /// The endpoint may have left the set since: its state is still its own.
+    pub fn finish(&self, e: &Endpoint, probe: bool, outcome: Outcome) {
         e.in_flight.fetch_sub(1, Ordering::Relaxed);
         if let Some(b) = &e.breaker {
             match outcome.success() {
@@ -459,8 +599,25 @@ impl Cluster {
                 queued: b.queued(),
             }),
             retry_budget: self.retry_budget.usage(),
+            discovery: self
+                .discovery
+                .as_ref()
+                .and_then(|d| d.lock().ok().map(|d| d.clone())),
+            draining: self
+                .draining
+                .lock()
+                .map(|d| {
+                    d.iter()
+                        .filter(|e| e.in_flight() > 0)
+                        .map(|e| DrainingStatus {
+                            address: e.name.clone(),
+                            in_flight: e.in_flight(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
             endpoints: self
-                .endpoints
+                .endpoints()
                 .iter()
                 .map(|e| EndpointStatus {
                     address: e.name.clone(),
@@ -482,7 +639,7 @@ impl Cluster {
 
 /// One attempt in progress on an endpoint.
 pub struct Attempt {
-    pub index: usize,
+    pub endpoint: Arc<Endpoint>,
     /// A half-open breaker probe: its outcome decides whether the breaker closes.
     pub probe: bool,
     pub peer: Box<HttpPeer>,
@@ -518,7 +675,19 @@ pub struct ClusterStatus {
     pub breaker: Option<BreakerState>,
     pub bulkhead: Option<BulkheadStatus>,
     pub retry_budget: budget::BudgetUsage,
+    /// Where a discovered cluster's endpoints come from and how the last update went.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<DiscoveryStatus>,
     pub endpoints: Vec<EndpointStatus>,
+    /// Endpoints discovery removed that still have requests in flight.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub draining: Vec<DrainingStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DrainingStatus {
+    pub address: String,
+    pub in_flight: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -537,6 +706,61 @@ pub struct BulkheadStatus {
     pub limit: usize,
     pub in_flight: usize,
     pub queued: usize,
+}
+
+impl EndpointSet {
+    /// The set and its balancer (a fresh round-robin cycle or hash ring).
+    fn new(def: &config::Cluster, endpoints: Vec<Arc<Endpoint>>) -> Result<EndpointSet, String> {
+        let balancer = match def.lb {
+            LbKind::RoundRobin => Balancer::RoundRobin {
+                cycle: smooth_weighted_cycle(&endpoints),
+                next: AtomicUsize::new(0),
+            },
+            LbKind::LeastRequest => Balancer::LeastRequest,
+            LbKind::ConsistentHash => {
+                let hash = def.hash.clone().ok_or("consistent_hash needs `hash`")?;
+                let buckets: Vec<Bucket> = endpoints
+                    .iter()
+                    .map(|e| Bucket::new(e.addr, e.weight))
+                    .collect();
+                Balancer::ConsistentHash {
+                    ring: Continuum::new(&buckets),
+                    on: hash.by,
+                    name: hash.name.unwrap_or_default().to_ascii_lowercase(),
+                }
+            }
+        };
+        Ok(EndpointSet {
+            endpoints,
+            balancer,
+        })
+    }
+}
+
+/// Power of two choices among the usable endpoints, on in-flight requests per weight.
+fn least_request(endpoints: &[Arc<Endpoint>], usable: &dyn Fn(usize) -> bool) -> Option<usize> {
+    let candidates: Vec<usize> = (0..endpoints.len()).filter(|&i| usable(i)).collect();
+    match candidates.len() {
+        0 => None,
+        1 => Some(candidates[0]),
+        n => {
+            use rand::Rng;
+            let mut rng = rand::thread_rng();
+            let a = candidates[rng.gen_range(0..n)];
+            let mut b = candidates[rng.gen_range(0..n - 1)];
+            if b == a {
+                b = candidates[n - 1];
+            }
+            // Compare in_flight/weight without division: a_load * b_w vs b_load * a_w.
+            let load = |i: usize| (endpoints[i].in_flight() + 1) as u64;
+            let w = |i: usize| endpoints[i].weight as u64;
+            Some(if load(a) * w(b) <= load(b) * w(a) {
+                a
+            } else {
+                b
+            })
+        }
+    }
 }
 
 /// Nginx's smooth weighted round robin, unrolled once into a cycle: weights 5,1,1 give
@@ -614,6 +838,13 @@ mod tests {
         Cluster::build("test", &def).unwrap()
     }
 
+    fn index_of(c: &Cluster, e: &Arc<Endpoint>) -> usize {
+        c.endpoints()
+            .iter()
+            .position(|x| Arc::ptr_eq(x, e))
+            .unwrap()
+    }
+
     fn input(headers: &http::HeaderMap) -> HashInput<'_> {
         HashInput {
             client_ip: None,
@@ -628,7 +859,7 @@ mod tests {
         );
         let h = http::HeaderMap::new();
         let picks: Vec<usize> = (0..8)
-            .map(|_| c.select(&input(&h), &[]).unwrap().0)
+            .map(|_| index_of(&c, &c.select(&input(&h), &[]).unwrap()))
             .collect();
         assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 6);
         // Never three of the heavy one in a row at the cycle's start and end.
@@ -641,10 +872,11 @@ mod tests {
             r#"lb = "least_request"
             endpoints = [{ address = "127.0.0.1:1" }, { address = "127.0.0.1:2" }]"#,
         );
-        let _busy: Vec<_> = (0..10).map(|_| c.start(0)).collect();
+        let first = c.endpoints()[0].clone();
+        let _busy: Vec<_> = (0..10).map(|_| c.start(&first)).collect();
         let h = http::HeaderMap::new();
         for _ in 0..20 {
-            assert_eq!(c.select(&input(&h), &[]).unwrap().0, 1);
+            assert_eq!(index_of(&c, &c.select(&input(&h), &[]).unwrap()), 1);
         }
     }
 
@@ -657,12 +889,12 @@ mod tests {
         );
         let mut h = http::HeaderMap::new();
         h.insert("x-user", "alice".parse().unwrap());
-        let first = c.select(&input(&h), &[]).unwrap().0;
+        let first = index_of(&c, &c.select(&input(&h), &[]).unwrap());
         for _ in 0..10 {
-            assert_eq!(c.select(&input(&h), &[]).unwrap().0, first);
+            assert_eq!(index_of(&c, &c.select(&input(&h), &[]).unwrap()), first);
         }
-        c.endpoints[first].healthy.store(false, Ordering::Relaxed);
-        let second = c.select(&input(&h), &[]).unwrap().0;
+        c.endpoints()[first].healthy.store(false, Ordering::Relaxed);
+        let second = index_of(&c, &c.select(&input(&h), &[]).unwrap());
         assert_ne!(second, first);
     }
 
@@ -673,16 +905,17 @@ mod tests {
             outlier = { consecutive_5xx = 2, min_healthy = 1, base_ejection = "10s", max_ejection = "1m", consecutive_connect_failures = 1 }"#,
         );
         let h = http::HeaderMap::new();
+        let e = c.endpoints();
         for _ in 0..2 {
-            c.start(0);
-            c.finish(0, false, Outcome::Response(503));
+            c.start(&e[0]);
+            c.finish(&e[0], false, Outcome::Response(503));
         }
         assert_eq!(c.available_count(), 1);
         // The last available endpoint is never ejected.
-        c.start(1);
-        c.finish(1, false, Outcome::ConnectFailure);
+        c.start(&e[1]);
+        c.finish(&e[1], false, Outcome::ConnectFailure);
         assert_eq!(c.available_count(), 1);
-        assert_eq!(c.select(&input(&h), &[]).unwrap().0, 1);
+        assert_eq!(index_of(&c, &c.select(&input(&h), &[]).unwrap()), 1);
         assert!(c.status().endpoints[0].ejected);
     }
 
@@ -692,23 +925,76 @@ mod tests {
         let old = cluster(&format!(
             "endpoints = [{{ address = \"127.0.0.1:1\" }}, {{ address = \"127.0.0.1:2\" }}]\n{hc}"
         ));
-        old.endpoints[0].healthy.store(false, Ordering::Relaxed);
-        old.endpoints[0].check_failures.store(3, Ordering::Relaxed);
+        old.endpoints()[0].healthy.store(false, Ordering::Relaxed);
+        old.endpoints()[0]
+            .check_failures
+            .store(3, Ordering::Relaxed);
         let new = cluster(&format!(
             "endpoints = [{{ address = \"127.0.0.1:1\" }}, {{ address = \"127.0.0.1:3\" }}]\n{hc}"
         ));
         new.inherit_health(&old);
-        assert!(!new.endpoints[0].is_healthy());
-        assert_eq!(new.endpoints[0].check_failures.load(Ordering::Relaxed), 3);
-        assert!(new.endpoints[0].probed.load(Ordering::Relaxed));
+        assert!(!new.endpoints()[0].is_healthy());
+        assert_eq!(new.endpoints()[0].check_failures.load(Ordering::Relaxed), 3);
+        assert!(new.endpoints()[0].probed.load(Ordering::Relaxed));
         // A new endpoint has no history: its first probe will decide.
-        assert!(!new.endpoints[1].probed.load(Ordering::Relaxed));
+        assert!(!new.endpoints()[1].probed.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test]
+    async fn a_discovery_update_keeps_staying_endpoints_and_drains_removed_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("e.json");
+        std::fs::write(
+            &file,
+            r#"[{"address": "127.0.0.1:1"}, {"address": "127.0.0.1:2"}]"#,
+        )
+        .unwrap();
+        let c = Arc::new(cluster(&format!(
+            "endpoints_file = {:?}",
+            file.to_str().unwrap()
+        )));
+        assert!(c.is_dynamic());
+        let before = c.endpoints();
+        before[0].ejections.store(2, Ordering::Relaxed);
+        let busy = c.start(&before[1]).unwrap();
+        let listed = |a: &[(&str, u32)]| {
+            a.iter()
+                .map(|(s, w)| (s.to_string(), s.parse().unwrap(), *w))
+                .collect::<Vec<_>>()
+        };
+        let (added, removed) = c
+            .apply_endpoints(listed(&[("127.0.0.1:1", 1), ("127.0.0.1:3", 1)]))
+            .await
+            .unwrap();
+        assert_eq!((added, removed), (1, 1));
+        let after = c.endpoints();
+        assert!(
+            Arc::ptr_eq(&after[0], &before[0]),
+            "a staying endpoint is the same one"
+        );
+        assert_eq!(after[1].addr, "127.0.0.1:3".parse().unwrap());
+        assert_eq!(c.status().draining.len(), 1);
+        // The removed endpoint's attempt still finishes on it, and it leaves the list.
+        c.finish(&busy.endpoint, false, Outcome::Response(200));
+        assert!(c.status().draining.is_empty());
+        // A new weight is a new endpoint with the old one's state.
+        c.apply_endpoints(listed(&[("127.0.0.1:1", 5), ("127.0.0.1:3", 1)]))
+            .await
+            .unwrap();
+        let reweighted = &c.endpoints()[0];
+        assert_eq!(reweighted.weight, 5);
+        assert_eq!(reweighted.ejections.load(Ordering::Relaxed), 2);
+        let h = http::HeaderMap::new();
+        let picks = (0..6)
+            .filter(|_| index_of(&c, &c.select(&input(&h), &[]).unwrap()) == 0)
+            .count();
+        assert_eq!(picks, 5);
     }
 
     #[test]
     fn no_available_endpoint_is_an_error() {
         let c = cluster(r#"endpoints = [{ address = "127.0.0.1:1" }]"#);
-        c.endpoints[0].healthy.store(false, Ordering::Relaxed);
+        c.endpoints()[0].healthy.store(false, Ordering::Relaxed);
         let h = http::HeaderMap::new();
         assert!(matches!(
             c.select(&input(&h), &[]),
