@@ -737,6 +737,9 @@ fn validate_routes(config: &Config, p: &mut Problems) {
                 }
             }
         }
+        if let Some(compress) = &r.compress {
+            validate_compress(compress, &at("compress"), p);
+        }
         if !r.path.starts_with('/') {
             p.add(&at("path"), format!("`{}` must start with /", r.path));
         } else if let Err(e) = crate::router::normalize_path(&r.path) {
@@ -867,6 +870,62 @@ fn validate_routes(config: &Config, p: &mut Problems) {
             &[key("routes"), Seg::Index(i), key("plugins")],
             p,
         );
+    }
+}
+
+fn validate_compress(c: &super::Compress, at: &[Seg], p: &mut Problems) {
+    let field = |f: &str| {
+        let mut path = at.to_vec();
+        path.push(key(f));
+        path
+    };
+    if c.algorithms.is_empty() {
+        p.add(
+            &field("algorithms"),
+            "must name at least one of zstd, br, gzip (remove `compress` to turn it off)",
+        );
+    }
+    let mut seen = HashSet::new();
+    for (j, a) in c.algorithms.iter().enumerate() {
+        let mut path = field("algorithms");
+        path.push(Seg::Index(j));
+        if crate::proxy::compress::Algorithm::from_name(a).is_none() {
+            p.add(
+                &path,
+                format!("`{a}` is not a supported coding (zstd, br, gzip)"),
+            );
+        } else if !seen.insert(a.as_str()) {
+            p.add(&path, format!("`{a}` is listed twice"));
+        }
+    }
+    if c.content_types.is_empty() {
+        p.add(&field("content_types"), "must list at least one media type");
+    }
+    for (j, t) in c.content_types.iter().enumerate() {
+        if let Err(e) = crate::proxy::compress::TypePattern::parse(t) {
+            let mut path = field("content_types");
+            path.push(Seg::Index(j));
+            p.add(&path, format!("`{t}`: {e}"));
+        }
+    }
+    let mut levels = field("levels");
+    for (name, level, range) in [
+        ("gzip", c.levels.gzip, 1..=9),
+        ("br", c.levels.br, 0..=11),
+        ("zstd", c.levels.zstd, 1..=19),
+    ] {
+        if !range.contains(&level) {
+            levels.push(key(name));
+            p.add(
+                &levels,
+                format!(
+                    "{name} level must be {}–{} (was {level})",
+                    range.start(),
+                    range.end()
+                ),
+            );
+            levels.pop();
+        }
     }
 }
 

@@ -46,6 +46,9 @@ pub struct Record<'a> {
     pub attempts: u32,
     /// Omitted from the line when `None`.
     pub error: Option<&'a str>,
+    /// The coding the gateway compressed the response body with (`response_bytes` counts
+    /// the compressed bytes); omitted when it did not.
+    pub compression: Option<&'static str>,
 }
 
 impl Record<'_> {
@@ -103,6 +106,10 @@ impl Record<'_> {
         if let Some(error) = self.error {
             out.extend_from_slice(b",\"error\":");
             json::string(out, error);
+        }
+        if let Some(coding) = self.compression {
+            out.extend_from_slice(b",\"compression\":");
+            json::string(out, coding);
         }
         out.push(b'}');
     }
@@ -483,6 +490,7 @@ mod tests {
             upstream_time: Some(Duration::from_micros(999)),
             attempts: 1,
             error,
+            compression: None,
         }
     }
 
@@ -521,6 +529,11 @@ mod tests {
         );
         let v = parsed(&record("/", None, Some("upstream_timeout")));
         assert_eq!(v["error"], "upstream_timeout");
+        let v = parsed(&Record {
+            compression: Some("br"),
+            ..record("/", None, None)
+        });
+        assert_eq!(v["compression"], "br");
         assert_eq!(v["host"], serde_json::Value::Null);
     }
 

@@ -51,6 +51,11 @@ pub struct Metrics {
     pub jwks_keys: IntGaugeVec,
     pub rate_limit_decisions: IntCounterVec,
     pub rate_limit_redis_failures: IntCounterVec,
+    /// Responses a route compressed, and their body bytes before and after, by route and
+    /// coding (`src/proxy/compress.rs`).
+    pub compressed_responses: IntCounterVec,
+    pub compression_bytes_in: IntCounterVec,
+    pub compression_bytes_out: IntCounterVec,
 }
 
 /// Latency buckets from 0.5 ms to 10 s: service-to-service calls live mostly under 200 ms.
@@ -258,8 +263,26 @@ impl Metrics {
             "Redis calls of the rate-limit plugin that failed, by kind (timeout, error)",
             &["kind"],
         );
+        let compressed_responses = counter(
+            "portico_compressed_responses_total",
+            "Responses sent compressed, by route and coding (zstd, br, gzip)",
+            &["route", "algorithm"],
+        );
+        let compression_bytes_in = counter(
+            "portico_compression_input_bytes_total",
+            "Body bytes of compressed responses before compression, by route and coding",
+            &["route", "algorithm"],
+        );
+        let compression_bytes_out = counter(
+            "portico_compression_output_bytes_total",
+            "Body bytes of compressed responses as sent, by route and coding (saved: input minus output)",
+            &["route", "algorithm"],
+        );
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(compressed_responses.clone()),
+            Box::new(compression_bytes_in.clone()),
+            Box::new(compression_bytes_out.clone()),
             Box::new(rate_limit_decisions.clone()),
             Box::new(rate_limit_redis_failures.clone()),
             Box::new(jwt_checks.clone()),
@@ -330,6 +353,9 @@ impl Metrics {
             jwks_keys,
             rate_limit_decisions,
             rate_limit_redis_failures,
+            compressed_responses,
+            compression_bytes_in,
+            compression_bytes_out,
         }
     }
 

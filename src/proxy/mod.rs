@@ -6,6 +6,7 @@
 //! per-request state in [`Ctx`], which holds the request's [`Snapshot`] from `new_ctx` to
 //! `logging`. `docs/ARCHITECTURE.md` walks through the hooks in order.
 
+pub mod compress;
 pub mod connection;
 pub mod error;
 pub mod explain;
@@ -92,6 +93,9 @@ pub struct Ctx {
     /// The upstream answered `101`: the connection is relayed as another protocol and
     /// counted in `portico_upgraded_connections` until the request ends.
     upgraded: bool,
+    /// The response body is being compressed (its route has `compress`, and the response
+    /// and the client's `Accept-Encoding` allow it).
+    compression: Option<compress::Encoding>,
 }
 
 impl Ctx {
@@ -148,6 +152,7 @@ impl ProxyHttp for Gateway {
         Ctx {
             max_body: snapshot.limits.max_body_bytes,
             upgraded: false,
+            compression: None,
             snapshot,
             route: None,
             target: None,
@@ -572,6 +577,10 @@ impl ProxyHttp for Gateway {
         headers::strip_hop_by_hop_response(resp);
         finish_response_headers(ctx, resp);
         run_response_hooks(ctx, session.req_header(), resp).await;
+        // Last, on the header as the client will get it (plugins may have changed it).
+        if let Some(policy) = ctx.route.as_ref().and_then(|r| r.compress.as_deref()) {
+            ctx.compression = policy.start(session.req_header(), resp);
+        }
         self.close_if_draining(session);
         if resp.status == http::StatusCode::SWITCHING_PROTOCOLS && !ctx.upgraded {
             if let Some(route) = &ctx.route {
@@ -583,6 +592,35 @@ impl ProxyHttp for Gateway {
             }
         }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if let Some(encoding) = &mut ctx.compression {
+            encoding.filter(body, end_of_stream)?;
+        }
+        Ok(None)
+    }
+
+    /// Trailers end a body without an end-of-stream chunk: a compressed body's encoder
+    /// is finished here, or its stream would be cut short. (Pingora then sends these
+    /// bytes as the body's end instead of the trailers; trailers come with gRPC, which no
+    /// compressible media type covers.)
+    async fn response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        _trailers: &mut http::HeaderMap,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Bytes>> {
+        match &mut ctx.compression {
+            Some(encoding) => encoding.finish(),
+            None => Ok(None),
+        }
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
@@ -684,6 +722,12 @@ impl ProxyHttp for Gateway {
         if ctx.upgraded {
             METRICS.upgraded_connections.dec();
         }
+        if let (Some(encoding), Some(policy)) = (
+            &ctx.compression,
+            ctx.route.as_ref().and_then(|r| r.compress.as_deref()),
+        ) {
+            policy.record(encoding);
+        }
         let elapsed = ctx.start.elapsed();
         let metrics = target
             .as_ref()
@@ -754,6 +798,7 @@ impl ProxyHttp for Gateway {
                 upstream_time: ctx.upstream_time,
                 attempts: ctx.attempts,
                 error,
+                compression: ctx.compression.as_ref().map(|c| c.algorithm.token()),
             };
             ctx.snapshot.access_log.write(&record);
         }

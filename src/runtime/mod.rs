@@ -46,6 +46,9 @@ pub struct Route {
     pub upgrades: Vec<Box<str>>,
     /// The route's own limits and timeouts (`None`: `[limits]` and the cluster's).
     pub limits: Option<Box<config::RouteLimits>>,
+    /// Response compression (`routes.compress`); `None`, the default, costs a response one
+    /// branch.
+    pub compress: Option<Box<crate::proxy::compress::Policy>>,
 }
 
 /// One destination of a route: a cluster, with the version it serves.
@@ -393,6 +396,9 @@ impl Snapshot {
                     .clone()
                     .filter(|l| *l != config::RouteLimits::default())
                     .map(Box::new),
+                compress: r.compress.as_ref().map(|c| {
+                    Box::new(crate::proxy::compress::Policy::new(r.id.as_str().into(), c))
+                }),
             };
             routes.push((spec, Arc::new(route)));
         }

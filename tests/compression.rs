@@ -1,0 +1,445 @@
+//! Per-route response compression (`[routes.compress]`) through the real gateway: each
+//! coding decoded by a real decoder equals the upstream's body, the client's q-values pick
+//! the coding, and what must stay untouched does (small bodies, other media types,
+//! already-encoded bodies, `HEAD`, 204, 304, `Range`, a route without `compress`), with
+//! `Vary`, `ETag` and the metrics and access log that account for it.
+
+mod common;
+
+use std::io::Read;
+
+use bytes::Bytes;
+use common::*;
+
+/// A 10 KiB JSON body like an API's list answer.
+fn json_body() -> Bytes {
+    let mut body = String::from("[");
+    let mut i = 0;
+    while body.len() < 10 * 1024 - 80 {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&format!(
+            "{{\"id\":{i},\"sku\":\"SKU-{:05}\",\"name\":\"item {i}\",\"in_stock\":{}}}",
+            i * 7,
+            i % 3 == 0
+        ));
+        i += 1;
+    }
+    body.push(']');
+    Bytes::from(body)
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+fn decode(coding: &str, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    match coding {
+        "gzip" => flate2::read::GzDecoder::new(data)
+            .read_to_end(&mut out)
+            .expect("gzip decodes"),
+        "br" => brotli::Decompressor::new(data, 4096)
+            .read_to_end(&mut out)
+            .expect("brotli decodes"),
+        "zstd" => zstd::stream::read::Decoder::new(data)
+            .unwrap()
+            .read_to_end(&mut out)
+            .expect("zstd decodes"),
+        other => panic!("unexpected coding {other}"),
+    };
+    out
+}
+
+/// An upstream with one response per path.
+async fn upstream() -> HttpServer {
+    HttpServer::start(|req: hyper::Request<hyper::body::Incoming>| async move {
+        let json = json_body();
+        let ok = |ct: &str, body: Bytes| {
+            hyper::Response::builder()
+                .status(200)
+                .header("content-type", ct)
+                .body(http_body_util::Full::new(body))
+                .unwrap()
+        };
+        let path = req.uri().path().to_string();
+        match path.as_str() {
+            "/json" => {
+                let mut resp = ok("application/json; charset=utf-8", json);
+                let h = resp.headers_mut();
+                h.insert("etag", "\"v1\"".parse().unwrap());
+                h.insert("accept-ranges", "bytes".parse().unwrap());
+                resp
+            }
+            "/small" => ok("application/json", Bytes::from_static(b"{\"ok\":true}")),
+            "/problem" => ok("application/problem+json", json),
+            "/png" => ok("image/png", json),
+            "/encoded" => {
+                let mut resp = ok("application/json", Bytes::from(gzip(&json)));
+                resp.headers_mut()
+                    .insert("content-encoding", "gzip".parse().unwrap());
+                resp
+            }
+            "/vary" => {
+                let mut resp = ok("application/json", json);
+                resp.headers_mut().insert("vary", "Origin".parse().unwrap());
+                resp
+            }
+            "/no-transform" => {
+                let mut resp = ok("application/json", json);
+                resp.headers_mut()
+                    .insert("cache-control", "no-transform".parse().unwrap());
+                resp
+            }
+            "/no-content" => hyper::Response::builder()
+                .status(204)
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(Bytes::new()))
+                .unwrap(),
+            "/not-modified" => hyper::Response::builder()
+                .status(304)
+                .header("etag", "\"v1\"")
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(Bytes::new()))
+                .unwrap(),
+            _ => hyper::Response::builder()
+                .status(404)
+                .body(http_body_util::Full::new(Bytes::new()))
+                .unwrap(),
+        }
+    })
+    .await
+}
+
+/// `/z/…` compresses with the defaults, `/gz/…` offers gzip only from 64 bytes for
+/// `application/json`, and `/…` (the same upstream) does not compress.
+async fn gateway(up: &HttpServer) -> Gateway {
+    Gateway::config()
+        .route_with(
+            "zipped",
+            "/z",
+            "c",
+            "strip_prefix = true\n[routes.compress]\n",
+        )
+        .route_with(
+            "gzip-only",
+            "/gz",
+            "c",
+            "strip_prefix = true\ncompress = { algorithms = [\"gzip\"], min_size = 64, \
+             content_types = [\"application/json\"], levels = { gzip = 1 } }",
+        )
+        .route("plain", "/", "c")
+        .cluster_at("c", &[up.addr], "")
+        .start()
+        .await
+}
+
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    fn vary(&self) -> Vec<String> {
+        self.headers
+            .get_all("vary")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+async fn fetch(gw: &Gateway, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
+    // reqwest without its compression features neither asks for nor decodes codings: the
+    // body is what the gateway sent.
+    let mut req = http_client().request(method.parse().unwrap(), gw.url(path));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let resp = req.send().await.expect("request through the gateway");
+    Answer {
+        status: resp.status().as_u16(),
+        headers: resp.headers().clone(),
+        body: resp.bytes().await.expect("body").to_vec(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_coding_decodes_to_the_upstream_body() {
+    bounded(async {
+        let up = upstream().await;
+        let gw = gateway(&up).await;
+        let original = json_body();
+        for coding in ["gzip", "br", "zstd"] {
+            let a = fetch(&gw, "GET", "/z/json", &[("accept-encoding", coding)]).await;
+            assert_eq!(a.status, 200);
+            assert_eq!(a.header("content-encoding"), Some(coding));
+            assert!(a.header("content-length").is_none(), "{coding}: streamed");
+            assert!(a.header("accept-ranges").is_none(), "{coding}");
+            assert_eq!(a.header("etag"), Some("W/\"v1\""), "{coding}: weak ETag");
+            assert_eq!(a.vary(), ["Accept-Encoding"]);
+            assert!(
+                a.body.len() < original.len() / 3,
+                "{coding}: {} of {} bytes",
+                a.body.len(),
+                original.len()
+            );
+            assert!(decode(coding, &a.body) == original, "{coding} round trip");
+        }
+        // A `+json` type is in the default list.
+        let a = fetch(&gw, "GET", "/z/problem", &[("accept-encoding", "gzip")]).await;
+        assert_eq!(a.header("content-encoding"), Some("gzip"));
+        assert!(decode("gzip", &a.body) == original);
+
+        // Counted per route and coding, with the bytes saved; and in the access log.
+        let metrics = gw.metrics().await;
+        let count = |name: &str, coding: &str| {
+            metric_value(
+                &metrics,
+                name,
+                &[("route", "zipped"), ("algorithm", coding)],
+            )
+            .unwrap_or(0.0)
+        };
+        assert_eq!(count("portico_compressed_responses_total", "br"), 1.0);
+        assert_eq!(count("portico_compressed_responses_total", "zstd"), 1.0);
+        assert_eq!(count("portico_compressed_responses_total", "gzip"), 2.0);
+        assert_eq!(
+            count("portico_compression_input_bytes_total", "br"),
+            original.len() as f64
+        );
+        let out = count("portico_compression_output_bytes_total", "br");
+        assert!(out > 0.0 && out < original.len() as f64 / 3.0, "{out}");
+        let lines = gw.wait_access_log(4).await;
+        let codings: Vec<_> = lines
+            .iter()
+            .map(|l| l["compression"].as_str().unwrap_or("-").to_string())
+            .collect();
+        assert_eq!(codings, ["gzip", "br", "zstd", "gzip"]);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q_values_choose_the_coding() {
+    bounded(async {
+        let up = upstream().await;
+        let gw = gateway(&up).await;
+        let original = json_body();
+        for (accept, expected) in [
+            ("gzip;q=0.5, br;q=1", Some("br")),
+            ("gzip, br, zstd", Some("zstd")),
+            ("br;q=0.3, gzip;q=0.8", Some("gzip")),
+            ("gzip;q=0.5, *;q=0.6", Some("zstd")),
+            ("*;q=0", None),
+            ("identity", None),
+            ("gzip;q=0", None),
+            ("gzip;q=0.5, identity", None),
+            ("deflate", None),
+        ] {
+            let a = fetch(&gw, "GET", "/z/json", &[("accept-encoding", accept)]).await;
+            assert_eq!(a.status, 200, "{accept}");
+            assert_eq!(a.header("content-encoding"), expected, "{accept}");
+            // Either way the answer depended on Accept-Encoding.
+            assert_eq!(a.vary(), ["Accept-Encoding"], "{accept}");
+            match expected {
+                Some(coding) => assert!(decode(coding, &a.body) == original, "{accept}"),
+                None => {
+                    assert!(a.body == original, "{accept}: identity body");
+                    assert_eq!(a.header("etag"), Some("\"v1\""), "{accept}");
+                    assert_eq!(
+                        a.header("content-length"),
+                        Some(original.len().to_string().as_str())
+                    );
+                }
+            }
+        }
+        // No Accept-Encoding at all: identity.
+        let a = fetch(&gw, "GET", "/z/json", &[]).await;
+        assert!(a.header("content-encoding").is_none());
+        assert!(a.body == original);
+        // The route offers gzip only: a client preferring br still gets gzip, one refusing
+        // gzip gets identity.
+        let a = fetch(
+            &gw,
+            "GET",
+            "/gz/json",
+            &[("accept-encoding", "br, gzip;q=0.1")],
+        )
+        .await;
+        assert_eq!(a.header("content-encoding"), Some("gzip"));
+        assert!(decode("gzip", &a.body) == original);
+        let a = fetch(&gw, "GET", "/gz/json", &[("accept-encoding", "br, zstd")]).await;
+        assert!(a.header("content-encoding").is_none());
+        assert!(a.body == original);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_must_stay_untouched_does() {
+    bounded(async {
+        let up = upstream().await;
+        let gw = gateway(&up).await;
+        let original = json_body();
+        let all = [("accept-encoding", "gzip, br, zstd")];
+
+        // Below min_size (default 1 KiB): as the upstream sent it, and no Vary (it would
+        // never be compressed, whatever the client accepts).
+        let a = fetch(&gw, "GET", "/z/small", &all).await;
+        assert!(a.header("content-encoding").is_none());
+        assert_eq!(a.body, b"{\"ok\":true}");
+        assert!(a.vary().is_empty());
+        // … while a route with a lower minimum compresses the same small-ish body.
+        let a = fetch(&gw, "GET", "/gz/json", &all).await;
+        assert_eq!(a.header("content-encoding"), Some("gzip"));
+
+        // A media type outside the list.
+        let a = fetch(&gw, "GET", "/z/png", &all).await;
+        assert!(a.header("content-encoding").is_none());
+        assert!(a.body == original);
+        assert!(a.vary().is_empty());
+        let a = fetch(&gw, "GET", "/gz/problem", &all).await;
+        assert!(
+            a.header("content-encoding").is_none(),
+            "not in this route's list"
+        );
+
+        // Already encoded by the upstream: passed through, not encoded twice.
+        let a = fetch(&gw, "GET", "/z/encoded", &[("accept-encoding", "br, gzip")]).await;
+        assert_eq!(a.header("content-encoding"), Some("gzip"));
+        assert!(decode("gzip", &a.body) == original);
+
+        // Cache-Control: no-transform.
+        let a = fetch(&gw, "GET", "/z/no-transform", &all).await;
+        assert!(a.header("content-encoding").is_none());
+        assert!(a.body == original);
+
+        // An existing Vary is merged with, not replaced or repeated.
+        let a = fetch(&gw, "GET", "/z/vary", &all).await;
+        assert_eq!(a.header("content-encoding"), Some("zstd"));
+        assert_eq!(a.vary(), ["Origin, Accept-Encoding"]);
+
+        // HEAD, 204, 304 and Range requests.
+        let a = fetch(&gw, "HEAD", "/z/json", &all).await;
+        assert_eq!(a.status, 200);
+        assert!(a.header("content-encoding").is_none());
+        assert_eq!(
+            a.header("content-length"),
+            Some(original.len().to_string().as_str())
+        );
+        assert_eq!(a.header("etag"), Some("\"v1\""));
+        let a = fetch(&gw, "GET", "/z/no-content", &all).await;
+        assert_eq!(a.status, 204);
+        assert!(a.header("content-encoding").is_none() && a.vary().is_empty());
+        let a = fetch(&gw, "GET", "/z/not-modified", &all).await;
+        assert_eq!(a.status, 304);
+        assert!(a.header("content-encoding").is_none() && a.vary().is_empty());
+        assert_eq!(a.header("etag"), Some("\"v1\""));
+        let a = fetch(&gw, "GET", "/z/json", &[all[0], ("range", "bytes=0-99")]).await;
+        assert!(a.header("content-encoding").is_none());
+        assert!(a.body == original, "the upstream ignores Range here");
+
+        let metrics = gw.metrics().await;
+        let compressed = metric_sum(
+            &metrics,
+            "portico_compressed_responses_total",
+            &[("route", "zipped")],
+        );
+        assert_eq!(compressed, 1.0, "only the Vary response on /z");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_without_compress_is_unchanged() {
+    bounded(async {
+        let up = upstream().await;
+        let gw = gateway(&up).await;
+        let original = json_body();
+        let direct = reqwest::Client::new()
+            .get(format!("http://{}/json", up.addr))
+            .header("accept-encoding", "gzip, br, zstd")
+            .send()
+            .await
+            .unwrap();
+        let direct_headers = direct.headers().clone();
+        for accept in ["gzip, br, zstd", "br", "*"] {
+            let a = fetch(&gw, "GET", "/json", &[("accept-encoding", accept)]).await;
+            assert_eq!(a.status, 200);
+            assert!(a.body == original, "{accept}: byte-identical body");
+            assert!(a.header("content-encoding").is_none());
+            assert!(a.vary().is_empty(), "{accept}: no Vary added");
+            for name in ["content-type", "content-length", "etag", "accept-ranges"] {
+                assert_eq!(
+                    a.headers.get(name),
+                    direct_headers.get(name),
+                    "{accept}: {name} as the upstream sent it"
+                );
+            }
+        }
+        let metrics = gw.metrics().await;
+        assert!(!metrics.contains("portico_compressed_responses_total{"));
+        let lines = gw.wait_access_log(3).await;
+        assert!(lines.iter().all(|l| l.get("compression").is_none()));
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_settings_are_refused_with_their_place() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("portico.toml");
+        let text = "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n\
+            [[routes]]\nid = \"r\"\npath = \"/\"\ncluster = \"c\"\n\
+            [routes.compress]\nalgorithms = [\"gzip\", \"deflate\", \"gzip\"]\n\
+            content_types = [\"json\"]\nlevels = { gzip = 12 }\n\n\
+            [clusters.c]\nendpoints = [{ address = \"127.0.0.1:9\" }]\n";
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new(PORTICO)
+            .args(["check", "-c"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        for expected in [
+            "portico.toml:11:25: routes[0].compress.algorithms[1]: `deflate` is not a supported coding",
+            "portico.toml:11:36: routes[0].compress.algorithms[2]: `gzip` is listed twice",
+            "portico.toml:12:18: routes[0].compress.content_types[0]: `json`",
+            "portico.toml:13:19: routes[0].compress.levels.gzip: gzip level must be 1–9 (was 12)",
+        ] {
+            assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+        }
+
+        // `portico routes` shows a route's settings.
+        let text = text
+            .replace("\"gzip\", \"deflate\", \"gzip\"", "\"br\", \"gzip\"")
+            .replace("[\"json\"]", "[\"application/json\"]")
+            .replace("gzip = 12", "gzip = 5");
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new(PORTICO)
+            .args(["routes", "-c"])
+            .arg(&path)
+            .args(["GET", "/x"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            stdout.contains("compress:   br 4, gzip 5; from 1024 bytes; application/json"),
+            "{stdout}"
+        );
+    })
+    .await
+}
