@@ -200,7 +200,9 @@ async fn each_coding_decodes_to_the_upstream_body() {
         assert_eq!(a.header("content-encoding"), Some("gzip"));
         assert!(decode("gzip", &a.body) == original);
 
-        // Counted per route and coding, with the bytes saved; and in the access log.
+        // Counted per route and coding, with the bytes saved; and in the access log. (A
+        // request is counted after its response is sent.)
+        let lines = gw.wait_access_log(4).await;
         let metrics = gw.metrics().await;
         let count = |name: &str, coding: &str| {
             metric_value(
@@ -219,7 +221,6 @@ async fn each_coding_decodes_to_the_upstream_body() {
         );
         let out = count("portico_compression_output_bytes_total", "br");
         assert!(out > 0.0 && out < original.len() as f64 / 3.0, "{out}");
-        let lines = gw.wait_access_log(4).await;
         let codings: Vec<_> = lines
             .iter()
             .map(|l| l["compression"].as_str().unwrap_or("-").to_string())
@@ -349,6 +350,7 @@ async fn what_must_stay_untouched_does() {
         assert!(a.header("content-encoding").is_none());
         assert!(a.body == original, "the upstream ignores Range here");
 
+        gw.wait_access_log(11).await;
         let metrics = gw.metrics().await;
         let compressed = metric_sum(
             &metrics,
@@ -356,6 +358,68 @@ async fn what_must_stay_untouched_does() {
             &[("route", "zipped")],
         );
         assert_eq!(compressed, 1.0, "only the Vary response on /z");
+    })
+    .await
+}
+
+/// An upstream that streams `json_body()` in chunks of 1000 bytes, a few ms apart, with no
+/// `Content-Length` (chunked), as a service that writes its answer as it goes.
+async fn streaming_upstream() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                          transfer-encoding: chunked\r\nconnection: close\r\n\r\n",
+                    )
+                    .await;
+                for chunk in json_body().chunks(1000) {
+                    let mut framed = format!("{:x}\r\n", chunk.len()).into_bytes();
+                    framed.extend_from_slice(chunk);
+                    framed.extend_from_slice(b"\r\n");
+                    let _ = stream.write_all(&framed).await;
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                }
+                let _ = stream.write_all(b"0\r\n\r\n").await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_body_is_compressed_as_it_arrives() {
+    bounded(async {
+        let (addr, upstream) = streaming_upstream().await;
+        let gw = Gateway::config()
+            .route_with("zipped", "/", "c", "compress = {}")
+            .cluster_at("c", &[addr], "")
+            .start()
+            .await;
+        let original = json_body();
+        for coding in ["gzip", "br", "zstd"] {
+            let a = fetch(&gw, "GET", "/stream", &[("accept-encoding", coding)]).await;
+            assert_eq!(a.status, 200);
+            assert_eq!(a.header("content-encoding"), Some(coding));
+            assert!(a.header("content-length").is_none());
+            assert!(decode(coding, &a.body) == original, "{coding} round trip");
+        }
+        upstream.abort();
     })
     .await
 }
@@ -387,10 +451,10 @@ async fn a_route_without_compress_is_unchanged() {
                 );
             }
         }
-        let metrics = gw.metrics().await;
-        assert!(!metrics.contains("portico_compressed_responses_total{"));
         let lines = gw.wait_access_log(3).await;
         assert!(lines.iter().all(|l| l.get("compression").is_none()));
+        let metrics = gw.metrics().await;
+        assert!(!metrics.contains("portico_compressed_responses_total{"));
     })
     .await
 }
@@ -414,10 +478,10 @@ async fn bad_settings_are_refused_with_their_place() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{stderr}");
         for expected in [
-            "portico.toml:11:25: routes[0].compress.algorithms[1]: `deflate` is not a supported coding",
-            "portico.toml:11:36: routes[0].compress.algorithms[2]: `gzip` is listed twice",
-            "portico.toml:12:18: routes[0].compress.content_types[0]: `json`",
-            "portico.toml:13:19: routes[0].compress.levels.gzip: gzip level must be 1–9 (was 12)",
+            "portico.toml:12:23: routes[0].compress.algorithms[1]: `deflate` is not a supported coding",
+            "portico.toml:12:34: routes[0].compress.algorithms[2]: `gzip` is listed twice",
+            "portico.toml:13:18: routes[0].compress.content_types[0]: `json`: a media type is written type/subtype",
+            "portico.toml:14:19: routes[0].compress.levels.gzip: gzip level must be 1–9 (was 12)",
         ] {
             assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
         }
