@@ -260,7 +260,9 @@ impl Policy {
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
-        length.is_none_or(|n| n >= self.min_size)
+        // An empty body stays empty whatever `min_size` says: there is no encoder output
+        // to send for a body that never reaches the body filter.
+        length.is_none_or(|n| n > 0 && n >= self.min_size)
     }
 
     /// Counts a compressed response: its coding, and its body before and after.
@@ -684,6 +686,24 @@ mod tests {
             resp.set_status(status).unwrap();
             untouched(request(Some("gzip")), resp);
         }
+        let everything = Policy::new(
+            "t".into(),
+            &config::Compress {
+                min_size: 0,
+                ..Default::default()
+            },
+        );
+        assert!(everything
+            .start(&request(Some("gzip")), &mut response(1))
+            .is_some());
+        assert!(everything
+            .start(&request(Some("gzip")), &mut response(0))
+            .is_none());
+        let mut streamed = response(0);
+        streamed.remove_header(&CONTENT_LENGTH);
+        assert!(policy()
+            .start(&request(Some("gzip")), &mut streamed)
+            .is_some());
         let mut vary_all = response(4096);
         vary_all.insert_header(VARY, "*").unwrap();
         untouched(request(None), vary_all);
