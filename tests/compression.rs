@@ -5,6 +5,7 @@
 //! `Vary`, `ETag` and the metrics and access log that account for it.
 
 mod common;
+mod ops_support;
 
 use std::io::Read;
 
@@ -420,6 +421,69 @@ async fn a_streamed_body_is_compressed_as_it_arrives() {
             assert!(decode(coding, &a.body) == original, "{coding} round trip");
         }
         upstream.abort();
+    })
+    .await
+}
+
+/// Over HTTP/2 (TLS, ALPN h2) the encoded body is framed by DATA frames: no
+/// `Transfer-Encoding`, the same codings and the same bytes once decoded. curl makes the
+/// requests (it sends `Accept-Encoding` as given and, without `--compressed`, decodes
+/// nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_get_the_same_codings() {
+    bounded(async {
+        let up = upstream().await;
+        let certs = tempfile::tempdir().unwrap();
+        let ca = ops_support::TestCa::new("compress-ca");
+        let ca_pem = ca.write(certs.path());
+        let leaf = ca.server(certs.path(), "leaf", &["localhost"]);
+        let gw = Gateway::config()
+            .listener(&format!(
+                "tls = {{ cert = \"{}\", key = \"{}\" }}",
+                leaf.cert.display(),
+                leaf.key.display()
+            ))
+            .route_with("zipped", "/", "c", "compress = {}")
+            .cluster_at("c", &[up.addr], "")
+            .start()
+            .await;
+        let original = json_body();
+        for coding in ["gzip", "br", "zstd"] {
+            let body = certs.path().join(format!("body.{coding}"));
+            let out = tokio::process::Command::new("curl")
+                .args(["-sS", "--http2", "-D", "-", "-o"])
+                .arg(&body)
+                .arg("--cacert")
+                .arg(&ca_pem)
+                .arg("--resolve")
+                .arg(format!("localhost:{}:127.0.0.1", gw.listen.port()))
+                .args(["-H", &format!("accept-encoding: {coding}")])
+                .arg(format!("https://localhost:{}/json", gw.listen.port()))
+                .output()
+                .await;
+            let out = match out {
+                Ok(out) => out,
+                Err(e) => {
+                    println!("SKIPPED the HTTP/2 requests: no curl ({e})");
+                    return;
+                }
+            };
+            let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+            assert!(
+                head.starts_with("http/2 200"),
+                "{head}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                head.contains(&format!("content-encoding: {coding}\r\n")),
+                "{head}"
+            );
+            assert!(head.contains("vary: accept-encoding\r\n"), "{head}");
+            assert!(!head.contains("transfer-encoding"), "{head}");
+            assert!(!head.contains("content-length"), "{head}");
+            let sent = std::fs::read(&body).unwrap();
+            assert!(decode(coding, &sent) == original, "{coding} over h2");
+        }
     })
     .await
 }
