@@ -363,9 +363,12 @@ async fn what_must_stay_untouched_does() {
     .await
 }
 
-/// An upstream that streams `json_body()` in chunks of 1000 bytes, a few ms apart, with no
-/// `Content-Length` (chunked), as a service that writes its answer as it goes.
-async fn streaming_upstream() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+/// An upstream that streams `json_body()` in chunks of 1000 bytes with no
+/// `Content-Length` (chunked), as a service that writes its answer as it goes; after the
+/// first chunk it waits until the test adds a permit to `release` (at most 5 s).
+async fn streaming_upstream(
+    release: std::sync::Arc<tokio::sync::Semaphore>,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -374,6 +377,7 @@ async fn streaming_upstream() -> (std::net::SocketAddr, tokio::task::JoinHandle<
             let Ok((mut stream, _)) = listener.accept().await else {
                 continue;
             };
+            let release = release.clone();
             tokio::spawn(async move {
                 let mut head = Vec::new();
                 let mut buf = [0u8; 4096];
@@ -385,16 +389,23 @@ async fn streaming_upstream() -> (std::net::SocketAddr, tokio::task::JoinHandle<
                 }
                 let _ = stream
                     .write_all(
-                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\n\
                           transfer-encoding: chunked\r\nconnection: close\r\n\r\n",
                     )
                     .await;
-                for chunk in json_body().chunks(1000) {
+                for (i, chunk) in json_body().chunks(1000).enumerate() {
+                    if i == 1 {
+                        let wait = release.acquire();
+                        if let Ok(Ok(permit)) =
+                            tokio::time::timeout(std::time::Duration::from_secs(5), wait).await
+                        {
+                            permit.forget();
+                        }
+                    }
                     let mut framed = format!("{:x}\r\n", chunk.len()).into_bytes();
                     framed.extend_from_slice(chunk);
                     framed.extend_from_slice(b"\r\n");
                     let _ = stream.write_all(&framed).await;
-                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
                 }
                 let _ = stream.write_all(b"0\r\n\r\n").await;
             });
@@ -403,10 +414,28 @@ async fn streaming_upstream() -> (std::net::SocketAddr, tokio::task::JoinHandle<
     (addr, task)
 }
 
+/// What a decoder makes of the start of a stream.
+fn decode_prefix(coding: &str, data: &[u8]) -> Vec<u8> {
+    let mut reader: Box<dyn Read + '_> = match coding {
+        "gzip" => Box::new(flate2::read::GzDecoder::new(data)),
+        "br" => Box::new(brotli::Decompressor::new(data, 4096)),
+        _ => Box::new(zstd::stream::read::Decoder::new(data).unwrap()),
+    };
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    while let Ok(n @ 1..) = reader.read(&mut buf) {
+        out.extend_from_slice(&buf[..n]);
+    }
+    out
+}
+
+/// A streamed body is compressed chunk by chunk as it arrives: what the upstream has sent
+/// so far reaches the client decodable, before the upstream finishes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_body_is_compressed_as_it_arrives() {
     bounded(async {
-        let (addr, upstream) = streaming_upstream().await;
+        let release = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+        let (addr, upstream) = streaming_upstream(release.clone()).await;
         let gw = Gateway::config()
             .route_with("zipped", "/", "c", "compress = {}")
             .cluster_at("c", &[addr], "")
@@ -414,11 +443,31 @@ async fn a_streamed_body_is_compressed_as_it_arrives() {
             .await;
         let original = json_body();
         for coding in ["gzip", "br", "zstd"] {
-            let a = fetch(&gw, "GET", "/stream", &[("accept-encoding", coding)]).await;
-            assert_eq!(a.status, 200);
-            assert_eq!(a.header("content-encoding"), Some(coding));
-            assert!(a.header("content-length").is_none());
-            assert!(decode(coding, &a.body) == original, "{coding} round trip");
+            let mut resp = http_client()
+                .get(gw.url("/stream"))
+                .header("accept-encoding", coding)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            assert_eq!(header(&resp, "content-encoding").as_deref(), Some(coding));
+            assert!(header(&resp, "content-length").is_none());
+            // The first 1000 bytes, while the upstream holds the rest back.
+            let mut wire = Vec::new();
+            while decode_prefix(coding, &wire).len() < 1000 {
+                let chunk = tokio::time::timeout(std::time::Duration::from_secs(3), resp.chunk())
+                    .await
+                    .unwrap_or_else(|_| panic!("{coding}: the first chunk is held back"))
+                    .unwrap()
+                    .expect("more body");
+                wire.extend_from_slice(&chunk);
+            }
+            assert_eq!(decode_prefix(coding, &wire), original[..1000]);
+            release.add_permits(1);
+            while let Some(chunk) = resp.chunk().await.unwrap() {
+                wire.extend_from_slice(&chunk);
+            }
+            assert!(decode(coding, &wire) == original, "{coding} round trip");
         }
         upstream.abort();
     })
