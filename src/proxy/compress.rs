@@ -11,7 +11,7 @@
 //!
 //! The bodies are encoded here too, with the crates Pingora's encoders wrap (flate2 on
 //! zlib-ng, brotli, zstd) at the same settings, for two reasons Pingora 0.9's encoders
-//! cannot meet: its `Encode` trait only writes out at the end of the body, so a streamed
+//! cannot meet: its encoders never flush before the end of the body, so a streamed
 //! response (NDJSON, server-sent events, a long list written as it is read) would stall in
 //! the compressor's window until it filled, where [`Encoding`] flushes after each chunk of
 //! a body of unknown length; and its brotli encoder never finishes the stream, so strict
@@ -750,7 +750,7 @@ mod tests {
     }
 
     /// Why the encoders are the gateway's own (see the module note): Pingora 0.9's
-    /// encoders write nothing of a chunk before the end of the body, and its brotli stream
+    /// encoders send nothing of a small chunk before the end of the body, and its brotli stream
     /// lacks the last meta-block. When this starts failing, look at Pingora's again.
     #[test]
     fn pingora_encoders_hold_streams_back_and_leave_brotli_unfinished() {
