@@ -31,6 +31,13 @@ fn json_body() -> Bytes {
     Bytes::from(body)
 }
 
+/// 300 bytes of JSON: below the default `min_size`, above the `/gz` route's 64.
+fn small_body() -> Bytes {
+    let body = format!("{{\"notes\":\"{}\"}}", "abc ".repeat(72));
+    assert_eq!(body.len(), 300);
+    Bytes::from(body)
+}
+
 fn gzip(data: &[u8]) -> Vec<u8> {
     use std::io::Write;
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -76,7 +83,7 @@ async fn upstream() -> HttpServer {
                 h.insert("accept-ranges", "bytes".parse().unwrap());
                 resp
             }
-            "/small" => ok("application/json", Bytes::from_static(b"{\"ok\":true}")),
+            "/small" => ok("application/json", small_body()),
             "/problem" => ok("application/problem+json", json),
             "/png" => ok("image/png", json),
             "/encoded" => {
@@ -299,11 +306,13 @@ async fn what_must_stay_untouched_does() {
         // never be compressed, whatever the client accepts).
         let a = fetch(&gw, "GET", "/z/small", &all).await;
         assert!(a.header("content-encoding").is_none());
-        assert_eq!(a.body, b"{\"ok\":true}");
+        assert_eq!(a.body, small_body());
+        assert_eq!(a.header("content-length"), Some("300"));
         assert!(a.vary().is_empty());
-        // … while a route with a lower minimum compresses the same small-ish body.
-        let a = fetch(&gw, "GET", "/gz/json", &all).await;
+        // … while a route with a lower minimum (64) compresses the same body.
+        let a = fetch(&gw, "GET", "/gz/small", &all).await;
         assert_eq!(a.header("content-encoding"), Some("gzip"));
+        assert_eq!(decode("gzip", &a.body), small_body());
 
         // A media type outside the list.
         let a = fetch(&gw, "GET", "/z/png", &all).await;
