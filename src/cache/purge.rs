@@ -336,6 +336,33 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_key_purge_takes_the_entry_stored_under_that_hash() {
+        use pingora_cache::key::CacheHashKey;
+        use pingora_cache::storage::Storage;
+        use pingora_cache::trace::Span;
+        use pingora_cache::{CacheKey, CacheMeta};
+
+        let store: &'static Store = Box::leak(Box::new(Store::new(Default::default())));
+        let key = CacheKey::new("api.example/v1/orders", "");
+        let span = Span::inactive().handle();
+        let now = std::time::SystemTime::now();
+        let header = pingora_http::ResponseHeader::build(200, None).unwrap();
+        let meta = CacheMeta::new(now + std::time::Duration::from_secs(60), now, 0, 0, header);
+        let mut miss = store.get_miss_handler(&key, &meta, &span).await.unwrap();
+        miss.write_body(bytes::Bytes::from_static(b"x"), true)
+            .await
+            .unwrap();
+        miss.finish().await.unwrap();
+
+        // Not tagged with its origin: only its key reaches it.
+        assert_eq!(Purge::prefix("api.example", "").unwrap().run(store), 0);
+        let purge = Purge::key(&key.combined().to_ascii_uppercase()).unwrap();
+        assert_eq!(purge.run(store), 1);
+        assert!(store.lookup(&key, &span).await.unwrap().is_none());
+        assert_eq!(purge.run(store), 0);
+    }
+
     #[test]
     fn a_bad_request_is_a_problem_document() {
         let (status, content_type, body) = answer(b"{}");

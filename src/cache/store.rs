@@ -1359,6 +1359,67 @@ mod tests {
             .all(|s| s.read().values().all(|slot| slot.writes.is_empty())));
     }
 
+    /// The store under pingora-cache's own state machine, in the order pingora-proxy drives
+    /// it: a miss fills (its request reading its own body back by write tag), a concurrent
+    /// request streams the fill, a later one hits, and `HttpCache::purge` removes it.
+    #[tokio::test]
+    async fn pingora_http_cache_fills_streams_hits_and_purges_through_the_store() {
+        use pingora_cache::{HitStatus, HttpCache};
+        let store = leaked::<SHARDS>(Limits::default());
+        let request = || {
+            let mut cache = HttpCache::new();
+            cache.enable(store, None, None, None, None);
+            cache.set_cache_key(key("api.example", "/v1/fill"));
+            cache
+        };
+
+        let mut filler = request();
+        assert!(filler.cache_lookup().await.unwrap().is_none());
+        filler.cache_miss();
+        filler.set_cache_meta(meta());
+        filler.set_miss_handler().await.unwrap();
+        assert!(
+            filler.miss_body_reader().is_some(),
+            "streaming partial write"
+        );
+
+        let mut follower = request();
+        let (meta_found, hit) = follower.cache_lookup().await.unwrap().expect("partial hit");
+        follower.cache_found(meta_found, hit, HitStatus::Fresh);
+
+        let miss = filler.miss_handler().unwrap();
+        miss.write_body(Bytes::from_static(b"first,"), false)
+            .await
+            .unwrap();
+        assert_eq!(
+            follower.hit_handler().read_body().await.unwrap().unwrap(),
+            "first,"
+        );
+        let miss = filler.miss_handler().unwrap();
+        miss.write_body(Bytes::from_static(b"second"), true)
+            .await
+            .unwrap();
+        filler.finish_miss_handler().await.unwrap();
+        assert_eq!(
+            read_all(filler.miss_body_reader().unwrap()).await,
+            b"first,second"
+        );
+        assert_eq!(read_all(follower.hit_handler()).await, b"second");
+
+        let mut later = request();
+        let (meta_found, hit) = later.cache_lookup().await.unwrap().expect("hit");
+        assert!(hit.can_seek(), "a complete entry");
+        later.cache_found(meta_found, hit, HitStatus::Fresh);
+        assert_eq!(read_all(later.hit_handler()).await, b"first,second");
+        later.finish_hit_handler().await.unwrap();
+
+        let purger = request();
+        assert!(purger.purge().await.unwrap());
+        let mut after = request();
+        assert!(after.cache_lookup().await.unwrap().is_none());
+        assert_eq!(store.stats().objects, 0);
+    }
+
     #[test]
     fn hosts_are_compared_without_case_port_or_trailing_dot() {
         assert_eq!(normalize_host("Api.Example.:8443"), "api.example");
