@@ -198,3 +198,25 @@ async fn the_cli_sends_purges_to_the_admin_api() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the admin API"));
 }
+
+#[test]
+fn check_locates_bad_cache_bounds() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("portico.toml");
+    std::fs::write(
+        &path,
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n[cache]\nmax_bytes = 1000\nmax_object_size = 0\n",
+    )
+    .expect("write config");
+    let out = std::process::Command::new(common::PORTICO)
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run portico check");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("portico.toml:6:19: cache.max_object_size: must be greater than 0"),
+        "{stderr}"
+    );
+}
