@@ -1,4 +1,5 @@
-//! The `portico` command line: serve, check, routes, demo and auth (the token service).
+//! The `portico` command line: serve, check, routes, demo, cache purge and auth (the token
+//! service).
 //! Everything it runs lives in the libraries; this file only parses arguments and maps
 //! results to exit codes.
 
@@ -65,6 +66,11 @@ enum Command {
         #[arg(short = 'H', long = "header")]
         headers: Vec<String>,
     },
+    /// The edge cache of a running gateway, through its admin API.
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+    },
     /// Run the gateway with two example services and a ready config on loopback.
     Demo {
         /// The gateway listener (falls back to a free port when taken).
@@ -76,6 +82,34 @@ enum Command {
         /// Skip service A's scripted walk-through; just serve.
         #[arg(long)]
         no_script: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheAction {
+    /// Purge cached responses: every variant of one URL (--url), a host's paths under a prefix
+    /// (--host, --prefix), or one cache key hash (--key). Sent to `POST /admin/cache/purge` at
+    /// the config's [admin] address with its token; prints the answer, with the count purged.
+    /// Exit 0 when done, 1 when the gateway could not do it, 2 for a bad request or config.
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["url", "host", "key"])))]
+    Purge {
+        #[arg(short, long, default_value = "conf/portico.toml")]
+        config: PathBuf,
+        /// The admin API's `host:port`, instead of the config's [admin] address.
+        #[arg(long)]
+        admin: Option<String>,
+        /// An absolute URL (https://api.example/v1/orders/7?full=1): that host and exact path.
+        #[arg(long)]
+        url: Option<String>,
+        /// A host: its entries, all of them or those under --prefix.
+        #[arg(long)]
+        host: Option<String>,
+        /// A path prefix (a plain string prefix, starting with /); needs --host.
+        #[arg(long, requires = "host")]
+        prefix: Option<String>,
+        /// A cache key hash, 32 hex digits.
+        #[arg(long)]
+        key: Option<String>,
     },
 }
 
@@ -168,6 +202,32 @@ fn main() -> ExitCode {
             headers,
         } => explain(&config, &method, &path, &headers),
         Command::Auth(args) => portico::auth::cli::run(args),
+        Command::Cache {
+            action:
+                CacheAction::Purge {
+                    config,
+                    admin,
+                    url,
+                    host,
+                    prefix,
+                    key,
+                },
+        } => {
+            use portico::cache::purge::Purge;
+            let purge = match (url, host, key) {
+                (Some(url), _, _) => Purge::url(&url),
+                (_, Some(host), _) => Purge::prefix(&host, prefix.as_deref().unwrap_or("")),
+                (_, _, Some(key)) => Purge::key(&key),
+                _ => Err("give --url, --host or --key".to_string()),
+            };
+            match purge {
+                Ok(purge) => cache_purge(&config, admin.as_deref(), &purge),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Demo {
             listen,
             admin,
@@ -263,6 +323,53 @@ fn config_get(path: &std::path::Path, keys: &[String]) -> ExitCode {
         println!("{line}");
     }
     ExitCode::SUCCESS
+}
+
+/// `portico cache purge`: the config file names the admin API and its token.
+fn cache_purge(
+    config_path: &std::path::Path,
+    admin: Option<&str>,
+    purge: &portico::cache::purge::Purge,
+) -> ExitCode {
+    let loaded = match config::load_file(config_path) {
+        Ok(c) => c,
+        Err(errors) => return report(&errors),
+    };
+    let token = match loaded.admin.read_token() {
+        Ok(token) => token,
+        Err((field, e)) => {
+            eprintln!("error: {}: [admin] {field}: {e}", config_path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let address = admin.unwrap_or(&loaded.admin.address);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("portico: cannot start a runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(portico::cache::purge::send(
+        address,
+        token.as_deref(),
+        purge,
+    )) {
+        Ok(answer) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&answer).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("portico cache purge: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// Prints every config problem and returns exit code 2, like `nginx -t`.

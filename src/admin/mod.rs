@@ -1,6 +1,8 @@
 //! The admin HTTP API, served by Pingora on its own listener (loopback by default):
 //! liveness, readiness, Prometheus metrics, cluster state, the effective config, reload,
-//! and the console page ([`console`]) with the live data and explain answers behind it.
+//! the edge cache's state and purges (`/admin/cache`, `POST /admin/cache/purge`,
+//! [`crate::cache::purge`]), and the console page ([`console`]) with the live data and
+//! explain answers behind it.
 //!
 //! Everything but `/healthz`, `/readyz`, the console's static files (which hold no data)
 //! and `/metrics` (unless `metrics_auth`) needs
@@ -222,6 +224,10 @@ impl AdminApi {
                 let clusters: Vec<_> = snapshot.clusters.values().map(|c| c.status()).collect();
                 json_body(StatusCode::OK, json!({ "clusters": clusters }))
             }
+            ("GET", "/admin/cache") => json_body(
+                StatusCode::OK,
+                json!({ "cache": crate::cache::store::store().stats() }),
+            ),
             ("GET", "/admin/config") => {
                 let snapshot = self.state.snapshot();
                 json_body(
@@ -237,7 +243,8 @@ impl AdminApi {
             (
                 _,
                 "/healthz" | "/readyz" | "/metrics" | "/admin/clusters" | "/admin/config"
-                | "/admin/reload" | "/admin/console" | "/admin/explain",
+                | "/admin/reload" | "/admin/console" | "/admin/explain" | "/admin/cache"
+                | "/admin/cache/purge",
             ) => json_body(
                 StatusCode::METHOD_NOT_ALLOWED,
                 json!({ "error": format!("{method} is not allowed on {path}") }),
@@ -246,7 +253,7 @@ impl AdminApi {
                 StatusCode::NOT_FOUND,
                 json!({
                     "error": "not found",
-                    "endpoints": ["/", "/healthz", "/readyz", "/metrics", "/admin/clusters", "/admin/config", "POST /admin/reload", "/admin/console", "/admin/explain"],
+                    "endpoints": ["/", "/healthz", "/readyz", "/metrics", "/admin/clusters", "/admin/config", "POST /admin/reload", "/admin/console", "/admin/explain", "/admin/cache", "POST /admin/cache/purge"],
                 }),
             ),
         }
@@ -405,6 +412,28 @@ fn valid_port(tail: &str) -> bool {
         .is_some_and(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
+enum BodyError {
+    TooLarge,
+    Read(String),
+}
+
+/// Reads a request body of at most `limit` bytes.
+async fn read_body(session: &mut ServerSession, limit: usize) -> Result<Vec<u8>, BodyError> {
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > limit {
+                    return Err(BodyError::TooLarge);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => return Err(BodyError::Read(e.to_string())),
+        }
+    }
+}
+
 /// The 401 answer (RFC 6750 §3: `WWW-Authenticate: Bearer`, with `error="invalid_token"`
 /// when a wrong token was sent).
 fn unauthorized(why: Unauthorized) -> (StatusCode, &'static str, Vec<u8>) {
@@ -501,6 +530,14 @@ impl ServeHttp for AdminApi {
             self.metrics_route(&method, &path)
         } else if method == http::Method::POST && path == "/admin/reload" {
             self.reload().await
+        } else if method == http::Method::POST && path == "/admin/cache/purge" {
+            match read_body(session, crate::cache::purge::MAX_REQUEST_BYTES).await {
+                Ok(body) => crate::cache::purge::answer(&body),
+                Err(BodyError::TooLarge) => crate::cache::purge::too_large(),
+                Err(BodyError::Read(e)) => {
+                    crate::cache::purge::bad_request(&format!("cannot read the body: {e}"))
+                }
+            }
         } else {
             let query = session.req_header().uri.query().map(str::to_string);
             self.route(&method, &path, query.as_deref())

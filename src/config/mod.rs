@@ -42,6 +42,9 @@ pub struct Config {
     pub routes: Vec<Route>,
     #[serde(default)]
     pub clusters: BTreeMap<String, Cluster>,
+    /// The edge cache's store: its byte budget and largest object.
+    #[serde(default)]
+    pub cache: CacheSection,
     /// Span export over OTLP/HTTP; off without this section.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<Tracing>,
@@ -214,6 +217,39 @@ impl Default for Admin {
             token: None,
             metrics_auth: false,
             metrics_address: None,
+        }
+    }
+}
+
+/// `[cache]`: the bounds of the edge cache's in-memory store (`cache::store`). The store
+/// is process-wide: a reload applies new bounds (a smaller `max_bytes` evicts at once) and
+/// keeps the entries.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSection {
+    /// Bytes the store may hold in all: bodies, metas and a fixed overhead per entry. The
+    /// least recently used entries are evicted to stay within it.
+    pub max_bytes: u64,
+    /// The largest response body stored; a longer one is not cached (its write is abandoned
+    /// as it passes this).
+    pub max_object_size: u64,
+}
+
+impl Default for CacheSection {
+    fn default() -> Self {
+        CacheSection {
+            max_bytes: crate::cache::store::DEFAULT_MAX_BYTES,
+            max_object_size: crate::cache::store::DEFAULT_MAX_OBJECT_SIZE,
+        }
+    }
+}
+
+impl CacheSection {
+    /// The store's limits. Validation keeps both within `usize`.
+    pub fn limits(&self) -> crate::cache::store::Limits {
+        crate::cache::store::Limits {
+            max_bytes: usize::try_from(self.max_bytes).unwrap_or(usize::MAX),
+            max_object_size: usize::try_from(self.max_object_size).unwrap_or(usize::MAX),
         }
     }
 }

@@ -183,10 +183,39 @@ pub fn validate(config: &Config) -> Vec<Problem> {
     if let Some(tracing) = &config.tracing {
         validate_tracing(tracing, &mut p);
     }
+    validate_cache(&config.cache, &mut p);
     validate_clusters(config, &mut p);
     validate_plugins(&config.plugins, &[key("plugins")], &mut p);
     validate_routes(config, &mut p);
     p.found
+}
+
+fn validate_cache(cache: &super::CacheSection, p: &mut Problems) {
+    let at = |f: &str| vec![key("cache"), key(f)];
+    // The store's weights are in memory: a budget past the address space is a typo.
+    let most = usize::MAX as u64;
+    for (field, value) in [
+        ("max_bytes", cache.max_bytes),
+        ("max_object_size", cache.max_object_size),
+    ] {
+        if value == 0 {
+            p.add(&at(field), "must be greater than 0");
+        } else if value > most {
+            p.add(
+                &at(field),
+                format!("{value} is more than this machine can address"),
+            );
+        }
+    }
+    if cache.max_object_size > cache.max_bytes {
+        p.add(
+            &at("max_object_size"),
+            format!(
+                "{} is larger than max_bytes ({}): such an object could never be stored",
+                cache.max_object_size, cache.max_bytes
+            ),
+        );
+    }
 }
 
 fn validate_tracing(t: &super::Tracing, p: &mut Problems) {
@@ -1043,5 +1072,48 @@ mod tests {
             ],
             "{errors:?}"
         );
+    }
+
+    #[test]
+    fn cache_bounds_are_validated_with_their_location() {
+        let config = load_str("t.toml", BASE).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.cache, crate::config::CacheSection::default());
+        let ok = "[[listeners]]\naddress = \"127.0.0.1:8080\"\n\n[cache]\nmax_bytes = 1048576\nmax_object_size = 65536\n";
+        let config = load_str("t.toml", ok).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.cache.limits().max_bytes, 1 << 20);
+        assert_eq!(config.cache.limits().max_object_size, 1 << 16);
+
+        let errors = |cache: &str| {
+            let text = format!("[[listeners]]\naddress = \"127.0.0.1:8080\"\n\n[cache]\n{cache}");
+            let errors = load_str("t.toml", &text).expect_err(&text).0;
+            errors
+                .iter()
+                .map(|e| {
+                    (
+                        e.field.clone(),
+                        e.location.as_ref().map(|l| l.line),
+                        e.message.clone(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        // A zero budget, and the default max_object_size above it (located at the section).
+        let found = errors("max_bytes = 0\n");
+        assert_eq!(found.len(), 2, "{found:?}");
+        let zero = found
+            .iter()
+            .find(|f| f.0 == "cache.max_bytes")
+            .expect("max_bytes");
+        assert_eq!(zero.1, Some(5));
+        assert!(zero.2.contains("greater than 0"), "{found:?}");
+        let found = errors("max_bytes = 1000\nmax_object_size = 2000\n");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(
+            (found[0].0.as_str(), found[0].1),
+            ("cache.max_object_size", Some(6))
+        );
+        assert!(found[0].2.contains("larger than max_bytes"), "{found:?}");
+        let found = errors("max_byte = 10\n");
+        assert_eq!(found[0].0, "cache.max_byte", "{found:?}");
     }
 }

@@ -1070,6 +1070,8 @@ async fn reload_locked(state: &Arc<State>) -> Result<String, String> {
     }
 
     let version = snapshot.version.clone();
+    // The edge cache outlives snapshots: new bounds apply to the entries it has.
+    crate::cache::store::configure(snapshot.config.cache.limits());
     state.swap(snapshot);
     for (listener, prepared) in tls {
         listener.apply(prepared);

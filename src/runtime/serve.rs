@@ -97,6 +97,8 @@ pub fn build(
         }
     }
     let snapshot = Snapshot::build(config, None)?;
+    // Created now, so its series are on /metrics from the start.
+    crate::cache::store::configure(snapshot.config.cache.limits());
     let config_path = config_path.map(|p| absolute(&p));
     // What the file watch compares against (read again: `config` came from the caller).
     let file_hash = config_path
