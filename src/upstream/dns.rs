@@ -321,8 +321,55 @@ pub fn srv_weights(records: &[(u16, u16)]) -> Vec<u32> {
 /// error in its status.
 pub(super) fn first_resolution(cluster: &str, def: &config::Cluster) -> (Listed, DiscoveryStatus) {
     let plan = Plan::new(def);
+    let result = resolve_blocking(&plan);
+    let mut status = DiscoveryStatus {
+        source: plan.source(),
+        names: plan.names(),
+        servers: plan.servers(),
+        ..DiscoveryStatus::default()
+    };
+    match result {
+        Ok(resolved) => {
+            count(cluster, "ok");
+            let wait = plan.clamp_ttl(resolved.ttl);
+            status.updates = 1;
+            status.last_change = Some(now_rfc3339());
+            status.last_resolution = status.last_change.clone();
+            status.ttl_secs = Some(wait.as_secs_f64());
+            status.next_refresh = Some(rfc3339_in(wait));
+            (resolved.listed, status)
+        }
+        Err(f) => {
+            log::warn!(
+                "cluster {cluster}: DNS discovery of {} failed: {}; the cluster has {} endpoints until a resolution succeeds",
+                plan.names().join(", "),
+                f.message,
+                plan.fixed.len()
+            );
+            count(cluster, f.kind);
+            METRICS.discovery_errors.with_label_values(&[cluster]).inc();
+            status.errors = 1;
+            status.last_error = Some(f.message);
+            status.next_refresh = Some(rfc3339_in(plan.settings.min_ttl));
+            (normalise(plan.fixed.clone()), status)
+        }
+    }
+}
+
+/// For `portico check`: whether a cluster's names resolve now (the number of
+/// endpoints they give). A failure is a warning there, never an error: the gateway
+/// starts without DNS and keeps trying.
+pub fn check_resolves(def: &config::Cluster) -> Result<usize, String> {
+    resolve_blocking(&Plan::new(def))
+        .map(|r| r.listed.len())
+        .map_err(|f| f.message)
+}
+
+/// One resolution of `plan`, on a thread of its own with a runtime of its own (a
+/// cluster is built inside or outside a Tokio runtime).
+fn resolve_blocking(plan: &Plan) -> Result<Resolved, Failure> {
     let worker = plan.clone();
-    let result = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         s.spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -356,39 +403,7 @@ pub(super) fn first_resolution(cluster: &str, def: &config::Cluster) -> (Listed,
                 message: "the resolver thread failed".into(),
             })
         })
-    });
-    let mut status = DiscoveryStatus {
-        source: plan.source(),
-        names: plan.names(),
-        servers: plan.servers(),
-        ..DiscoveryStatus::default()
-    };
-    match result {
-        Ok(resolved) => {
-            count(cluster, "ok");
-            let wait = plan.clamp_ttl(resolved.ttl);
-            status.updates = 1;
-            status.last_change = Some(now_rfc3339());
-            status.last_resolution = status.last_change.clone();
-            status.ttl_secs = Some(wait.as_secs_f64());
-            status.next_refresh = Some(rfc3339_in(wait));
-            (resolved.listed, status)
-        }
-        Err(f) => {
-            log::warn!(
-                "cluster {cluster}: DNS discovery of {} failed: {}; the cluster has {} endpoints until a resolution succeeds",
-                plan.names().join(", "),
-                f.message,
-                plan.fixed.len()
-            );
-            count(cluster, f.kind);
-            METRICS.discovery_errors.with_label_values(&[cluster]).inc();
-            status.errors = 1;
-            status.last_error = Some(f.message);
-            status.next_refresh = Some(rfc3339_in(plan.settings.min_ttl));
-            (normalise(plan.fixed.clone()), status)
-        }
-    }
+    })
 }
 
 fn count(cluster: &str, result: &str) {

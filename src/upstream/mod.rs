@@ -612,6 +612,7 @@ impl Cluster {
     /// The endpoints' state for the admin API and metrics.
     pub fn status(&self) -> ClusterStatus {
         let now = self.now_ms();
+        let tiered = self.with_set(|set| set.tiers.is_some());
         ClusterStatus {
             name: self.name.clone(),
             lb: self.definition.lb,
@@ -645,6 +646,8 @@ impl Cluster {
                 .iter()
                 .map(|e| EndpointStatus {
                     address: e.name.clone(),
+                    addr: e.addr,
+                    priority: tiered.then_some(e.priority),
                     weight: e.weight,
                     healthy: e.is_healthy(),
                     ejected: e.is_ejected(now),
@@ -716,7 +719,13 @@ pub struct DrainingStatus {
 
 #[derive(Debug, Serialize)]
 pub struct EndpointStatus {
+    /// The address as written (for DNS discovery, the `host:port` or SRV target).
     pub address: String,
+    /// The socket address connected to (what DNS resolved `address` to).
+    pub addr: SocketAddr,
+    /// Its priority level, when discovery gives several (SRV).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u16>,
     pub weight: u32,
     pub healthy: bool,
     pub ejected: bool,
