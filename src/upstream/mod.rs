@@ -864,6 +864,10 @@ fn least_request(endpoints: &[Arc<Endpoint>], usable: &dyn Fn(usize) -> bool) ->
 /// Nginx's smooth weighted round robin, unrolled once into a cycle: weights 5,1,1 give
 /// a a b a c a a rather than a a a a a b c, so no endpoint gets a burst.
 fn smooth_weighted_cycle(endpoints: &[Arc<Endpoint>]) -> Vec<u32> {
+    if endpoints.is_empty() {
+        // DNS discovery that has not resolved yet: nothing to cycle over.
+        return Vec::new();
+    }
     let weights: Vec<i64> = endpoints.iter().map(|e| e.weight as i64).collect();
     let g = weights.iter().copied().fold(0, gcd).max(1);
     let weights: Vec<i64> = weights.iter().map(|w| w / g).collect();
