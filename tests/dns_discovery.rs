@@ -717,3 +717,51 @@ async fn portico_check_and_routes_on_dns_clusters() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_an_unchanged_dns_cluster_and_resolves_a_changed_one() {
+    bounded_by(Duration::from_secs(60), async {
+        let one = Upstream::start_on("one", on("127.0.0.1", 0)).await;
+        let port = one.addr.port();
+        let two = Upstream::start_on("two", on("127.0.0.2", port)).await;
+        let dns = DnsServer::start().await;
+        dns.set_a("orders.test", 1, &["127.0.0.1"]);
+        let gw = gateway(&format!(
+            "endpoints = [{{ address = \"orders.test:{port}\" }}]\n{}",
+            dns_table(&dns, ", min_ttl = \"100ms\"")
+        ))
+        .await;
+        wait_resolved(&gw, &[one.addr]).await;
+        dns.set_a("orders.test", 1, &["127.0.0.1", "127.0.0.2"]);
+        wait_resolved(&gw, &[one.addr, two.addr]).await;
+        let reload = |text: String| {
+            std::fs::write(&gw.config_path, text).unwrap();
+            gw.admin_post("/admin/reload")
+        };
+
+        // Another route: the cluster is kept, with its set, counters and refresh task.
+        let more = format!(
+            "{}\n[[routes]]\nid = \"more\"\npath = \"/more\"\ncluster = \"c\"\n",
+            gw.config
+        );
+        assert_eq!(reload(more.clone()).await.status(), 200);
+        let status = gw.cluster_status("c").await;
+        assert_eq!(status["discovery"]["updates"], 2, "{status}");
+        dns.set_a("orders.test", 1, &["127.0.0.2"]);
+        wait_resolved(&gw, &[two.addr]).await;
+
+        // A changed cluster resolves anew before it serves.
+        let changed = more.replace("min_ttl = \"100ms\"", "min_ttl = \"150ms\"");
+        assert_ne!(changed, more);
+        assert_eq!(reload(changed).await.status(), 200);
+        let status = gw.cluster_status("c").await;
+        assert_eq!(status["discovery"]["updates"], 1, "{status}");
+        assert_eq!(resolved(&gw).await, [two.addr.to_string()]);
+        let seen = spread(&gw, "/more", 4).await;
+        assert_eq!(seen.get("two").copied(), Some(4), "{seen:?}");
+        // Its own task keeps resolving.
+        dns.set_a("orders.test", 1, &["127.0.0.1"]);
+        wait_resolved(&gw, &[one.addr]).await;
+    })
+    .await
+}

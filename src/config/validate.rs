@@ -1016,6 +1016,57 @@ mod tests {
     }
 
     #[test]
+    fn dns_discovery_settings_are_located() {
+        let errors = |cluster: &str| {
+            let text = format!(
+                "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[routes]]\nid = \"r\"\npath = \"/\"\ncluster = \"c\"\n[clusters.c]\n{cluster}\n"
+            );
+            match load_str("t.toml", &text) {
+                Ok(_) => String::new(),
+                Err(e) => e.to_string(),
+            }
+        };
+        // A host name is checked for its form only: no DNS at load.
+        assert_eq!(
+            errors("endpoints = [{ address = \"orders.invalid:8080\" }]"),
+            ""
+        );
+        assert_eq!(errors("srv = \"_orders._tcp.example.internal.\""), "");
+        let e = errors("srv = \"orders.example.internal\"");
+        assert!(
+            e.contains("t.toml:8:") && e.contains("clusters.c.srv"),
+            "{e}"
+        );
+        let e = errors("srv = \"_orders._tcp.x\"\nendpoints = [{ address = \"127.0.0.1:1\" }]");
+        assert!(
+            e.contains("one of `endpoints`, `endpoints_file` or `srv`"),
+            "{e}"
+        );
+        let e = errors(
+            "endpoints = [{ address = \"o.internal:1\" }]\ndns = { min_ttl = \"1m\", max_ttl = \"10s\" }",
+        );
+        assert!(
+            e.contains("t.toml:9:") && e.contains("clusters.c.dns.min_ttl"),
+            "{e}"
+        );
+        let e = errors("endpoints = [{ address = \"o.internal:1\" }]\ndns = { min_ttl = \"0s\" }");
+        assert!(e.contains("must be greater than 0"), "{e}");
+        let e = errors(
+            "endpoints = [{ address = \"o.internal:1\" }]\ndns = { servers = [\"ns.example\"] }",
+        );
+        assert!(e.contains("clusters.c.dns.servers[0]"), "{e}");
+        let e = errors("endpoints = [{ address = \"127.0.0.1:1\" }]\ndns = {}");
+        assert!(e.contains("only used by a cluster with `srv`"), "{e}");
+        let e = errors("endpoints = [{ address = \"o_k!.internal:1\" }]");
+        assert!(e.contains("is not a host name"), "{e}");
+        let e = errors("endpoints = [{ address = \"o.internal:0\" }]");
+        assert!(e.contains("is not a port"), "{e}");
+        let e =
+            errors("endpoints = [{ address = \"O.internal:1\" }, { address = \"o.internal:1\" }]");
+        assert!(e.contains("listed twice"), "{e}");
+    }
+
+    #[test]
     fn admin_token_settings_name_file_line_and_field() {
         let dir = tempfile::tempdir().unwrap();
         let good = "0123456789abcdef0123456789abcdef";

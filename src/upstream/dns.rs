@@ -138,8 +138,15 @@ pub fn name_server(text: &str) -> Result<SocketAddr, String> {
 /// refresh asks the servers; the TTL already spaces the refreshes).
 fn resolver(settings: &config::Dns) -> Result<TokioResolver, String> {
     let mut builder = if settings.servers.is_empty() {
-        TokioResolver::builder_tokio()
-            .map_err(|e| format!("cannot read the system's resolver configuration: {e}"))?
+        TokioResolver::builder_tokio().unwrap_or_else(|e| {
+            // No usable /etc/resolv.conf (a minimal container): /etc/hosts still
+            // answers, and every other name fails as a resolution error.
+            log::debug!("cannot read the system's resolver configuration: {e}");
+            TokioResolver::builder_with_config(
+                ResolverConfig::from_parts(None, Vec::new(), Vec::new()),
+                TokioRuntimeProvider::default(),
+            )
+        })
     } else {
         let mut servers = Vec::new();
         for s in &settings.servers {

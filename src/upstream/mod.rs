@@ -1098,6 +1098,57 @@ mod tests {
         assert_eq!(picks, 5);
     }
 
+    #[tokio::test]
+    async fn priority_levels_take_traffic_lowest_first() {
+        // A cluster as SRV discovery builds it: two levels, weights 3:1 in the first.
+        let c = Arc::new(cluster(
+            r#"endpoints = [{ address = "127.0.0.1:1" }]
+            outlier = { consecutive_5xx = 1, min_healthy = 0 }"#,
+        ));
+        let member = |a: &str, weight: u32, priority: u16| discovery::Member {
+            name: a.to_string(),
+            addr: a.parse().unwrap(),
+            weight,
+            priority,
+        };
+        // Fixed endpoints cannot be replaced: build the set the way discovery does.
+        let def = c.definition.clone();
+        let set = EndpointSet::new(
+            &def,
+            [
+                member("127.0.0.1:3", 5, 20),
+                member("127.0.0.1:1", 3, 10),
+                member("127.0.0.1:2", 1, 10),
+            ]
+            .iter()
+            .map(|m| Arc::new(Endpoint::new(&def, &c.tls, m)))
+            .collect(),
+        )
+        .unwrap();
+        assert!(set.tiers.is_some());
+        let h = http::HeaderMap::new();
+        let pick = |set: &EndpointSet| c.select_in(set, &input(&h), &[]).map(|e| e.addr.port());
+        let picks: Vec<u16> = (0..8).map(|_| pick(&set).unwrap()).collect();
+        assert_eq!(picks.iter().filter(|&&p| p == 1).count(), 6, "{picks:?}");
+        assert_eq!(picks.iter().filter(|&&p| p == 2).count(), 2, "{picks:?}");
+        // One endpoint of the first level down: the other takes it all.
+        set.endpoints[0].healthy.store(false, Ordering::Relaxed);
+        assert!((0..4).all(|_| pick(&set) == Ok(2)));
+        // The whole first level down: the next level.
+        set.endpoints[1].healthy.store(false, Ordering::Relaxed);
+        assert!((0..4).all(|_| pick(&set) == Ok(3)));
+        // A retry that already tried the only available endpoint gets it again.
+        let only = set.endpoints[2].clone();
+        assert_eq!(
+            c.select_in(&set, &input(&h), std::slice::from_ref(&only))
+                .map(|e| e.addr.port()),
+            Ok(3)
+        );
+        // An empty set (DNS not resolved yet) selects nothing, without a panic.
+        let empty = EndpointSet::new(&def, Vec::new()).unwrap();
+        assert_eq!(pick(&empty), Err(SelectError::NoHealthyEndpoint));
+    }
+
     #[test]
     fn no_available_endpoint_is_an_error() {
         let c = cluster(r#"endpoints = [{ address = "127.0.0.1:1" }]"#);
