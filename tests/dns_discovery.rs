@@ -286,6 +286,9 @@ async fn an_a_record_moves_under_traffic_without_a_failed_request() {
         let one = Upstream::start_on("one", on("127.0.0.1", 0)).await;
         let port = one.addr.port();
         let two = Upstream::start_on("two", on("127.0.0.2", port)).await;
+        // Listening, but its health check fails: it must never take traffic.
+        let sick = Upstream::start_on("sick", on("127.0.0.3", port)).await;
+        sick.set_health(503);
         let dns = DnsServer::start().await;
         dns.set_a("orders.test", 1, &["127.0.0.1"]);
         let gw = gateway(&format!(
@@ -297,8 +300,8 @@ async fn an_a_record_moves_under_traffic_without_a_failed_request() {
         let traffic = Traffic::start(&gw, 4);
         tokio::time::sleep(Duration::from_millis(400)).await;
 
-        dns.set_a("orders.test", 1, &["127.0.0.2"]);
-        let took = wait_resolved(&gw, &[two.addr]).await;
+        dns.set_a("orders.test", 1, &["127.0.0.2", "127.0.0.3"]);
+        let took = wait_resolved(&gw, &[two.addr, sick.addr]).await;
         let one_then = one.hits();
         tokio::time::sleep(Duration::from_millis(600)).await;
         let (sent, failed) = traffic.stop().await;
@@ -310,6 +313,9 @@ async fn an_a_record_moves_under_traffic_without_a_failed_request() {
         assert!(sent > 50, "too little traffic to tell: {sent}");
         assert!(two.hits() > 0, "the new address never took traffic");
         assert!(two.health_hits() > 0, "the new address was not probed");
+        assert!(sick.health_hits() > 0, "the failing address was not probed");
+        assert_eq!(sick.hits(), 0, "an address whose probe failed took traffic");
+        eprintln!("measured: {sent} requests, {failed} failed; change picked up after {took:?}");
         // The old address gets no new requests (one in flight may still land).
         assert!(
             one.hits() <= one_then + 4,
