@@ -299,7 +299,7 @@ async fn resolve(r: &TokioResolver, plan: &Plan) -> Result<Resolved, Failure> {
 fn normalise(listed: Listed) -> Listed {
     let mut seen = BTreeSet::new();
     let mut out: Listed = listed.into_iter().filter(|m| seen.insert(m.addr)).collect();
-    out.sort_by(|a, b| (a.priority, a.addr).cmp(&(b.priority, b.addr)));
+    out.sort_by_key(|m| (m.priority, m.addr));
     out
 }
 
