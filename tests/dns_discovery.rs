@@ -340,6 +340,19 @@ async fn an_a_record_moves_under_traffic_without_a_failed_request() {
             format!("orders.test:{port}")
         );
         let metrics = gw.metrics().await;
+        // Each address is its own series, named `host:port@address`.
+        for (up, healthy) in [(&two, 1.0), (&sick, 0.0)] {
+            let label = format!("orders.test:{port}@{}", up.addr);
+            assert_eq!(
+                metric_value(
+                    &metrics,
+                    "portico_endpoint_healthy",
+                    &[("cluster", "c"), ("endpoint", label.as_str())]
+                ),
+                Some(healthy),
+                "{metrics}"
+            );
+        }
         assert!(
             metric_value(
                 &metrics,

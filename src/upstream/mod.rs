@@ -42,6 +42,10 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// The address as configured, for logs, metrics and the admin API.
     pub name: String,
+    /// What names this endpoint alone in metrics, the access log and the console: the
+    /// name, or `name@address` when the name does not say the address (a host name,
+    /// whose addresses DNS discovery makes several endpoints of).
+    pub label: String,
     pub weight: u32,
     /// Lower takes traffic first (SRV priority); 0 unless discovery says otherwise.
     pub priority: u16,
@@ -98,6 +102,11 @@ impl Endpoint {
         Endpoint {
             addr,
             name: name.to_string(),
+            label: if name.parse::<SocketAddr>().ok() == Some(addr) {
+                name.to_string()
+            } else {
+                format!("{name}@{addr}")
+            },
             weight: weight.max(1),
             priority: *priority,
             peer,
@@ -648,6 +657,7 @@ impl Cluster {
                     address: e.name.clone(),
                     addr: e.addr,
                     priority: tiered.then_some(e.priority),
+                    label: e.label.clone(),
                     weight: e.weight,
                     healthy: e.is_healthy(),
                     ejected: e.is_ejected(now),
@@ -726,6 +736,9 @@ pub struct EndpointStatus {
     /// Its priority level, when discovery gives several (SRV).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub priority: Option<u16>,
+    /// [`Endpoint::label`], for metrics and the console's history.
+    #[serde(skip)]
+    pub label: String,
     pub weight: u32,
     pub healthy: bool,
     pub ejected: bool,
