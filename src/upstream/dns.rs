@@ -440,16 +440,16 @@ pub(super) fn spawn(cluster: &Arc<Cluster>) {
     };
     let mut backoff = failing.as_ref().map(|_| wait);
     tokio::spawn(async move {
-        let mut resolver_ = None;
+        let mut client = None;
         loop {
             tokio::time::sleep(wait).await;
             if weak.strong_count() == 0 {
                 log::debug!("cluster {name}: stopping DNS discovery");
                 return;
             }
-            if resolver_.is_none() {
+            if client.is_none() {
                 match resolver(&plan.settings) {
-                    Ok(r) => resolver_ = Some(r),
+                    Ok(r) => client = Some(r),
                     Err(message) => {
                         let f = Failure {
                             kind: "error",
@@ -465,7 +465,7 @@ pub(super) fn spawn(cluster: &Arc<Cluster>) {
                     }
                 }
             }
-            let Some(r) = resolver_.as_ref() else {
+            let Some(r) = client.as_ref() else {
                 continue;
             };
             // Each refresh asks the servers, not a cache.

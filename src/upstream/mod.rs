@@ -259,10 +259,15 @@ pub struct Cluster {
 /// The endpoints of a cluster and the balancer over them, replaced as one.
 pub struct EndpointSet {
     pub endpoints: Vec<Arc<Endpoint>>,
-    balancer: Balancer,
-    /// Priority levels (SRV priorities), only when the endpoints have more than one:
-    /// `endpoints` is then sorted by priority and each level has its own balancer.
-    tiers: Option<Box<[Tier]>>,
+    levels: Levels,
+}
+
+/// How a set's endpoints are balanced: as one level (every cluster but SRV ones with
+/// several priorities), or by priority level, `endpoints` then sorted by priority and
+/// each level with its own balancer.
+enum Levels {
+    One(Balancer),
+    Tiers(Box<[Tier]>),
 }
 
 /// The endpoints of one priority level: a range of the sorted set and their balancer.
@@ -505,12 +510,12 @@ impl Cluster {
             let e = &endpoints[i];
             self.available(e, now) && !exclude.iter().any(|x| Arc::ptr_eq(x, e))
         };
-        let picked = match &set.tiers {
-            None => pick(&set.balancer, endpoints, input, usable),
+        let picked = match &set.levels {
+            Levels::One(balancer) => pick(balancer, endpoints, input, usable),
             // The lowest level with an available endpoint takes the traffic; the next one
             // only once every endpoint of the levels before it is down (Envoy's priority
             // levels, without spill-over by percentage).
-            Some(tiers) => tiers
+            Levels::Tiers(tiers) => tiers
                 .iter()
                 .find(|t| t.range.clone().any(|i| self.available(&endpoints[i], now)))
                 .and_then(|t| {
@@ -621,7 +626,7 @@ impl Cluster {
     /// The endpoints' state for the admin API and metrics.
     pub fn status(&self) -> ClusterStatus {
         let now = self.now_ms();
-        let tiered = self.with_set(|set| set.tiers.is_some());
+        let tiered = self.with_set(|set| matches!(set.levels, Levels::Tiers(_)));
         ClusterStatus {
             name: self.name.clone(),
             lb: self.definition.lb,
@@ -755,8 +760,8 @@ pub struct BulkheadStatus {
 }
 
 impl EndpointSet {
-    /// The set and its balancer (a fresh round-robin cycle or hash ring), and one per
-    /// priority level when the endpoints have several.
+    /// The set and its balancer (a fresh round-robin cycle or hash ring), or one
+    /// balancer per priority level when the endpoints have several.
     fn new(
         def: &config::Cluster,
         mut endpoints: Vec<Arc<Endpoint>>,
@@ -764,7 +769,7 @@ impl EndpointSet {
         let tiered = endpoints
             .iter()
             .any(|e| e.priority != endpoints[0].priority);
-        let tiers = if tiered {
+        let levels = if tiered {
             endpoints.sort_by_key(|e| e.priority);
             let mut tiers = Vec::new();
             let mut start = 0;
@@ -781,15 +786,11 @@ impl EndpointSet {
                 });
                 start = end;
             }
-            Some(tiers.into_boxed_slice())
+            Levels::Tiers(tiers.into_boxed_slice())
         } else {
-            None
+            Levels::One(Balancer::new(def, &endpoints)?)
         };
-        Ok(EndpointSet {
-            balancer: Balancer::new(def, &endpoints)?,
-            endpoints,
-            tiers,
-        })
+        Ok(EndpointSet { endpoints, levels })
     }
 }
 
@@ -1138,7 +1139,7 @@ mod tests {
             .collect(),
         )
         .unwrap();
-        assert!(set.tiers.is_some());
+        assert!(matches!(set.levels, Levels::Tiers(_)));
         let h = http::HeaderMap::new();
         let pick = |set: &EndpointSet| c.select_in(set, &input(&h), &[]).map(|e| e.addr.port());
         let picks: Vec<u16> = (0..8).map(|_| pick(&set).unwrap()).collect();
