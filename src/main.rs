@@ -181,6 +181,16 @@ fn main() -> ExitCode {
                 for warning in config::lint(&c) {
                     eprintln!("warning: {}: {warning}", config.display());
                 }
+                // DNS may be unreachable where the config is checked: a name that does
+                // not resolve now is a warning (the gateway starts and keeps trying).
+                for (name, cluster) in c.clusters.iter().filter(|(_, c)| c.uses_dns()) {
+                    if let Err(e) = portico::upstream::dns::check_resolves(cluster) {
+                        eprintln!(
+                            "warning: {}: clusters.{name}: does not resolve now ({e}); the gateway starts with no endpoints for it and keeps resolving",
+                            config.display()
+                        );
+                    }
+                }
                 println!(
                     "{}: ok ({} listeners, {} routes, {} clusters)",
                     config.display(),

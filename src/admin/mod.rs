@@ -351,10 +351,10 @@ impl AdminApi {
                 if let Some(s) = e.breaker {
                     METRICS
                         .endpoint_breaker_state
-                        .with_label_values(&[cluster.name.as_str(), e.address.as_str()])
+                        .with_label_values(&[cluster.name.as_str(), e.label.as_str()])
                         .set(state_value(s));
                 }
-                let labels = [cluster.name.as_str(), e.address.as_str()];
+                let labels = [cluster.name.as_str(), e.label.as_str()];
                 METRICS
                     .endpoint_healthy
                     .with_label_values(&labels)

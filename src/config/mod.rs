@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 pub use effective::{effective_value, value_as_line};
 pub use lint::{lint, Warning};
 pub use load::{load_file, load_str, ConfigError, ConfigErrors, Location};
-pub use validate::resolve_address;
+pub use validate::{resolve_address, split_host_port};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -861,6 +861,13 @@ pub struct Cluster {
     /// writes: it is watched and each good version applied without a config reload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoints_file: Option<String>,
+    /// A DNS SRV name (`_service._proto.domain`) whose records give the endpoints:
+    /// targets, ports, priorities and weights; re-resolved in the background.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub srv: Option<String>,
+    /// How hostname endpoints and `srv` are resolved: servers and TTL bounds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Dns>,
     #[serde(default)]
     pub lb: LbKind,
     /// What `consistent_hash` hashes on.
@@ -988,13 +995,57 @@ pub enum BulkheadMode {
     Adaptive,
 }
 
+/// DNS discovery settings of a cluster (`dns = { ... }`): a cluster whose endpoints are
+/// host names, or that has `srv`, re-resolves them in the background.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Dns {
+    /// Name servers (`ip:port`, or `ip` for port 53) asked instead of the system's
+    /// (`/etc/resolv.conf`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<String>,
+    /// Shortest time between two resolutions, whatever the records' TTL says (and the
+    /// first retry after a failure).
+    #[serde(with = "humantime_serde")]
+    pub min_ttl: Duration,
+    /// Longest time between two resolutions (and the longest retry backoff).
+    #[serde(with = "humantime_serde")]
+    pub max_ttl: Duration,
+}
+
+impl Default for Dns {
+    fn default() -> Self {
+        Dns {
+            servers: Vec::new(),
+            min_ttl: Duration::from_secs(1),
+            max_ttl: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Cluster {
+    /// Whether the cluster's endpoints come from DNS: an SRV name, or an endpoint given
+    /// by host name (an IP literal is fixed).
+    pub fn uses_dns(&self) -> bool {
+        self.srv.is_some() || self.endpoints.iter().any(Endpoint::is_hostname)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
-    /// `ip:port` or `host:port` (resolved once at load).
+    /// `ip:port`, or `host:port`: a host name is re-resolved in the background (every
+    /// A and AAAA address becomes an endpoint with this weight).
     pub address: String,
     #[serde(default = "one")]
     pub weight: u32,
+}
+
+impl Endpoint {
+    /// Whether the address names a host rather than an IP address.
+    pub fn is_hostname(&self) -> bool {
+        self.address.parse::<std::net::SocketAddr>().is_err()
+    }
 }
 
 fn one() -> u32 {

@@ -51,6 +51,94 @@ pub fn resolve_address(address: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("`{address}` resolves to no address"))
 }
 
+/// Splits `host:port` where host is a DNS name, checking both.
+pub fn split_host_port(address: &str) -> Result<(&str, u16), String> {
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Err(format!("`{address}` has no port (write host:port)"));
+    };
+    let port = port
+        .parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("`{address}`: `{port}` is not a port (1-65535)"))?;
+    check_dns_name(host).map_err(|e| format!("`{address}`: {e}"))?;
+    Ok((host, port))
+}
+
+/// Checks a DNS name's form (RFC 1035 lengths; letters, digits, `-` and `_`, which SRV
+/// labels use); a final dot is allowed.
+pub fn check_dns_name(name: &str) -> Result<(), String> {
+    let bare = name.strip_suffix('.').unwrap_or(name);
+    if bare.is_empty() {
+        return Err("the host name is empty".into());
+    }
+    if bare.len() > 253 {
+        return Err(format!("`{name}` is longer than 253 characters"));
+    }
+    for label in bare.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err(format!(
+                "`{name}`: each dot-separated label needs 1 to 63 characters"
+            ));
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(format!(
+                "`{name}` is not a host name (letters, digits, `-`, `_` and dots)"
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!("`{name}`: a label cannot start or end with `-`"));
+        }
+    }
+    Ok(())
+}
+
+/// An SRV name is `_service._proto.domain` (RFC 2782).
+fn check_srv_name(name: &str) -> Result<(), String> {
+    check_dns_name(name)?;
+    let mut labels = name.split('.');
+    let (service, proto) = (labels.next().unwrap_or(""), labels.next().unwrap_or(""));
+    if !service.starts_with('_') || !proto.starts_with('_') || labels.next().is_none() {
+        return Err(format!(
+            "`{name}` is not an SRV name: write `_service._proto.domain`, e.g. `_orders._tcp.example.internal`"
+        ));
+    }
+    Ok(())
+}
+
+fn validate_dns(dns: &super::Dns, c: &super::Cluster, at: &[Seg], p: &mut Problems) {
+    let here = |f: &str| -> Vec<Seg> { at.iter().cloned().chain([key(f)]).collect() };
+    if !c.uses_dns() {
+        p.add(
+            at,
+            "only used by a cluster with `srv` or with endpoints given by host name",
+        );
+    }
+    for (i, server) in dns.servers.iter().enumerate() {
+        if crate::upstream::dns::name_server(server).is_err() {
+            p.add(
+                &[here("servers"), vec![Seg::Index(i)]].concat(),
+                format!("`{server}` is not a name server address (write `ip` or `ip:port`)"),
+            );
+        }
+    }
+    if dns.min_ttl.is_zero() {
+        p.add(&here("min_ttl"), "must be greater than 0");
+    } else if dns.min_ttl > dns.max_ttl {
+        p.add(
+            &here("min_ttl"),
+            format!(
+                "{} is more than max_ttl ({})",
+                humantime::format_duration(dns.min_ttl),
+                humantime::format_duration(dns.max_ttl)
+            ),
+        );
+    }
+}
+
 pub fn validate(config: &Config) -> Vec<Problem> {
     let mut p = Problems {
         found: Vec::new(),
@@ -253,6 +341,21 @@ fn validate_clusters(config: &Config, p: &mut Problems) {
     for (name, c) in &config.clusters {
         let at = [key("clusters"), key(name)];
         let sub = |tail: &[Seg]| -> Vec<Seg> { at.iter().chain(tail).cloned().collect() };
+        match &c.srv {
+            Some(_) if !c.endpoints.is_empty() || c.endpoints_file.is_some() => p.add(
+                &sub(&[key("srv")]),
+                "a cluster takes one of `endpoints`, `endpoints_file` or `srv`",
+            ),
+            Some(name) => {
+                if let Err(e) = check_srv_name(name) {
+                    p.add(&sub(&[key("srv")]), e);
+                }
+            }
+            None => {}
+        }
+        if let Some(dns) = &c.dns {
+            validate_dns(dns, c, &sub(&[key("dns")]), p);
+        }
         match &c.endpoints_file {
             Some(_) if !c.endpoints.is_empty() => p.add(
                 &sub(&[key("endpoints_file")]),
@@ -267,9 +370,9 @@ fn validate_clusters(config: &Config, p: &mut Problems) {
                     p.add(&sub(&[key("endpoints_file")]), e);
                 }
             }
-            None if c.endpoints.is_empty() => p.add(
+            None if c.endpoints.is_empty() && c.srv.is_none() => p.add(
                 &sub(&[key("endpoints")]),
-                "a cluster needs at least one endpoint (`endpoints`, or `endpoints_file`)",
+                "a cluster needs at least one endpoint (`endpoints`, `endpoints_file` or `srv`)",
             ),
             None => {}
         }
@@ -282,9 +385,16 @@ fn validate_clusters(config: &Config, p: &mut Problems) {
                     "weight must be at least 1 (remove the endpoint to stop traffic)",
                 );
             }
-            match resolve_address(&e.address) {
-                Ok(addr) => {
-                    if !seen.insert(addr) {
+            // A host name is only checked for its form: it is resolved by the running
+            // gateway (and re-resolved), so `portico check` works offline.
+            let checked = match e.address.parse::<SocketAddr>() {
+                Ok(addr) => Ok(addr.to_string()),
+                Err(_) => split_host_port(&e.address)
+                    .map(|(host, port)| format!("{}:{port}", host.to_ascii_lowercase())),
+            };
+            match checked {
+                Ok(id) => {
+                    if !seen.insert(id) {
                         p.add(
                             &[e_at.clone(), vec![key("address")]].concat(),
                             format!("endpoint `{}` is listed twice", e.address),
@@ -991,6 +1101,57 @@ mod tests {
         let bad = errors("", "trusted_proxies = [\"10.0.0.0/33\"]");
         assert!(bad.contains("server.trusted_proxies[0]"), "{bad}");
         assert!(errors("on_mismatch = \"406\"", "").contains("on_mismatch"));
+    }
+
+    #[test]
+    fn dns_discovery_settings_are_located() {
+        let errors = |cluster: &str| {
+            let text = format!(
+                "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[routes]]\nid = \"r\"\npath = \"/\"\ncluster = \"c\"\n[clusters.c]\n{cluster}\n"
+            );
+            match load_str("t.toml", &text) {
+                Ok(_) => String::new(),
+                Err(e) => e.to_string(),
+            }
+        };
+        // A host name is checked for its form only: no DNS at load.
+        assert_eq!(
+            errors("endpoints = [{ address = \"orders.invalid:8080\" }]"),
+            ""
+        );
+        assert_eq!(errors("srv = \"_orders._tcp.example.internal.\""), "");
+        let e = errors("srv = \"orders.example.internal\"");
+        assert!(
+            e.contains("t.toml:8:") && e.contains("clusters.c.srv"),
+            "{e}"
+        );
+        let e = errors("srv = \"_orders._tcp.x\"\nendpoints = [{ address = \"127.0.0.1:1\" }]");
+        assert!(
+            e.contains("one of `endpoints`, `endpoints_file` or `srv`"),
+            "{e}"
+        );
+        let e = errors(
+            "endpoints = [{ address = \"o.internal:1\" }]\ndns = { min_ttl = \"1m\", max_ttl = \"10s\" }",
+        );
+        assert!(
+            e.contains("t.toml:9:") && e.contains("clusters.c.dns.min_ttl"),
+            "{e}"
+        );
+        let e = errors("endpoints = [{ address = \"o.internal:1\" }]\ndns = { min_ttl = \"0s\" }");
+        assert!(e.contains("must be greater than 0"), "{e}");
+        let e = errors(
+            "endpoints = [{ address = \"o.internal:1\" }]\ndns = { servers = [\"ns.example\"] }",
+        );
+        assert!(e.contains("clusters.c.dns.servers[0]"), "{e}");
+        let e = errors("endpoints = [{ address = \"127.0.0.1:1\" }]\ndns = {}");
+        assert!(e.contains("only used by a cluster with `srv`"), "{e}");
+        let e = errors("endpoints = [{ address = \"o_k!.internal:1\" }]");
+        assert!(e.contains("is not a host name"), "{e}");
+        let e = errors("endpoints = [{ address = \"o.internal:0\" }]");
+        assert!(e.contains("is not a port"), "{e}");
+        let e =
+            errors("endpoints = [{ address = \"O.internal:1\" }, { address = \"o.internal:1\" }]");
+        assert!(e.contains("listed twice"), "{e}");
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub struct Metrics {
     /// Endpoint-set versions a cluster's discovery applied or rejected.
     pub discovery_updates: IntCounterVec,
     pub discovery_errors: IntCounterVec,
+    /// DNS discovery's resolutions by cluster and result (ok, nxdomain, empty, error).
+    pub dns_resolutions: IntCounterVec,
     pub client_connections: IntGauge,
     /// Connections switched to another protocol (WebSocket) and relayed now.
     pub upgraded_connections: IntGauge,
@@ -197,6 +199,11 @@ impl Metrics {
             "Endpoint sets a cluster's discovery rejected (the last good set stays), by cluster",
             &["cluster"],
         );
+        let dns_resolutions = counter(
+            "portico_dns_resolutions_total",
+            "DNS discovery resolutions by cluster and result (ok, nxdomain, empty, error)",
+            &["cluster", "result"],
+        );
         let bulkhead_limit = gauge(
             "portico_bulkhead_limit",
             "Current concurrency limit of a cluster's bulkhead",
@@ -304,6 +311,7 @@ impl Metrics {
             Box::new(bulkhead_limit.clone()),
             Box::new(discovery_updates.clone()),
             Box::new(discovery_errors.clone()),
+            Box::new(dns_resolutions.clone()),
             Box::new(request_duration.clone()),
             Box::new(upstream_duration.clone()),
             Box::new(active_requests.clone()),
@@ -341,6 +349,7 @@ impl Metrics {
             bulkhead_limit,
             discovery_updates,
             discovery_errors,
+            dns_resolutions,
             client_connections,
             upgraded_connections,
             connections_refused,

@@ -154,7 +154,7 @@ fn sample(snapshot: &Snapshot, now: Instant) {
                 state.push_str(", breaker ");
                 state.push_str(breaker_word(b));
             }
-            states.push((e.address.clone(), state));
+            states.push((e.label.clone(), state));
         }
         for (endpoint, state) in states {
             let key = (cluster.name.clone(), endpoint);

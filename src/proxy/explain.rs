@@ -52,8 +52,12 @@ pub struct Routed {
     pub deprecation: Vec<(String, String)>,
     pub cluster: String,
     pub lb: String,
-    /// Endpoint address and weight.
+    /// Endpoint address and weight (for a DNS-discovered endpoint, its name and the
+    /// address it resolved to; with SRV priorities, the level).
     pub endpoints: Vec<(String, u32)>,
+    /// Where the endpoints come from when discovered: file, DNS names or SRV.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<String>,
     /// The request line sent upstream.
     pub upstream: String,
     pub attempts: u32,
@@ -198,8 +202,18 @@ pub fn explain(snapshot: &Snapshot, question: &Question<'_>) -> Result<Explanati
                 endpoints: cluster
                     .endpoints()
                     .iter()
-                    .map(|e| (e.name.clone(), e.weight))
+                    .map(|e| {
+                        let mut name = e.name.clone();
+                        if name != e.addr.to_string() {
+                            name = format!("{name} ({})", e.addr);
+                        }
+                        if e.priority != 0 {
+                            name = format!("{name} priority {}", e.priority);
+                        }
+                        (name, e.weight)
+                    })
                     .collect(),
+                discovery: discovery_summary(&cluster.definition),
                 upstream: format!("{method} {upstream_path}{query_suffix}"),
                 attempts: route.retry.attempts,
                 deadline: route
@@ -216,6 +230,39 @@ pub fn explain(snapshot: &Snapshot, question: &Question<'_>) -> Result<Explanati
         },
     };
     Ok(answer(normalised, outcome))
+}
+
+/// One line on where a discovered cluster's endpoints come from.
+fn discovery_summary(def: &crate::config::Cluster) -> Option<String> {
+    if let Some(file) = &def.endpoints_file {
+        return Some(format!("file {file} (watched)"));
+    }
+    if !def.uses_dns() {
+        return None;
+    }
+    let dns = def.dns.clone().unwrap_or_default();
+    let names = match &def.srv {
+        Some(srv) => format!("srv {srv}"),
+        None => {
+            let hosts: Vec<&str> = def
+                .endpoints
+                .iter()
+                .filter(|e| e.is_hostname())
+                .map(|e| e.address.as_str())
+                .collect();
+            format!("dns {}", hosts.join(", "))
+        }
+    };
+    let servers = if dns.servers.is_empty() {
+        "the system's name servers".to_string()
+    } else {
+        dns.servers.join(", ")
+    };
+    Some(format!(
+        "{names} via {servers}, re-resolved after the TTL within {}..{}",
+        humantime::format_duration(dns.min_ttl),
+        humantime::format_duration(dns.max_ttl)
+    ))
 }
 
 impl std::fmt::Display for Explanation {
@@ -236,6 +283,9 @@ impl std::fmt::Display for Explanation {
                     }
                 }
                 writeln!(f, "cluster:    {} ({})", r.cluster, r.lb)?;
+                if let Some(d) = &r.discovery {
+                    writeln!(f, "  discovery {d}")?;
+                }
                 for (name, weight) in &r.endpoints {
                     writeln!(f, "  endpoint  {name} weight {weight}")?;
                 }

@@ -767,7 +767,7 @@ impl ProxyHttp for Gateway {
 
         if ctx.snapshot.access_log.wants(status) {
             let req = session.req_header();
-            let upstream = ctx.tried.last().map(|e| e.name.as_str());
+            let upstream = ctx.tried.last().map(|e| e.label.as_str());
             let error = ctx
                 .error
                 .as_ref()

@@ -20,42 +20,71 @@ use serde::{Deserialize, Serialize};
 use super::Cluster;
 use crate::config;
 
-/// The endpoints a file lists: name (the address as written), address, weight.
-pub type Listed = Vec<(String, SocketAddr, u32)>;
+/// One endpoint a discovery source lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// The address as written (a file's entry, a configured `host:port`, an SRV
+    /// target with its port): logs, SNI and the health check's Host come from it.
+    pub name: String,
+    pub addr: SocketAddr,
+    pub weight: u32,
+    /// Lower takes traffic first (SRV priority); 0 for every other source.
+    pub priority: u16,
+}
+
+/// The endpoints a discovery source lists.
+pub type Listed = Vec<Member>;
 
 /// How often the endpoints file is looked at.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What the discovery of a cluster last did, for `/admin/clusters`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct DiscoveryStatus {
-    /// `file` (the only source so far).
+    /// `file` (`endpoints_file`), `dns` (endpoints given by host name) or `srv`.
     pub source: &'static str,
+    /// The endpoints file.
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub path: String,
-    /// Good versions applied since the cluster was built (the first one included).
+    /// The names resolved (`host:port` as configured, or the SRV name).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+    /// The name servers asked (`system`: those of `/etc/resolv.conf`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<String>,
+    /// Good versions applied since the cluster was built (the first one included); for
+    /// DNS, resolutions that changed the set.
     pub updates: u64,
-    /// Bad versions rejected.
+    /// Bad versions rejected; for DNS, failed resolutions (the last good set stayed).
     pub errors: u64,
     /// Why the newest version was rejected; `None` once a good one follows.
     pub last_error: Option<String>,
     /// When the endpoint set last changed (RFC 3339).
     pub last_change: Option<String>,
+    /// DNS: when the last resolution succeeded (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_resolution: Option<String>,
+    /// DNS: the records' TTL as used, within `min_ttl` and `max_ttl` (seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<f64>,
+    /// DNS: when the names are resolved next (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_refresh: Option<String>,
 }
 
 impl DiscoveryStatus {
-    pub(super) fn new(def: &config::Cluster) -> DiscoveryStatus {
+    pub(super) fn file(def: &config::Cluster) -> DiscoveryStatus {
         DiscoveryStatus {
             source: "file",
             path: def.endpoints_file.clone().unwrap_or_default(),
             updates: 1,
-            errors: 0,
-            last_error: None,
             last_change: Some(now_rfc3339()),
+            ..DiscoveryStatus::default()
         }
     }
 }
 
-fn now_rfc3339() -> String {
+pub(super) fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
@@ -143,14 +172,23 @@ pub fn parse_endpoints(path: &Path, text: &str) -> Result<Listed, String> {
                 e.address
             ));
         }
-        out.push((e.address, addr, e.weight));
+        out.push(Member {
+            name: e.address,
+            addr,
+            weight: e.weight,
+            priority: 0,
+        });
     }
     Ok(out)
 }
 
-/// Starts the watch of a cluster's endpoints file (needs a Tokio runtime). Does nothing
-/// for clusters with fixed endpoints.
+/// Starts the discovery task of a cluster: the watch of its endpoints file, or its DNS
+/// refreshes ([`super::dns`]) (needs a Tokio runtime). Does nothing for clusters with
+/// fixed endpoints.
 pub fn spawn_discovery(cluster: &Arc<Cluster>) {
+    if cluster.definition.uses_dns() {
+        return super::dns::spawn(cluster);
+    }
     let Some(path) = cluster.definition.endpoints_file.clone() else {
         return;
     };
@@ -264,14 +302,14 @@ mod tests {
             r#"[{"address": "127.0.0.1:1", "weight": 3}, {"address": "127.0.0.1:2"}]"#,
         )
         .unwrap();
-        assert_eq!(json[0].2, 3);
-        assert_eq!(json[1].2, 1);
+        assert_eq!(json[0].weight, 3);
+        assert_eq!(json[1].weight, 1);
         let toml = parse_endpoints(
             Path::new("o.toml"),
             "[[endpoints]]\naddress = \"127.0.0.1:1\"\nweight = 2\n",
         )
         .unwrap();
-        assert_eq!(toml[0].1, "127.0.0.1:1".parse().unwrap());
+        assert_eq!(toml[0].addr, "127.0.0.1:1".parse().unwrap());
     }
 
     #[test]

@@ -6,14 +6,17 @@
 //! of their own. Only a configured endpoint breaker adds one, a short mutex to count the
 //! outcome (see [`breaker`]), never held across an await.
 //!
-//! A cluster's endpoints are fixed, or (with `endpoints_file`, see [`discovery`]) an
-//! endpoint set swapped whole at run time: requests hold the `Arc<Endpoint>` they chose,
-//! addresses that stay keep their `Endpoint`, and removed ones drain.
+//! A cluster's endpoints are fixed, or (with `endpoints_file`, see [`discovery`], or
+//! host names and `srv`, see [`dns`]) an endpoint set swapped whole at run time: requests
+//! hold the `Arc<Endpoint>` they chose, addresses that stay keep their `Endpoint`, and
+//! removed ones drain. Endpoints with different priorities (SRV) form priority levels:
+//! the lowest level with an available endpoint takes all the traffic.
 
 pub mod breaker;
 pub mod budget;
 pub mod bulkhead;
 pub mod discovery;
+pub mod dns;
 mod health;
 
 use std::net::{IpAddr, SocketAddr};
@@ -39,7 +42,13 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// The address as configured, for logs, metrics and the admin API.
     pub name: String,
+    /// What names this endpoint alone in metrics, the access log and the console: the
+    /// name, or `name@address` when the name does not say the address (a host name,
+    /// whose addresses DNS discovery makes several endpoints of).
+    pub label: String,
     pub weight: u32,
+    /// Lower takes traffic first (SRV priority); 0 unless discovery says otherwise.
+    pub priority: u16,
     /// The peer Pingora connects to; cloned per attempt.
     peer: HttpPeer,
     /// Result of active health checking (true until a check says otherwise).
@@ -71,14 +80,15 @@ impl Endpoint {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// A new endpoint of a cluster at `addr`, named `name` (the address as written).
-    fn new(
-        def: &config::Cluster,
-        tls: &PeerTls,
-        name: &str,
-        addr: SocketAddr,
-        weight: u32,
-    ) -> Endpoint {
+    /// A new endpoint of a cluster for one listed member.
+    fn new(def: &config::Cluster, tls: &PeerTls, member: &discovery::Member) -> Endpoint {
+        let discovery::Member {
+            name,
+            addr,
+            weight,
+            priority,
+        } = member;
+        let (addr, weight) = (*addr, *weight);
         let sni = def.sni.clone().unwrap_or_else(|| {
             name.rsplit_once(':')
                 .map_or(name.to_string(), |(h, _)| h.to_string())
@@ -92,7 +102,13 @@ impl Endpoint {
         Endpoint {
             addr,
             name: name.to_string(),
+            label: if name.parse::<SocketAddr>().ok() == Some(addr) {
+                name.to_string()
+            } else {
+                format!("{name}@{addr}")
+            },
             weight: weight.max(1),
+            priority: *priority,
             peer,
             healthy: AtomicBool::new(true),
             ejected_until_ms: AtomicU64::new(0),
@@ -243,6 +259,20 @@ pub struct Cluster {
 /// The endpoints of a cluster and the balancer over them, replaced as one.
 pub struct EndpointSet {
     pub endpoints: Vec<Arc<Endpoint>>,
+    levels: Levels,
+}
+
+/// How a set's endpoints are balanced: as one level (every cluster but SRV ones with
+/// several priorities), or by priority level, `endpoints` then sorted by priority and
+/// each level with its own balancer.
+enum Levels {
+    One(Balancer),
+    Tiers(Box<[Tier]>),
+}
+
+/// The endpoints of one priority level: a range of the sorted set and their balancer.
+struct Tier {
+    range: std::ops::Range<usize>,
     balancer: Balancer,
 }
 
@@ -271,31 +301,41 @@ impl Cluster {
     pub fn build(name: &str, def: &config::Cluster) -> Result<Cluster, String> {
         let tls = PeerTls::load(def)?;
         let mut built_from = 0;
+        let mut discovery = None;
         let listed: discovery::Listed = match &def.endpoints_file {
             Some(path) => {
                 let (listed, hash) =
                     discovery::read_endpoints_file_hashed(std::path::Path::new(path))?;
                 built_from = hash;
+                discovery = Some(DiscoveryStatus::file(def));
+                listed
+            }
+            // Resolved once now, so a cluster starts with its endpoints (or, when DNS
+            // fails, with none and the error in its status), then by its task.
+            None if def.uses_dns() => {
+                let (listed, status) = dns::first_resolution(name, def);
+                discovery = Some(status);
                 listed
             }
             None => def
                 .endpoints
                 .iter()
                 .map(|e| {
-                    Ok((
-                        e.address.clone(),
-                        crate::config::resolve_address(&e.address)?,
-                        e.weight,
-                    ))
+                    Ok(discovery::Member {
+                        name: e.address.clone(),
+                        addr: crate::config::resolve_address(&e.address)?,
+                        weight: e.weight,
+                        priority: 0,
+                    })
                 })
                 .collect::<Result<_, String>>()?,
         };
         let endpoints: Vec<Arc<Endpoint>> = listed
             .iter()
-            .map(|(n, addr, w)| Arc::new(Endpoint::new(def, &tls, n, *addr, *w)))
+            .map(|m| Arc::new(Endpoint::new(def, &tls, m)))
             .collect();
         let set = EndpointSet::new(def, endpoints)?;
-        let dynamic = def.endpoints_file.is_some();
+        let dynamic = discovery.is_some();
         Ok(Cluster {
             name: name.to_string(),
             endpoints: if dynamic {
@@ -313,7 +353,7 @@ impl Cluster {
             definition: def.clone(),
             epoch: Instant::now(),
             draining: Mutex::new(Vec::new()),
-            discovery: dynamic.then(|| Mutex::new(DiscoveryStatus::new(def))),
+            discovery: discovery.map(Mutex::new),
             built_from,
         })
     }
@@ -360,25 +400,23 @@ impl Cluster {
         let mut fresh = Vec::new();
         let endpoints: Vec<Arc<Endpoint>> = listed
             .iter()
-            .map(
-                |(name, addr, weight)| match old.endpoints.iter().find(|e| e.addr == *addr) {
-                    Some(e) if e.weight == (*weight).max(1) && e.name == *name => e.clone(),
-                    kept => {
-                        let e = Arc::new(Endpoint::new(
-                            &self.definition,
-                            &self.tls,
-                            name,
-                            *addr,
-                            *weight,
-                        ));
-                        match kept {
-                            Some(k) => e.take_state_of(k),
-                            None => fresh.push(e.clone()),
-                        }
-                        e
+            .map(|m| match old.endpoints.iter().find(|e| e.addr == m.addr) {
+                Some(e)
+                    if e.weight == m.weight.max(1)
+                        && e.name == m.name
+                        && e.priority == m.priority =>
+                {
+                    e.clone()
+                }
+                kept => {
+                    let e = Arc::new(Endpoint::new(&self.definition, &self.tls, m));
+                    match kept {
+                        Some(k) => e.take_state_of(k),
+                        None => fresh.push(e.clone()),
                     }
-                },
-            )
+                    e
+                }
+            })
             .collect();
         if self.health_check.is_some() && !fresh.is_empty() {
             health::probe_new(self, &fresh).await;
@@ -394,7 +432,7 @@ impl Cluster {
         current.store(Arc::new(set));
         let n_removed = removed
             .iter()
-            .filter(|o| !listed.iter().any(|(_, a, _)| *a == o.addr))
+            .filter(|o| !listed.iter().any(|m| m.addr == o.addr))
             .count();
         if let Ok(mut draining) = self.draining.lock() {
             draining.retain(|e| e.in_flight() > 0);
@@ -472,21 +510,21 @@ impl Cluster {
             let e = &endpoints[i];
             self.available(e, now) && !exclude.iter().any(|x| Arc::ptr_eq(x, e))
         };
-        let picked = match &set.balancer {
-            Balancer::RoundRobin { cycle, next } => {
-                let start = next.fetch_add(1, Ordering::Relaxed);
-                (0..cycle.len())
-                    .map(|k| cycle[(start + k) % cycle.len()] as usize)
-                    .find(|&i| usable(i))
-            }
-            Balancer::LeastRequest => least_request(endpoints, &usable),
-            Balancer::ConsistentHash { ring, on, name } => {
-                let key = hash_key(*on, name, input);
-                ring.node_iter(key.as_bytes())
-                    .take(ring_probe_limit(endpoints.len()))
-                    .filter_map(|addr| endpoints.iter().position(|e| e.addr == *addr))
-                    .find(|&i| usable(i))
-            }
+        let picked = match &set.levels {
+            Levels::One(balancer) => pick(balancer, endpoints, input, usable),
+            // The lowest level with an available endpoint takes the traffic; the next one
+            // only once every endpoint of the levels before it is down (Envoy's priority
+            // levels, without spill-over by percentage).
+            Levels::Tiers(tiers) => tiers
+                .iter()
+                .find(|t| t.range.clone().any(|i| self.available(&endpoints[i], now)))
+                .and_then(|t| {
+                    let start = t.range.start;
+                    pick(&t.balancer, &endpoints[t.range.clone()], input, |i| {
+                        usable(start + i)
+                    })
+                    .map(|i| start + i)
+                }),
         };
         // Everything not yet tried is down: retrying on an endpoint already tried beats
         // failing the request.
@@ -588,6 +626,7 @@ impl Cluster {
     /// The endpoints' state for the admin API and metrics.
     pub fn status(&self) -> ClusterStatus {
         let now = self.now_ms();
+        let tiered = self.with_set(|set| matches!(set.levels, Levels::Tiers(_)));
         ClusterStatus {
             name: self.name.clone(),
             lb: self.definition.lb,
@@ -621,6 +660,9 @@ impl Cluster {
                 .iter()
                 .map(|e| EndpointStatus {
                     address: e.name.clone(),
+                    addr: e.addr,
+                    priority: tiered.then_some(e.priority),
+                    label: e.label.clone(),
                     weight: e.weight,
                     healthy: e.is_healthy(),
                     ejected: e.is_ejected(now),
@@ -692,7 +734,16 @@ pub struct DrainingStatus {
 
 #[derive(Debug, Serialize)]
 pub struct EndpointStatus {
+    /// The address as written (for DNS discovery, the `host:port` or SRV target).
     pub address: String,
+    /// The socket address connected to (what DNS resolved `address` to).
+    pub addr: SocketAddr,
+    /// Its priority level, when discovery gives several (SRV).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u16>,
+    /// [`Endpoint::label`], for metrics and the console's history.
+    #[serde(skip)]
+    pub label: String,
     pub weight: u32,
     pub healthy: bool,
     pub ejected: bool,
@@ -709,11 +760,45 @@ pub struct BulkheadStatus {
 }
 
 impl EndpointSet {
-    /// The set and its balancer (a fresh round-robin cycle or hash ring).
-    fn new(def: &config::Cluster, endpoints: Vec<Arc<Endpoint>>) -> Result<EndpointSet, String> {
-        let balancer = match def.lb {
+    /// The set and its balancer (a fresh round-robin cycle or hash ring), or one
+    /// balancer per priority level when the endpoints have several.
+    fn new(
+        def: &config::Cluster,
+        mut endpoints: Vec<Arc<Endpoint>>,
+    ) -> Result<EndpointSet, String> {
+        let tiered = endpoints
+            .iter()
+            .any(|e| e.priority != endpoints[0].priority);
+        let levels = if tiered {
+            endpoints.sort_by_key(|e| e.priority);
+            let mut tiers = Vec::new();
+            let mut start = 0;
+            while start < endpoints.len() {
+                let p = endpoints[start].priority;
+                let end = start
+                    + endpoints[start..]
+                        .iter()
+                        .take_while(|e| e.priority == p)
+                        .count();
+                tiers.push(Tier {
+                    range: start..end,
+                    balancer: Balancer::new(def, &endpoints[start..end])?,
+                });
+                start = end;
+            }
+            Levels::Tiers(tiers.into_boxed_slice())
+        } else {
+            Levels::One(Balancer::new(def, &endpoints)?)
+        };
+        Ok(EndpointSet { endpoints, levels })
+    }
+}
+
+impl Balancer {
+    fn new(def: &config::Cluster, endpoints: &[Arc<Endpoint>]) -> Result<Balancer, String> {
+        Ok(match def.lb {
             LbKind::RoundRobin => Balancer::RoundRobin {
-                cycle: smooth_weighted_cycle(&endpoints),
+                cycle: smooth_weighted_cycle(endpoints),
                 next: AtomicUsize::new(0),
             },
             LbKind::LeastRequest => Balancer::LeastRequest,
@@ -729,11 +814,38 @@ impl EndpointSet {
                     name: hash.name.unwrap_or_default().to_ascii_lowercase(),
                 }
             }
-        };
-        Ok(EndpointSet {
-            endpoints,
-            balancer,
         })
+    }
+}
+
+/// One pick by `balancer` among `endpoints`, keeping to the ones `usable` accepts (by
+/// index in `endpoints`).
+#[inline]
+fn pick(
+    balancer: &Balancer,
+    endpoints: &[Arc<Endpoint>],
+    input: &HashInput<'_>,
+    usable: impl Fn(usize) -> bool,
+) -> Option<usize> {
+    if endpoints.is_empty() {
+        // DNS discovery that has not resolved yet.
+        return None;
+    }
+    match balancer {
+        Balancer::RoundRobin { cycle, next } => {
+            let start = next.fetch_add(1, Ordering::Relaxed);
+            (0..cycle.len())
+                .map(|k| cycle[(start + k) % cycle.len()] as usize)
+                .find(|&i| usable(i))
+        }
+        Balancer::LeastRequest => least_request(endpoints, &usable),
+        Balancer::ConsistentHash { ring, on, name } => {
+            let key = hash_key(*on, name, input);
+            ring.node_iter(key.as_bytes())
+                .take(ring_probe_limit(endpoints.len()))
+                .filter_map(|addr| endpoints.iter().position(|e| e.addr == *addr))
+                .find(|&i| usable(i))
+        }
     }
 }
 
@@ -766,6 +878,10 @@ fn least_request(endpoints: &[Arc<Endpoint>], usable: &dyn Fn(usize) -> bool) ->
 /// Nginx's smooth weighted round robin, unrolled once into a cycle: weights 5,1,1 give
 /// a a b a c a a rather than a a a a a b c, so no endpoint gets a burst.
 fn smooth_weighted_cycle(endpoints: &[Arc<Endpoint>]) -> Vec<u32> {
+    if endpoints.is_empty() {
+        // DNS discovery that has not resolved yet: nothing to cycle over.
+        return Vec::new();
+    }
     let weights: Vec<i64> = endpoints.iter().map(|e| e.weight as i64).collect();
     let g = weights.iter().copied().fold(0, gcd).max(1);
     let weights: Vec<i64> = weights.iter().map(|w| w / g).collect();
@@ -959,7 +1075,12 @@ mod tests {
         let busy = c.start(&before[1]).unwrap();
         let listed = |a: &[(&str, u32)]| {
             a.iter()
-                .map(|(s, w)| (s.to_string(), s.parse().unwrap(), *w))
+                .map(|(s, w)| discovery::Member {
+                    name: s.to_string(),
+                    addr: s.parse().unwrap(),
+                    weight: *w,
+                    priority: 0,
+                })
                 .collect::<Vec<_>>()
         };
         let (added, removed) = c
@@ -989,6 +1110,57 @@ mod tests {
             .filter(|_| index_of(&c, &c.select(&input(&h), &[]).unwrap()) == 0)
             .count();
         assert_eq!(picks, 5);
+    }
+
+    #[tokio::test]
+    async fn priority_levels_take_traffic_lowest_first() {
+        // A cluster as SRV discovery builds it: two levels, weights 3:1 in the first.
+        let c = Arc::new(cluster(
+            r#"endpoints = [{ address = "127.0.0.1:1" }]
+            outlier = { consecutive_5xx = 1, min_healthy = 0 }"#,
+        ));
+        let member = |a: &str, weight: u32, priority: u16| discovery::Member {
+            name: a.to_string(),
+            addr: a.parse().unwrap(),
+            weight,
+            priority,
+        };
+        // Fixed endpoints cannot be replaced: build the set the way discovery does.
+        let def = c.definition.clone();
+        let set = EndpointSet::new(
+            &def,
+            [
+                member("127.0.0.1:3", 5, 20),
+                member("127.0.0.1:1", 3, 10),
+                member("127.0.0.1:2", 1, 10),
+            ]
+            .iter()
+            .map(|m| Arc::new(Endpoint::new(&def, &c.tls, m)))
+            .collect(),
+        )
+        .unwrap();
+        assert!(matches!(set.levels, Levels::Tiers(_)));
+        let h = http::HeaderMap::new();
+        let pick = |set: &EndpointSet| c.select_in(set, &input(&h), &[]).map(|e| e.addr.port());
+        let picks: Vec<u16> = (0..8).map(|_| pick(&set).unwrap()).collect();
+        assert_eq!(picks.iter().filter(|&&p| p == 1).count(), 6, "{picks:?}");
+        assert_eq!(picks.iter().filter(|&&p| p == 2).count(), 2, "{picks:?}");
+        // One endpoint of the first level down: the other takes it all.
+        set.endpoints[0].healthy.store(false, Ordering::Relaxed);
+        assert!((0..4).all(|_| pick(&set) == Ok(2)));
+        // The whole first level down: the next level.
+        set.endpoints[1].healthy.store(false, Ordering::Relaxed);
+        assert!((0..4).all(|_| pick(&set) == Ok(3)));
+        // A retry that already tried the only available endpoint gets it again.
+        let only = set.endpoints[2].clone();
+        assert_eq!(
+            c.select_in(&set, &input(&h), std::slice::from_ref(&only))
+                .map(|e| e.addr.port()),
+            Ok(3)
+        );
+        // An empty set (DNS not resolved yet) selects nothing, without a panic.
+        let empty = EndpointSet::new(&def, Vec::new()).unwrap();
+        assert_eq!(pick(&empty), Err(SelectError::NoHealthyEndpoint));
     }
 
     #[test]

@@ -33,7 +33,17 @@ impl HttpServer {
         F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
     {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        HttpServer::start_on("127.0.0.1:0".parse().unwrap(), handler).await
+    }
+
+    /// [`HttpServer::start`] on a chosen loopback address (DNS tests put several
+    /// upstreams on one port of 127.0.0.1, 127.0.0.2, ...).
+    pub async fn start_on<F, Fut>(bind: SocketAddr, handler: F) -> HttpServer
+    where
+        F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind(bind)
             .await
             .expect("bind in-test server");
         let addr = listener.local_addr().expect("in-test server address");
@@ -162,6 +172,11 @@ pub struct Upstream {
 impl Upstream {
     /// Starts an upstream answering 200 at once.
     pub async fn start(name: &str) -> Upstream {
+        Upstream::start_on(name, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// [`Upstream::start`] on a chosen loopback address.
+    pub async fn start_on(name: &str, bind: SocketAddr) -> Upstream {
         let state = Arc::new(UpstreamState {
             name: name.to_string(),
             status: AtomicU16::new(200),
@@ -176,7 +191,7 @@ impl Upstream {
             arrivals: Mutex::new(Vec::new()),
         });
         let shared = state.clone();
-        let server = HttpServer::start(move |req| handle(shared.clone(), req)).await;
+        let server = HttpServer::start_on(bind, move |req| handle(shared.clone(), req)).await;
         Upstream {
             addr: server.addr,
             state,

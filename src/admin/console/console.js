@@ -129,8 +129,11 @@ function renderClusters(data) {
     facts.push(`retry budget ${b.retries}/${Math.floor(b.allowed)} used (10 s, ${b.requests} requests)`);
     const rows = c.endpoints.map((e) => {
       const health = endpointHealth(e);
-      return el("tr", { "data-endpoint": c.name + "/" + e.address, "data-health": health },
-        el("td", { class: "mono" }, e.address),
+      // A DNS-discovered endpoint: its name and the address it resolved to.
+      const label = e.addr && e.addr !== e.address ? e.address + "@" + e.addr : e.address;
+      const shown = e.priority === undefined ? label : label + " (priority " + e.priority + ")";
+      return el("tr", { "data-endpoint": c.name + "/" + label, "data-health": health },
+        el("td", { class: "mono" }, shown),
         el("td", {}, String(e.weight)),
         el("td", { class: "health " + health }, health),
         el("td", {}, e.ejected ? (e.ejected_for_ms / 1000).toFixed(1) + " s left" : "–"),
