@@ -46,6 +46,9 @@ pub struct Record<'a> {
     pub attempts: u32,
     /// Omitted from the line when `None`.
     pub error: Option<&'a str>,
+    /// The `grpc-status` of a gRPC call; omitted for other requests (and for a call that
+    /// ended without one).
+    pub grpc_status: Option<u8>,
 }
 
 impl Record<'_> {
@@ -103,6 +106,10 @@ impl Record<'_> {
         if let Some(error) = self.error {
             out.extend_from_slice(b",\"error\":");
             json::string(out, error);
+        }
+        if let Some(code) = self.grpc_status {
+            out.extend_from_slice(b",\"grpc_status\":");
+            json::uint(out, u64::from(code));
         }
         out.push(b'}');
     }
@@ -483,7 +490,17 @@ mod tests {
             upstream_time: Some(Duration::from_micros(999)),
             attempts: 1,
             error,
+            grpc_status: None,
         }
+    }
+
+    #[test]
+    fn grpc_status_is_written_only_for_grpc_calls() {
+        let plain = parsed(&record("/a", None, None));
+        assert!(plain.get("grpc_status").is_none());
+        let mut call = record("/pkg.Svc/Get", None, None);
+        call.grpc_status = Some(14);
+        assert_eq!(parsed(&call)["grpc_status"], 14);
     }
 
     fn parsed(record: &Record<'_>) -> serde_json::Value {

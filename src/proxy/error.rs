@@ -252,6 +252,21 @@ impl GatewayError {
         Bytes::from(serde_json::to_vec(&problem).unwrap_or_default())
     }
 
+    /// The `grpc-status` of this error when the request is a gRPC call: by its HTTP status
+    /// (`grpc::code_for_http`), except that a request the client got wrong is
+    /// `INVALID_ARGUMENT` and an unreachable upstream `UNAVAILABLE` (its retry is safe).
+    pub fn grpc_code(&self) -> u8 {
+        use super::grpc::code;
+        match self {
+            GatewayError::BadPath(_)
+            | GatewayError::BadRequest(_)
+            | GatewayError::VersionRequired(_)
+            | GatewayError::UnknownVersion { .. } => code::INVALID_ARGUMENT,
+            GatewayError::UpstreamConnect(_) | GatewayError::UpstreamBroken(_) => code::UNAVAILABLE,
+            e => super::grpc::code_for_http(e.status()),
+        }
+    }
+
     /// Extra headers the status calls for.
     pub fn headers(&self) -> Vec<(http::HeaderName, String)> {
         match self {

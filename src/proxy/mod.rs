@@ -9,6 +9,7 @@
 pub mod connection;
 pub mod error;
 pub mod explain;
+pub mod grpc;
 pub mod handshake;
 mod headers;
 pub mod proxy_protocol;
@@ -92,6 +93,8 @@ pub struct Ctx {
     /// The upstream answered `101`: the connection is relayed as another protocol and
     /// counted in `portico_upgraded_connections` until the request ends.
     upgraded: bool,
+    /// The request is a gRPC call (HTTP/2, `application/grpc`).
+    grpc: Option<grpc::Call>,
 }
 
 impl Ctx {
@@ -171,6 +174,7 @@ impl ProxyHttp for Gateway {
             active: false,
             peer_ip: None,
             path_traits: Default::default(),
+            grpc: None,
         }
     }
 
@@ -183,6 +187,8 @@ impl ProxyHttp for Gateway {
             .map(|a| a.ip());
         ctx.plugin.client_ip = ctx.peer_ip;
         ctx.plugin.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        // Before cleaning, which drops the `TE: trailers` a gRPC call carries.
+        ctx.grpc = grpc::Call::of(session);
         let mut trace = TraceContext::from_header(
             session
                 .req_header()
@@ -322,6 +328,11 @@ impl ProxyHttp for Gateway {
         }
         cluster.retry_budget.record_request();
         ctx.deadline = route.deadline.map(|d| ctx.start + d);
+        // A gRPC call's own deadline shortens the route's, never lengthens it.
+        if let Some(t) = ctx.grpc.and_then(|c| c.timeout) {
+            let own = ctx.start + t;
+            ctx.deadline = Some(ctx.deadline.map_or(own, |d| d.min(own)));
+        }
         Ok(false)
     }
 
@@ -493,6 +504,17 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         headers::add_forwarded(upstream, ctx.peer_ip, ctx.plugin.tls);
+        if let Some(call) = ctx.grpc {
+            if call.te_trailers {
+                upstream.insert_header(http::header::TE, "trailers")?;
+            }
+            // The upstream learns what is left of the deadline, as the client told the
+            // gateway what it had (the route's deadline counts too).
+            if let Some(deadline) = ctx.deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                upstream.insert_header("grpc-timeout", grpc::format_timeout(left))?;
+            }
+        }
         if let Some(trace) = &ctx.trace {
             // A sampled request's upstream sees this attempt's span as its parent; others
             // see the gateway's span.
@@ -542,6 +564,23 @@ impl ProxyHttp for Gateway {
         if let Some(start) = ctx.upstream_start {
             ctx.upstream_time = Some(start.elapsed());
         }
+        if let Some(call) = &mut ctx.grpc {
+            // A `grpc-status` in the response header makes it a trailers-only answer:
+            // nothing of it has reached the client, so a listed status may be retried.
+            call.status = grpc::status_of(&upstream_response.headers);
+            if let Some(code) = call.status {
+                if retry::decide(ctx, session, Failure::GrpcStatus(code)) {
+                    ctx.finish_attempt(Outcome::Response(status));
+                    ctx.count_attempt("response");
+                    let mut e = Error::explain(
+                        ErrorType::Custom(RETRYABLE_STATUS),
+                        format!("upstream answered grpc-status {code}, retrying"),
+                    );
+                    e.set_retry(true);
+                    return Err(e);
+                }
+            }
+        }
         let retryable = ctx
             .route
             .as_ref()
@@ -585,6 +624,18 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    fn upstream_response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(call) = &mut ctx.grpc {
+            call.status = grpc::status_of(trailers);
+        }
+        Ok(())
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         if client_gone(e) {
             return FailToProxy {
@@ -617,6 +668,17 @@ impl ProxyHttp for Gateway {
         if session.response_written().is_none() {
             if let Err(write_error) = self.write_error(session, ctx, &err).await {
                 log::debug!("cannot send error response: {write_error}");
+            }
+        } else if let Some(call) = &mut ctx.grpc {
+            // The call's header went out, so its status can only be in trailers: the
+            // client reads the failure as a status rather than a reset stream.
+            if call.status.is_none() {
+                let code = err.grpc_code();
+                call.status = Some(code);
+                let trailers = grpc::status_trailers(code, &err.public_detail());
+                if let Err(write_error) = session.write_response_trailers(trailers).await {
+                    log::debug!("cannot send gRPC status trailers: {write_error}");
+                }
             }
         }
         ctx.error = Some(err);
@@ -697,6 +759,9 @@ impl ProxyHttp for Gateway {
             ctx.upstream_time,
             (read as u64, sent as u64),
         );
+        if let Some(call) = ctx.grpc {
+            metrics.count_grpc(call.status);
+        }
 
         if let (Some(spans), Some(tracer), Some(trace)) =
             (ctx.spans.take(), &ctx.snapshot.tracer, &ctx.trace)
@@ -754,6 +819,7 @@ impl ProxyHttp for Gateway {
                 upstream_time: ctx.upstream_time,
                 attempts: ctx.attempts,
                 error,
+                grpc_status: ctx.grpc.and_then(|c| c.status),
             };
             ctx.snapshot.access_log.write(&record);
         }
@@ -908,7 +974,6 @@ impl Gateway {
         ctx: &mut Ctx,
         err: &GatewayError,
     ) -> Result<()> {
-        let body = err.body(session.req_header().uri.path(), ctx.request_id());
         // The client's body has a generic detail for upstream failures; the full one
         // (cluster, breaker or bulkhead state) is logged under the same request id.
         let level = if err.status() >= 500 {
@@ -924,6 +989,19 @@ impl Gateway {
             err.slug(),
             err.detail()
         );
+        if ctx.grpc.is_some() {
+            let code = err.grpc_code();
+            let message = format!("{} (request_id {})", err.public_detail(), ctx.request_id());
+            if let Some(call) = &mut ctx.grpc {
+                call.status = Some(code);
+            }
+            let mut resp = grpc::trailers_only(code, &message)?;
+            for (name, value) in err.headers() {
+                resp.insert_header(name, value)?;
+            }
+            return self.send(session, ctx, resp, Bytes::new()).await;
+        }
+        let body = err.body(session.req_header().uri.path(), ctx.request_id());
         let mut resp = ResponseHeader::build(err.status(), Some(4))?;
         resp.insert_header(http::header::CONTENT_TYPE, "application/problem+json")?;
         resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
@@ -941,12 +1019,43 @@ impl Gateway {
         ctx: &mut Ctx,
         answer: PluginResponse,
     ) -> Result<bool> {
+        if ctx.grpc.is_some() {
+            return self.answer_grpc(session, ctx, answer).await;
+        }
         let mut resp = ResponseHeader::build(answer.status, Some(answer.headers.len() + 1))?;
         for (name, value) in answer.headers {
             resp.append_header(name, value)?;
         }
         resp.insert_header(http::header::CONTENT_LENGTH, answer.body.len())?;
         self.send(session, ctx, resp, answer.body).await?;
+        Ok(true)
+    }
+
+    /// A plugin's answer to a gRPC call, as the status a gRPC client reads: the HTTP status
+    /// mapped (401 → UNAUTHENTICATED, 429 → RESOURCE_EXHAUSTED, ...), the problem's detail
+    /// as the message, and the plugin's other headers (`WWW-Authenticate`, `Retry-After`).
+    async fn answer_grpc(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        answer: PluginResponse,
+    ) -> Result<bool> {
+        let code = grpc::code_for_http(answer.status.as_u16());
+        let detail = grpc::problem_detail(&answer.body);
+        let message = detail
+            .as_deref()
+            .or(answer.status.canonical_reason())
+            .unwrap_or("refused by the gateway");
+        let mut resp = grpc::trailers_only(code, message)?;
+        for (name, value) in answer.headers {
+            if name != http::header::CONTENT_TYPE && name != http::header::CONTENT_LENGTH {
+                resp.append_header(name, value)?;
+            }
+        }
+        if let Some(call) = &mut ctx.grpc {
+            call.status = Some(code);
+        }
+        self.send(session, ctx, resp, Bytes::new()).await?;
         Ok(true)
     }
 

@@ -1,5 +1,6 @@
 //! Retry decisions: whether a failed attempt is tried again, by the route's policy (what
-//! failed, how many attempts, which methods), the request's state (body still replayable,
+//! failed — a connect, a reset, a timeout, a listed HTTP status, a listed gRPC status of a
+//! trailers-only answer —, how many attempts, which methods), the request's state (body still replayable,
 //! nothing sent to the client yet) and the cluster's retry budget.
 
 use pingora_proxy::Session;
@@ -17,6 +18,8 @@ pub enum Failure {
     Reset,
     Timeout,
     Status(u16),
+    /// A gRPC call's trailers-only answer with this `grpc-status`.
+    GrpcStatus(u8),
 }
 
 impl Failure {
@@ -26,6 +29,7 @@ impl Failure {
             Failure::Reset => "reset",
             Failure::Timeout => "timeout",
             Failure::Status(_) => "status",
+            Failure::GrpcStatus(_) => "grpc_status",
         }
     }
 }
@@ -37,7 +41,14 @@ pub fn decide(ctx: &Ctx, session: &Session, failure: Failure) -> bool {
     };
     let rules = &route.retry;
     let wanted = match failure {
-        Failure::Connect => rules.on_connect_failure,
+        // A gRPC call that may be retried when UNAVAILABLE may be when its connect failed,
+        // which is what UNAVAILABLE means from a client's side.
+        Failure::Connect => {
+            rules.on_connect_failure
+                || (ctx.grpc.is_some()
+                    && rules.grpc_codes & 1 << super::grpc::code::UNAVAILABLE != 0)
+        }
+        Failure::GrpcStatus(code) => rules.grpc_codes & 1 << code != 0,
         Failure::Reset => rules.on_reset,
         Failure::Timeout => rules.on_timeout,
         Failure::Status(s) => rules.statuses.contains(&s),
@@ -45,8 +56,15 @@ pub fn decide(ctx: &Ctx, session: &Session, failure: Failure) -> bool {
     if !wanted || ctx.attempts >= rules.attempts {
         return false;
     }
-    // Once a request was sent, only a request that is safe to repeat is repeated.
-    if failure != Failure::Connect {
+    // Once a request was sent, only a request that is safe to repeat is repeated. A gRPC
+    // status the route lists is the operator's word that the call may be repeated (as in
+    // gRPC's own retry policy, which names status codes and not methods), but its body
+    // must still be whole in the retry buffer.
+    if let Failure::GrpcStatus(_) = failure {
+        if session.as_ref().retry_buffer_truncated() {
+            return false;
+        }
+    } else if failure != Failure::Connect {
         let req = session.req_header();
         let safe = req.method.is_idempotent()
             || rules.non_idempotent
