@@ -253,16 +253,11 @@ impl GatewayError {
     }
 
     /// The `grpc-status` of this error when the request is a gRPC call: by its HTTP status
-    /// (`grpc::code_for_http`), except that a request the client got wrong is
-    /// `INVALID_ARGUMENT` and an unreachable upstream `UNAVAILABLE` (its retry is safe).
+    /// (`grpc::code_for_http`; a version unknown in the URI, a 404, is still a bad argument
+    /// and not an unknown method).
     pub fn grpc_code(&self) -> u8 {
-        use super::grpc::code;
         match self {
-            GatewayError::BadPath(_)
-            | GatewayError::BadRequest(_)
-            | GatewayError::VersionRequired(_)
-            | GatewayError::UnknownVersion { .. } => code::INVALID_ARGUMENT,
-            GatewayError::UpstreamConnect(_) | GatewayError::UpstreamBroken(_) => code::UNAVAILABLE,
+            GatewayError::UnknownVersion { .. } => super::grpc::code::INVALID_ARGUMENT,
             e => super::grpc::code_for_http(e.status()),
         }
     }

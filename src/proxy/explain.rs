@@ -52,6 +52,8 @@ pub struct Routed {
     pub deprecation: Vec<(String, String)>,
     pub cluster: String,
     pub lb: String,
+    /// The HTTP version the cluster speaks upstream (`http1`, `h2`, `h2c`).
+    pub protocol: &'static str,
     /// Endpoint address and weight.
     pub endpoints: Vec<(String, u32)>,
     /// The request line sent upstream.
@@ -193,6 +195,7 @@ pub fn explain(snapshot: &Snapshot, question: &Question<'_>) -> Result<Explanati
                     .collect(),
                 cluster: cluster.name.clone(),
                 lb: format!("{:?}", cluster.definition.lb),
+                protocol: cluster.definition.protocol.as_str(),
                 endpoints: cluster
                     .endpoints()
                     .iter()
@@ -232,7 +235,7 @@ impl std::fmt::Display for Explanation {
                         writeln!(f, "  {name}: {value}")?;
                     }
                 }
-                writeln!(f, "cluster:    {} ({})", r.cluster, r.lb)?;
+                writeln!(f, "cluster:    {} ({}, {})", r.cluster, r.lb, r.protocol)?;
                 for (name, weight) in &r.endpoints {
                     writeln!(f, "  endpoint  {name} weight {weight}")?;
                 }

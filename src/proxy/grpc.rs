@@ -124,11 +124,12 @@ pub fn status_of(headers: &HeaderMap) -> Option<u8> {
 }
 
 /// The gRPC status for an HTTP status the gateway (or a plugin) answers with: gRPC's
-/// mapping of HTTP statuses, except that a rate limit is `RESOURCE_EXHAUSTED`, a request
-/// too large for a limit too, and a timeout `DEADLINE_EXCEEDED`.
+/// mapping of HTTP statuses, except that the gateway's refusal of a bad request is
+/// `INVALID_ARGUMENT`, a rate limit `RESOURCE_EXHAUSTED`, a request too large for a limit
+/// too, and a timeout `DEADLINE_EXCEEDED`.
 pub fn code_for_http(status: u16) -> u8 {
     match status {
-        400 => code::INTERNAL,
+        400 => code::INVALID_ARGUMENT,
         401 => code::UNAUTHENTICATED,
         403 => code::PERMISSION_DENIED,
         404 | 405 => code::UNIMPLEMENTED,

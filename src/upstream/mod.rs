@@ -603,6 +603,7 @@ impl Cluster {
         ClusterStatus {
             name: self.name.clone(),
             lb: self.definition.lb,
+            protocol: self.definition.protocol,
             available: self.available_count(),
             breaker: self.breaker.as_ref().map(CircuitBreaker::state),
             bulkhead: self.bulkhead.as_ref().map(|b| BulkheadStatus {
@@ -683,6 +684,7 @@ impl Outcome {
 pub struct ClusterStatus {
     pub name: String,
     pub lb: LbKind,
+    pub protocol: config::UpstreamProtocol,
     pub available: usize,
     pub breaker: Option<BreakerState>,
     pub bulkhead: Option<BulkheadStatus>,
