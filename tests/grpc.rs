@@ -50,7 +50,7 @@ pub struct EchoReply {
 const FAIL_MESSAGE: &str = "bad input: ünïcode 100%";
 
 /// One instance of `test.Echo`: `Unary` (`fail` → INVALID_ARGUMENT with metadata,
-/// `unavailable` → UNAVAILABLE, `slow` → answers after 3 s), `Stream` (`count` replies
+/// `unavailable` → UNAVAILABLE, `slow` → answers after 3 s, `wait` after 300 ms), `Stream` (`count` replies
 /// 20 ms apart, then DATA_LOSS when the message is `cut`), `Collect` (client streaming:
 /// the messages joined).
 #[derive(Clone)]
@@ -87,6 +87,10 @@ impl tonic::server::UnaryService<EchoRequest> for Unary {
                 "unavailable" => Err(Status::unavailable(format!("{server} is draining"))),
                 "slow" => {
                     tokio::time::sleep(Duration::from_secs(3)).await;
+                    Ok(Response::new(EchoReply { message, server }))
+                }
+                "wait" => {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
                     Ok(Response::new(EchoReply { message, server }))
                 }
                 _ => Ok(Response::new(EchoReply { message, server })),
@@ -203,6 +207,8 @@ where
 /// [`GrpcServer::kill`] or on drop.
 struct GrpcServer {
     addr: SocketAddr,
+    /// Connections accepted so far.
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
     seen: Arc<Mutex<Vec<http::HeaderMap>>>,
     health: HealthReporter,
     task: tokio::task::JoinHandle<()>,
@@ -229,6 +235,8 @@ impl GrpcServer {
             },
             health: health_service,
         };
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
         let task = tokio::spawn(async move {
             // Dropped with this task: aborting it closes every connection.
             let mut connections = tokio::task::JoinSet::new();
@@ -236,6 +244,7 @@ impl GrpcServer {
                 let Ok((tcp, _)) = listener.accept().await else {
                     return;
                 };
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let node = node.clone();
                 let tls = tls.clone();
                 connections.spawn(async move {
@@ -261,6 +270,7 @@ impl GrpcServer {
         });
         GrpcServer {
             addr,
+            accepted,
             seen,
             health,
             task,
@@ -435,16 +445,40 @@ async fn unary_and_streaming_calls_carry_messages_trailers_and_statuses() {
             .into_inner();
         assert_eq!(reply.message, "x,y,z");
 
+        // Calls at once share pooled HTTP/2 connections to the upstream: 20 calls that
+        // overlap (each takes 300 ms) go over a few connections, not 20.
+        let calls = (0..20).map(|i| {
+            let ch = ch.clone();
+            async move { unary(&ch, echo("wait")).await.map_err(|s| (i, s)) }
+        });
+        let started = Instant::now();
+        for result in futures::future::join_all(calls).await {
+            result.expect("OK");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the calls overlapped"
+        );
+        let connections = a.accepted.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            connections <= 4,
+            "{connections} upstream connections for 20 calls"
+        );
+
         // What the gateway recorded: the grpc status in the access log and the metric.
         let metrics = gw.metrics().await;
-        for (status, n) in [("ok", 3), ("invalid_argument", 1), ("data_loss", 1)] {
+        for (status, n) in [("ok", 23), ("invalid_argument", 1), ("data_loss", 1)] {
             let line = format!(
                 "portico_grpc_responses_total{{grpc_status=\"{status}\",route=\"echo\"}} {n}"
             );
             assert!(metrics.contains(&line), "no `{line}` in\n{metrics}");
         }
-        let log = eventually_lines(&gw, 5).await;
-        let codes: Vec<_> = log.iter().map(|l| l["grpc_status"].clone()).collect();
+        let log = eventually_lines(&gw, 25).await;
+        let codes: Vec<_> = log
+            .iter()
+            .take(5)
+            .map(|l| l["grpc_status"].clone())
+            .collect();
         assert_eq!(codes, [0, 3, 0, 15, 0].map(serde_json::Value::from));
         assert!(log
             .iter()
@@ -590,7 +624,7 @@ async fn a_killed_instance_costs_no_call() {
             }
             let reply = unary(&ch, echo(&format!("call {i}")))
                 .await
-                .unwrap_or_else(|s| panic!("call {i} failed: {s:?}"))
+                .unwrap_or_else(|s| panic!("call {i} failed: {s:?}\n{}", gw.stderr()))
                 .into_inner();
             *served.entry(reply.server).or_default() += 1;
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -603,6 +637,40 @@ async fn a_killed_instance_costs_no_call() {
             gw.endpoint_status("echo", &addr).await["healthy"] == false
         })
         .await;
+
+        // An instance killed in the middle of a stream: the messages sent so far, then
+        // UNAVAILABLE in trailers the gateway writes (not a bare reset).
+        let d = GrpcServer::start("d").await;
+        let gw_d = grpc_gateway(&format!("{}{}", echo_route(""), h2c_cluster(&[&d], ""))).await;
+        let ch_d = channel(&gw_d).await;
+        let mut grpc = tonic::client::Grpc::new(ch_d.clone());
+        grpc.ready().await.unwrap();
+        let request = Request::new(EchoRequest {
+            message: "long".into(),
+            count: 100,
+        });
+        let mut stream = grpc
+            .server_streaming(
+                request,
+                path("/test.Echo/Stream"),
+                tonic_prost::ProstCodec::<EchoRequest, EchoReply>::default(),
+            )
+            .await
+            .expect("stream opened")
+            .into_inner();
+        for i in 0..3 {
+            let reply = stream.message().await.expect("a message").expect("not the end");
+            assert_eq!(reply.message, format!("long {i}"));
+        }
+        d.kill();
+        let status = loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended OK although its instance was killed"),
+                Err(status) => break status,
+            }
+        };
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
 
         // A trailers-only UNAVAILABLE is retried on the other instance; a call that only
         // ever meets UNAVAILABLE ends with it after the route's attempts.
@@ -861,4 +929,56 @@ health_check = { kind = "grpc", path = "/health" }
             .any(|l| l.contains(&format!(":{line}:")) && l.contains(&format!(": {field}: ")));
         assert!(located, "no error at line {line} for {field}:\n{stderr}");
     }
+}
+
+#[test]
+fn routes_shows_the_clusters_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"[[listeners]]
+address = "127.0.0.1:9410"
+h2c = true
+
+[admin]
+address = "127.0.0.1:9411"
+
+[[routes]]
+id = "echo"
+path = "/test.Echo/"
+cluster = "echo"
+
+[clusters.echo]
+endpoints = [{ address = "127.0.0.1:9412" }]
+protocol = "h2c"
+max_h2_streams = 50
+health_check = { kind = "grpc", service = "test.Echo" }
+"#;
+    let file = dir.path().join("grpc.toml");
+    std::fs::write(&file, text).unwrap();
+    let out = std::process::Command::new(PORTICO)
+        .args(["check", "-c", file.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new(PORTICO)
+        .args([
+            "routes",
+            "-c",
+            file.to_str().unwrap(),
+            "POST",
+            "/test.Echo/Unary",
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("cluster:    echo (RoundRobin, h2c)"),
+        "{stdout}"
+    );
 }

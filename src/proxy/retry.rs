@@ -40,28 +40,34 @@ pub fn decide(ctx: &Ctx, session: &Session, failure: Failure) -> bool {
         return false;
     };
     let rules = &route.retry;
-    let wanted = match failure {
-        // A gRPC call that may be retried when UNAVAILABLE may be when its connect failed,
-        // which is what UNAVAILABLE means from a client's side.
-        Failure::Connect => {
-            rules.on_connect_failure
-                || (ctx.grpc.is_some()
-                    && rules.grpc_codes & 1 << super::grpc::code::UNAVAILABLE != 0)
-        }
-        Failure::GrpcStatus(code) => rules.grpc_codes & 1 << code != 0,
-        Failure::Reset => rules.on_reset,
-        Failure::Timeout => rules.on_timeout,
-        Failure::Status(s) => rules.statuses.contains(&s),
+    // For a gRPC call, a failure is also the status its client would read: a failed connect
+    // or a broken upstream UNAVAILABLE, a timeout DEADLINE_EXCEEDED. A status the route
+    // lists is retried whatever failed, as a gRPC client's own retry policy would.
+    let grpc_code = match failure {
+        Failure::GrpcStatus(code) => Some(code),
+        _ if ctx.grpc.is_none() => None,
+        Failure::Connect | Failure::Reset => Some(super::grpc::code::UNAVAILABLE),
+        Failure::Timeout => Some(super::grpc::code::DEADLINE_EXCEEDED),
+        Failure::Status(_) => None,
     };
+    let by_grpc_code = grpc_code.is_some_and(|code| rules.grpc_codes & 1 << code != 0);
+    let wanted = by_grpc_code
+        || match failure {
+            Failure::Connect => rules.on_connect_failure,
+            Failure::Reset => rules.on_reset,
+            Failure::Timeout => rules.on_timeout,
+            Failure::Status(s) => rules.statuses.contains(&s),
+            Failure::GrpcStatus(_) => false,
+        };
     if !wanted || ctx.attempts >= rules.attempts {
         return false;
     }
     // Once a request was sent, only a request that is safe to repeat is repeated. A gRPC
-    // status the route lists is the operator's word that the call may be repeated (as in
-    // gRPC's own retry policy, which names status codes and not methods), but its body
-    // must still be whole in the retry buffer.
-    if let Failure::GrpcStatus(_) = failure {
-        if session.as_ref().retry_buffer_truncated() {
+    // status the route lists is the operator's word that the call may be repeated (gRPC's
+    // own retry policy names status codes, not methods), but its body must still be whole
+    // in the retry buffer; and, below, nothing of the answer may have reached the client.
+    if by_grpc_code {
+        if failure != Failure::Connect && session.as_ref().retry_buffer_truncated() {
             return false;
         }
     } else if failure != Failure::Connect {
