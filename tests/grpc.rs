@@ -171,6 +171,7 @@ impl Echo {
 struct Node<H> {
     echo: Echo,
     health: H,
+    health_calls: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl<H> Service<http::Request<hyper::body::Incoming>> for Node<H>
@@ -194,6 +195,8 @@ where
 
     fn call(&mut self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
         if req.uri().path().starts_with("/grpc.health.v1.Health/") {
+            self.health_calls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut health = self.health.clone();
             Box::pin(async move { health.call(req).await })
         } else {
@@ -209,6 +212,8 @@ struct GrpcServer {
     addr: SocketAddr,
     /// Connections accepted so far.
     accepted: Arc<std::sync::atomic::AtomicUsize>,
+    /// Health checks answered so far.
+    health_calls: Arc<std::sync::atomic::AtomicUsize>,
     seen: Arc<Mutex<Vec<http::HeaderMap>>>,
     health: HealthReporter,
     task: tokio::task::JoinHandle<()>,
@@ -228,12 +233,14 @@ impl GrpcServer {
         health
             .set_service_status("test.Echo", ServingStatus::Serving)
             .await;
+        let health_calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let node = Node {
             echo: Echo {
                 name: name.into(),
                 seen: seen.clone(),
             },
             health: health_service,
+            health_calls: health_calls.clone(),
         };
         let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = accepted.clone();
@@ -271,6 +278,7 @@ impl GrpcServer {
         GrpcServer {
             addr,
             accepted,
+            health_calls,
             seen,
             health,
             task,
@@ -773,12 +781,19 @@ async fn h2_over_tls_reaches_an_upstream_that_speaks_only_h2() {
         }
         let status = unary(&ch, echo("fail")).await.expect_err("an error status");
         assert_eq!(status.code(), Code::InvalidArgument);
-        // Three calls shared one multiplexed connection... and the health check's probes
-        // (their own connections) found the instance serving.
-        assert_eq!(
-            gw.endpoint_status("echo", &a.addr.to_string()).await["healthy"],
-            true
-        );
+        // The gRPC health check speaks h2 over TLS too: its probes arrive, and a NOT_SERVING
+        // answer takes the instance out.
+        eventually(Duration::from_secs(5), "health checks over TLS", || async {
+            a.health_calls.load(std::sync::atomic::Ordering::Relaxed) >= 2
+        })
+        .await;
+        let addr = a.addr.to_string();
+        assert_eq!(gw.endpoint_status("echo", &addr).await["healthy"], true);
+        a.health.set_service_status("", ServingStatus::NotServing).await;
+        eventually(Duration::from_secs(5), "unhealthy over TLS", || async {
+            gw.endpoint_status("echo", &addr).await["healthy"] == false
+        })
+        .await;
     })
     .await;
 }
@@ -981,4 +996,108 @@ health_check = { kind = "grpc", service = "test.Echo" }
         stdout.contains("cluster:    echo (RoundRobin, h2c)"),
         "{stdout}"
     );
+}
+
+/// One unary call by hand over HTTP/2 on `io`: the reply's message (if any) and the
+/// trailers' (or, trailers-only, the header's) `grpc-status`.
+async fn raw_unary_over<IO>(
+    io: IO,
+    authority: &str,
+    method: &str,
+    message: &str,
+) -> (Option<EchoReply>, String)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use http_body_util::BodyExt;
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(io),
+    )
+    .await
+    .expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    let encoded = prost::Message::encode_to_vec(&EchoRequest {
+        message: message.into(),
+        count: 0,
+    });
+    let mut body = vec![0];
+    body.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+    body.extend_from_slice(&encoded);
+    let request = http::Request::post(format!("https://{authority}{method}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let response = sender.send_request(request).await.expect("an answer");
+    let (parts, body) = response.into_parts();
+    let collected = body.collect().await.expect("the whole answer");
+    let trailers = collected.trailers().cloned();
+    let data = collected.to_bytes();
+    let status = trailers
+        .as_ref()
+        .and_then(|t| t.get("grpc-status"))
+        .or(parts.headers.get("grpc-status"))
+        .expect("a grpc-status")
+        .to_str()
+        .unwrap()
+        .to_string();
+    let reply = (data.len() > 5).then(|| prost::Message::decode(&data[5..]).expect("a reply"));
+    (reply, status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_reach_grpc_over_a_tls_listener_by_alpn() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ops_support::TestCa::new("listener-ca");
+        let cert = ca.server(dir.path(), "gateway", &["gateway.test"]);
+        let a = GrpcServer::start("a").await;
+        let gw = Gateway::builder(format!("{}{}", echo_route(""), h2c_cluster(&[&a], "")))
+            .listener(&format!(
+                "tls = {{ cert = \"{}\", key = \"{}\" }}",
+                cert.cert.display(),
+                cert.key.display()
+            ))
+            .start()
+            .await;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.der()).unwrap();
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let connect = || async {
+            let tcp = tokio::net::TcpStream::connect(gw.listen).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("gateway.test").unwrap();
+            let tls = connector.connect(name, tcp).await.expect("TLS handshake");
+            assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+            tls
+        };
+
+        let (reply, status) = raw_unary_over(
+            connect().await,
+            "gateway.test",
+            "/test.Echo/Unary",
+            "over tls",
+        )
+        .await;
+        assert_eq!(status, "0");
+        let reply = reply.expect("a reply");
+        assert_eq!(
+            (reply.message.as_str(), reply.server.as_str()),
+            ("over tls", "a")
+        );
+        assert_eq!(a.last_headers()["te"], "trailers");
+
+        let (reply, status) =
+            raw_unary_over(connect().await, "gateway.test", "/test.Nothing/Here", "x").await;
+        assert_eq!((reply, status.as_str()), (None, "12"));
+    })
+    .await;
 }
