@@ -468,6 +468,10 @@ async fn unary_and_streaming_calls_carry_messages_trailers_and_statuses() {
             "the calls overlapped"
         );
         let connections = a.accepted.load(std::sync::atomic::Ordering::Relaxed);
+        println!(
+            "20 overlapping calls took {:?} over {connections} upstream connection(s)",
+            started.elapsed()
+        );
         assert!(
             connections <= 4,
             "{connections} upstream connections for 20 calls"
@@ -553,6 +557,7 @@ async fn grpc_timeout_is_the_deadline_and_the_upstream_gets_what_is_left() {
         assert_eq!(answer.status, 200);
         assert_eq!(answer.headers["content-type"], "application/grpc");
         assert_eq!(answer.headers["grpc-status"], "4", "{answer:?}");
+        println!("grpc-timeout 400m: DEADLINE_EXCEEDED from the gateway after {took:?}");
         assert!(
             took >= Duration::from_millis(380) && took < Duration::from_millis(2500),
             "the deadline passed after {took:?}"
@@ -564,6 +569,7 @@ async fn grpc_timeout_is_the_deadline_and_the_upstream_gets_what_is_left() {
             .to_str()
             .unwrap();
         let left = parse_grpc_timeout(forwarded);
+        println!("forwarded grpc-timeout: {forwarded} ({left:?})");
         assert!(
             left <= Duration::from_millis(400) && left > Duration::from_millis(200),
             "forwarded {forwarded}"
