@@ -828,6 +828,17 @@ id = "down"
 path = "/test.Down/"
 cluster = "down"
 
+[[routes]]
+id = "limited"
+path = "/test.Limited/"
+cluster = "echo"
+
+[[routes.plugins]]
+name = "rate-limit"
+rate = 1
+period = "1m"
+by = "client_ip"
+
 {cluster}
 [clusters.down]
 endpoints = [{{ address = "{dead}" }}]
@@ -883,9 +894,27 @@ protocol = "h2c"
             .expect_err("upstream down");
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
 
-        let log = eventually_lines(&gw, 4).await;
+        // Over a rate limit: RESOURCE_EXHAUSTED, the plugin's Retry-After kept. (The first
+        // call passes; the echo service has no such method.)
+        for expected in [Code::Unimplemented, Code::ResourceExhausted] {
+            grpc.ready().await.unwrap();
+            let status = grpc
+                .unary(
+                    echo("x"),
+                    path("/test.Limited/Call"),
+                    tonic_prost::ProstCodec::<EchoRequest, EchoReply>::default(),
+                )
+                .await
+                .expect_err("no such method, then limited");
+            assert_eq!(status.code(), expected, "{status:?}");
+            if expected == Code::ResourceExhausted {
+                assert!(status.metadata().get("retry-after").is_some(), "{status:?}");
+            }
+        }
+
+        let log = eventually_lines(&gw, 6).await;
         let codes: Vec<_> = log.iter().map(|l| l["grpc_status"].clone()).collect();
-        assert_eq!(codes, [16, 0, 12, 14].map(serde_json::Value::from));
+        assert_eq!(codes, [16, 0, 12, 14, 12, 8].map(serde_json::Value::from));
 
         // HTTP/1 clients on the same h2c listener are served as before.
         let (status, _) = gw.get_text("/test.Nothing/Here").await;
