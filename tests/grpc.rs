@@ -56,6 +56,8 @@ const FAIL_MESSAGE: &str = "bad input: ünïcode 100%";
 #[derive(Clone)]
 struct Echo {
     name: Arc<str>,
+    /// Every unary call answers UNAVAILABLE while set.
+    failing: Arc<std::sync::atomic::AtomicBool>,
     /// The request headers of every call, in order.
     seen: Arc<Mutex<Vec<http::HeaderMap>>>,
 }
@@ -72,8 +74,12 @@ impl tonic::server::UnaryService<EchoRequest> for Unary {
 
     fn call(&mut self, request: Request<EchoRequest>) -> Self::Future {
         let server = self.0.name.to_string();
+        let failing = self.0.failing.load(std::sync::atomic::Ordering::Relaxed);
         Box::pin(async move {
             let message = request.into_inner().message;
+            if failing {
+                return Err(Status::unavailable(format!("{server} is failing")));
+            }
             match message.as_str() {
                 "fail" => {
                     let mut meta = tonic::metadata::MetadataMap::new();
@@ -214,6 +220,8 @@ struct GrpcServer {
     accepted: Arc<std::sync::atomic::AtomicUsize>,
     /// Health checks answered so far.
     health_calls: Arc<std::sync::atomic::AtomicUsize>,
+    /// Makes every unary call answer UNAVAILABLE.
+    failing: Arc<std::sync::atomic::AtomicBool>,
     seen: Arc<Mutex<Vec<http::HeaderMap>>>,
     health: HealthReporter,
     task: tokio::task::JoinHandle<()>,
@@ -234,9 +242,11 @@ impl GrpcServer {
             .set_service_status("test.Echo", ServingStatus::Serving)
             .await;
         let health_calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let node = Node {
             echo: Echo {
                 name: name.into(),
+                failing: failing.clone(),
                 seen: seen.clone(),
             },
             health: health_service,
@@ -279,6 +289,7 @@ impl GrpcServer {
             addr,
             accepted,
             health_calls,
+            failing,
             seen,
             health,
             task,
@@ -705,6 +716,41 @@ async fn a_killed_instance_costs_no_call() {
             metrics.contains("portico_retries_total{cluster=\"echo\",reason=\"grpc_status\"} 1"),
             "{metrics}"
         );
+    })
+    .await;
+}
+
+/// An instance that answers every call with UNAVAILABLE (HTTP 200, trailers-only) is ejected
+/// like one answering 503: outlier ejection judges a gRPC call by its status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_answering_unavailable_is_ejected() {
+    bounded(async {
+        let a = GrpcServer::start("a").await;
+        let b = GrpcServer::start("b").await;
+        let gw = grpc_gateway(&format!(
+            "{}{}",
+            echo_route("retry = { attempts = 1, on = [] }"),
+            h2c_cluster(
+                &[&a, &b],
+                "outlier = { consecutive_5xx = 2, base_ejection = \"30s\", min_healthy = 1 }"
+            )
+        ))
+        .await;
+        a.failing.store(true, std::sync::atomic::Ordering::Relaxed);
+        let ch = channel(&gw).await;
+        let mut failed = 0;
+        for i in 0..20 {
+            match unary(&ch, echo(&format!("{i}"))).await {
+                Ok(reply) => assert_eq!(reply.into_inner().server, "b"),
+                Err(status) => {
+                    assert_eq!(status.code(), Code::Unavailable);
+                    failed += 1;
+                }
+            }
+        }
+        assert_eq!(failed, 2, "a is ejected after its second UNAVAILABLE");
+        let status = gw.endpoint_status("echo", &a.addr.to_string()).await;
+        assert_eq!(status["ejected"], true, "{status}");
     })
     .await;
 }

@@ -141,6 +141,26 @@ pub fn code_for_http(status: u16) -> u8 {
     }
 }
 
+/// The HTTP status a gRPC status stands for, to judge a call's outcome the way an HTTP
+/// request's is judged (outlier ejection, breakers, access-log sampling): a gRPC answer is
+/// HTTP 200 whatever its status, so `UNAVAILABLE` must count as the 503 it means.
+pub fn http_equivalent(code: u8) -> u16 {
+    match code {
+        0 => 200,
+        1 => 499,
+        3 | 9 | 11 => 400,
+        4 => 504,
+        5 => 404,
+        6 | 10 => 409,
+        7 => 403,
+        8 => 429,
+        12 => 501,
+        14 => 503,
+        16 => 401,
+        _ => 500,
+    }
+}
+
 /// A trailers-only response: HTTP 200 with `grpc-status` and `grpc-message` in its only
 /// header block (sent with the end of the stream).
 pub fn trailers_only(code: u8, message: &str) -> pingora_error::Result<ResponseHeader> {
@@ -257,5 +277,15 @@ mod tests {
         assert_eq!(code_for_http(429), code::RESOURCE_EXHAUSTED);
         assert_eq!(code_for_http(504), code::DEADLINE_EXCEEDED);
         assert_eq!(code_for_http(404), code::UNIMPLEMENTED);
+        assert_eq!(http_equivalent(0), 200);
+        assert_eq!(http_equivalent(code::UNAVAILABLE), 503);
+        assert_eq!(http_equivalent(code::DEADLINE_EXCEEDED), 504);
+        assert_eq!(http_equivalent(code::INTERNAL), 500);
+        assert_eq!(http_equivalent(code::INVALID_ARGUMENT), 400);
+        // What the gateway answers maps back to a status of the same class.
+        for http in [400, 401, 403, 404, 408, 413, 429, 500, 502, 503, 504] {
+            let back = http_equivalent(code_for_http(http));
+            assert_eq!(back / 100, http / 100, "{http} → {back}");
+        }
     }
 }

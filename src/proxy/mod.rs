@@ -570,7 +570,7 @@ impl ProxyHttp for Gateway {
             call.status = grpc::status_of(&upstream_response.headers);
             if let Some(code) = call.status {
                 if retry::decide(ctx, session, Failure::GrpcStatus(code)) {
-                    ctx.finish_attempt(Outcome::Response(status));
+                    ctx.finish_attempt(Outcome::Response(grpc::http_equivalent(code)));
                     ctx.count_attempt("response");
                     let mut e = Error::explain(
                         ErrorType::Custom(RETRYABLE_STATUS),
@@ -714,8 +714,15 @@ impl ProxyHttp for Gateway {
             .map(|r| r.status.as_u16())
             .or_else(|| ctx.error.as_ref().map(|e| e.status()))
             .unwrap_or(0);
+        // A gRPC call is answered with 200 whatever its status: breakers, outlier ejection
+        // and log sampling judge it by the HTTP status its gRPC status stands for.
+        let grpc_status = ctx.grpc.and_then(|c| c.status);
+        let judged = |s: u16| match grpc_status {
+            Some(code) if s == 200 => grpc::http_equivalent(code),
+            _ => s,
+        };
         let outcome = match (ctx.upstream_status, e) {
-            (Some(s), _) => Outcome::Response(s),
+            (Some(s), _) => Outcome::Response(judged(s)),
             (None, Some(_)) => Outcome::Failure,
             (None, None) => Outcome::Abandoned,
         };
@@ -728,7 +735,7 @@ impl ProxyHttp for Gateway {
             if let Some(breaker) = &target.cluster.breaker {
                 // The cluster breaker judges the request as a whole: did it get a good
                 // answer in the end? Requests that never reached the upstream say nothing.
-                match (ctx.attempts, status) {
+                match (ctx.attempts, judged(status)) {
                     (0, _) => breaker.cancel(probe),
                     (_, s) => breaker.record(s != 0 && s < 500, probe),
                 }
@@ -786,7 +793,7 @@ impl ProxyHttp for Gateway {
             tracer.export(spans, trace, info);
         }
 
-        if ctx.snapshot.access_log.wants(status) {
+        if ctx.snapshot.access_log.wants(judged(status)) {
             let req = session.req_header();
             let upstream = ctx.tried.last().map(|e| e.name.as_str());
             let error = ctx
@@ -819,7 +826,7 @@ impl ProxyHttp for Gateway {
                 upstream_time: ctx.upstream_time,
                 attempts: ctx.attempts,
                 error,
-                grpc_status: ctx.grpc.and_then(|c| c.status),
+                grpc_status,
             };
             ctx.snapshot.access_log.write(&record);
         }
