@@ -52,7 +52,7 @@ const FAIL_MESSAGE: &str = "bad input: ünïcode 100%";
 /// One instance of `test.Echo`: `Unary` (`fail` → INVALID_ARGUMENT with metadata,
 /// `unavailable` → UNAVAILABLE, `slow` → answers after 3 s, `wait` after 300 ms), `Stream` (`count` replies
 /// 20 ms apart, then DATA_LOSS when the message is `cut`), `Collect` (client streaming:
-/// the messages joined).
+/// the messages joined), `Chat` (bidirectional: each message answered as it comes).
 #[derive(Clone)]
 struct Echo {
     name: Arc<str>,
@@ -67,6 +67,7 @@ type ReplyStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<EchoReply, Sta
 struct Unary(Echo);
 struct ServerStream(Echo);
 struct Collect(Echo);
+struct Chat(Echo);
 
 impl tonic::server::UnaryService<EchoRequest> for Unary {
     type Response = EchoReply;
@@ -156,6 +157,34 @@ impl tonic::server::ClientStreamingService<EchoRequest> for Collect {
     }
 }
 
+impl tonic::server::StreamingService<EchoRequest> for Chat {
+    type Response = EchoReply;
+    type ResponseStream = ReplyStream;
+    type Future = BoxFuture<Response<ReplyStream>, Status>;
+
+    /// Bidirectional: each message is answered as soon as it arrives.
+    fn call(&mut self, request: Request<tonic::Streaming<EchoRequest>>) -> Self::Future {
+        let server = self.0.name.to_string();
+        Box::pin(async move {
+            let mut incoming = request.into_inner();
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            tokio::spawn(async move {
+                while let Ok(Some(m)) = incoming.message().await {
+                    let reply = EchoReply {
+                        message: format!("re: {}", m.message),
+                        server: server.clone(),
+                    };
+                    if tx.send(Ok(reply)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let stream: ReplyStream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
+            Ok(Response::new(stream))
+        })
+    }
+}
+
 impl Echo {
     async fn handle(
         self,
@@ -167,6 +196,7 @@ impl Echo {
             "/test.Echo/Unary" => grpc.unary(Unary(self), req).await,
             "/test.Echo/Stream" => grpc.server_streaming(ServerStream(self), req).await,
             "/test.Echo/Collect" => grpc.client_streaming(Collect(self), req).await,
+            "/test.Echo/Chat" => grpc.streaming(Chat(self), req).await,
             _ => Status::unimplemented("no such method").into_http(),
         }
     }
@@ -464,6 +494,35 @@ async fn unary_and_streaming_calls_carry_messages_trailers_and_statuses() {
             .into_inner();
         assert_eq!(reply.message, "x,y,z");
 
+        // Bidirectional, in lock step: each message is sent only after the answer to the
+        // one before came back, so neither direction can be buffered by the gateway.
+        grpc.ready().await.unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel::<EchoRequest>(1);
+        let say = |m: &str| EchoRequest {
+            message: m.into(),
+            count: 0,
+        };
+        tx.send(say("one")).await.unwrap();
+        let mut answers = grpc
+            .streaming(
+                Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
+                path("/test.Echo/Chat"),
+                tonic_prost::ProstCodec::<EchoRequest, EchoReply>::default(),
+            )
+            .await
+            .expect("chat opened")
+            .into_inner();
+        for next in ["two", "three", ""] {
+            let answer = answers.message().await.expect("an answer").expect("more");
+            assert!(answer.message.starts_with("re: "), "{answer:?}");
+            if next.is_empty() {
+                drop(tx);
+                break;
+            }
+            tx.send(say(next)).await.unwrap();
+        }
+        assert_eq!(answers.message().await.expect("a clean end"), None);
+
         // Calls at once share pooled HTTP/2 connections to the upstream: 20 calls that
         // overlap (each takes 300 ms) go over a few connections, not 20.
         let calls = (0..20).map(|i| {
@@ -490,19 +549,19 @@ async fn unary_and_streaming_calls_carry_messages_trailers_and_statuses() {
 
         // What the gateway recorded: the grpc status in the access log and the metric.
         let metrics = gw.metrics().await;
-        for (status, n) in [("ok", 23), ("invalid_argument", 1), ("data_loss", 1)] {
+        for (status, n) in [("ok", 24), ("invalid_argument", 1), ("data_loss", 1)] {
             let line = format!(
                 "portico_grpc_responses_total{{grpc_status=\"{status}\",route=\"echo\"}} {n}"
             );
             assert!(metrics.contains(&line), "no `{line}` in\n{metrics}");
         }
-        let log = eventually_lines(&gw, 25).await;
+        let log = eventually_lines(&gw, 26).await;
         let codes: Vec<_> = log
             .iter()
-            .take(5)
+            .take(6)
             .map(|l| l["grpc_status"].clone())
             .collect();
-        assert_eq!(codes, [0, 3, 0, 15, 0].map(serde_json::Value::from));
+        assert_eq!(codes, [0, 3, 0, 15, 0, 0].map(serde_json::Value::from));
         assert!(log
             .iter()
             .all(|l| l["status"] == 200 && l["route"] == "echo"));
