@@ -1,7 +1,7 @@
 //! gRPC through the real gateway: tonic clients call tonic services (hand-written prost
 //! messages on tonic's server API, and tonic-health's health service) through `portico
 //! serve`, over an `h2c` listener to `h2c` (or, with a test CA, `h2` over TLS) upstreams.
-//! Unary, server-streaming and client-streaming calls with their trailers and statuses;
+//! Unary, server-, client- and bidirectional-streaming calls with their trailers and statuses;
 //! `grpc-timeout` as the deadline; an instance killed while calls flow; gRPC health checks;
 //! the gateway's own errors as gRPC statuses; `portico check` on the new fields.
 //!
@@ -248,6 +248,8 @@ struct GrpcServer {
     addr: SocketAddr,
     /// Connections accepted so far.
     accepted: Arc<std::sync::atomic::AtomicUsize>,
+    /// Connections open now.
+    open: Arc<std::sync::atomic::AtomicUsize>,
     /// Health checks answered so far.
     health_calls: Arc<std::sync::atomic::AtomicUsize>,
     /// Makes every unary call answer UNAVAILABLE.
@@ -284,6 +286,8 @@ impl GrpcServer {
         };
         let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = accepted.clone();
+        let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let open_now = open.clone();
         let task = tokio::spawn(async move {
             // Dropped with this task: aborting it closes every connection.
             let mut connections = tokio::task::JoinSet::new();
@@ -294,7 +298,16 @@ impl GrpcServer {
                 counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let node = node.clone();
                 let tls = tls.clone();
+                let open_now = open_now.clone();
+                open_now.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 connections.spawn(async move {
+                    struct Close(Arc<std::sync::atomic::AtomicUsize>);
+                    impl Drop for Close {
+                        fn drop(&mut self) {
+                            self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                    let _close = Close(open_now);
                     let service = hyper_util::service::TowerToHyperService::new(node);
                     let http2 = hyper::server::conn::http2::Builder::new(
                         hyper_util::rt::TokioExecutor::new(),
@@ -318,6 +331,7 @@ impl GrpcServer {
         GrpcServer {
             addr,
             accepted,
+            open,
             health_calls,
             failing,
             seen,
@@ -852,6 +866,15 @@ async fn a_not_serving_instance_is_taken_out_by_the_grpc_health_check() {
             gw.endpoint_status("echo", &a_addr).await["healthy"] == true
         })
         .await;
+
+        // Each probe's connection is closed after it: none pile up.
+        eventually(Duration::from_secs(5), "eight probes of b", || async {
+            b.health_calls.load(std::sync::atomic::Ordering::Relaxed) >= 8
+        })
+        .await;
+        let open = b.open.load(std::sync::atomic::Ordering::Relaxed);
+        println!("b: 8 probes or more, {open} connection(s) open");
+        assert!(open <= 3, "{open} connections open after 8 probes");
     })
     .await;
 }
