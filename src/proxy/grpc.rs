@@ -282,8 +282,9 @@ mod tests {
         assert_eq!(http_equivalent(code::DEADLINE_EXCEEDED), 504);
         assert_eq!(http_equivalent(code::INTERNAL), 500);
         assert_eq!(http_equivalent(code::INVALID_ARGUMENT), 400);
-        // What the gateway answers maps back to a status of the same class.
-        for http in [400, 401, 403, 404, 408, 413, 429, 500, 502, 503, 504] {
+        // What the gateway answers maps back to a status of the same class, except no
+        // route (404: UNIMPLEMENTED, 501) and a client too slow (408: DEADLINE_EXCEEDED, 504).
+        for http in [400, 401, 403, 413, 414, 429, 431, 500, 502, 503, 504] {
             let back = http_equivalent(code_for_http(http));
             assert_eq!(back / 100, http / 100, "{http} → {back}");
         }
