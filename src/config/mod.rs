@@ -119,6 +119,11 @@ pub struct Listener {
     /// header comes before the ClientHello.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub proxy_protocol: bool,
+    /// Accept HTTP/2 in the clear with prior knowledge (`h2c`, as gRPC clients speak it)
+    /// beside HTTP/1 on this plaintext listener. TLS listeners offer HTTP/2 by ALPN instead
+    /// (`tls.http2`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub h2c: bool,
 }
 
 /// TLS termination for a listener (rustls, TLS 1.2 and 1.3). Certificates, keys and the
@@ -802,7 +807,9 @@ pub struct Deprecation {
 pub struct RetryPolicy {
     /// Attempts in total, the first included (1 = never retry).
     pub attempts: u32,
-    /// What is retried: `connect_failure`, `reset`, `timeout`, or a status code such as `503`.
+    /// What is retried: `connect_failure`, `reset`, `timeout`, a status code such as `503`,
+    /// or a gRPC status name such as `unavailable` (for gRPC calls, before any response
+    /// byte reached the client).
     pub on: Vec<String>,
     /// Retry non-idempotent methods too (requests with `Idempotency-Key` always may be).
     pub non_idempotent: bool,
@@ -870,6 +877,14 @@ pub struct Cluster {
     pub dns: Option<Dns>,
     #[serde(default)]
     pub lb: LbKind,
+    /// The HTTP version spoken to the endpoints: `http1`, `h2` (over TLS, chosen by ALPN)
+    /// or `h2c` (HTTP/2 in the clear with prior knowledge).
+    #[serde(default, skip_serializing_if = "UpstreamProtocol::is_default")]
+    pub protocol: UpstreamProtocol,
+    /// With `h2`/`h2c`: concurrent streams (requests) one pooled connection carries
+    /// before another connection is opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_h2_streams: Option<usize>,
     /// What `consistent_hash` hashes on.
     pub hash: Option<HashOn>,
     #[serde(default)]
@@ -905,6 +920,70 @@ pub struct Cluster {
     /// Requests in flight to one endpoint at most; a full endpoint is skipped.
     pub max_requests_per_endpoint: Option<usize>,
 }
+
+/// The HTTP version a cluster speaks to its endpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    /// HTTP/2 over TLS, negotiated by ALPN (`tls = true` required).
+    H2,
+    /// HTTP/2 in the clear with prior knowledge.
+    H2c,
+}
+
+impl UpstreamProtocol {
+    fn is_default(&self) -> bool {
+        *self == UpstreamProtocol::Http1
+    }
+
+    pub fn is_h2(self) -> bool {
+        self != UpstreamProtocol::Http1
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::H2 => "h2",
+            UpstreamProtocol::H2c => "h2c",
+        }
+    }
+}
+
+/// The gRPC status codes by their names in config (`retry.on`), the index being the code.
+pub const GRPC_CODE_NAMES: [&str; 17] = [
+    "ok",
+    "cancelled",
+    "unknown",
+    "invalid_argument",
+    "deadline_exceeded",
+    "not_found",
+    "already_exists",
+    "permission_denied",
+    "resource_exhausted",
+    "failed_precondition",
+    "aborted",
+    "out_of_range",
+    "unimplemented",
+    "internal",
+    "unavailable",
+    "data_loss",
+    "unauthenticated",
+];
+
+/// The gRPC status code a `retry.on` name stands for (`ok` is not a failure).
+pub fn grpc_code(name: &str) -> Option<u8> {
+    GRPC_CODE_NAMES
+        .iter()
+        .position(|n| *n == name)
+        .filter(|&c| c > 0)
+        .map(|c| c as u8)
+}
+
+/// Streams per pooled HTTP/2 upstream connection unless `max_h2_streams` says otherwise
+/// (gRPC servers commonly allow 100 or more).
+pub const DEFAULT_MAX_H2_STREAMS: usize = 100;
 
 /// Retries a cluster accepts: at most `ratio` of its requests plus `min_per_second`, over
 /// a 10 s window, so retries never multiply the load on a failing upstream.
@@ -1107,7 +1186,15 @@ impl Default for Timeouts {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
+    /// `http` (a GET of `path`) or `grpc` (`grpc.health.v1.Health/Check`).
+    #[serde(default, skip_serializing_if = "HealthCheckKind::is_default")]
+    pub kind: HealthCheckKind,
+    /// The path an `http` check requests.
+    #[serde(default)]
     pub path: String,
+    /// The service name a `grpc` check asks about; empty asks about the server as a whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
     /// Host header of the probe; defaults to the endpoint address.
     pub host: Option<String>,
     #[serde(default = "default_expected_status")]
@@ -1122,6 +1209,22 @@ pub struct HealthCheck {
     /// Consecutive failures that take a healthy endpoint out.
     #[serde(default = "default_unhealthy_threshold")]
     pub unhealthy_threshold: u32,
+}
+
+/// How a health check probes an endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckKind {
+    #[default]
+    Http,
+    /// The gRPC health protocol over the cluster's HTTP/2 (`h2` or `h2c`); `SERVING` passes.
+    Grpc,
+}
+
+impl HealthCheckKind {
+    fn is_default(&self) -> bool {
+        *self == HealthCheckKind::Http
+    }
 }
 
 fn default_expected_status() -> Vec<u16> {

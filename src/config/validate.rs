@@ -178,6 +178,17 @@ pub fn validate(config: &Config) -> Vec<Problem> {
         if let Some(tls) = &l.tls {
             validate_listener_tls(tls, &[at[0].clone(), at[1].clone(), key("tls")], &mut p);
         }
+        if l.h2c && l.tls.is_some() {
+            p.add(
+                &[at[0].clone(), at[1].clone(), key("h2c")],
+                "only for plaintext listeners; a TLS listener offers HTTP/2 by ALPN (`tls.http2`)",
+            );
+        } else if l.h2c && l.proxy_protocol {
+            p.add(
+                &[at[0].clone(), at[1].clone(), key("h2c")],
+                "cannot be combined with `proxy_protocol` on one listener",
+            );
+        }
     }
     if config.admin.address.parse::<SocketAddr>().is_err() {
         p.add(
@@ -422,13 +433,53 @@ fn validate_clusters(config: &Config, p: &mut Problems) {
             );
         }
         validate_cluster_tls(c, &at, p);
+        match c.protocol {
+            super::UpstreamProtocol::H2 if !c.tls => p.add(
+                &sub(&[key("protocol")]),
+                "`h2` is HTTP/2 over TLS and needs `tls = true` (HTTP/2 in the clear is `h2c`)",
+            ),
+            super::UpstreamProtocol::H2c if c.tls => p.add(
+                &sub(&[key("protocol")]),
+                "`h2c` is HTTP/2 in the clear; with `tls = true` write `h2`",
+            ),
+            _ => {}
+        }
+        match c.max_h2_streams {
+            Some(_) if !c.protocol.is_h2() => p.add(
+                &sub(&[key("max_h2_streams")]),
+                "only used with protocol = \"h2\" or \"h2c\"",
+            ),
+            Some(0) => p.add(&sub(&[key("max_h2_streams")]), "must be at least 1"),
+            _ => {}
+        }
         if c.timeouts.connect.is_zero() || c.timeouts.read.is_zero() || c.timeouts.write.is_zero() {
             p.add(&sub(&[key("timeouts")]), "timeouts must be greater than 0");
         }
         if let Some(hc) = &c.health_check {
             let hc_at = |f: &str| sub(&[key("health_check"), key(f)]);
-            if !hc.path.starts_with('/') {
-                p.add(&hc_at("path"), format!("`{}` must start with /", hc.path));
+            match hc.kind {
+                super::HealthCheckKind::Http => {
+                    if !hc.path.starts_with('/') {
+                        p.add(&hc_at("path"), format!("`{}` must start with /", hc.path));
+                    }
+                    if hc.service.is_some() {
+                        p.add(&hc_at("service"), "only used with kind = \"grpc\"");
+                    }
+                }
+                super::HealthCheckKind::Grpc => {
+                    if !c.protocol.is_h2() {
+                        p.add(
+                            &hc_at("kind"),
+                            "gRPC health checks need the cluster's protocol = \"h2\" or \"h2c\"",
+                        );
+                    }
+                    if !hc.path.is_empty() {
+                        p.add(
+                            &hc_at("path"),
+                            "not used by kind = \"grpc\" (it calls grpc.health.v1.Health/Check; name a `service` instead)",
+                        );
+                    }
+                }
             }
             if hc.expected_status.is_empty()
                 || hc.expected_status.iter().any(|s| !(100..=599).contains(s))
@@ -799,11 +850,14 @@ fn validate_retry(retry: &super::RetryPolicy, at: &[Seg], p: &mut Problems) {
     }
     for (j, on) in retry.on.iter().enumerate() {
         let known = matches!(on.as_str(), "connect_failure" | "reset" | "timeout")
-            || on.parse::<u16>().is_ok_and(|s| (400..=599).contains(&s));
+            || on.parse::<u16>().is_ok_and(|s| (400..=599).contains(&s))
+            || super::grpc_code(on).is_some();
         if !known {
             p.add(
                 &[field("on"), vec![Seg::Index(j)]].concat(),
-                format!("`{on}` is not `connect_failure`, `reset`, `timeout` or a 4xx/5xx status"),
+                format!(
+                    "`{on}` is not `connect_failure`, `reset`, `timeout`, a 4xx/5xx status or a gRPC status name other than `ok` (`unavailable`, `resource_exhausted`, ...)"
+                ),
             );
         }
     }

@@ -49,6 +49,9 @@ pub struct Record<'a> {
     /// The coding the gateway compressed the response body with (`response_bytes` counts
     /// the compressed bytes); omitted when it did not.
     pub compression: Option<&'static str>,
+    /// The `grpc-status` of a gRPC call; omitted for other requests (and for a call that
+    /// ended without one).
+    pub grpc_status: Option<u8>,
 }
 
 impl Record<'_> {
@@ -110,6 +113,10 @@ impl Record<'_> {
         if let Some(coding) = self.compression {
             out.extend_from_slice(b",\"compression\":");
             json::string(out, coding);
+        }
+        if let Some(code) = self.grpc_status {
+            out.extend_from_slice(b",\"grpc_status\":");
+            json::uint(out, u64::from(code));
         }
         out.push(b'}');
     }
@@ -491,7 +498,17 @@ mod tests {
             attempts: 1,
             error,
             compression: None,
+            grpc_status: None,
         }
+    }
+
+    #[test]
+    fn grpc_status_is_written_only_for_grpc_calls() {
+        let plain = parsed(&record("/a", None, None));
+        assert!(plain.get("grpc_status").is_none());
+        let mut call = record("/pkg.Svc/Get", None, None);
+        call.grpc_status = Some(14);
+        assert_eq!(parsed(&call)["grpc_status"], 14);
     }
 
     fn parsed(record: &Record<'_>) -> serde_json::Value {

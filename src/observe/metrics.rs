@@ -22,6 +22,8 @@ pub struct Metrics {
     pub request_bytes: IntCounterVec,
     pub response_bytes: IntCounterVec,
     pub upstream_attempts: IntCounterVec,
+    /// gRPC calls by route and final `grpc-status` (17 codes and `none`).
+    pub grpc_responses: IntCounterVec,
     pub endpoint_healthy: IntGaugeVec,
     pub endpoint_in_flight: IntGaugeVec,
     pub access_log_dropped: IntCounter,
@@ -122,6 +124,14 @@ impl Metrics {
                 "Upstream attempts by cluster and result (response, connect_error, timeout, error)",
             ),
             &["cluster", "result"],
+        )
+        .expect("valid metric");
+        let grpc_responses = IntCounterVec::new(
+            Opts::new(
+                "portico_grpc_responses_total",
+                "gRPC calls answered, by route and grpc_status (the code's name in snake_case, `none` when the call ended without one)",
+            ),
+            &["route", "grpc_status"],
         )
         .expect("valid metric");
         let endpoint_healthy = IntGaugeVec::new(
@@ -318,6 +328,7 @@ impl Metrics {
             Box::new(request_bytes.clone()),
             Box::new(response_bytes.clone()),
             Box::new(upstream_attempts.clone()),
+            Box::new(grpc_responses.clone()),
             Box::new(endpoint_healthy.clone()),
             Box::new(endpoint_in_flight.clone()),
             Box::new(access_log_dropped.clone()),
@@ -336,6 +347,7 @@ impl Metrics {
             request_bytes,
             response_bytes,
             upstream_attempts,
+            grpc_responses,
             endpoint_healthy,
             endpoint_in_flight,
             access_log_dropped,
@@ -555,6 +567,8 @@ struct Handles {
     /// a route answered only to GET holds one row.
     counters: [OnceLock<Box<StatusCounters>>; 10],
     attempts: [OnceLock<IntCounter>; 4],
+    /// By `grpc-status` (the last slot: none), made on the target's first gRPC call.
+    grpc: OnceLock<Box<[OnceLock<IntCounter>; 18]>>,
     duration: prometheus::Histogram,
     upstream_duration: prometheus::Histogram,
     request_bytes: IntCounter,
@@ -579,6 +593,7 @@ impl RouteMetrics {
             Box::new(Handles {
                 counters: Default::default(),
                 attempts: Default::default(),
+                grpc: OnceLock::new(),
                 duration: m.request_duration.with_label_values(&[route, version]),
                 upstream_duration: m.upstream_duration.with_label_values(&[cluster]),
                 request_bytes: m.request_bytes.with_label_values(&[route]),
@@ -618,6 +633,22 @@ impl RouteMetrics {
         }
         h.request_bytes.inc_by(body_bytes.0);
         h.response_bytes.inc_by(body_bytes.1);
+    }
+
+    /// Counts one finished gRPC call by its `grpc-status` (`None`: the call ended without).
+    pub fn count_grpc(&self, status: Option<u8>) {
+        let i = status.map_or(17, |c| usize::from(c.min(16)));
+        self.handles().grpc.get_or_init(Default::default)[i]
+            .get_or_init(|| {
+                let name = crate::config::GRPC_CODE_NAMES
+                    .get(i)
+                    .copied()
+                    .unwrap_or("none");
+                METRICS
+                    .grpc_responses
+                    .with_label_values(&[&*self.route, name])
+            })
+            .inc();
     }
 
     /// Counts one finished upstream attempt of this route's cluster by its result

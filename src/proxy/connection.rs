@@ -16,8 +16,11 @@
 //! ends: Pingora's task is sized for a TLS handshake (about 10 KiB) and would otherwise stay
 //! allocated for as long as the connection lives.
 //!
-//! HTTP/2 connections (ALPN `h2` on TLS listeners) go to Pingora's own loop unchanged: its
-//! streams are multiplexed and idle connections are closed by its HTTP/2 idle timeout.
+//! HTTP/2 connections (ALPN `h2` on TLS listeners, and on plaintext listeners with
+//! `h2c = true` those that open with the HTTP/2 connection preface) go to Pingora's own
+//! loop unchanged: its streams are multiplexed and idle connections are closed by its
+//! HTTP/2 idle timeout. Only `h2c` listeners look at a connection's first bytes for the
+//! preface; other listeners pay one flag test.
 //!
 //! On a plaintext listener with `proxy_protocol = true` the PROXY header is read here, after
 //! the listener's cap and before the client's (which then counts the real client); see
@@ -71,6 +74,8 @@ struct ListenerSlot {
     /// A plaintext listener whose connections start with a PROXY header (a TLS listener's
     /// is read by the pre-TLS hook).
     proxy_protocol: bool,
+    /// A plaintext listener that also takes HTTP/2 with prior knowledge.
+    h2c: bool,
     open: AtomicUsize,
 }
 
@@ -179,6 +184,7 @@ impl Connections {
                     address: l.address.clone(),
                     addr: l.address.parse().ok(),
                     proxy_protocol: l.proxy_protocol && l.tls.is_none(),
+                    h2c: l.h2c && l.tls.is_none(),
                     open: AtomicUsize::new(0),
                 })
                 .collect(),
@@ -304,6 +310,19 @@ impl Connections {
             drop(snapshot);
         }
         drop(digest);
+        if ticket.listener.is_some_and(|i| self.listeners[i].h2c) {
+            let first_byte = self.state.snapshot().limits.first_byte_timeout;
+            match opens_with_h2_preface(&mut stream, first_byte).await {
+                Some(true) => {
+                    // Pingora's loop (with `h2c` on in the proxy's server options) reads
+                    // the preface again and runs the HTTP/2 connection.
+                    ServerApp::process_new(&self.proxy, stream, &shutdown).await;
+                    return;
+                }
+                Some(false) => {}
+                None => return,
+            }
+        }
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             // Boxed by `async_trait`, so its size is paid only by HTTP/2 connections.
             ServerApp::process_new(&self.proxy, stream, &shutdown).await;
@@ -401,6 +420,24 @@ impl ServerApp for Connections {
 
     async fn cleanup(&self) {
         HttpServerApp::http_cleanup(self.proxy.as_ref()).await;
+    }
+}
+
+/// Whether a connection on an `h2c` listener starts with the HTTP/2 connection preface
+/// (`PRI * HTTP/2.0`): its first three bytes are read within `first_byte` and put back,
+/// so the connection goes on from its first byte either way. No HTTP/1 method is `PRI`.
+/// `None` when the connection closed or sent nothing in time.
+async fn opens_with_h2_preface(stream: &mut Stream, first_byte: Duration) -> Option<bool> {
+    let mut start = [0u8; 3];
+    match fast_timeout(first_byte, stream.try_peek(&mut start)).await {
+        Ok(Ok(true)) => Some(&start == b"PRI"),
+        // A stream that cannot peek is not one Pingora's listeners make; treat it as HTTP/1.
+        Ok(Ok(false)) => Some(false),
+        Ok(Err(_)) => None,
+        Err(_) => {
+            count_timeout("first_byte");
+            None
+        }
     }
 }
 

@@ -252,6 +252,16 @@ impl GatewayError {
         Bytes::from(serde_json::to_vec(&problem).unwrap_or_default())
     }
 
+    /// The `grpc-status` of this error when the request is a gRPC call: by its HTTP status
+    /// (`grpc::code_for_http`; a version unknown in the URI, a 404, is still a bad argument
+    /// and not an unknown method).
+    pub fn grpc_code(&self) -> u8 {
+        match self {
+            GatewayError::UnknownVersion { .. } => super::grpc::code::INVALID_ARGUMENT,
+            e => super::grpc::code_for_http(e.status()),
+        }
+    }
+
     /// Extra headers the status calls for.
     pub fn headers(&self) -> Vec<(http::HeaderName, String)> {
         match self {

@@ -52,6 +52,8 @@ pub struct Routed {
     pub deprecation: Vec<(String, String)>,
     pub cluster: String,
     pub lb: String,
+    /// The HTTP version the cluster speaks upstream (`http1`, `h2`, `h2c`).
+    pub protocol: &'static str,
     /// Endpoint address and weight (for a DNS-discovered endpoint, its name and the
     /// address it resolved to; with SRV priorities, the level).
     pub endpoints: Vec<(String, u32)>,
@@ -199,6 +201,7 @@ pub fn explain(snapshot: &Snapshot, question: &Question<'_>) -> Result<Explanati
                     .collect(),
                 cluster: cluster.name.clone(),
                 lb: format!("{:?}", cluster.definition.lb),
+                protocol: cluster.definition.protocol.as_str(),
                 endpoints: cluster
                     .endpoints()
                     .iter()
@@ -282,7 +285,7 @@ impl std::fmt::Display for Explanation {
                         writeln!(f, "  {name}: {value}")?;
                     }
                 }
-                writeln!(f, "cluster:    {} ({})", r.cluster, r.lb)?;
+                writeln!(f, "cluster:    {} ({}, {})", r.cluster, r.lb, r.protocol)?;
                 if let Some(d) = &r.discovery {
                     writeln!(f, "  discovery {d}")?;
                 }

@@ -10,6 +10,7 @@ pub mod compress;
 pub mod connection;
 pub mod error;
 pub mod explain;
+pub mod grpc;
 pub mod handshake;
 mod headers;
 pub mod proxy_protocol;
@@ -96,6 +97,8 @@ pub struct Ctx {
     /// The response body is being compressed (its route has `compress`, and the response
     /// and the client's `Accept-Encoding` allow it).
     compression: Option<compress::Encoding>,
+    /// The request is a gRPC call (HTTP/2, `application/grpc`).
+    grpc: Option<grpc::Call>,
 }
 
 impl Ctx {
@@ -176,6 +179,7 @@ impl ProxyHttp for Gateway {
             active: false,
             peer_ip: None,
             path_traits: Default::default(),
+            grpc: None,
         }
     }
 
@@ -188,6 +192,8 @@ impl ProxyHttp for Gateway {
             .map(|a| a.ip());
         ctx.plugin.client_ip = ctx.peer_ip;
         ctx.plugin.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        // Before cleaning, which drops the `TE: trailers` a gRPC call carries.
+        ctx.grpc = grpc::Call::of(session);
         let mut trace = TraceContext::from_header(
             session
                 .req_header()
@@ -327,6 +333,11 @@ impl ProxyHttp for Gateway {
         }
         cluster.retry_budget.record_request();
         ctx.deadline = route.deadline.map(|d| ctx.start + d);
+        // A gRPC call's own deadline shortens the route's, never lengthens it.
+        if let Some(t) = ctx.grpc.and_then(|c| c.timeout) {
+            let own = ctx.start + t;
+            ctx.deadline = Some(ctx.deadline.map_or(own, |d| d.min(own)));
+        }
         Ok(false)
     }
 
@@ -498,6 +509,17 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         headers::add_forwarded(upstream, ctx.peer_ip, ctx.plugin.tls);
+        if let Some(call) = ctx.grpc {
+            if call.te_trailers {
+                upstream.insert_header(http::header::TE, "trailers")?;
+            }
+            // The upstream learns what is left of the deadline, as the client told the
+            // gateway what it had (the route's deadline counts too).
+            if let Some(deadline) = ctx.deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                upstream.insert_header("grpc-timeout", grpc::format_timeout(left))?;
+            }
+        }
         if let Some(trace) = &ctx.trace {
             // A sampled request's upstream sees this attempt's span as its parent; others
             // see the gateway's span.
@@ -546,6 +568,23 @@ impl ProxyHttp for Gateway {
         ctx.upstream_status = Some(status);
         if let Some(start) = ctx.upstream_start {
             ctx.upstream_time = Some(start.elapsed());
+        }
+        if let Some(call) = &mut ctx.grpc {
+            // A `grpc-status` in the response header makes it a trailers-only answer:
+            // nothing of it has reached the client, so a listed status may be retried.
+            call.status = grpc::status_of(&upstream_response.headers);
+            if let Some(code) = call.status {
+                if retry::decide(ctx, session, Failure::GrpcStatus(code)) {
+                    ctx.finish_attempt(Outcome::Response(grpc::http_equivalent(code)));
+                    ctx.count_attempt("response");
+                    let mut e = Error::explain(
+                        ErrorType::Custom(RETRYABLE_STATUS),
+                        format!("upstream answered grpc-status {code}, retrying"),
+                    );
+                    e.set_retry(true);
+                    return Err(e);
+                }
+            }
         }
         let retryable = ctx
             .route
@@ -623,6 +662,18 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    fn upstream_response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(call) = &mut ctx.grpc {
+            call.status = grpc::status_of(trailers);
+        }
+        Ok(())
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         if client_gone(e) {
             return FailToProxy {
@@ -655,6 +706,17 @@ impl ProxyHttp for Gateway {
         if session.response_written().is_none() {
             if let Err(write_error) = self.write_error(session, ctx, &err).await {
                 log::debug!("cannot send error response: {write_error}");
+            }
+        } else if let Some(call) = &mut ctx.grpc {
+            // The call's header went out, so its status can only be in trailers: the
+            // client reads the failure as a status rather than a reset stream.
+            if call.status.is_none() {
+                let code = err.grpc_code();
+                call.status = Some(code);
+                let trailers = grpc::status_trailers(code, &err.public_detail());
+                if let Err(write_error) = session.write_response_trailers(trailers).await {
+                    log::debug!("cannot send gRPC status trailers: {write_error}");
+                }
             }
         }
         ctx.error = Some(err);
@@ -690,8 +752,15 @@ impl ProxyHttp for Gateway {
             .map(|r| r.status.as_u16())
             .or_else(|| ctx.error.as_ref().map(|e| e.status()))
             .unwrap_or(0);
+        // A gRPC call is answered with 200 whatever its status: breakers, outlier ejection
+        // and log sampling judge it by the HTTP status its gRPC status stands for.
+        let grpc_status = ctx.grpc.and_then(|c| c.status);
+        let judged = |s: u16| match grpc_status {
+            Some(code) if s == 200 => grpc::http_equivalent(code),
+            _ => s,
+        };
         let outcome = match (ctx.upstream_status, e) {
-            (Some(s), _) => Outcome::Response(s),
+            (Some(s), _) => Outcome::Response(judged(s)),
             (None, Some(_)) => Outcome::Failure,
             (None, None) => Outcome::Abandoned,
         };
@@ -704,7 +773,7 @@ impl ProxyHttp for Gateway {
             if let Some(breaker) = &target.cluster.breaker {
                 // The cluster breaker judges the request as a whole: did it get a good
                 // answer in the end? Requests that never reached the upstream say nothing.
-                match (ctx.attempts, status) {
+                match (ctx.attempts, judged(status)) {
                     (0, _) => breaker.cancel(probe),
                     (_, s) => breaker.record(s != 0 && s < 500, probe),
                 }
@@ -741,6 +810,9 @@ impl ProxyHttp for Gateway {
             ctx.upstream_time,
             (read as u64, sent as u64),
         );
+        if let Some(call) = ctx.grpc {
+            metrics.count_grpc(call.status);
+        }
 
         if let (Some(spans), Some(tracer), Some(trace)) =
             (ctx.spans.take(), &ctx.snapshot.tracer, &ctx.trace)
@@ -765,7 +837,7 @@ impl ProxyHttp for Gateway {
             tracer.export(spans, trace, info);
         }
 
-        if ctx.snapshot.access_log.wants(status) {
+        if ctx.snapshot.access_log.wants(judged(status)) {
             let req = session.req_header();
             let upstream = ctx.tried.last().map(|e| e.label.as_str());
             let error = ctx
@@ -799,6 +871,7 @@ impl ProxyHttp for Gateway {
                 attempts: ctx.attempts,
                 error,
                 compression: ctx.compression.as_ref().map(|c| c.algorithm.token()),
+                grpc_status,
             };
             ctx.snapshot.access_log.write(&record);
         }
@@ -953,7 +1026,6 @@ impl Gateway {
         ctx: &mut Ctx,
         err: &GatewayError,
     ) -> Result<()> {
-        let body = err.body(session.req_header().uri.path(), ctx.request_id());
         // The client's body has a generic detail for upstream failures; the full one
         // (cluster, breaker or bulkhead state) is logged under the same request id.
         let level = if err.status() >= 500 {
@@ -969,6 +1041,19 @@ impl Gateway {
             err.slug(),
             err.detail()
         );
+        if ctx.grpc.is_some() {
+            let code = err.grpc_code();
+            let message = format!("{} (request_id {})", err.public_detail(), ctx.request_id());
+            if let Some(call) = &mut ctx.grpc {
+                call.status = Some(code);
+            }
+            let mut resp = grpc::trailers_only(code, &message)?;
+            for (name, value) in err.headers() {
+                resp.insert_header(name, value)?;
+            }
+            return self.send(session, ctx, resp, Bytes::new()).await;
+        }
+        let body = err.body(session.req_header().uri.path(), ctx.request_id());
         let mut resp = ResponseHeader::build(err.status(), Some(4))?;
         resp.insert_header(http::header::CONTENT_TYPE, "application/problem+json")?;
         resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
@@ -986,12 +1071,43 @@ impl Gateway {
         ctx: &mut Ctx,
         answer: PluginResponse,
     ) -> Result<bool> {
+        if ctx.grpc.is_some() {
+            return self.answer_grpc(session, ctx, answer).await;
+        }
         let mut resp = ResponseHeader::build(answer.status, Some(answer.headers.len() + 1))?;
         for (name, value) in answer.headers {
             resp.append_header(name, value)?;
         }
         resp.insert_header(http::header::CONTENT_LENGTH, answer.body.len())?;
         self.send(session, ctx, resp, answer.body).await?;
+        Ok(true)
+    }
+
+    /// A plugin's answer to a gRPC call, as the status a gRPC client reads: the HTTP status
+    /// mapped (401 → UNAUTHENTICATED, 429 → RESOURCE_EXHAUSTED, ...), the problem's detail
+    /// as the message, and the plugin's other headers (`WWW-Authenticate`, `Retry-After`).
+    async fn answer_grpc(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        answer: PluginResponse,
+    ) -> Result<bool> {
+        let code = grpc::code_for_http(answer.status.as_u16());
+        let detail = grpc::problem_detail(&answer.body);
+        let message = detail
+            .as_deref()
+            .or(answer.status.canonical_reason())
+            .unwrap_or("refused by the gateway");
+        let mut resp = grpc::trailers_only(code, message)?;
+        for (name, value) in answer.headers {
+            if name != http::header::CONTENT_TYPE && name != http::header::CONTENT_LENGTH {
+                resp.append_header(name, value)?;
+            }
+        }
+        if let Some(call) = &mut ctx.grpc {
+            call.status = Some(code);
+        }
+        self.send(session, ctx, resp, Bytes::new()).await?;
         Ok(true)
     }
 

@@ -69,6 +69,8 @@ pub struct RetryRules {
     pub on_reset: bool,
     pub on_timeout: bool,
     pub statuses: Vec<u16>,
+    /// The gRPC status codes retried, one bit per code (`1 << code`).
+    pub grpc_codes: u32,
     pub non_idempotent: bool,
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
@@ -92,6 +94,11 @@ impl RetryRules {
             on_reset: p.on.iter().any(|o| o == "reset"),
             on_timeout: p.on.iter().any(|o| o == "timeout"),
             statuses: p.on.iter().filter_map(|o| o.parse().ok()).collect(),
+            grpc_codes: p
+                .on
+                .iter()
+                .filter_map(|o| config::grpc_code(o))
+                .fold(0, |bits, code| bits | 1 << code),
             non_idempotent: p.non_idempotent,
             backoff_base: p.backoff_base,
             backoff_cap: p.backoff_cap,

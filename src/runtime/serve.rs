@@ -116,7 +116,13 @@ pub fn build(
     // with `--upgrade` this is where the old process's listening sockets are received.
     server.bootstrap();
 
-    let proxy = pingora_proxy::http_proxy(&server.configuration, Gateway::new(state.clone()));
+    let mut proxy = pingora_proxy::http_proxy(&server.configuration, Gateway::new(state.clone()));
+    // HTTP/2 in the clear reaches Pingora's loop only from `h2c` listeners, and only for
+    // connections that opened with the preface (`proxy::connection`); the option lets that
+    // loop take them.
+    let mut options = pingora_core::apps::HttpServerOptions::default();
+    options.h2c = true;
+    proxy.server_options = Some(options);
     let mut proxy = Service::new(
         "portico proxy".to_string(),
         Connections::new(proxy, state.clone(), &listeners),

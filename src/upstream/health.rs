@@ -1,5 +1,7 @@
 //! Active health checking: every interval, probe each endpoint of a cluster with an HTTP
-//! request (Pingora's `HttpHealthCheck` does the probe) and flip the endpoint's health
+//! request (Pingora's `HttpHealthCheck` does the probe) or, with `kind = "grpc"`, a call of
+//! the gRPC health protocol (`grpc.health.v1.Health/Check` over the cluster's HTTP/2, made
+//! here on Pingora's HTTP/2 connector: `SERVING` passes), and flip the endpoint's health
 //! after the configured number of consecutive passes or failures.
 //!
 //! Endpoints start healthy, so a starting gateway serves at once. For a cluster a config
@@ -21,8 +23,13 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use bytes::{BufMut, Bytes, BytesMut};
+use pingora_core::protocols::http::client::HttpSession;
+use pingora_core::upstreams::peer::HttpPeer;
 use pingora_load_balancing::health_check::{HealthCheck as _, HttpHealthCheck};
 use pingora_load_balancing::Backend;
+
+use crate::config::HealthCheckKind;
 
 use super::{Cluster, Endpoint};
 
@@ -128,11 +135,19 @@ pub(super) async fn probe_new(cluster: &Cluster, fresh: &[Arc<Endpoint>]) {
     futures::future::join_all(round).await;
 }
 
-/// One endpoint's health probe: Pingora's HTTP check and the backend it probes.
+/// One endpoint's health probe.
 struct Probe {
     endpoint: Arc<Endpoint>,
-    check: HttpHealthCheck,
-    backend: Backend,
+    kind: ProbeKind,
+}
+
+enum ProbeKind {
+    /// Pingora's HTTP check and the backend it probes.
+    Http {
+        check: Box<HttpHealthCheck>,
+        backend: Backend,
+    },
+    Grpc(Box<GrpcCheck>),
 }
 
 impl Probe {
@@ -142,6 +157,12 @@ impl Probe {
             .as_ref()
             .expect("probes are made for clusters with health checks");
         let host = spec.host.clone().unwrap_or_else(|| e.name.clone());
+        if spec.kind == HealthCheckKind::Grpc {
+            return Probe {
+                endpoint: e.clone(),
+                kind: ProbeKind::Grpc(Box::new(GrpcCheck::new(e, spec, host))),
+            };
+        }
         let mut check = HttpHealthCheck::new(&host, cluster.definition.tls);
         if let Some(sni) = &cluster.definition.sni {
             check.peer_template.sni = sni.clone();
@@ -178,18 +199,157 @@ impl Probe {
         };
         Probe {
             endpoint: e.clone(),
-            check,
-            backend,
+            kind: ProbeKind::Http {
+                check: Box::new(check),
+                backend,
+            },
         }
     }
 
     /// One probe, cut at twice the check timeout; true when it passed.
     async fn run(&self, timeout: Duration) -> bool {
-        tokio::time::timeout(timeout * 2, self.check.check(&self.backend))
-            .await
-            .map(|r| r.is_ok())
-            .unwrap_or(false)
+        match &self.kind {
+            ProbeKind::Http { check, backend } => {
+                tokio::time::timeout(timeout * 2, check.check(backend))
+                    .await
+                    .map(|r| r.is_ok())
+                    .unwrap_or(false)
+            }
+            ProbeKind::Grpc(check) => match tokio::time::timeout(timeout * 2, check.call()).await {
+                Ok(Ok(())) => true,
+                Ok(Err(why)) => {
+                    log::debug!("gRPC health check of {}: {why}", self.endpoint.name);
+                    false
+                }
+                Err(_) => false,
+            },
+        }
     }
+}
+
+/// `grpc.health.v1.HealthCheckRequest`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct HealthCheckRequest {
+    #[prost(string, tag = "1")]
+    service: String,
+}
+
+/// `grpc.health.v1.HealthCheckResponse`; `status` 1 is `SERVING`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct HealthCheckResponse {
+    #[prost(int32, tag = "1")]
+    status: i32,
+}
+
+const SERVING: i32 = 1;
+
+/// The longest health answer read: the real one is a few bytes.
+const MAX_HEALTH_ANSWER: usize = 4096;
+
+/// A gRPC health check of one endpoint: a fresh HTTP/2 connection per probe (a pooled one
+/// can hide a dead listener), speaking `h2` or `h2c` as the cluster does.
+struct GrpcCheck {
+    connector: pingora_core::connectors::http::v2::Connector,
+    peer: HttpPeer,
+    authority: String,
+    /// The request message, framed once (the body is the same every time).
+    body: Bytes,
+}
+
+impl GrpcCheck {
+    fn new(e: &Arc<Endpoint>, spec: &crate::config::HealthCheck, authority: String) -> GrpcCheck {
+        let mut peer = e.peer.clone();
+        let o = &mut peer.options;
+        o.connection_timeout = Some(spec.timeout);
+        o.total_connection_timeout = Some(spec.timeout);
+        o.read_timeout = Some(spec.timeout);
+        o.write_timeout = Some(spec.timeout);
+        // One stream: the connection is not pooled, and closes when the probe drops it.
+        o.max_h2_streams = 1;
+        let message = HealthCheckRequest {
+            service: spec.service.clone().unwrap_or_default(),
+        };
+        let encoded = prost::Message::encode_to_vec(&message);
+        let mut body = BytesMut::with_capacity(5 + encoded.len());
+        body.put_u8(0);
+        body.put_u32(encoded.len() as u32);
+        body.put_slice(&encoded);
+        GrpcCheck {
+            connector: pingora_core::connectors::http::v2::Connector::new(None),
+            peer,
+            authority,
+            body: body.freeze(),
+        }
+    }
+
+    /// One `Check` call: passes on `SERVING` with `grpc-status` 0.
+    async fn call(&self) -> Result<(), String> {
+        let session = self
+            .connector
+            .new_http_session::<_, ()>(&self.peer)
+            .await
+            .map_err(|e| e.to_string())?;
+        let HttpSession::H2(mut h2) = session else {
+            return Err("the endpoint did not speak HTTP/2".into());
+        };
+        let mut req =
+            pingora_http::RequestHeader::build("POST", b"/grpc.health.v1.Health/Check", None)
+                .map_err(|e| e.to_string())?;
+        for (name, value) in [
+            ("host", self.authority.as_str()),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+            ("user-agent", "portico-health-check"),
+        ] {
+            req.insert_header(name, value).map_err(|e| e.to_string())?;
+        }
+        h2.write_request_header(Box::new(req), false)
+            .map_err(|e| e.to_string())?;
+        h2.write_request_body(self.body.clone(), true)
+            .await
+            .map_err(|e| e.to_string())?;
+        h2.read_response_header().await.map_err(|e| e.to_string())?;
+        let header = h2.response_header().ok_or("no response header")?;
+        if header.status != 200 {
+            return Err(format!("HTTP status {}", header.status));
+        }
+        // A trailers-only answer carries its status in the header: never SERVING.
+        if let Some(code) = crate::proxy::grpc::status_of(&header.headers) {
+            return Err(format!("grpc-status {code}"));
+        }
+        let mut answer = BytesMut::new();
+        while let Some(chunk) = h2.read_response_body().await.map_err(|e| e.to_string())? {
+            if answer.len() + chunk.len() > MAX_HEALTH_ANSWER {
+                return Err("answer too long".into());
+            }
+            answer.extend_from_slice(&chunk);
+        }
+        let trailers = h2.read_trailers().await.map_err(|e| e.to_string())?;
+        match trailers.as_ref().and_then(crate::proxy::grpc::status_of) {
+            Some(0) => {}
+            Some(code) => return Err(format!("grpc-status {code}")),
+            None => return Err("no grpc-status".into()),
+        }
+        let status = serving_status(&answer)?;
+        if status == SERVING {
+            Ok(())
+        } else {
+            Err(format!("serving status {status}"))
+        }
+    }
+}
+
+/// The serving status in one length-prefixed, uncompressed gRPC message.
+fn serving_status(answer: &[u8]) -> Result<i32, String> {
+    let [0, a, b, c, d, message @ ..] = answer else {
+        return Err("not one uncompressed gRPC message".into());
+    };
+    if u32::from_be_bytes([*a, *b, *c, *d]) as usize != message.len() {
+        return Err("not one uncompressed gRPC message".into());
+    }
+    let response: HealthCheckResponse =
+        prost::Message::decode(message).map_err(|e| format!("bad answer: {e}"))?;
+    Ok(response.status)
 }
 
 /// The first probe of an endpoint sets its health directly.
@@ -229,5 +389,31 @@ fn record(cluster: &str, e: &Endpoint, passed: bool, healthy: u32, unhealthy: u3
                 e.name
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framed(status: i32) -> Vec<u8> {
+        let msg = prost::Message::encode_to_vec(&HealthCheckResponse { status });
+        let mut out = vec![0];
+        out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        out.extend_from_slice(&msg);
+        out
+    }
+
+    #[test]
+    fn serving_status_reads_one_framed_message() {
+        assert_eq!(serving_status(&framed(1)), Ok(1));
+        assert_eq!(serving_status(&framed(2)), Ok(2));
+        let mut compressed = framed(1);
+        compressed[0] = 1;
+        assert!(serving_status(&compressed).is_err());
+        let mut long = framed(1);
+        long.push(0);
+        assert!(serving_status(&long).is_err());
+        assert!(serving_status(&[0, 0]).is_err());
     }
 }

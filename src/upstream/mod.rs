@@ -95,6 +95,7 @@ impl Endpoint {
         });
         let mut peer = HttpPeer::new(addr, def.tls, sni);
         tls.apply(&mut peer);
+        set_protocol(&mut peer, def);
         peer.options.connection_timeout = Some(def.timeouts.connect);
         peer.options.read_timeout = Some(def.timeouts.read);
         peer.options.write_timeout = Some(def.timeouts.write);
@@ -210,6 +211,17 @@ impl PeerTls {
             peer.options.verify_cert = false;
             peer.options.verify_hostname = false;
         }
+    }
+}
+
+/// Makes a peer speak the cluster's HTTP version. HTTP/2 only (`min = max = 2`) is ALPN `h2`
+/// on TLS and, on plaintext, HTTP/2 with prior knowledge (Pingora's connector trusts the
+/// peer to speak h2c when no ALPN can say so). Requests share pooled connections up to
+/// `max_h2_streams` streams each.
+pub(crate) fn set_protocol(peer: &mut HttpPeer, def: &config::Cluster) {
+    if def.protocol.is_h2() {
+        peer.options.set_http_version(2, 2);
+        peer.options.max_h2_streams = def.max_h2_streams.unwrap_or(config::DEFAULT_MAX_H2_STREAMS);
     }
 }
 
@@ -630,6 +642,7 @@ impl Cluster {
         ClusterStatus {
             name: self.name.clone(),
             lb: self.definition.lb,
+            protocol: self.definition.protocol,
             available: self.available_count(),
             breaker: self.breaker.as_ref().map(CircuitBreaker::state),
             bulkhead: self.bulkhead.as_ref().map(|b| BulkheadStatus {
@@ -713,6 +726,7 @@ impl Outcome {
 pub struct ClusterStatus {
     pub name: String,
     pub lb: LbKind,
+    pub protocol: config::UpstreamProtocol,
     pub available: usize,
     pub breaker: Option<BreakerState>,
     pub bulkhead: Option<BulkheadStatus>,
