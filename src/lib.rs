@@ -6,6 +6,7 @@
 //! config file becomes the snapshot the proxy runs on.
 
 pub mod admin;
+pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod observe;

@@ -46,6 +46,9 @@ pub struct Record<'a> {
     pub attempts: u32,
     /// Omitted from the line when `None`.
     pub error: Option<&'a str>,
+    /// How the route's cache answered (`hit`, `miss`, `stale`, …); omitted on routes
+    /// without a cache.
+    pub cache: Option<&'a str>,
 }
 
 impl Record<'_> {
@@ -100,6 +103,10 @@ impl Record<'_> {
         }
         out.extend_from_slice(b",\"attempts\":");
         json::uint(out, u64::from(self.attempts));
+        if let Some(cache) = self.cache {
+            out.extend_from_slice(b",\"cache\":");
+            json::string(out, cache);
+        }
         if let Some(error) = self.error {
             out.extend_from_slice(b",\"error\":");
             json::string(out, error);
@@ -483,6 +490,7 @@ mod tests {
             upstream_time: Some(Duration::from_micros(999)),
             attempts: 1,
             error,
+            cache: None,
         }
     }
 

@@ -60,6 +60,8 @@ pub struct Routed {
     pub deadline: Option<String>,
     /// The route's own limits and timeouts (`routes.limits`), when it has any.
     pub limits: Option<String>,
+    /// The route's cache policy (`routes.cache`), when it has one.
+    pub cache: Option<String>,
     pub route_plugins: Vec<&'static str>,
 }
 
@@ -204,6 +206,7 @@ pub fn explain(snapshot: &Snapshot, question: &Question<'_>) -> Result<Explanati
                     .deadline
                     .map(|d| humantime::format_duration(d).to_string()),
                 limits: route.limits.as_deref().map(|l| l.summary()),
+                cache: route.cache.as_deref().map(|c| c.summary.clone()),
                 route_plugins: route.plugins.names.clone(),
             }))
         }
@@ -248,6 +251,9 @@ impl std::fmt::Display for Explanation {
                 )?;
                 if let Some(limits) = &r.limits {
                     writeln!(f, "limits:     {limits}")?;
+                }
+                if let Some(cache) = &r.cache {
+                    writeln!(f, "cache:      {cache}")?;
                 }
                 writeln!(
                     f,

@@ -46,6 +46,8 @@ pub struct Route {
     pub upgrades: Vec<Box<str>>,
     /// The route's own limits and timeouts (`None`: `[limits]` and the cluster's).
     pub limits: Option<Box<config::RouteLimits>>,
+    /// The route's response cache (`None`: the cache hooks do nothing for it).
+    pub cache: Option<Box<crate::cache::CachePolicy>>,
 }
 
 /// One destination of a route: a cluster, with the version it serves.
@@ -393,6 +395,10 @@ impl Snapshot {
                     .clone()
                     .filter(|l| *l != config::RouteLimits::default())
                     .map(Box::new),
+                cache: r
+                    .cache
+                    .as_ref()
+                    .map(|c| Box::new(crate::cache::CachePolicy::new(&r.id, c))),
             };
             routes.push((spec, Arc::new(route)));
         }
