@@ -150,7 +150,8 @@ mod tests {
     #[test]
     fn variance_follows_listed_headers() {
         let mut resp = pingora_http::ResponseHeader::build(200, None).unwrap();
-        resp.insert_header("Vary", "Accept, accept-language").unwrap();
+        resp.insert_header("Vary", "Accept, accept-language")
+            .unwrap();
         let now = std::time::SystemTime::now();
         let meta = CacheMeta::new(now, now, 0, 0, resp);
         let req = |accept: Option<&str>| {

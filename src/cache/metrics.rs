@@ -96,7 +96,13 @@ impl CacheMetrics {
     }
 
     /// Counts one finished request on the route.
-    pub fn record(&self, outcome: Outcome, stale_on_error: bool, waited: bool, stored: Option<u64>) {
+    pub fn record(
+        &self,
+        outcome: Outcome,
+        stale_on_error: bool,
+        waited: bool,
+        stored: Option<u64>,
+    ) {
         let h = self.handles();
         let i = Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
         h.lookups[i].inc();

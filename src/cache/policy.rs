@@ -58,7 +58,10 @@ pub fn response_cacheable(
         return Uncacheable(SET_COOKIE);
     }
     let cc = CacheControl::from_resp_headers(resp);
-    if cc.as_ref().is_some_and(|cc| cc.is_cacheable() == Cacheable::No) {
+    if cc
+        .as_ref()
+        .is_some_and(|cc| cc.is_cacheable() == Cacheable::No)
+    {
         return Uncacheable(NoCacheReason::OriginNotCache);
     }
     // RFC 9111 §3.5: only `public`, `s-maxage` or `must-revalidate` let a shared cache
@@ -96,7 +99,9 @@ pub fn response_cacheable(
     let created = now.checked_sub(age).unwrap_or(now);
     let fresh_until = if lifetime.is_zero() {
         // Stale from the start: `no-cache`, `max-age=0`, or an `Expires` in the past.
-        created.checked_sub(Duration::from_secs(1)).unwrap_or(created)
+        created
+            .checked_sub(Duration::from_secs(1))
+            .unwrap_or(created)
     } else {
         created.checked_add(lifetime).unwrap_or(created)
     };
@@ -200,19 +205,44 @@ mod tests {
     #[test]
     fn freshness_sources() {
         let p = policy(None);
-        assert_eq!(fresh_secs(judge(&p, 200, &[("cache-control", "max-age=60")], false)), Some(60));
         assert_eq!(
-            fresh_secs(judge(&p, 200, &[("cache-control", "max-age=60, s-maxage=10")], false)),
+            fresh_secs(judge(&p, 200, &[("cache-control", "max-age=60")], false)),
+            Some(60)
+        );
+        assert_eq!(
+            fresh_secs(judge(
+                &p,
+                200,
+                &[("cache-control", "max-age=60, s-maxage=10")],
+                false
+            )),
             Some(10)
         );
-        assert_eq!(fresh_secs(judge(&p, 200, &[], false)), None, "no heuristic by default");
-        assert_eq!(fresh_secs(judge(&policy(Some(30)), 200, &[], false)), Some(30));
+        assert_eq!(
+            fresh_secs(judge(&p, 200, &[], false)),
+            None,
+            "no heuristic by default"
+        );
+        assert_eq!(
+            fresh_secs(judge(&policy(Some(30)), 200, &[], false)),
+            Some(30)
+        );
         assert_eq!(fresh_secs(judge(&policy(Some(30)), 500, &[], false)), None);
         let date = httpdate::fmt_http_date(SystemTime::now());
         let expires = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));
-        let got = fresh_secs(judge(&p, 200, &[("date", &date), ("expires", &expires)], false));
+        let got = fresh_secs(judge(
+            &p,
+            200,
+            &[("date", &date), ("expires", &expires)],
+            false,
+        ));
         assert!(matches!(got, Some(119..=121)), "{got:?}");
-        let aged = judge(&p, 200, &[("cache-control", "max-age=60"), ("age", "50")], false);
+        let aged = judge(
+            &p,
+            200,
+            &[("cache-control", "max-age=60"), ("age", "50")],
+            false,
+        );
         assert!(matches!(fresh_secs(aged), Some(9..=11)));
     }
 
@@ -225,12 +255,19 @@ mod tests {
             &[("cache-control", "max-age=60"), ("vary", "accept, *")],
             &[("cache-control", "max-age=60"), ("set-cookie", "a=b")],
         ] {
-            assert!(fresh_secs(judge(&p, 200, headers, false)).is_none(), "{headers:?}");
+            assert!(
+                fresh_secs(judge(&p, 200, headers, false)).is_none(),
+                "{headers:?}"
+            );
         }
         assert!(fresh_secs(judge(&p, 206, &[("cache-control", "max-age=60")], false)).is_none());
         // Authorization: only public, s-maxage or must-revalidate.
         assert!(fresh_secs(judge(&p, 200, &[("cache-control", "max-age=60")], true)).is_none());
-        for allowed in ["public, max-age=60", "s-maxage=60", "must-revalidate, max-age=60"] {
+        for allowed in [
+            "public, max-age=60",
+            "s-maxage=60",
+            "must-revalidate, max-age=60",
+        ] {
             let r = judge(&p, 200, &[("cache-control", allowed)], true);
             assert!(fresh_secs(r).is_some(), "{allowed}");
         }
@@ -243,11 +280,19 @@ mod tests {
             panic!("stored")
         };
         assert_eq!(meta.stale_if_error_sec(), 60, "the route's default");
-        let Stored(meta) = judge(&p, 200, &[("cache-control", "max-age=1, must-revalidate")], false)
-        else {
+        let Stored(meta) = judge(
+            &p,
+            200,
+            &[("cache-control", "max-age=1, must-revalidate")],
+            false,
+        ) else {
             panic!("stored")
         };
-        assert_eq!(meta.stale_if_error_sec(), 0, "must-revalidate forbids stale");
+        assert_eq!(
+            meta.stale_if_error_sec(),
+            0,
+            "must-revalidate forbids stale"
+        );
         let Stored(meta) = judge(&p, 200, &[("cache-control", "no-cache")], false) else {
             panic!("stored for revalidation")
         };

@@ -80,11 +80,18 @@ impl Outcome {
             CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => Outcome::Revalidated,
             // Disabled after the lookup (not storable, lock timeout, upstream error): the
             // lookup's finding still says what happened.
+            // The key's last response could not be stored, so no lookup was made: a miss.
+            CachePhase::Bypass if state.bypass.is_none() => Outcome::Miss,
             CachePhase::Disabled(_) | CachePhase::Bypass => match state.found {
                 _ if state.bypass.is_some() => Outcome::Bypass,
                 Some(false) => Outcome::Expired,
                 Some(true) => Outcome::Hit,
-                None if state.missed || waited_in_vain(cache) => Outcome::Miss,
+                None if state.missed
+                    || waited_in_vain(cache)
+                    || cache.predicted_uncacheable_reason().is_some() =>
+                {
+                    Outcome::Miss
+                }
                 None => Outcome::Bypass,
             },
             CachePhase::Uninit | CachePhase::CacheKey => Outcome::Bypass,
@@ -113,7 +120,8 @@ pub fn header_value(cache: &HttpCache, state: &RequestState, outcome: Outcome) -
             let now = SystemTime::now();
             match until.duration_since(now) {
                 Ok(left) => left.as_secs() as i64,
-                Err(past) => -(past.duration().as_secs() as i64),
+                // Stale by a fraction of a second is already stale: never `ttl=0`.
+                Err(past) => -(past.duration().as_millis().div_ceil(1000) as i64),
             }
         })
     };
@@ -155,9 +163,14 @@ pub fn header_value(cache: &HttpCache, state: &RequestState, outcome: Outcome) -
             } else {
                 "fwd=stale"
             });
+            let not_stored = match cache.phase() {
+                CachePhase::Disabled(reason) => Some(reason),
+                CachePhase::Bypass => cache.predicted_uncacheable_reason(),
+                _ => None,
+            };
             if stored {
                 v.push_str("; stored");
-            } else if let CachePhase::Disabled(reason) = cache.phase() {
+            } else if let Some(reason) = not_stored {
                 v.push_str("; detail=");
                 v.push_str(detail(reason));
             }
@@ -165,7 +178,6 @@ pub fn header_value(cache: &HttpCache, state: &RequestState, outcome: Outcome) -
         Outcome::Bypass => match state.bypass {
             Some(Bypass::Method) => v.push_str("fwd=method"),
             Some(Bypass::NoIdentity) => v.push_str("fwd=bypass; detail=no-identity"),
-            None if cache.bypassing() => v.push_str("fwd=bypass; detail=uncacheable"),
             None => v.push_str("fwd=bypass"),
         },
     }
@@ -177,9 +189,7 @@ fn detail(reason: NoCacheReason) -> &'static str {
     match reason {
         NoCacheReason::Custom(why) => why,
         NoCacheReason::OriginNotCache => "origin-not-cacheable",
-        NoCacheReason::ResponseTooLarge | NoCacheReason::PredictedResponseTooLarge => {
-            "too-large"
-        }
+        NoCacheReason::ResponseTooLarge | NoCacheReason::PredictedResponseTooLarge => "too-large",
         NoCacheReason::CacheLockTimeout => "lock-timeout",
         NoCacheReason::CacheLockGiveUp => "lock-gave-up",
         NoCacheReason::UpstreamError => "upstream-error",

@@ -737,7 +737,10 @@ fn validate_route_cache(
         ("lock_timeout", Some(cache.lock_timeout)),
     ] {
         if value.is_some_and(|v| v.is_zero()) {
-            p.add(&at(field), "must be longer than 0s (leave it out to turn it off)");
+            p.add(
+                &at(field),
+                "must be longer than 0s (leave it out to turn it off)",
+            );
         }
     }
     // Pingora's cache metadata keeps these windows in whole seconds of a u32.

@@ -802,10 +802,14 @@ impl ProxyHttp for Gateway {
         if let (Some(target), Some(probe)) = (&target, ctx.cluster_admission) {
             if let Some(breaker) = &target.cluster.breaker {
                 // The cluster breaker judges the request as a whole: did it get a good
-                // answer in the end? Requests that never reached the upstream say nothing.
+                // answer in the end? Requests that never reached the upstream say nothing,
+                // and a stale entry answering for a failed upstream hides a failure.
                 match (ctx.attempts, status) {
                     (0, _) => breaker.cancel(probe),
-                    (_, s) => breaker.record(s != 0 && s < 500, probe),
+                    (_, s) => {
+                        let good = s != 0 && s < 500 && ctx.cache.stale_on_error.is_none();
+                        breaker.record(good, probe)
+                    }
                 }
             }
         }
