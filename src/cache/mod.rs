@@ -160,3 +160,95 @@ impl CachePolicy {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{load_str, ConfigError};
+
+    /// The problems `portico check` reports for a route with `cache` (and `plugins`).
+    fn problems(cache: &str, plugins: &str) -> Vec<ConfigError> {
+        let text = format!(
+            "[[listeners]]\naddress = \"127.0.0.1:1\"\n\n[clusters.c]\nendpoints = [{{ address = \"127.0.0.1:2\" }}]\n\n[[routes]]\nid = \"r\"\npath = \"/\"\ncluster = \"c\"\nmethods = [\"GET\", \"POST\"]\n{plugins}\n[routes.cache]\n{cache}\n"
+        );
+        match load_str("portico.toml", &text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0,
+        }
+    }
+
+    #[test]
+    fn impossible_settings_are_refused_with_their_place() {
+        let ok = problems("default_ttl = \"30s\"", "");
+        assert!(ok.is_empty(), "{ok:?}");
+        for (cache, field, line, says) in [
+            (
+                "methods = [\"POST\"]",
+                "routes[0].cache.methods[0]",
+                14,
+                "only GET and HEAD",
+            ),
+            (
+                "methods = [\"HEAD\"]",
+                "routes[0].cache.methods",
+                14,
+                "none of these methods",
+            ),
+            (
+                "methods = []",
+                "routes[0].cache.methods",
+                14,
+                "must name GET",
+            ),
+            (
+                "default_ttl = \"0s\"",
+                "routes[0].cache.default_ttl",
+                14,
+                "longer than 0s",
+            ),
+            (
+                "lock_timeout = \"5m\"",
+                "routes[0].cache.lock_timeout",
+                14,
+                "at most 60s",
+            ),
+            (
+                "query = { ignore = [] }",
+                "routes[0].cache.query",
+                14,
+                "at least one",
+            ),
+            (
+                "per_identity = \"sub\"",
+                "routes[0].cache.per_identity",
+                14,
+                "needs a `jwt` plugin",
+            ),
+            (
+                "query = \"shuffled\"",
+                "routes[0].cache.query",
+                14,
+                "unknown variant",
+            ),
+            (
+                "per_identity = \"email\"",
+                "routes[0].cache.per_identity",
+                14,
+                "unknown variant",
+            ),
+            ("ttl = \"1s\"", "routes[0].cache.ttl", 14, "unknown field"),
+        ] {
+            let found = problems(cache, "");
+            let p = found
+                .iter()
+                .find(|p| p.field == field)
+                .unwrap_or_else(|| panic!("{cache}: no problem at {field}: {found:?}"));
+            assert!(p.message.contains(says), "{cache}: {p:?}");
+            assert_eq!(
+                p.location.as_ref().map(|l| l.line),
+                Some(line),
+                "{cache}: {p:?}"
+            );
+            assert_eq!(p.file, "portico.toml");
+        }
+    }
+}

@@ -723,12 +723,15 @@ fn validate_route_cache(
                 &m_at,
                 format!("`{m}` cannot be cached: only GET and HEAD responses are stored"),
             );
-        } else if !route.methods.is_empty() && !route.methods.contains(m) {
-            p.add(
-                &m_at,
-                format!("`{m}` is not among the route's methods, so it never reaches the cache"),
-            );
         }
+    }
+    let reachable =
+        route.methods.is_empty() || cache.methods.iter().any(|m| route.methods.contains(m));
+    if !cache.methods.is_empty() && !reachable {
+        p.add(
+            &at("methods"),
+            "none of these methods is among the route's `methods`, so no request reaches the cache",
+        );
     }
     for (field, value) in [
         ("default_ttl", cache.default_ttl),

@@ -397,10 +397,10 @@ impl ProxyHttp for Gateway {
     }
 
     async fn proxy_upstream_filter(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let Some(target) = ctx.target.clone() else {
+        if ctx.route.as_ref().is_none_or(|r| r.cache.is_none()) {
             return Ok(true);
-        };
-        if ctx.route.as_ref().is_some_and(|r| r.cache.is_some()) {
+        }
+        if let Some(target) = ctx.target.clone() {
             if let Err(err) = admit_upstream(ctx, &target).await {
                 ctx.refused = Some(err);
             }
