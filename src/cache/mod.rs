@@ -147,6 +147,24 @@ impl CachePolicy {
         }
     }
 
+    /// RFC 9111 §4.4: a non-error answer to an unsafe request (`POST`, `PUT`, `DELETE`, …)
+    /// invalidates what is stored for its URI, so the next read sees the change.
+    pub async fn invalidate(&self, key: &pingora_cache::CacheKey) {
+        let span = pingora_cache::trace::Span::inactive();
+        let compact = key.to_compact();
+        let target = pingora_cache::PurgeTarget::Active(&compact);
+        let purged = storage()
+            .purge(
+                target,
+                pingora_cache::PurgeType::Invalidation,
+                &span.handle(),
+            )
+            .await;
+        if let Err(e) = purged {
+            log::debug!("cache invalidation failed: {e}");
+        }
+    }
+
     /// Turns the cache on for this request in Pingora's state machine.
     pub fn enable(&self, cache: &mut pingora_cache::HttpCache) {
         let mut overrides = CacheOptionOverrides::default();

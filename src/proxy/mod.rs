@@ -708,6 +708,7 @@ impl ProxyHttp for Gateway {
         headers::strip_hop_by_hop_response(resp);
         finish_response_headers(ctx, resp);
         cache_status(session, ctx, resp);
+        invalidate_on_change(session, ctx, resp).await;
         run_response_hooks(ctx, session.req_header(), resp).await;
         self.close_if_draining(session);
         if resp.status == http::StatusCode::SWITCHING_PROTOCOLS && !ctx.upgraded {
@@ -1198,6 +1199,25 @@ fn cache_status(session: &Session, ctx: &mut Ctx, resp: &mut ResponseHeader) {
     ctx.cache.outcome = Some(outcome);
     let value = header_value(&session.cache, &ctx.cache, outcome);
     let _ = resp.insert_header("Cache-Status", value);
+}
+
+/// RFC 9111 §4.4 on a cached route: the upstream's non-error answer to an unsafe request
+/// invalidates what is stored for its URI, before the client sees the answer, so the
+/// client's next read cannot get the old one.
+async fn invalidate_on_change(session: &Session, ctx: &Ctx, resp: &ResponseHeader) {
+    let req = session.req_header();
+    if req.method.is_safe() || ctx.upstream_status.is_none() || resp.status.as_u16() >= 400 {
+        return;
+    }
+    let (Some(route), Some(target)) = (&ctx.route, &ctx.target) else {
+        return;
+    };
+    if let Some(policy) = route.cache.as_deref() {
+        let identity = policy.identity(&ctx.plugin);
+        let version = target.version.as_deref();
+        let key = crate::cache::key::primary(policy, &route.id, version, req, identity);
+        policy.invalidate(&key).await;
+    }
 }
 
 /// The `X-Portico-Attempts` value: a shared constant for the counts retry policies use, so
