@@ -709,6 +709,11 @@ impl ProxyHttp for Gateway {
         finish_response_headers(ctx, resp);
         cache_status(session, ctx, resp);
         invalidate_on_change(session, ctx, resp).await;
+        if ctx.cache.stale_on_error.is_some() {
+            // Pingora does not reuse a client connection after a failed upstream attempt,
+            // even when a stale entry answered for it: say so rather than close unannounced.
+            session.set_keepalive(None);
+        }
         run_response_hooks(ctx, session.req_header(), resp).await;
         self.close_if_draining(session);
         if resp.status == http::StatusCode::SWITCHING_PROTOCOLS && !ctx.upgraded {
