@@ -73,8 +73,8 @@ start_portico_at() { # upstream-port -> PORTICO_PID
     wait_http "http://127.0.0.1:$ADMIN_PORT/readyz" "$PORTICO_PID" "portico" 30
 }
 
-stop_pid() { # pid
-    kill -INT "$1" 2>/dev/null || true
+stop_pid() { # pid [signal]
+    kill -"${2:-INT}" "$1" 2>/dev/null || true
     wait "$1" 2>/dev/null || true
 }
 
@@ -145,8 +145,8 @@ if want hits; then
     say "errors during the runs: $ERRS"
     say ""
     stop_pid "$PORTICO_PID"
-    stop_pid "$NGINX_PID"
-    stop_pid "$UPSTREAM_PID"
+    stop_pid "$NGINX_PID" TERM
+    stop_pid "$UPSTREAM_PID" TERM
 fi
 
 if want stampede; then
@@ -161,7 +161,7 @@ if want stampede; then
     say "clients: $out; requests reaching the origin: $reached; lock waits counted: $waits"
     say ""
     stop_pid "$PORTICO_PID"
-    stop_pid "$ORIGIN_PID"
+    stop_pid "$ORIGIN_PID" TERM
 fi
 
 if want failure; then
