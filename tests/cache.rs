@@ -383,6 +383,27 @@ async fn vary_query_keys_and_client_no_cache() {
         fetch(&gw, "/sorted/q?a=2&b=2", &[]).await;
         assert_eq!(origin.hits("/sorted/q"), 2);
 
+        // `portico routes` shows the policy.
+        let config = gw.dir().join("portico.toml");
+        let out = gw
+            .portico_command()
+            .args(["routes", "-c", config.to_str().unwrap(), "GET", "/sorted/q"])
+            .output()
+            .expect("portico routes");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(
+                "cache:      GET/HEAD, no default ttl, query sorted ignoring utm, lock_timeout 5s"
+            ),
+            "{text}"
+        );
+        let out = gw
+            .portico_command()
+            .args(["routes", "-c", config.to_str().unwrap(), "GET", "/plain/q"])
+            .output()
+            .expect("portico routes");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("cache:"));
+
         // client_no_cache: "ignore" (default) answers from the cache, "revalidate" asks.
         let no_cache = [("cache-control", "no-cache")];
         fetch(&gw, "/rfc/q?a=1&b=2", &no_cache).await;

@@ -31,6 +31,20 @@ pub struct RequestState {
     pub stored_bytes: u64,
 }
 
+impl RequestState {
+    /// Nothing recorded yet.
+    pub const EMPTY: RequestState = RequestState {
+        bypass: None,
+        authorized: false,
+        per_identity: false,
+        found: None,
+        missed: false,
+        stale_on_error: None,
+        outcome: None,
+        stored_bytes: 0,
+    };
+}
+
 /// The outcome of a request on a cached route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {

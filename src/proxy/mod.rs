@@ -92,14 +92,28 @@ pub struct Ctx {
     /// The upstream answered `101`: the connection is relayed as another protocol and
     /// counted in `portico_upgraded_connections` until the request ends.
     upgraded: bool,
-    /// What the route's cache did for this request (untouched on routes without one).
-    cache: crate::cache::status::RequestState,
+    /// What the route's cache did for this request; `None` on routes without one (and
+    /// before the cache hooks run), so they pay no allocation for it.
+    cache: Option<Box<crate::cache::status::RequestState>>,
     /// A cached route's upstream gate (breaker, bulkhead) refused the request; kept until
     /// `upstream_peer` so a stale entry may still answer (stale-if-error).
-    refused: Option<GatewayError>,
+    refused: Option<Box<GatewayError>>,
 }
 
 impl Ctx {
+    /// The cache's record of this request, created by the first cache hook that writes it
+    /// (cache hooks run only on cached routes).
+    fn cache_state(&mut self) -> &mut crate::cache::status::RequestState {
+        self.cache.get_or_insert_with(Default::default)
+    }
+
+    /// A stale entry answered for a failed upstream.
+    fn stale_on_error(&self) -> bool {
+        self.cache
+            .as_ref()
+            .is_some_and(|c| c.stale_on_error.is_some())
+    }
+
     fn request_id(&mut self) -> &str {
         self.plugin
             .request_id
@@ -176,7 +190,7 @@ impl ProxyHttp for Gateway {
             active: false,
             peer_ip: None,
             path_traits: Default::default(),
-            cache: Default::default(),
+            cache: None,
             refused: None,
         }
     }
@@ -337,13 +351,16 @@ impl ProxyHttp for Gateway {
         };
         let req = session.req_header();
         if let Err(bypass) = policy.admit(req, &ctx.plugin) {
-            ctx.cache.bypass = Some(bypass);
+            ctx.cache_state().bypass = Some(bypass);
             return Ok(());
         }
-        ctx.cache.authorized =
+        let authorized =
             ctx.plugin.identity.is_some() || req.headers.contains_key(http::header::AUTHORIZATION);
-        ctx.cache.per_identity = policy.per_identity.is_some();
+        let per_identity = policy.per_identity.is_some();
         policy.enable(&mut session.cache);
+        let state = ctx.cache_state();
+        state.authorized = authorized;
+        state.per_identity = per_identity;
         Ok(())
     }
 
@@ -368,7 +385,7 @@ impl ProxyHttp for Gateway {
     }
 
     fn cache_miss(&self, session: &mut Session, ctx: &mut Ctx) {
-        ctx.cache.missed = true;
+        ctx.cache_state().missed = true;
         session.cache.cache_miss();
     }
 
@@ -380,7 +397,7 @@ impl ProxyHttp for Gateway {
         is_fresh: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<pingora_cache::ForcedFreshness>> {
-        ctx.cache.found = Some(is_fresh);
+        ctx.cache_state().found = Some(is_fresh);
         let revalidate = ctx
             .route
             .as_ref()
@@ -390,7 +407,7 @@ impl ProxyHttp for Gateway {
             && revalidate
             && crate::cache::policy::client_wants_validation(session.req_header())
         {
-            ctx.cache.found = Some(false);
+            ctx.cache_state().found = Some(false);
             return Ok(Some(pingora_cache::ForcedFreshness::ForceExpired));
         }
         Ok(None)
@@ -402,7 +419,7 @@ impl ProxyHttp for Gateway {
         }
         if let Some(target) = ctx.target.clone() {
             if let Err(err) = admit_upstream(ctx, &target).await {
-                ctx.refused = Some(err);
+                ctx.refused = Some(Box::new(err));
             }
         }
         Ok(true)
@@ -423,8 +440,8 @@ impl ProxyHttp for Gateway {
             policy,
             session.req_header(),
             resp,
-            ctx.cache.authorized,
-            ctx.cache.per_identity,
+            ctx.cache.as_ref().is_some_and(|c| c.authorized),
+            ctx.cache.as_ref().is_some_and(|c| c.per_identity),
         ))
     }
 
@@ -456,7 +473,7 @@ impl ProxyHttp for Gateway {
             ErrorType::HTTPStatus(s) if e.esource() == &ErrorSource::Upstream => Some(*s),
             _ => None,
         };
-        ctx.cache.stale_on_error = Some(status);
+        ctx.cache_state().stale_on_error = Some(status);
         true
     }
 
@@ -467,9 +484,11 @@ impl ProxyHttp for Gateway {
         _end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
-        if ctx.cache.missed || ctx.cache.found == Some(false) {
-            if let (Some(b), true) = (body, session.cache.enabled()) {
-                ctx.cache.stored_bytes += b.len() as u64;
+        if let Some(state) = &mut ctx.cache {
+            if state.missed || state.found == Some(false) {
+                if let (Some(b), true) = (body, session.cache.enabled()) {
+                    state.stored_bytes += b.len() as u64;
+                }
             }
         }
         Ok(None)
@@ -482,7 +501,7 @@ impl ProxyHttp for Gateway {
         };
         if let Some(err) = ctx.refused.take() {
             let status = err.status();
-            ctx.error = Some(err);
+            ctx.error = Some(*err);
             return Error::e_explain(ErrorType::HTTPStatus(status), "refused by an upstream gate");
         }
         ctx.finish_attempt(Outcome::Abandoned);
@@ -709,7 +728,7 @@ impl ProxyHttp for Gateway {
         finish_response_headers(ctx, resp);
         cache_status(session, ctx, resp);
         invalidate_on_change(session, ctx, resp).await;
-        if ctx.cache.stale_on_error.is_some() {
+        if ctx.stale_on_error() {
             // Pingora does not reuse a client connection after a failed upstream attempt,
             // even when a stale entry answered for it: say so rather than close unannounced.
             session.set_keepalive(None);
@@ -813,7 +832,7 @@ impl ProxyHttp for Gateway {
                 match (ctx.attempts, status) {
                     (0, _) => breaker.cancel(probe),
                     (_, s) => {
-                        let good = s != 0 && s < 500 && ctx.cache.stale_on_error.is_none();
+                        let good = s != 0 && s < 500 && !ctx.stale_on_error();
                         breaker.record(good, probe)
                     }
                 }
@@ -874,10 +893,10 @@ impl ProxyHttp for Gateway {
             .and_then(|r| r.cache.as_deref())
             .map(|policy| {
                 use crate::cache::status::Outcome;
-                let outcome = ctx
-                    .cache
+                let state = ctx.cache.as_deref().unwrap_or(&NO_STATE);
+                let outcome = state
                     .outcome
-                    .unwrap_or_else(|| Outcome::of(&session.cache, &ctx.cache));
+                    .unwrap_or_else(|| Outcome::of(&session.cache, state));
                 let stored = session.cache.enabled()
                     && matches!(
                         session.cache.phase(),
@@ -885,9 +904,9 @@ impl ProxyHttp for Gateway {
                     );
                 policy.metrics.record(
                     outcome,
-                    ctx.cache.stale_on_error.is_some(),
+                    state.stale_on_error.is_some(),
                     session.cache.lock_duration().is_some(),
-                    stored.then_some(ctx.cache.stored_bytes),
+                    stored.then_some(state.stored_bytes),
                 );
                 outcome.as_str()
             });
@@ -1194,15 +1213,19 @@ fn finish_response_headers(ctx: &Ctx, resp: &mut ResponseHeader) {
     }
 }
 
+/// The cache's record of a request no cache hook has seen.
+static NO_STATE: crate::cache::status::RequestState = crate::cache::status::RequestState::EMPTY;
+
 /// On a cached route: fixes how the cache answered and says so in `Cache-Status`.
 fn cache_status(session: &Session, ctx: &mut Ctx, resp: &mut ResponseHeader) {
     if ctx.route.as_ref().is_none_or(|r| r.cache.is_none()) {
         return;
     }
     use crate::cache::status::{header_value, Outcome};
-    let outcome = Outcome::of(&session.cache, &ctx.cache);
-    ctx.cache.outcome = Some(outcome);
-    let value = header_value(&session.cache, &ctx.cache, outcome);
+    let state = ctx.cache_state();
+    let outcome = Outcome::of(&session.cache, state);
+    state.outcome = Some(outcome);
+    let value = header_value(&session.cache, state, outcome);
     let _ = resp.insert_header("Cache-Status", value);
 }
 
