@@ -210,6 +210,12 @@ async fn rfc_gateway(origin: &Origin) -> Gateway {
             "o",
             "[routes.cache]\nclient_no_cache = \"revalidate\"\n",
         )
+        .route_with(
+            "short",
+            "/short",
+            "o",
+            "[routes.cache]\nlock_timeout = \"200ms\"\n",
+        )
         .route("plain", "/plain", "o")
         .cluster_at("o", &o, "")
         .start()
@@ -529,6 +535,59 @@ async fn concurrent_misses_send_one_upstream_request() {
             waits.unwrap_or(0.0) >= 1.0
         })
         .await;
+    })
+    .await;
+}
+
+/// The wait behind another request's fill is bounded by the route's `lock_timeout`: past
+/// it, the waiting requests go upstream themselves (uncached) instead of holding their
+/// clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wait_for_a_fill_is_bounded_by_lock_timeout() {
+    bounded(async {
+        let origin = Origin::start().await;
+        let gw = rfc_gateway(&origin).await;
+        origin.set_spec(
+            "/short/slow",
+            Spec {
+                headers: vec![("cache-control".into(), "max-age=60".into())],
+                delay: Duration::from_millis(1000),
+                ..Spec::default()
+            },
+        );
+        let client = http_client();
+        let first = {
+            let (client, url) = (client.clone(), gw.url("/short/slow"));
+            tokio::spawn(async move { client.get(url).send().await.expect("answer") })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let waiters: Vec<_> = (0..4)
+            .map(|_| {
+                let (client, url) = (client.clone(), gw.url("/short/slow"));
+                tokio::spawn(async move {
+                    let resp = client.get(url).send().await.expect("answer");
+                    (resp.status().as_u16(), cache_status(&resp))
+                })
+            })
+            .collect();
+        for waiter in waiters {
+            let (status, cs) = waiter.await.unwrap();
+            assert_eq!(
+                (status, cs.as_str()),
+                (200, "portico; fwd=miss; detail=lock-timeout")
+            );
+        }
+        assert_eq!(first.await.unwrap().status(), 200);
+        assert_eq!(
+            origin.hits("/short/slow"),
+            5,
+            "the waiters went upstream themselves"
+        );
+        let (_, cs, _, _) = fetch(&gw, "/short/slow", &[]).await;
+        assert!(
+            cs.starts_with("portico; hit"),
+            "the first one stored it: {cs}"
+        );
     })
     .await;
 }
