@@ -539,6 +539,43 @@ async fn concurrent_misses_send_one_upstream_request() {
     .await;
 }
 
+/// Entries outlive a reload that leaves the route's cache settings alone; after one that
+/// changes them, the route no longer finds what was stored under the old settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_keep_entries_unless_the_cache_settings_change() {
+    bounded(async {
+        let origin = Origin::start().await;
+        let gw = rfc_gateway(&origin).await;
+        origin.set("/rfc/kept", 200, &[("cache-control", "max-age=60")]);
+        fetch(&gw, "/rfc/kept", &[]).await;
+        let path = gw.dir().join("portico.toml");
+        let config = std::fs::read_to_string(&path).unwrap();
+        let reload = |text: String| {
+            std::fs::write(&path, text).unwrap();
+            async { assert_eq!(gw.admin_post("/admin/reload").await.status(), 200) }
+        };
+
+        // Another route added: the cached route's settings are the same.
+        let more =
+            format!("{config}\n[[routes]]\nid = \"extra\"\npath = \"/extra\"\ncluster = \"o\"\n");
+        reload(more.clone()).await;
+        let (_, cs, _, b) = fetch(&gw, "/rfc/kept", &[]).await;
+        assert!(cs.starts_with("portico; hit"), "{cs}");
+        assert_eq!(b, "/rfc/kept #1 ");
+
+        // Its cache settings changed: the old entry is not served under the new ones.
+        let rfc = "id = \"rfc\"\npath = \"/rfc\"\ncluster = \"o\"\n[routes.cache]\n";
+        assert!(more.contains(rfc), "{more}");
+        reload(more.replace(rfc, &format!("{rfc}default_ttl = \"5s\"\n"))).await;
+        let (_, cs, _, b) = fetch(&gw, "/rfc/kept", &[]).await;
+        assert_eq!(
+            (cs.as_str(), b.as_str()),
+            ("portico; fwd=miss; stored", "/rfc/kept #2 ")
+        );
+    })
+    .await;
+}
+
 /// The wait behind another request's fill is bounded by the route's `lock_timeout`: past
 /// it, the waiting requests go upstream themselves (uncached) instead of holding their
 /// clients.
