@@ -553,6 +553,9 @@ pub struct Route {
     /// Response compression (`[routes.compress]`); off without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compress: Option<Compress>,
+    /// A shared response cache for this route (`[routes.cache]`): on when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<RouteCache>,
 }
 
 /// A route's response compression: which codings it offers, in its order of preference,
@@ -702,6 +705,135 @@ impl RouteLimits {
 
 fn default_upgrades() -> Vec<String> {
     vec!["websocket".into()]
+}
+
+/// A route's response cache (`[routes.cache]`): RFC 9111 shared-cache semantics on
+/// pingora-cache; `crate::cache` compiles it into the proxy's `CachePolicy`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteCache {
+    /// Methods answered from the cache: `GET` and `HEAD` (a `HEAD` is filled by a `GET`).
+    #[serde(default = "default_cache_methods")]
+    pub methods: Vec<String>,
+    /// Freshness given to a response without `Cache-Control` freshness or `Expires`, for the
+    /// status codes RFC 9110 calls heuristically cacheable. Unset: such responses are not
+    /// stored (no heuristic freshness for APIs).
+    #[serde(
+        default,
+        with = "humantime_serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub default_ttl: Option<Duration>,
+    /// How the query string joins the key.
+    #[serde(default)]
+    pub query: CacheQuery,
+    /// Cache responses to authenticated requests per caller: the verified token's subject
+    /// (`"sub"`) or client id (`"client_id"`) joins the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_identity: Option<CacheIdentity>,
+    /// Store responses that set cookies (off: a `Set-Cookie` response is passed, not stored).
+    #[serde(default)]
+    pub store_set_cookie: bool,
+    /// What a client's `Cache-Control: no-cache` (or `max-age=0`) does.
+    #[serde(default)]
+    pub client_no_cache: ClientNoCache,
+    /// How long past its freshness a stored response may answer when the upstream fails
+    /// (5xx, unreachable, timed out, breaker open), unless the response says otherwise.
+    #[serde(
+        default,
+        with = "humantime_serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stale_if_error: Option<Duration>,
+    /// How long past its freshness a stored response may answer while one request
+    /// refreshes it in the background, unless the response says otherwise.
+    #[serde(
+        default,
+        with = "humantime_serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stale_while_revalidate: Option<Duration>,
+    /// How long concurrent misses of one key wait for the request fetching it before they
+    /// go upstream themselves.
+    #[serde(default = "default_lock_timeout", with = "humantime_serde")]
+    pub lock_timeout: Duration,
+}
+
+fn default_cache_methods() -> Vec<String> {
+    vec!["GET".into(), "HEAD".into()]
+}
+
+fn default_lock_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// See [`RouteCache::query`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheQuery {
+    /// The query string as sent: `?a=1&b=2` and `?b=2&a=1` are two entries.
+    #[default]
+    All,
+    /// Parameters sorted by name, so their order does not matter.
+    Sorted,
+    /// Sorted, without the named parameters (tracking tags, cache busters).
+    Ignore(Vec<String>),
+}
+
+/// See [`RouteCache::per_identity`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheIdentity {
+    Sub,
+    ClientId,
+}
+
+/// See [`RouteCache::client_no_cache`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientNoCache {
+    /// A stored response answers anyway: a client cannot make the gateway send its
+    /// traffic to the upstream (as Cloudflare, Fastly and nginx do by default).
+    #[default]
+    Ignore,
+    /// The stored response is revalidated with the upstream before it answers.
+    Revalidate,
+}
+
+impl RouteCache {
+    /// A one-line summary for `portico routes`.
+    pub fn summary(&self) -> String {
+        let d = |d: Duration| humantime::format_duration(d).to_string();
+        let mut parts = vec![self.methods.join("/")];
+        parts.push(match self.default_ttl {
+            Some(t) => format!("default_ttl {}", d(t)),
+            None => "no default ttl".into(),
+        });
+        parts.push(match &self.query {
+            CacheQuery::All => "query all".into(),
+            CacheQuery::Sorted => "query sorted".into(),
+            CacheQuery::Ignore(names) => format!("query sorted ignoring {}", names.join(",")),
+        });
+        match self.per_identity {
+            Some(CacheIdentity::Sub) => parts.push("per identity (sub)".into()),
+            Some(CacheIdentity::ClientId) => parts.push("per identity (client_id)".into()),
+            None => {}
+        }
+        if self.store_set_cookie {
+            parts.push("stores Set-Cookie".into());
+        }
+        if self.client_no_cache == ClientNoCache::Revalidate {
+            parts.push("client no-cache revalidates".into());
+        }
+        if let Some(t) = self.stale_while_revalidate {
+            parts.push(format!("stale_while_revalidate {}", d(t)));
+        }
+        if let Some(t) = self.stale_if_error {
+            parts.push(format!("stale_if_error {}", d(t)));
+        }
+        parts.push(format!("lock_timeout {}", d(self.lock_timeout)));
+        parts.join(", ")
+    }
 }
 
 /// See [`Route::on_mismatch`].

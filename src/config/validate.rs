@@ -897,6 +897,96 @@ fn validate_breaker(b: &super::Breaker, at: &[Seg], p: &mut Problems) {
     }
 }
 
+/// `[routes.cache]`: settings the cache cannot honour are refused, not ignored.
+fn validate_route_cache(
+    config: &Config,
+    i: usize,
+    route: &super::Route,
+    cache: &super::RouteCache,
+    p: &mut Problems,
+) {
+    let at = |f: &str| vec![key("routes"), Seg::Index(i), key("cache"), key(f)];
+    if cache.methods.is_empty() {
+        p.add(&at("methods"), "must name GET, HEAD or both");
+    }
+    for (j, m) in cache.methods.iter().enumerate() {
+        let m_at = [at("methods"), vec![Seg::Index(j)]].concat();
+        if m != "GET" && m != "HEAD" {
+            p.add(
+                &m_at,
+                format!("`{m}` cannot be cached: only GET and HEAD responses are stored"),
+            );
+        }
+    }
+    let reachable =
+        route.methods.is_empty() || cache.methods.iter().any(|m| route.methods.contains(m));
+    if !cache.methods.is_empty() && !reachable {
+        p.add(
+            &at("methods"),
+            "none of these methods is among the route's `methods`, so no request reaches the cache",
+        );
+    }
+    for (field, value) in [
+        ("default_ttl", cache.default_ttl),
+        ("stale_if_error", cache.stale_if_error),
+        ("stale_while_revalidate", cache.stale_while_revalidate),
+        ("lock_timeout", Some(cache.lock_timeout)),
+    ] {
+        if value.is_some_and(|v| v.is_zero()) {
+            p.add(
+                &at(field),
+                "must be longer than 0s (leave it out to turn it off)",
+            );
+        }
+    }
+    // Pingora's cache metadata keeps these windows in whole seconds of a u32.
+    for (field, value) in [
+        ("default_ttl", cache.default_ttl),
+        ("stale_if_error", cache.stale_if_error),
+        ("stale_while_revalidate", cache.stale_while_revalidate),
+    ] {
+        if value.is_some_and(|v| v.as_secs() > i32::MAX as u64) {
+            p.add(&at(field), "must be at most 68 years");
+        }
+    }
+    if cache.lock_timeout > std::time::Duration::from_secs(60) {
+        p.add(
+            &at("lock_timeout"),
+            "must be at most 60s: waiting requests hold their client that long",
+        );
+    }
+    if let super::CacheQuery::Ignore(names) = &cache.query {
+        if names.is_empty() {
+            p.add(
+                &at("query"),
+                "`ignore` needs at least one parameter name (or use \"sorted\")",
+            );
+        }
+        for (j, name) in names.iter().enumerate() {
+            if name.is_empty() || name.contains(['&', '=', '#']) {
+                p.add(
+                    &[at("query"), vec![key("ignore"), Seg::Index(j)]].concat(),
+                    format!("`{name}` is not a query parameter name"),
+                );
+            }
+        }
+    }
+    if cache.per_identity.is_some() {
+        // The identity comes from the jwt plugin; without one every request would bypass.
+        let authenticated = route
+            .plugins
+            .iter()
+            .chain(&config.plugins)
+            .any(|p| p.name == "jwt");
+        if !authenticated {
+            p.add(
+                &at("per_identity"),
+                "needs a `jwt` plugin on the route (or a global one): without a verified token there is no identity to key by",
+            );
+        }
+    }
+}
+
 fn validate_routes(config: &Config, p: &mut Problems) {
     let mut ids: HashMap<&str, usize> = HashMap::new();
     // Two routes with identical matchers can never both be reached: the second is dead.
@@ -932,6 +1022,9 @@ fn validate_routes(config: &Config, p: &mut Problems) {
         }
         if let Some(compress) = &r.compress {
             validate_compress(compress, &at("compress"), p);
+        }
+        if let Some(cache) = &r.cache {
+            validate_route_cache(config, i, r, cache, p);
         }
         if !r.path.starts_with('/') {
             p.add(&at("path"), format!("`{}` must start with /", r.path));

@@ -52,6 +52,9 @@ pub struct Record<'a> {
     /// The `grpc-status` of a gRPC call; omitted for other requests (and for a call that
     /// ended without one).
     pub grpc_status: Option<u8>,
+    /// How the route's cache answered (`hit`, `miss`, `stale`, …); omitted on routes
+    /// without a cache.
+    pub cache: Option<&'a str>,
 }
 
 impl Record<'_> {
@@ -106,6 +109,10 @@ impl Record<'_> {
         }
         out.extend_from_slice(b",\"attempts\":");
         json::uint(out, u64::from(self.attempts));
+        if let Some(cache) = self.cache {
+            out.extend_from_slice(b",\"cache\":");
+            json::string(out, cache);
+        }
         if let Some(error) = self.error {
             out.extend_from_slice(b",\"error\":");
             json::string(out, error);
@@ -499,6 +506,7 @@ mod tests {
             error,
             compression: None,
             grpc_status: None,
+            cache: None,
         }
     }
 

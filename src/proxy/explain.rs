@@ -68,6 +68,8 @@ pub struct Routed {
     pub limits: Option<String>,
     /// The route's response compression (`routes.compress`), when it has it.
     pub compress: Option<String>,
+    /// The route's cache policy (`routes.cache`), when it has one.
+    pub cache: Option<String>,
     pub route_plugins: Vec<&'static str>,
 }
 
@@ -224,6 +226,7 @@ pub fn explain(snapshot: &Snapshot, question: &Question<'_>) -> Result<Explanati
                     .map(|d| humantime::format_duration(d).to_string()),
                 limits: route.limits.as_deref().map(|l| l.summary()),
                 compress: route.compress.as_deref().map(|c| c.summary().to_string()),
+                cache: route.cache.as_deref().map(|c| c.summary.clone()),
                 route_plugins: route.plugins.names.clone(),
             }))
         }
@@ -307,6 +310,9 @@ impl std::fmt::Display for Explanation {
                 }
                 if let Some(compress) = &r.compress {
                     writeln!(f, "compress:   {compress}")?;
+                }
+                if let Some(cache) = &r.cache {
+                    writeln!(f, "cache:      {cache}")?;
                 }
                 writeln!(
                     f,

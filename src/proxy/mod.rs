@@ -99,9 +99,28 @@ pub struct Ctx {
     compression: Option<compress::Encoding>,
     /// The request is a gRPC call (HTTP/2, `application/grpc`).
     grpc: Option<grpc::Call>,
+    /// What the route's cache did for this request; `None` on routes without one (and
+    /// before the cache hooks run), so they pay no allocation for it.
+    cache: Option<Box<crate::cache::status::RequestState>>,
+    /// A cached route's upstream gate (breaker, bulkhead) refused the request; kept until
+    /// `upstream_peer` so a stale entry may still answer (stale-if-error).
+    refused: Option<Box<GatewayError>>,
 }
 
 impl Ctx {
+    /// The cache's record of this request, created by the first cache hook that writes it
+    /// (cache hooks run only on cached routes).
+    fn cache_state(&mut self) -> &mut crate::cache::status::RequestState {
+        self.cache.get_or_insert_with(Default::default)
+    }
+
+    /// A stale entry answered for a failed upstream.
+    fn stale_on_error(&self) -> bool {
+        self.cache
+            .as_ref()
+            .is_some_and(|c| c.stale_on_error.is_some())
+    }
+
     fn request_id(&mut self) -> &str {
         self.plugin
             .request_id
@@ -180,6 +199,8 @@ impl ProxyHttp for Gateway {
             peer_ip: None,
             path_traits: Default::default(),
             grpc: None,
+            cache: None,
+            refused: None,
         }
     }
 
@@ -300,38 +321,14 @@ impl ProxyHttp for Gateway {
         }
         ctx.request_id();
 
-        // Resilience gates, cheapest first; none of them touches the network.
-        let cluster = &target.cluster;
-        if let Some(breaker) = &cluster.breaker {
-            match breaker.admit() {
-                Admission::Allowed { probe } => ctx.cluster_admission = Some(probe),
-                Admission::Rejected { retry_after } => {
-                    METRICS
-                        .breaker_rejections
-                        .with_label_values(&[cluster.name.as_str()])
-                        .inc();
-                    let err = GatewayError::CircuitOpen {
-                        cluster: cluster.name.clone(),
-                        retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,
-                    };
-                    return self.answer_error(session, ctx, err).await;
-                }
+        // A cached route passes its upstream gates only when the cache cannot answer
+        // (`proxy_upstream_filter`): a hit needs no upstream, and a stale entry may answer
+        // when a gate refuses.
+        if route.cache.is_none() {
+            if let Err(err) = admit_upstream(ctx, &target).await {
+                return self.answer_error(session, ctx, err).await;
             }
         }
-        if let Some(bulkhead) = &cluster.bulkhead {
-            match bulkhead.acquire().await {
-                Ok(slot) => ctx._slot = Some(slot),
-                Err(rejection) => {
-                    METRICS
-                        .bulkhead_rejections
-                        .with_label_values(&[cluster.name.as_str(), rejection.as_str()])
-                        .inc();
-                    let err = GatewayError::Overloaded(cluster.name.clone());
-                    return self.answer_error(session, ctx, err).await;
-                }
-            }
-        }
-        cluster.retry_budget.record_request();
         ctx.deadline = route.deadline.map(|d| ctx.start + d);
         // A gRPC call's own deadline shortens the route's, never lengthens it.
         if let Some(t) = ctx.grpc.and_then(|c| c.timeout) {
@@ -360,11 +357,169 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    // The cache hooks below run after `request_filter`, so every plugin (authentication,
+    // rate limits, filters) has passed the request before a lookup can answer it. On a
+    // route without a cache each is one branch on `Route::cache`.
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        let Some(policy) = ctx.route.as_ref().and_then(|r| r.cache.as_deref()) else {
+            return Ok(());
+        };
+        let req = session.req_header();
+        if let Err(bypass) = policy.admit(req, &ctx.plugin) {
+            ctx.cache_state().bypass = Some(bypass);
+            return Ok(());
+        }
+        let authorized =
+            ctx.plugin.identity.is_some() || req.headers.contains_key(http::header::AUTHORIZATION);
+        let per_identity = policy.per_identity.is_some();
+        policy.enable(&mut session.cache);
+        let state = ctx.cache_state();
+        state.authorized = authorized;
+        state.per_identity = per_identity;
+        Ok(())
+    }
+
+    fn cache_key_callback(
+        &self,
+        session: &Session,
+        ctx: &mut Ctx,
+    ) -> Result<pingora_cache::CacheKey> {
+        let (Some(route), Some(target)) = (&ctx.route, &ctx.target) else {
+            return Error::e_explain(ErrorType::InternalError, "cache key without a route");
+        };
+        let Some(policy) = route.cache.as_deref() else {
+            return Error::e_explain(ErrorType::InternalError, "cache key without a policy");
+        };
+        Ok(crate::cache::key::primary(
+            policy,
+            &route.id,
+            target.version.as_deref(),
+            session.req_header(),
+            policy.identity(&ctx.plugin),
+        ))
+    }
+
+    fn cache_miss(&self, session: &mut Session, ctx: &mut Ctx) {
+        ctx.cache_state().missed = true;
+        session.cache.cache_miss();
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        session: &mut Session,
+        _meta: &pingora_cache::CacheMeta,
+        _hit_handler: &mut pingora_cache::storage::HitHandler,
+        is_fresh: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<pingora_cache::ForcedFreshness>> {
+        ctx.cache_state().found = Some(is_fresh);
+        let revalidate = ctx
+            .route
+            .as_ref()
+            .and_then(|r| r.cache.as_deref())
+            .is_some_and(|p| p.client_no_cache == crate::config::ClientNoCache::Revalidate);
+        if is_fresh
+            && revalidate
+            && crate::cache::policy::client_wants_validation(session.req_header())
+        {
+            ctx.cache_state().found = Some(false);
+            return Ok(Some(pingora_cache::ForcedFreshness::ForceExpired));
+        }
+        Ok(None)
+    }
+
+    async fn proxy_upstream_filter(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if ctx.route.as_ref().is_none_or(|r| r.cache.is_none()) {
+            return Ok(true);
+        }
+        if let Some(target) = ctx.target.clone() {
+            if let Err(err) = admit_upstream(ctx, &target).await {
+                ctx.refused = Some(Box::new(err));
+            }
+        }
+        Ok(true)
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<pingora_cache::RespCacheable> {
+        let Some(policy) = ctx.route.as_ref().and_then(|r| r.cache.as_deref()) else {
+            return Ok(pingora_cache::RespCacheable::Uncacheable(
+                pingora_cache::NoCacheReason::NeverEnabled,
+            ));
+        };
+        Ok(crate::cache::policy::response_cacheable(
+            policy,
+            session.req_header(),
+            resp,
+            ctx.cache.as_ref().is_some_and(|c| c.authorized),
+            ctx.cache.as_ref().is_some_and(|c| c.per_identity),
+        ))
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &pingora_cache::CacheMeta,
+        _ctx: &mut Ctx,
+        req: &RequestHeader,
+    ) -> Option<pingora_cache::key::HashBinary> {
+        crate::cache::key::variance(meta, req)
+    }
+
+    /// Stale-while-revalidate (no error) is decided by the entry's window alone; on an
+    /// error, a stale entry answers whatever the upstream did wrong — a 5xx, no connection,
+    /// a timeout, an open breaker or a full bulkhead — but not when the client is gone.
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Ctx,
+        error: Option<&Error>,
+    ) -> bool {
+        let Some(e) = error else {
+            return true;
+        };
+        if client_gone(e) {
+            return false;
+        }
+        let status = match e.etype() {
+            ErrorType::HTTPStatus(s) if e.esource() == &ErrorSource::Upstream => Some(*s),
+            _ => None,
+        };
+        ctx.cache_state().stale_on_error = Some(status);
+        true
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if let Some(state) = &mut ctx.cache {
+            if state.missed || state.found == Some(false) {
+                if let (Some(b), true) = (body, session.cache.enabled()) {
+                    state.stored_bytes += b.len() as u64;
+                }
+            }
+        }
+        Ok(None)
+    }
+
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let (Some(route), Some(target)) = (ctx.route.clone(), ctx.target.clone()) else {
             ctx.error = Some(GatewayError::Internal);
             return Error::e_explain(ErrorType::InternalError, "no route selected");
         };
+        if let Some(err) = ctx.refused.take() {
+            let status = err.status();
+            ctx.error = Some(*err);
+            return Error::e_explain(ErrorType::HTTPStatus(status), "refused by an upstream gate");
+        }
         ctx.finish_attempt(Outcome::Abandoned);
         let cluster = &target.cluster;
 
@@ -615,6 +770,13 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         headers::strip_hop_by_hop_response(resp);
         finish_response_headers(ctx, resp);
+        cache_status(session, ctx, resp);
+        invalidate_on_change(session, ctx, resp).await;
+        if ctx.stale_on_error() {
+            // Pingora does not reuse a client connection after a failed upstream attempt,
+            // even when a stale entry answered for it: say so rather than close unannounced.
+            session.set_keepalive(None);
+        }
         run_response_hooks(ctx, session.req_header(), resp).await;
         // Last, on the header as the client will get it (plugins may have changed it).
         if let Some(policy) = ctx.route.as_ref().and_then(|r| r.compress.as_deref()) {
@@ -772,10 +934,14 @@ impl ProxyHttp for Gateway {
         if let (Some(target), Some(probe)) = (&target, ctx.cluster_admission) {
             if let Some(breaker) = &target.cluster.breaker {
                 // The cluster breaker judges the request as a whole: did it get a good
-                // answer in the end? Requests that never reached the upstream say nothing.
+                // answer in the end? Requests that never reached the upstream say nothing,
+                // and a stale entry answering for a failed upstream hides a failure.
                 match (ctx.attempts, judged(status)) {
                     (0, _) => breaker.cancel(probe),
-                    (_, s) => breaker.record(s != 0 && s < 500, probe),
+                    (_, s) => {
+                        let good = s != 0 && s < 500 && !ctx.stale_on_error();
+                        breaker.record(good, probe)
+                    }
                 }
             }
         }
@@ -837,6 +1003,30 @@ impl ProxyHttp for Gateway {
             tracer.export(spans, trace, info);
         }
 
+        let cache = ctx
+            .route
+            .as_ref()
+            .and_then(|r| r.cache.as_deref())
+            .map(|policy| {
+                use crate::cache::status::Outcome;
+                let state = ctx.cache.as_deref().unwrap_or(&NO_STATE);
+                let outcome = state
+                    .outcome
+                    .unwrap_or_else(|| Outcome::of(&session.cache, state));
+                let stored = session.cache.enabled()
+                    && matches!(
+                        session.cache.phase(),
+                        pingora_cache::CachePhase::Miss | pingora_cache::CachePhase::Expired
+                    );
+                policy.metrics.record(
+                    outcome,
+                    state.stale_on_error.is_some(),
+                    session.cache.lock_duration().is_some(),
+                    stored.then_some(state.stored_bytes),
+                );
+                outcome.as_str()
+            });
+
         if ctx.snapshot.access_log.wants(judged(status)) {
             let req = session.req_header();
             let upstream = ctx.tried.last().map(|e| e.label.as_str());
@@ -872,6 +1062,7 @@ impl ProxyHttp for Gateway {
                 error,
                 compression: ctx.compression.as_ref().map(|c| c.algorithm.token()),
                 grpc_status,
+                cache,
             };
             ctx.snapshot.access_log.write(&record);
         }
@@ -885,6 +1076,42 @@ impl ProxyHttp for Gateway {
             }
         }
     }
+}
+
+/// The resilience gates in front of a cluster, cheapest first; none of them touches the
+/// network: the cluster breaker, a bulkhead slot (kept in `ctx` until the request ends),
+/// and the retry budget's request count.
+async fn admit_upstream(ctx: &mut Ctx, target: &Target) -> Result<(), GatewayError> {
+    let cluster = &target.cluster;
+    if let Some(breaker) = &cluster.breaker {
+        match breaker.admit() {
+            Admission::Allowed { probe } => ctx.cluster_admission = Some(probe),
+            Admission::Rejected { retry_after } => {
+                METRICS
+                    .breaker_rejections
+                    .with_label_values(&[cluster.name.as_str()])
+                    .inc();
+                return Err(GatewayError::CircuitOpen {
+                    cluster: cluster.name.clone(),
+                    retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,
+                });
+            }
+        }
+    }
+    if let Some(bulkhead) = &cluster.bulkhead {
+        match bulkhead.acquire().await {
+            Ok(slot) => ctx._slot = Some(slot),
+            Err(rejection) => {
+                METRICS
+                    .bulkhead_rejections
+                    .with_label_values(&[cluster.name.as_str(), rejection.as_str()])
+                    .inc();
+                return Err(GatewayError::Overloaded(cluster.name.clone()));
+            }
+        }
+    }
+    cluster.retry_budget.record_request();
+    Ok(())
 }
 
 /// Records that no endpoint can take the request (for `upstream_peer`'s selection loop).
@@ -1121,6 +1348,7 @@ impl Gateway {
     ) -> Result<()> {
         ctx.request_id();
         finish_response_headers(ctx, &mut resp);
+        cache_status(session, ctx, &mut resp);
         run_response_hooks(ctx, session.req_header(), &mut resp).await;
         self.close_if_draining(session);
         let head_only = session.req_header().method == http::Method::HEAD;
@@ -1143,6 +1371,41 @@ fn finish_response_headers(ctx: &Ctx, resp: &mut ResponseHeader) {
     }
     if ctx.attempts > 0 && ctx.route.as_ref().is_some_and(|r| r.retry.attempts_header) {
         let _ = resp.insert_header("X-Portico-Attempts", attempts_value(ctx.attempts));
+    }
+}
+
+/// The cache's record of a request no cache hook has seen.
+static NO_STATE: crate::cache::status::RequestState = crate::cache::status::RequestState::EMPTY;
+
+/// On a cached route: fixes how the cache answered and says so in `Cache-Status`.
+fn cache_status(session: &Session, ctx: &mut Ctx, resp: &mut ResponseHeader) {
+    if ctx.route.as_ref().is_none_or(|r| r.cache.is_none()) {
+        return;
+    }
+    use crate::cache::status::{header_value, Outcome};
+    let state = ctx.cache_state();
+    let outcome = Outcome::of(&session.cache, state);
+    state.outcome = Some(outcome);
+    let value = header_value(&session.cache, state, outcome);
+    let _ = resp.insert_header("Cache-Status", value);
+}
+
+/// RFC 9111 §4.4 on a cached route: the upstream's non-error answer to an unsafe request
+/// invalidates what is stored for its URI, before the client sees the answer, so the
+/// client's next read cannot get the old one.
+async fn invalidate_on_change(session: &Session, ctx: &Ctx, resp: &ResponseHeader) {
+    let req = session.req_header();
+    if req.method.is_safe() || ctx.upstream_status.is_none() || resp.status.as_u16() >= 400 {
+        return;
+    }
+    let (Some(route), Some(target)) = (&ctx.route, &ctx.target) else {
+        return;
+    };
+    if let Some(policy) = route.cache.as_deref() {
+        let identity = policy.identity(&ctx.plugin);
+        let version = target.version.as_deref();
+        let key = crate::cache::key::primary(policy, &route.id, version, req, identity);
+        policy.invalidate(&key).await;
     }
 }
 

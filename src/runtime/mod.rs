@@ -49,6 +49,8 @@ pub struct Route {
     /// Response compression (`routes.compress`); `None`, the default, costs a response one
     /// branch.
     pub compress: Option<Box<crate::proxy::compress::Policy>>,
+    /// The route's response cache (`None`: the cache hooks do nothing for it).
+    pub cache: Option<Box<crate::cache::CachePolicy>>,
 }
 
 /// One destination of a route: a cluster, with the version it serves.
@@ -406,6 +408,10 @@ impl Snapshot {
                 compress: r.compress.as_ref().map(|c| {
                     Box::new(crate::proxy::compress::Policy::new(r.id.as_str().into(), c))
                 }),
+                cache: r
+                    .cache
+                    .as_ref()
+                    .map(|c| Box::new(crate::cache::CachePolicy::new(&r.id, c))),
             };
             routes.push((spec, Arc::new(route)));
         }
