@@ -220,3 +220,166 @@ fn check_locates_bad_cache_bounds() {
         "{stderr}"
     );
 }
+
+/// An origin answering every path with `Cache-Control: max-age=60` and a body of the size
+/// the path's last segment names (`/v1/big/20000`), counting the requests of each path.
+struct SizedOrigin {
+    server: common::HttpServer,
+    hits: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+impl SizedOrigin {
+    async fn start() -> SizedOrigin {
+        let hits: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>> =
+            Default::default();
+        let counted = hits.clone();
+        let server = common::HttpServer::start(move |req: hyper::Request<_>| {
+            let counted = counted.clone();
+            async move {
+                let path = req.uri().path().to_string();
+                *counted.lock().unwrap().entry(path.clone()).or_default() += 1;
+                let size: usize = path
+                    .rsplit('/')
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(16);
+                let mut resp = common::reply(200, "text/plain", vec![b'x'; size]);
+                resp.headers_mut()
+                    .insert("cache-control", "max-age=60".parse().unwrap());
+                resp
+            }
+        })
+        .await;
+        SizedOrigin { server, hits }
+    }
+
+    fn hits(&self, path: &str) -> usize {
+        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+
+    fn total(&self) -> usize {
+        self.hits.lock().unwrap().values().sum()
+    }
+}
+
+fn cached_route(origin: &SizedOrigin, route_cache: &str, cache: &str) -> Routes {
+    Routes::new()
+        .route_with(
+            "api",
+            "/v1",
+            "svc",
+            &format!("[routes.cache]\n{route_cache}"),
+        )
+        .toml(&format!(
+            "[clusters.svc]\nendpoints = [{{ address = \"{}\" }}]\n",
+            origin.server.addr
+        ))
+        .toml(cache)
+}
+
+async fn body_len(gw: &Gateway, path: &str) -> usize {
+    let resp = gw.get(path).await;
+    assert_eq!(resp.status().as_u16(), 200, "{path}");
+    resp.bytes().await.expect("body").len()
+}
+
+/// Through the real gateway: responses the proxy stored are purged by prefix (admin API)
+/// and by URL (CLI), kept across a reload that leaves the route's cache settings alone and
+/// left behind by one that changes them.
+#[tokio::test]
+async fn stored_responses_are_purged_and_survive_reloads() {
+    let origin = SizedOrigin::start().await;
+    let gw = Gateway::start(cached_route(&origin, "", "")).await;
+    let token = gw.admin_token.clone().expect("token");
+
+    for path in [
+        "/v1/orders/10",
+        "/v1/orders/10",
+        "/v1/orders/20?x=1",
+        "/v1/other/30",
+        "/v1/other/30",
+    ] {
+        body_len(&gw, path).await;
+    }
+    assert_eq!(origin.total(), 3, "the repeats were hits");
+    let state = gw.admin_json("/admin/cache").await;
+    assert_eq!(state["cache"]["objects"], 3, "{state}");
+
+    let (status, _, answer) = purge(
+        &gw,
+        r#"{"host": "127.0.0.1", "prefix": "/v1/orders"}"#,
+        Some(&token),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["purged"], 2, "{answer}");
+    assert_eq!(body_len(&gw, "/v1/orders/10").await, 10);
+    assert_eq!(origin.hits("/v1/orders/10"), 2, "purged: fetched again");
+    body_len(&gw, "/v1/other/30").await;
+    assert_eq!(origin.hits("/v1/other/30"), 1, "another prefix stays");
+
+    let out = cli(
+        &gw,
+        &["--url", &format!("http://{}/v1/other/30", gw.listen)],
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(answer["purged"], 1, "{answer}");
+    body_len(&gw, "/v1/other/30").await;
+    assert_eq!(origin.hits("/v1/other/30"), 2);
+
+    // A reload that leaves the route's cache settings alone keeps its entries...
+    std::fs::write(&gw.config_path, format!("{}\n# touched\n", gw.config)).expect("rewrite");
+    assert_eq!(gw.admin_post("/admin/reload").await.status().as_u16(), 200);
+    body_len(&gw, "/v1/other/30").await;
+    assert_eq!(origin.hits("/v1/other/30"), 2, "kept across the reload");
+    // ...one that changes them leaves them behind.
+    let changed = gw.config.replace(
+        "[routes.cache]\n",
+        "[routes.cache]\ndefault_ttl = \"30s\"\n",
+    );
+    assert_ne!(changed, gw.config);
+    std::fs::write(&gw.config_path, changed).expect("rewrite");
+    assert_eq!(gw.admin_post("/admin/reload").await.status().as_u16(), 200);
+    body_len(&gw, "/v1/other/30").await;
+    assert_eq!(origin.hits("/v1/other/30"), 3, "new settings, new key");
+
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.lines().any(|l| l == "portico_cache_purged_total 3"),
+        "{metrics}"
+    );
+}
+
+/// Through the real gateway: the store stays within `max_bytes` by evicting, and a response
+/// over `max_object_size` is passed whole to the client without being stored.
+#[tokio::test]
+async fn the_store_is_bounded_in_bytes_and_object_size() {
+    let origin = SizedOrigin::start().await;
+    let gw = Gateway::start(cached_route(
+        &origin,
+        "",
+        "[cache]\nmax_bytes = 16384\nmax_object_size = 8192\n",
+    ))
+    .await;
+
+    for _ in 0..2 {
+        assert_eq!(body_len(&gw, "/v1/big/20000").await, 20000);
+    }
+    assert_eq!(origin.hits("/v1/big/20000"), 2, "too large to store");
+    for _ in 0..2 {
+        assert_eq!(body_len(&gw, "/v1/fits/8000").await, 8000);
+    }
+    assert_eq!(origin.hits("/v1/fits/8000"), 1, "at the limit: stored");
+
+    for i in 0..40 {
+        body_len(&gw, &format!("/v1/small/{i}/200")).await;
+    }
+    let state = gw.admin_json("/admin/cache").await;
+    let cache = &state["cache"];
+    assert!(cache["bytes"].as_u64().unwrap() <= 16384, "{state}");
+    assert!(cache["evictions"].as_u64().unwrap() > 0, "{state}");
+    assert!(cache["objects"].as_u64().unwrap() < 41, "{state}");
+    let metrics = gw.metrics().await;
+    let evictions = common::metric_value(&metrics, "portico_cache_evictions_total", &[]);
+    assert!(evictions.unwrap_or(0.0) > 0.0, "{metrics}");
+}
