@@ -7,8 +7,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -72,56 +70,6 @@ async fn wait_until_listed(gw: &Gateway, want: &[&Upstream]) {
     panic!("cluster c never listed {want:?}: {:?}", listed(gw).await);
 }
 
-/// Clients sending requests until stopped; every answer that is not 200 is counted.
-struct Traffic {
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicUsize>,
-    failed: Arc<AtomicUsize>,
-    workers: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Traffic {
-    fn start(gw: &Gateway, clients: usize) -> Traffic {
-        let stop = Arc::new(AtomicBool::new(false));
-        let sent = Arc::new(AtomicUsize::new(0));
-        let failed = Arc::new(AtomicUsize::new(0));
-        let workers = (0..clients)
-            .map(|_| {
-                let (client, url) = (gw.client.clone(), gw.url("/orders"));
-                let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::SeqCst) {
-                        let ok =
-                            matches!(client.get(&url).send().await, Ok(r) if r.status() == 200);
-                        sent.fetch_add(1, Ordering::SeqCst);
-                        if !ok {
-                            failed.fetch_add(1, Ordering::SeqCst);
-                        }
-                    }
-                })
-            })
-            .collect();
-        Traffic {
-            stop,
-            sent,
-            failed,
-            workers,
-        }
-    }
-
-    /// Stops the clients: (sent, failed).
-    async fn stop(self) -> (usize, usize) {
-        self.stop.store(true, Ordering::SeqCst);
-        for w in self.workers {
-            w.await.expect("traffic worker");
-        }
-        (
-            self.sent.load(Ordering::SeqCst),
-            self.failed.load(Ordering::SeqCst),
-        )
-    }
-}
-
 fn file_in(dir: &tempfile::TempDir, name: &str) -> PathBuf {
     dir.path().join(name)
 }
@@ -141,7 +89,7 @@ async fn endpoints_file_changes_under_traffic_without_a_failed_request() {
         let file = file_in(&dir, "orders.json");
         write_file(&file, &json_of(&[&a]));
         let gw = gateway_on(&file).await;
-        let traffic = Traffic::start(&gw, 4);
+        let traffic = Traffic::start(&gw, "/orders", 4);
         tokio::time::sleep(Duration::from_millis(300)).await;
 
         // Grow: b joins.
@@ -205,7 +153,7 @@ async fn a_bad_endpoints_file_keeps_the_last_good_set() {
         let file = file_in(&dir, "orders.toml");
         write_file(&file, &format!("[[endpoints]]\naddress = \"{}\"\n", a.addr));
         let gw = gateway_on(&file).await;
-        let traffic = Traffic::start(&gw, 2);
+        let traffic = Traffic::start(&gw, "/orders", 2);
 
         // Line 3 misspells a field: the whole version is rejected.
         write_file(

@@ -11,7 +11,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -230,56 +229,6 @@ fn on(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse::<IpAddr>().unwrap(), port)
 }
 
-/// Clients sending requests until stopped; every answer that is not 200 is counted.
-struct Traffic {
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicUsize>,
-    failed: Arc<AtomicUsize>,
-    workers: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Traffic {
-    fn start(gw: &Gateway, clients: usize) -> Traffic {
-        let stop = Arc::new(AtomicBool::new(false));
-        let sent = Arc::new(AtomicUsize::new(0));
-        let failed = Arc::new(AtomicUsize::new(0));
-        let workers = (0..clients)
-            .map(|_| {
-                let (client, url) = (gw.client.clone(), gw.url("/orders"));
-                let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::SeqCst) {
-                        let ok =
-                            matches!(client.get(&url).send().await, Ok(r) if r.status() == 200);
-                        sent.fetch_add(1, Ordering::SeqCst);
-                        if !ok {
-                            failed.fetch_add(1, Ordering::SeqCst);
-                        }
-                    }
-                })
-            })
-            .collect();
-        Traffic {
-            stop,
-            sent,
-            failed,
-            workers,
-        }
-    }
-
-    /// Stops the clients: (sent, failed).
-    async fn stop(self) -> (usize, usize) {
-        self.stop.store(true, Ordering::SeqCst);
-        for w in self.workers {
-            w.await.expect("traffic worker");
-        }
-        (
-            self.sent.load(Ordering::SeqCst),
-            self.failed.load(Ordering::SeqCst),
-        )
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_a_record_moves_under_traffic_without_a_failed_request() {
     bounded_by(Duration::from_secs(60), async {
@@ -297,7 +246,7 @@ async fn an_a_record_moves_under_traffic_without_a_failed_request() {
         ))
         .await;
         wait_resolved(&gw, &[one.addr]).await;
-        let traffic = Traffic::start(&gw, 4);
+        let traffic = Traffic::start(&gw, "/orders", 4);
         tokio::time::sleep(Duration::from_millis(400)).await;
 
         dns.set_a("orders.test", 1, &["127.0.0.2", "127.0.0.3"]);

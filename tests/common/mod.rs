@@ -35,12 +35,14 @@ pub mod postgres;
 pub mod raw;
 pub mod token_service;
 pub mod tokens;
+pub mod traffic;
 pub mod upstream;
 
 pub use count::*;
 pub use gateway::*;
 pub use raw::*;
 pub use tokens::*;
+pub use traffic::Traffic;
 pub use upstream::*;
 
 use std::future::Future;
