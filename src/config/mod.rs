@@ -460,23 +460,31 @@ impl PluginRef {
 }
 
 /// Writes `table` so that two tables are equal exactly when their writings are: keys come
-/// sorted (a `toml::Table` is ordered), strings escaped, every value tagged by its kind.
+/// sorted (a `toml::Table` is ordered), strings prefixed by their length, every value
+/// tagged by its kind and followed by a comma, so the writing reads back one way only.
 fn write_canonical_table(table: &toml::Table, out: &mut String) {
-    use std::fmt::Write as _;
     out.push('{');
     for (key, value) in table {
-        let _ = write!(out, "{key:?}=");
+        write_canonical_str(key, out);
         write_canonical(value, out);
+        // Ends the value (an integer's digits and the next key's length would run together).
         out.push(',');
     }
     out.push('}');
+}
+
+fn write_canonical_str(s: &str, out: &mut String) {
+    use std::fmt::Write as _;
+    let _ = write!(out, "{}:", s.len());
+    out.push_str(s);
 }
 
 fn write_canonical(value: &toml::Value, out: &mut String) {
     use std::fmt::Write as _;
     match value {
         toml::Value::String(s) => {
-            let _ = write!(out, "s{s:?}");
+            out.push('s');
+            write_canonical_str(s, out);
         }
         toml::Value::Integer(i) => {
             let _ = write!(out, "i{i}");
@@ -759,7 +767,7 @@ impl Default for RetryPolicy {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PathMatchKind {
     #[default]
@@ -1072,6 +1080,8 @@ mod tests {
             ("a = \"b\\\",c=\"", "a = \"b\"\nc = \"\""),
             ("a = [[1], 2]", "a = [1, [2]]"),
             ("a = {}", "a = []"),
+            ("x = 12\nyyy = 1", "x = 123\nyy = 1"),
+            ("a = \"1,\"\nb = 2", "a = \"1\"\nb = 2"),
             ("a = 0.0", "a = -0.0"),
             ("a = 1979-05-27", "a = \"1979-05-27\""),
         ];
