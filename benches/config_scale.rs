@@ -182,7 +182,10 @@ fn measure(text: &str) -> Row {
         });
         let config_bytes = held() - before;
         let (warnings, lint) = timed(|| portico::config::lint(&config));
-        assert!(warnings.is_empty(), "{:?}", warnings.first());
+        // The generated config has no admin token (the process-level script reloads
+        // without one); every other warning means the generator is wrong.
+        let unexpected = warnings.iter().find(|w| w.field != "admin");
+        assert!(unexpected.is_none(), "{unexpected:?}");
         let (snapshot, build) = timed(|| {
             portico::runtime::Snapshot::build(config.clone(), None)
                 .unwrap_or_else(|e| panic!("{e}"))

@@ -79,7 +79,7 @@ pub fn load_str(file: &str, text: &str) -> Result<Config, ConfigErrors> {
 
     // The common case: the text parses into a `Config` as it is. Otherwise it is parsed
     // again below, with the field paths tracked, to report every problem.
-    let config = match Config::deserialize(toml::Deserializer::new(text)) {
+    let config = match toml::Deserializer::parse(text).and_then(Config::deserialize) {
         Ok(c) => Some(c),
         Err(_) => deserialize_reporting(text, &locate, &error, &parsed_error, &mut errors)?,
     };
@@ -128,11 +128,16 @@ fn deserialize_reporting(
         } else {
             doc.to_string()
         };
-        match serde_path_to_error::deserialize::<_, Config>(toml::Deserializer::new(&current)) {
+        // toml_edit parsed the text above, so `parse` fails only where the two parsers
+        // disagree; such an error has no field path and ends the rounds.
+        let outcome = match toml::Deserializer::parse(&current) {
+            Ok(deserializer) => serde_path_to_error::deserialize::<_, Config>(deserializer)
+                .map_err(|e| (path_of(e.path()), e.into_inner())),
+            Err(e) => Err((Vec::new(), e)),
+        };
+        match outcome {
             Ok(c) => return Ok(Some(c)),
-            Err(e) => {
-                let path = path_of(e.path());
-                let inner = e.into_inner();
+            Err((path, inner)) => {
                 let message = match inner.message().trim() {
                     "" => "invalid value".to_string(),
                     m => m.to_string(),

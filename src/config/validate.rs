@@ -990,7 +990,14 @@ fn validate_route_cache(
 fn validate_routes(config: &Config, p: &mut Problems) {
     let mut ids: HashMap<&str, usize> = HashMap::new();
     // Two routes with identical matchers can never both be reached: the second is dead.
-    let mut matchers: HashMap<String, usize> = HashMap::new();
+    type Matchers<'a> = (
+        BTreeSet<String>,
+        &'a str,
+        PathMatchKind,
+        BTreeSet<&'a str>,
+        BTreeSet<(String, Option<&'a str>)>,
+    );
+    let mut matchers: HashMap<Matchers, usize> = HashMap::new();
     for (i, r) in config.routes.iter().enumerate() {
         let at = |f: &str| vec![key("routes"), Seg::Index(i), key(f)];
         if r.id.trim().is_empty() {
@@ -1137,10 +1144,7 @@ fn validate_routes(config: &Config, p: &mut Problems) {
             } else {
                 r.path.as_str()
             };
-            format!(
-                "{hosts:?}|{path}|{:?}|{methods:?}|{headers:?}",
-                r.path_match
-            )
+            (hosts, path, r.path_match, methods, headers)
         };
         if let Some(first) = matchers.insert(signature, i) {
             p.add(
@@ -1220,6 +1224,42 @@ mod tests {
     use crate::config::load_str;
 
     const BASE: &str = "[[listeners]]\naddress = \"127.0.0.1:8080\"\n\n[admin]\n";
+
+    #[test]
+    fn a_route_with_the_matchers_of_an_earlier_one_is_refused() {
+        let two_routes = |first: &str, second: &str| {
+            let text = format!(
+                "[[listeners]]\naddress = \"127.0.0.1:0\"\n\
+                 [[routes]]\nid = \"a\"\ncluster = \"c\"\n{first}\n\
+                 [[routes]]\nid = \"b\"\ncluster = \"c\"\n{second}\n\
+                 [clusters.c]\nendpoints = [{{ address = \"127.0.0.1:1\" }}]\n"
+            );
+            match load_str("t.toml", &text) {
+                Ok(_) => String::new(),
+                Err(e) => e.to_string(),
+            }
+        };
+        // Host case, a prefix's trailing slash and the order of methods do not matter.
+        let dead = two_routes(
+            "hosts = [\"API.example\"]\npath = \"/v1\"\nmethods = [\"GET\", \"POST\"]",
+            "hosts = [\"api.example\"]\npath = \"/v1/\"\nmethods = [\"POST\", \"GET\"]",
+        );
+        assert!(dead.contains("t.toml:"), "{dead}");
+        assert!(dead.contains("routes[1].path"), "{dead}");
+        assert!(dead.contains("same hosts, path, methods and headers as routes[0] (`a`)"));
+        // Any difference in a matcher keeps both routes.
+        for (first, second) in [
+            ("path = \"/v1\"", "path = \"/v1\"\npath_match = \"exact\""),
+            ("path = \"/v1\"", "path = \"/v1\"\nmethods = [\"GET\"]"),
+            (
+                "path = \"/v1\"\nheaders = [{ name = \"x-t\", value = \"1\" }]",
+                "path = \"/v1\"\nheaders = [{ name = \"X-T\", value = \"2\" }]",
+            ),
+            ("path = \"/v1\"", "path = \"/v1\"\nhosts = [\"a.example\"]"),
+        ] {
+            assert_eq!(two_routes(first, second), "", "{first:?} / {second:?}");
+        }
+    }
 
     #[test]
     fn upgrades_and_trusted_proxies_are_validated() {

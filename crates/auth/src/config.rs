@@ -459,10 +459,12 @@ fn load(file: &str, text: &str, base_dir: PathBuf) -> Result<AuthConfig, ConfigE
         field,
         message,
     };
-    let deserializer = toml::Deserializer::new(text);
-    let mut config: AuthConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
+    let parsed = toml::Deserializer::parse(text).map_err(|e| (String::new(), e));
+    let deserialized = parsed.and_then(|deserializer| {
+        serde_path_to_error::deserialize(deserializer)
+            .map_err(|e| (e.path().to_string(), e.into_inner()))
+    });
+    let mut config: AuthConfig = deserialized.map_err(|(path, inner)| {
         let field = if path == "." { String::new() } else { path };
         ConfigErrors(vec![error(
             inner.span().map(|s| s.start),
