@@ -770,6 +770,21 @@ async fn stale_if_error_covers_5xx_timeouts_refused_connections_and_open_breaker
             stale == Some(4.0)
         })
         .await;
+
+        // Many clients on one stale key while the upstream is gone: the waiters of each
+        // failed revalidation compete again rather than going upstream with the cache off
+        // (Pingora's default gives up after two rounds, and those requests got 502).
+        for wave in 0..4 {
+            let mut clients = tokio::task::JoinSet::new();
+            for _ in 0..50 {
+                let (client, url) = (gw.client.clone(), gw.url("/sie/5xx"));
+                clients.spawn(async move { client.get(url).send().await.map(|r| r.status()) });
+            }
+            while let Some(answer) = clients.join_next().await {
+                let status = answer.unwrap().expect("an answer");
+                assert_eq!(status, 200, "wave {wave}");
+            }
+        }
     })
     .await;
 }

@@ -48,6 +48,11 @@ fn predictor() -> &'static (dyn CacheablePredictor + Sync) {
     &*PREDICTOR
 }
 
+/// How many times a request waiting for another's revalidation of a stale entry may wait
+/// again after that revalidation failed, on a route with `stale_if_error` (each failure
+/// answers one request from the stale entry and frees the lock for the next attempt).
+const STALE_IF_ERROR_LOCK_RETRIES: usize = 1024;
+
 /// A route's `[routes.cache]`, compiled for the request path.
 #[derive(Debug)]
 pub struct CachePolicy {
@@ -164,6 +169,16 @@ impl CachePolicy {
     pub fn enable(&self, cache: &mut pingora_cache::HttpCache) {
         let mut overrides = CacheOptionOverrides::default();
         overrides.wait_timeout = Some(self.lock_timeout);
+        // While the upstream is down, each revalidation of a stale entry fails and serves
+        // it stale, and the requests waiting on that lock compete again for the next
+        // attempt. Pingora lets a waiter do that twice, then sends it upstream with the
+        // cache off, where no stale entry can answer for it: with 50 clients on one key,
+        // one request in ten got the 502 that stale-if-error promises to hide
+        // (benches/cache/run.sh, failure). A route that serves stale on errors lets its
+        // waiters compete as long as its lock wait allows instead.
+        if self.stale_if_error > 0 {
+            overrides.max_lock_retries = Some(STALE_IF_ERROR_LOCK_RETRIES);
+        }
         // The store evicts by itself as writes commit: no eviction manager here.
         cache.enable(
             storage(),
