@@ -18,24 +18,9 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pingora_http::{RequestHeader, ResponseHeader};
 use portico::proxy::compress::Policy;
 
-/// The same shape of body as tests/compression.rs: 10 KiB of JSON objects.
-fn json_body() -> Bytes {
-    let mut body = String::from("[");
-    let mut i = 0;
-    while body.len() < 10 * 1024 - 80 {
-        if i > 0 {
-            body.push(',');
-        }
-        body.push_str(&format!(
-            "{{\"id\":{i},\"sku\":\"SKU-{:05}\",\"name\":\"item {i}\",\"in_stock\":{}}}",
-            i * 7,
-            i % 3 == 0
-        ));
-        i += 1;
-    }
-    body.push(']');
-    Bytes::from(body)
-}
+#[path = "support/json_body.rs"]
+mod json_body;
+use json_body::json_body;
 
 fn policy(coding: &str, level: u32) -> Policy {
     let mut c = portico::config::Compress {

@@ -5,31 +5,15 @@
 //! `Vary`, `ETag` and the metrics and access log that account for it.
 
 mod common;
+#[path = "../benches/support/json_body.rs"]
+mod json_body;
 mod ops_support;
 
 use std::io::Read;
 
 use bytes::Bytes;
 use common::*;
-
-/// A 10 KiB JSON body like an API's list answer.
-fn json_body() -> Bytes {
-    let mut body = String::from("[");
-    let mut i = 0;
-    while body.len() < 10 * 1024 - 80 {
-        if i > 0 {
-            body.push(',');
-        }
-        body.push_str(&format!(
-            "{{\"id\":{i},\"sku\":\"SKU-{:05}\",\"name\":\"item {i}\",\"in_stock\":{}}}",
-            i * 7,
-            i % 3 == 0
-        ));
-        i += 1;
-    }
-    body.push(']');
-    Bytes::from(body)
-}
+use json_body::json_body;
 
 /// 300 bytes of JSON: below the default `min_size`, above the `/gz` route's 64.
 fn small_body() -> Bytes {
