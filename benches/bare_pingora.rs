@@ -7,13 +7,24 @@
 //! `cargo build --release --bench bare_pingora`, then
 //! `bare_pingora LISTEN UPSTREAM [THREADS] [WORK_STEALING] [POOL_SIZE]`, with
 //! `PORTICO_BENCH_L4_READ=<bytes>` to change the client connections' transport read buffer.
+//!
+//! With `PORTICO_BENCH_DUTIES=1` it also makes the Pingora calls every portico request needs
+//! whatever its routes say (contender "pingora+duties" of `benches/load/run.sh`): the
+//! client's body and send deadlines on the session, the cluster's connect, read, write and
+//! idle timeouts on the peer, and the four headers portico adds upstream (`X-Forwarded-For`,
+//! `-Proto`, `-Host` and `traceparent`), each through Pingora's header API as portico does.
+//! What it costs against the plain reference is what Pingora charges for those duties;
+//! portico against it is what portico's own work costs.
 //! Run by `cargo bench` (which passes `--bench`) it only says what it is for and exits.
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::Result;
+use pingora_http::RequestHeader;
 use pingora_proxy::{ProxyHttp, Session};
 
 /// The binary's allocator and its tuning, exactly as portico's. Its after-fork service is
@@ -24,7 +35,15 @@ mod allocator;
 
 struct Bare {
     upstream: String,
+    /// `PORTICO_BENCH_DUTIES=1`: make the calls portico's every request makes.
+    duties: bool,
 }
+
+/// portico's defaults: `[limits] body_timeout`/`send_timeout` and a cluster's `timeouts`.
+const CLIENT_DEADLINE: Duration = Duration::from_secs(30);
+const CONNECT: Duration = Duration::from_secs(1);
+const UPSTREAM_IO: Duration = Duration::from_secs(30);
+const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
 
 #[async_trait]
 impl ProxyHttp for Bare {
@@ -32,12 +51,48 @@ impl ProxyHttp for Bare {
 
     fn new_ctx(&self) {}
 
+    async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> Result<bool> {
+        if self.duties {
+            session.set_read_timeout(Some(CLIENT_DEADLINE));
+            session.set_write_timeout(Some(CLIENT_DEADLINE));
+        }
+        Ok(false)
+    }
+
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(
-            self.upstream.as_str(),
-            false,
-            String::new(),
-        )))
+        let mut peer = HttpPeer::new(self.upstream.as_str(), false, String::new());
+        if self.duties {
+            peer.options.connection_timeout = Some(CONNECT);
+            peer.options.read_timeout = Some(UPSTREAM_IO);
+            peer.options.write_timeout = Some(UPSTREAM_IO);
+            peer.options.idle_timeout = Some(UPSTREAM_IDLE);
+        }
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        _ctx: &mut (),
+    ) -> Result<()> {
+        if self.duties {
+            let client = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default();
+            upstream.insert_header("x-forwarded-for", client)?;
+            upstream.insert_header("x-forwarded-proto", "http")?;
+            if let Some(host) = upstream.headers.get(http::header::HOST).cloned() {
+                upstream.insert_header("x-forwarded-host", host)?;
+            }
+            upstream.insert_header(
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -66,6 +121,7 @@ fn main() {
         &server.configuration,
         Bare {
             upstream: args[1].clone(),
+            duties: std::env::var("PORTICO_BENCH_DUTIES").is_ok_and(|v| v == "1"),
         },
     );
     // PORTICO_BENCH_L4_READ=<bytes>: the client connections' transport read buffer

@@ -11,10 +11,15 @@
 #   CONTENDERS="portico portico+log" REQUESTS=2000 benches/load/instructions.sh
 #
 # Environment (defaults in brackets):
-#   CONTENDERS ["portico portico+log portico+nojwt portico+jwt"]  portico contenders of run.sh
+#   CONTENDERS ["portico portico+log portico+nojwt portico+jwt"]  portico contenders of run.sh,
+#                          and "pingora" / "pingora+duties" (bare Pingora, benches/bare_pingora.rs):
+#                          the controls of "portico", as in run.sh
 #   REQUESTS [1000]        measured requests per contender (4 keep-alive connections, in turn)
 #   WARMUP_REQUESTS [300]  requests sent before counting starts
 #   PORTICO_BIN            this binary instead of `cargo build --release --bin portico`
+#   BARE_BIN               this bare Pingora instead of `cargo build --release --bench bare_pingora`
+#   KEEP_PROFILES          a directory to copy each contender's callgrind file into
+#                          (callgrind.<contender>), for callgrind_annotate
 #
 # It starts run.sh once (one 1-second round, kept temp dir) for the configs, the upstream
 # nginx config and the token, then runs each contender alone under callgrind on loopback.
@@ -28,8 +33,8 @@ WARMUP_REQUESTS=${WARMUP_REQUESTS:-300}
 
 die() { echo "instructions.sh: $*" >&2; exit 1; }
 for c in $CONTENDERS; do
-    case $c in portico | portico+log | portico+nojwt | portico+jwt | portico+resilience) ;;
-    *) die "unknown contender '$c' (portico, portico+log, portico+nojwt, portico+jwt, portico+resilience)" ;;
+    case $c in pingora | pingora+duties | portico | portico+log | portico+nojwt | portico+jwt | portico+resilience) ;;
+    *) die "unknown contender '$c' (pingora, pingora+duties, portico, portico+log, portico+nojwt, portico+jwt, portico+resilience)" ;;
     esac
 done
 [[ $REQUESTS =~ ^[1-9][0-9]*$ && $WARMUP_REQUESTS =~ ^[0-9]+$ ]] || die "REQUESTS and WARMUP_REQUESTS must be numbers"
@@ -43,11 +48,23 @@ if [[ -z ${PORTICO_BIN:-} ]]; then
     PORTICO_BIN=$REPO/target/release/portico
 fi
 PORTICO_BIN=$(realpath "$PORTICO_BIN")
+if [[ " $CONTENDERS " == *" pingora "* || " $CONTENDERS " == *" pingora+duties "* ]]; then
+    BARE_BIN=${BARE_BIN:-$(cd "$REPO" && cargo build --release --bench bare_pingora --message-format=json |
+        python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "bare_pingora" and m.get("executable"):
+        print(m["executable"])')}
+    [[ -x $BARE_BIN ]] || die "no bare_pingora executable (BARE_BIN)"
+fi
 
-# Configs, the upstream and the token, exactly as the load benchmark makes them.
+# Configs, the upstream and the token, exactly as the load benchmark makes them (run.sh
+# needs at least one portico contender for them).
+setup_contenders=$(for c in $CONTENDERS; do [[ $c == pingora* ]] || printf '%s ' "$c"; done)
+setup_contenders=${setup_contenders:-portico}
 setup_log=$(mktemp)
 PORTICO_BIN=$PORTICO_BIN KEEP_TMP=1 RECORD=0 ROUNDS=1 DURATION=1 WARMUP=0 \
-    CONTENDERS="$CONTENDERS" bash "$HERE/run.sh" >"$setup_log" 2>&1 ||
+    CONTENDERS="$setup_contenders" bash "$HERE/run.sh" >"$setup_log" 2>&1 ||
     { cat "$setup_log" >&2; die "run.sh failed"; }
 TMP=$(sed -n 's/^run.sh: temp dir kept: //p' "$setup_log" | tail -n1)
 rm -f "$setup_log"
@@ -90,19 +107,30 @@ toml_port() { # file section -> the port of the section's `address = "127.0.0.1:
 printf '| contender | instructions per request | ÷ %s | of which SHA-256 in software | without it, ÷ %s |\n|---|---:|---:|---:|---:|\n' \
     "${CONTENDERS%% *}" "${CONTENDERS%% *}"
 base=""
+upstream_port=$(awk '/listen 127.0.0.1:/ { sub(/.*127.0.0.1:/, ""); sub(/[ ;].*/, ""); print; exit }' "$TMP/upstream.conf")
 for c in $CONTENDERS; do
     name=${c/+/-}
-    config=$TMP/$name.toml
-    port=$(toml_port "$config" '[[listeners]]') admin=$(toml_port "$config" '[admin]')
+    out=$TMP/callgrind.$name
     token=()
     if [[ $c == portico+jwt || $c == portico+nojwt ]]; then token=("$(<"$TMP/jwt.token")"); fi
-    out=$TMP/callgrind.$name
-    valgrind --tool=callgrind --callgrind-out-file="$out.%p" \
-        "$PORTICO_BIN" serve -c "$config" >"$TMP/$name.callgrind.log" 2>&1 &
+    if [[ $c == pingora* ]]; then
+        port=$((upstream_port + 1000))
+        duties=0
+        if [[ $c == pingora+duties ]]; then duties=1; fi
+        PORTICO_BENCH_DUTIES=$duties valgrind --tool=callgrind --callgrind-out-file="$out.%p" \
+            "$BARE_BIN" "127.0.0.1:$port" "127.0.0.1:$upstream_port" 1 >"$TMP/$name.callgrind.log" 2>&1 &
+        ready=(curl -fs -o /dev/null "http://127.0.0.1:$port/")
+    else
+        config=$TMP/$name.toml
+        port=$(toml_port "$config" '[[listeners]]') admin=$(toml_port "$config" '[admin]')
+        valgrind --tool=callgrind --callgrind-out-file="$out.%p" \
+            "$PORTICO_BIN" serve -c "$config" >"$TMP/$name.callgrind.log" 2>&1 &
+        ready=(curl -fs -o /dev/null "http://127.0.0.1:$admin/readyz")
+    fi
     pid=$!
     PIDS+=("$pid")
     for _ in $(seq 120); do
-        curl -fs -o /dev/null "http://127.0.0.1:$admin/readyz" && break
+        "${ready[@]}" && break
         kill -0 "$pid" 2>/dev/null || { cat "$TMP/$name.callgrind.log" >&2; die "$c exited"; }
         sleep 0.5
     done
@@ -114,6 +142,7 @@ for c in $CONTENDERS; do
     wait "$pid" 2>/dev/null || true
     # The dump after zeroing holds exactly the measured requests.
     total=$(awk '/^(summary|totals):/ { print $2; exit }' "$out.$pid.1")
+    if [[ -n ${KEEP_PROFILES:-} ]]; then mkdir -p "$KEEP_PROFILES" && cp "$out.$pid.1" "$KEEP_PROFILES/callgrind.$name"; fi
     sha=$(callgrind_annotate --inclusive=yes "$out.$pid.1" 2>/dev/null |
         awk '!n && /sha2::sha256::compress256/ { gsub(",", "", $1); print $1; n = 1 }')
     per=$((total / REQUESTS)) sha=$((${sha:-0} / REQUESTS))

@@ -71,14 +71,14 @@ bench_check_contenders() {
     read -r -a CONTENDER_LIST <<<"$CONTENDERS"
     ((${#CONTENDER_LIST[@]} >= 1)) || die "CONTENDERS is empty"
     for c in "${CONTENDER_LIST[@]}"; do
-        case $c in nginx | pingora | pingora~ws | portico | portico+log | portico+resilience | portico+nojwt | portico+jwt | portico+forged | haproxy+jwt) ;;
+        case $c in nginx | pingora | pingora~ws | pingora+duties | portico | portico+log | portico+resilience | portico+nojwt | portico+jwt | portico+forged | haproxy+jwt) ;;
         portico~*)
             tag=${c#portico~}
             [[ $tag =~ ^[A-Za-z0-9_]+$ ]] || die "variant tag '$tag' must be letters, digits and _"
             server_var=PORTICO_SERVER_$tag bin_var=PORTICO_BIN_$tag
             [[ -n ${!server_var:-} || -n ${!bin_var:-} ]] || die "$c needs PORTICO_SERVER_$tag or PORTICO_BIN_$tag"
             ;;
-        *) die "unknown contender '$c' (nginx, pingora, pingora~ws, portico, portico+log, portico+resilience, portico+nojwt, portico+jwt, portico+forged, haproxy+jwt, portico~TAG)" ;;
+        *) die "unknown contender '$c' (nginx, pingora, pingora~ws, pingora+duties, portico, portico+log, portico+resilience, portico+nojwt, portico+jwt, portico+forged, haproxy+jwt, portico~TAG)" ;;
         esac
     done
     WANT_JWT=0
@@ -163,7 +163,7 @@ for line in sys.stdin:
 
 # The bare Pingora reference: same Pingora, allocator and release profile, none of portico.
 bench_bare_bin() {
-    if has_contender pingora || has_contender pingora~ws; then
+    if has_contender pingora || has_contender pingora~ws || has_contender pingora+duties; then
         log "building the bare Pingora reference (cargo build --release --bench bare_pingora)"
         BARE_BIN=$(cargo_bench_bin bare_pingora) || die "cannot build benches/bare_pingora.rs"
         [[ -x $BARE_BIN ]] || die "no bare_pingora executable"
@@ -289,7 +289,7 @@ bench_ports() {
     PORT[pingora]=$BARE_PORT
     i=0
     for c in "${CONTENDER_LIST[@]}"; do
-        [[ $c == portico~* || $c == pingora~ws ]] || continue
+        [[ $c == portico~* || $c == pingora~ws || $c == pingora+duties ]] || continue
         PORT[$c]=${VARIANT_PORTS[i]} ADMIN[$c]=${VARIANT_PORTS[i + 1]}
         i=$((i + 2))
     done
@@ -402,13 +402,16 @@ bench_start_contenders() {
             [[ -n ${MEASURE_PIDS[nginx]// /} ]] || die "nginx proxy has no worker process"
             log "nginx proxy on 127.0.0.1:$NGINX_PORT (core $PROXY_CPU), worker ${MEASURE_PIDS[nginx]}"
             ;;
-        pingora | pingora~ws)
+        pingora | pingora~ws | pingora+duties)
             # One thread, and work stealing as portico's [server] default (BARE_WORK_STEALING),
-            # or on for pingora~ws.
+            # or on for pingora~ws. pingora+duties also makes the Pingora calls every portico
+            # request makes (benches/bare_pingora.rs, PORTICO_BENCH_DUTIES).
             ws=$BARE_WORK_STEALING
             if [[ $c == pingora~ws ]]; then ws=true; fi
-            taskset -c "$PROXY_CPU" "$BARE_BIN" "127.0.0.1:${PORT[$c]}" "127.0.0.1:$UPSTREAM_PORT" \
-                1 "$ws" >"$TMP/$c.log" 2>&1 &
+            duties=0
+            if [[ $c == pingora+duties ]]; then duties=1; fi
+            PORTICO_BENCH_DUTIES=$duties taskset -c "$PROXY_CPU" "$BARE_BIN" "127.0.0.1:${PORT[$c]}" \
+                "127.0.0.1:$UPSTREAM_PORT" 1 "$ws" >"$TMP/$c.log" 2>&1 &
             PID[$c]=$!
             STARTED+=("${PID[$c]}:INT")
             MEASURE_PIDS[$c]=${PID[$c]}
