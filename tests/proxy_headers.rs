@@ -198,3 +198,124 @@ async fn hop_by_hop_response_headers_do_not_reach_the_client() {
     })
     .await
 }
+
+/// An upstream that keeps the raw bytes of each request header it gets and answers with a
+/// header whose name is in mixed case: header-name case is invisible through hyper.
+async fn raw_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head: Vec<u8> = buf.drain(..end + 4).collect();
+                    kept.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&head).into_owned());
+                    let answer = b"HTTP/1.1 200 OK\r\nX-Upstream-Thing: yes\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok";
+                    if conn.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// The raw response head the gateway sends for one request with mixed-case header names.
+async fn exchange(gw: &Gateway) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(gw.listen).await.unwrap();
+    conn.write_all(
+        b"GET /case HTTP/1.1\r\nHost: gateway\r\nX-Client-Thing: 1\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    conn.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text
+}
+
+/// Lines of a header block whose name is `name`, compared without case, as sent.
+fn lines_named<'a>(head: &'a str, name: &str) -> Vec<&'a str> {
+    head.split("\r\n")
+        .filter(|l| {
+            l.split_once(':')
+                .is_some_and(|(n, _)| n.eq_ignore_ascii_case(name))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_names_go_out_in_canonical_case_unless_preserved() {
+    bounded(async {
+        let (addr, seen) = raw_upstream().await;
+        let config = |server: &str| {
+            Gateway::config()
+                .route("all", "/", "c")
+                .server(server)
+                .no_access_log()
+                .cluster_at("c", &[addr], "")
+        };
+
+        // Default: standard names in their usual capitals, others in lower case, both ways.
+        let gw = config("").start().await;
+        let client_side = exchange(&gw).await;
+        let upstream_side = seen
+            .lock()
+            .unwrap()
+            .pop()
+            .expect("the upstream got the request");
+        assert_eq!(
+            lines_named(&upstream_side, "x-client-thing"),
+            ["x-client-thing: 1"]
+        );
+        assert_eq!(lines_named(&upstream_side, "host"), ["Host: gateway"]);
+        assert_eq!(
+            lines_named(&client_side, "x-upstream-thing"),
+            ["x-upstream-thing: yes"]
+        );
+        assert_eq!(
+            lines_named(&client_side, "content-type"),
+            ["Content-Type: text/plain"]
+        );
+        drop(gw);
+
+        // preserve_header_case: each side's names exactly as the other sent them.
+        let gw = config("preserve_header_case = true").start().await;
+        let client_side = exchange(&gw).await;
+        let upstream_side = seen
+            .lock()
+            .unwrap()
+            .pop()
+            .expect("the upstream got the request");
+        assert_eq!(
+            lines_named(&upstream_side, "x-client-thing"),
+            ["X-Client-Thing: 1"]
+        );
+        assert_eq!(
+            lines_named(&client_side, "x-upstream-thing"),
+            ["X-Upstream-Thing: yes"]
+        );
+    })
+    .await;
+}

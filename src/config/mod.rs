@@ -83,6 +83,13 @@ pub struct ServerSection {
     /// headers are believed, e.g. the load balancer in front of portico. From anyone else
     /// those headers are removed, and the client is the connection's peer.
     pub trusted_proxies: Vec<String>,
+    /// Send HTTP/1 header names with the letter case they arrived in (the client's to the
+    /// upstream, the upstream's to the client). Off by default: names are case-insensitive
+    /// (RFC 9110 §5.1), so they go out as HTTP/2 and Envoy send them — standard names in
+    /// their usual capitals, others in lower case — and each header a request or response
+    /// gains costs Pingora one header map instead of two. On for peers that wrongly
+    /// compare names with their case.
+    pub preserve_header_case: bool,
 }
 
 impl Default for ServerSection {
@@ -100,6 +107,7 @@ impl Default for ServerSection {
             upstream_keepalive_pool_size: 1024,
             watch_config: false,
             trusted_proxies: Vec::new(),
+            preserve_header_case: false,
         }
     }
 }

@@ -357,6 +357,45 @@ pub fn add_forwarded(req: &mut RequestHeader, peer: Option<IpAddr>, tls: bool) {
     }
 }
 
+/// Drops the letter case Pingora keeps of a request's header names (`[server]
+/// preserve_header_case = false`). Pingora keeps a second header map for it, and every
+/// header added, removed or cloned afterwards — the forwarding and identity headers, the
+/// copy made for each upstream attempt — is done in both maps; without it, once. A request
+/// whose target the URI does not carry byte for byte (Pingora keeps those bytes beside it)
+/// keeps its case: it is rare, and rebuilding it would lose them.
+pub fn forget_request_case(req: &mut RequestHeader) {
+    let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    if !req.has_case() || req.raw_path() != target.as_bytes() {
+        return;
+    }
+    let end_stream = req.send_end_stream();
+    // The parts (method, URI, the name-to-value map, extensions) move; only the map of
+    // cased names is dropped. The stand-in allocates nothing.
+    let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
+    let parts = http::request::Parts::from(std::mem::replace(req, placeholder));
+    *req = RequestHeader::from(parts);
+    if let Some(end) = end_stream {
+        req.set_send_end_stream(end);
+    }
+}
+
+/// As [`forget_request_case`], for an upstream's response; a custom reason phrase stays.
+pub fn forget_response_case(resp: &mut ResponseHeader) {
+    if !resp.has_case() {
+        return;
+    }
+    let reason = resp
+        .get_reason_phrase()
+        .filter(|r| Some(*r) != resp.status.canonical_reason())
+        .map(str::to_owned);
+    let placeholder = ResponseHeader::from(http::Response::new(()).into_parts().0);
+    let parts = http::response::Parts::from(std::mem::replace(resp, placeholder));
+    *resp = ResponseHeader::from(parts);
+    if let Some(reason) = reason {
+        let _ = resp.set_reason_phrase(Some(&reason));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

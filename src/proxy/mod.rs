@@ -244,6 +244,9 @@ impl ProxyHttp for Gateway {
         {
             return self.answer_error(session, ctx, err).await;
         }
+        if !snapshot.config.server.preserve_header_case {
+            headers::forget_request_case(req);
+        }
         if let (Some(peer), true) = (ctx.peer_ip, trusted_peer) {
             let client = headers::forwarded_client(req, peer, |ip| snapshot.is_trusted_proxy(ip));
             ctx.plugin.client_ip = Some(client);
@@ -719,6 +722,9 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if !ctx.snapshot.config.server.preserve_header_case {
+            headers::forget_response_case(upstream_response);
+        }
         let status = upstream_response.status.as_u16();
         ctx.upstream_status = Some(status);
         if let Some(start) = ctx.upstream_start {
