@@ -10,11 +10,12 @@
 //!
 //! With `PORTICO_BENCH_DUTIES=1` it also makes the Pingora calls every portico request needs
 //! whatever its routes say (contender "pingora+duties" of `benches/load/run.sh`): the
-//! client's body and send deadlines on the session, the cluster's connect, read, write and
-//! idle timeouts on the peer, and the four headers portico adds upstream (`X-Forwarded-For`,
-//! `-Proto`, `-Host` and `traceparent`), each through Pingora's header API as portico does.
-//! What it costs against the plain reference is what Pingora charges for those duties;
-//! portico against it is what portico's own work costs.
+//! client's body, send and keep-alive deadlines on the session, the cluster's connect, read,
+//! write and idle timeouts on the peer, and the four headers portico adds upstream
+//! (`X-Forwarded-For`, `-Proto`, `-Host` and `traceparent`), each through Pingora's header
+//! API as portico does. What it costs against the plain reference is what Pingora charges
+//! for those duties; portico against it is what portico's own work costs.
+//!
 //! Run by `cargo bench` (which passes `--bench`) it only says what it is for and exits.
 
 use std::time::Duration;
@@ -41,6 +42,8 @@ struct Bare {
 
 /// portico's defaults: `[limits] body_timeout`/`send_timeout` and a cluster's `timeouts`.
 const CLIENT_DEADLINE: Duration = Duration::from_secs(30);
+/// `[limits] keepalive_timeout`: how long an idle client connection is kept.
+const KEEPALIVE_SECS: u64 = 60;
 const CONNECT: Duration = Duration::from_secs(1);
 const UPSTREAM_IO: Duration = Duration::from_secs(30);
 const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
@@ -55,6 +58,7 @@ impl ProxyHttp for Bare {
         if self.duties {
             session.set_read_timeout(Some(CLIENT_DEADLINE));
             session.set_write_timeout(Some(CLIENT_DEADLINE));
+            session.set_keepalive(Some(KEEPALIVE_SECS));
         }
         Ok(false)
     }

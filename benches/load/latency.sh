@@ -22,7 +22,7 @@
 #   P99_BUDGET_MS [0.5]    allowed p99 over bare Pingora's (DESIGN.md, "Performance budget")
 #   OPEN_LOOP_BIN          use this generator instead of `cargo build --release --bench open_loop`
 #   and, as in run.sh: NICE, QUIET_THRESHOLD, QUIET_WAIT, PORTICO_BIN, BARE_WORK_STEALING,
-#   NGINX_BIN, HAPROXY_BIN, PROXY_CPU [0], LOAD_CPU [1], PORT_BASE, RESULTS, RECORD, KEEP_TMP,
+#   BARE_BIN, NGINX_BIN, HAPROXY_BIN, PROXY_CPU [0], LOAD_CPU [1], PORT_BASE, RESULTS, RECORD, KEEP_TMP,
 #   MAX_SECONDS (default: estimate + 180)
 set -euo pipefail
 
@@ -94,6 +94,10 @@ measure_round() { # contender round
     # The proxy's CPU and run-queue wait cover the warm-up too: the generator runs both in one go.
     local t0 c0 w0 t1 c1 w1
     t0=$(date +%s.%N) c0=$(proc_ticks "${mp[@]}") w0=$(runqueue_wait_ns "${mp[@]}")
+    # Who used the proxy's core, second by second (core_sampler.py): its worker, its other
+    # threads, or other programs; read against each second's p99 below.
+    python3 "$HERE/core_sampler.py" --cpu "$PROXY_CPU" --out "$out.cpu" "${mp[@]}" &
+    local sampler=$!
     timeout -s INT $((WARMUP + DURATION + 40)) taskset -c "$LOAD_CPU" "$OPEN_LOOP_BIN" \
         --url "http://127.0.0.1:${PORT[$c]}/" --rate "$RATE" --duration "$DURATION" \
         --connections "$CONNECTIONS" --warmup "$WARMUP" --per-second --json "${hdr[@]}" \
@@ -103,6 +107,8 @@ measure_round() { # contender round
     wait "$pid" || rc=$?
     unset 'STARTED[${#STARTED[@]}-1]'
     t1=$(date +%s.%N) c1=$(proc_ticks "${mp[@]}") w1=$(runqueue_wait_ns "${mp[@]}")
+    kill -INT "$sampler" 2>/dev/null || true
+    wait "$sampler" 2>/dev/null || true
     # 3: the run is reported but flagged behind (the schedule was not kept); anything else fails.
     ((rc == 0 || rc == 3)) || { cat "$out.stderr" "$out" >&2; die "open_loop failed for $c (exit $rc)"; }
     local cpu waitpct
@@ -110,17 +116,37 @@ measure_round() { # contender round
         'BEGIN { printf "%.0f", (b - a) / hz / (t1 - t0) * 100 }')
     waitpct=$(awk -v a="$w0" -v b="$w1" -v t0="$t0" -v t1="$t1" 'BEGIN { printf "%.1f", (b - a) / 1e9 / (t1 - t0) * 100 }')
     local row
-    row=$(python3 - "$out" "$c" "$r" "$bg" "$cpu" "$waitpct" <<'EOF'
+    row=$(python3 - "$out" "$c" "$r" "$bg" "$cpu" "$waitpct" "$WARMUP" "$P99_LIMIT_MS" <<'EOF'
 import json, sys
-out, c, r, bg, cpu, waitpct = sys.argv[1:]
+out, c, r, bg, cpu, waitpct, warmup, limit = sys.argv[1:]
 j = json.load(open(out))
 lat = j["latency_ms"] or {}
 na = lambda v: "nan" if v is None else v
-worst_s = max((s["p99_ms"] for s in j.get("per_second", []) if s["p99_ms"] is not None), default=None)
+seconds = [s for s in j.get("per_second", []) if s["p99_ms"] is not None]
+worst_s = max((s["p99_ms"] for s in seconds), default=None)
+# The sampler's seconds count from the start of the warm-up, open_loop's from the measured
+# window: a measured second is read with the sampler's seconds around it (±1 s).
+try:
+    cpu_s = json.load(open(out + ".cpu"))["per_second"]
+except (OSError, ValueError, KeyError):
+    cpu_s = []
+measured = cpu_s[int(warmup):]
+others_max = max((s["others_pct"] for s in measured), default=None)
+helper = max(measured, key=lambda s: s["helper_pct"], default=None)
+spikes = []
+for s in seconds:
+    if s["p99_ms"] > float(limit):
+        near = [x for x in measured if abs(x["second"] - 1 - s["second"]) <= 1]
+        spikes.append(f"s{s['second']} p99 {s['p99_ms']:.1f} ms: proxy "
+            + "/".join(f"{x['proxy_pct']:.0f}" for x in near) + " %, others "
+            + "/".join(f"{x['others_pct']:.0f}" for x in near) + " %, "
+            + ", ".join(sorted({f"{x['helper']} {x['helper_pct']:.0f} %" for x in near})))
 print("\t".join(map(str, [c, r, na(lat.get("p50")), na(lat.get("p99")), na(lat.get("p99_9")), na(lat.get("max")),
     j["achieved_rate"], int(j["behind"]), j["errors"], j["non_2xx"], j["generator_cpu_pct"],
     na((j["dispatch_lag_ms"] or {}).get("p99")), cpu, waitpct, bg, na(worst_s),
-    ",".join(f"{k} {v}" for k, v in j["error_kinds"].items() if v) or "-"])))
+    ",".join(f"{k} {v}" for k, v in j["error_kinds"].items() if v) or "-",
+    na(others_max), f"{helper['helper']} {helper['helper_pct']:.1f}" if helper else "-",
+    "; ".join(spikes) or "-"])))
 EOF
 )
     printf '%s\n' "$row" >>"$RUNS"
@@ -139,11 +165,11 @@ TABLES=$(python3 - "$RUNS" "$P99_LIMIT_MS" "$P99_BUDGET_MS" "${CONTENDER_LIST[@]
 import math, statistics, sys
 runs_file, limit, budget, order = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4:]
 cols = ["c", "r", "p50", "p99", "p999", "max", "achieved", "behind", "errors", "non2xx", "gen_cpu",
-        "lag_p99", "cpu", "waitpct", "bg", "worst_s", "kinds"]
+        "lag_p99", "cpu", "waitpct", "bg", "worst_s", "kinds", "others_max", "helper", "spikes"]
 rows = []
 for line in open(runs_file):
     v = dict(zip(cols, line.rstrip("\n").split("\t")))
-    for k in cols[2:-1]:
+    for k in cols[2:16] + ["others_max"]:
         v[k] = float(v[k])
     v["r"] = int(v["r"])
     rows.append(v)
@@ -213,7 +239,8 @@ print()
 rh = ["contender", "round", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "worst second's p99 ms"]
 rh += [f"p99 − {ref} p99 ms" for ref in refs]
 rh += ["achieved req/s", "behind", "errors (kinds)", "non-2xx", "generator CPU %", "pacer lag p99 ms",
-       "proxy CPU %", "proxy waited %", "background CPU % before"]
+       "proxy CPU %", "proxy waited %", "background CPU % before",
+       "others on the proxy's core, worst second %", "busiest other proxy thread, worst second (%)"]
 print("| " + " | ".join(rh) + " |")
 print("|---|" + "---:|" * (len(rh) - 1))
 for x in sorted(rows, key=lambda x: (x["r"], order.index(x["c"]))):
@@ -222,10 +249,19 @@ for x in sorted(rows, key=lambda x: (x["r"], order.index(x["c"]))):
         k = (ref, x["r"])
         cells.append("—" if x["c"] == ref else (sd(x["p99"] - p99_of[k]) if k in p99_of and not x["behind"] else "n/a"))
     cells += [f"{x['achieved']:.0f}", "**yes**" if x["behind"] else "no", f"{x['errors']:.0f}" + (f" ({x['kinds']})" if x["errors"] else ""), f"{x['non2xx']:.0f}",
-              f"{x['gen_cpu']:.0f}", f3(x["lag_p99"]), f"{x['cpu']:.0f}", f"{x['waitpct']:.1f}", f"{x['bg']:.0f}"]
+              f"{x['gen_cpu']:.0f}", f3(x["lag_p99"]), f"{x['cpu']:.0f}", f"{x['waitpct']:.1f}", f"{x['bg']:.0f}",
+              "n/a" if math.isnan(x["others_max"]) else f"{x['others_max']:.0f}", x["helper"]]
     print("| " + " | ".join(cells) + " |")
 print()
 print("</details>")
+spiky = [x for x in rows if x["spikes"] != "-"]
+if spiky:
+    print()
+    print(f"Seconds whose p99 passed {limit:g} ms, with the proxy's CPU %, other programs' CPU % on its core "
+          "and the busiest other proxy thread, in that second and its neighbours (core_sampler.py):")
+    print()
+    for x in sorted(spiky, key=lambda x: (x["r"], order.index(x["c"]))):
+        print(f"- {x['c']} round {x['r']}: {x['spikes']}")
 EOF
 )
 

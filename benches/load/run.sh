@@ -36,6 +36,7 @@
 #   QUIET_THRESHOLD [15]   CPU % (100 = one core) used by other processes that counts as busy
 #   QUIET_WAIT [20, 0 when NICE < 0]  seconds to wait, before each run, for the machine to be quiet
 #   PORTICO_BIN            use this binary instead of `cargo build --release`
+#   BARE_BIN               use this bare Pingora (benches/bare_pingora.rs) instead of building it
 #   BARE_WORK_STEALING [false] work stealing of the bare Pingora contender (portico's default)
 #   NGINX_BIN [nginx]      nginx binary
 #   HAPROXY_BIN [haproxy]  haproxy binary (haproxy+jwt only; 2.6+ for jwt_verify)
