@@ -357,6 +357,13 @@ pub fn add_forwarded(req: &mut RequestHeader, peer: Option<IpAddr>, tls: bool) {
     }
 }
 
+/// Headers a request may gain on its way through: `X-Forwarded-For`, `-Proto`, `-Host`,
+/// `traceparent`, a request id and a token's identity headers.
+const REQUEST_ADDITIONS: usize = 8;
+/// And a response: a request id, `X-Portico-Attempts`, `Cache-Status`, a version's
+/// deprecation headers.
+const RESPONSE_ADDITIONS: usize = 4;
+
 /// Drops the letter case Pingora keeps of a request's header names (`[server]
 /// preserve_header_case = false`). Pingora keeps a second header map for it, and every
 /// header added, removed or cloned afterwards — the forwarding and identity headers, the
@@ -372,7 +379,11 @@ pub fn forget_request_case(req: &mut RequestHeader) {
     // The parts (method, URI, the name-to-value map, extensions) move; only the map of
     // cased names is dropped. The stand-in allocates nothing.
     let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
-    let parts = http::request::Parts::from(std::mem::replace(req, placeholder));
+    let mut parts = http::request::Parts::from(std::mem::replace(req, placeholder));
+    // Room for what the gateway adds, in one step: Pingora sizes the map to the client's
+    // headers exactly, so each of those additions would otherwise grow and rehash it (and
+    // the copy for the upstream keeps the room).
+    parts.headers.reserve(REQUEST_ADDITIONS);
     *req = RequestHeader::from(parts);
     if let Some(end) = end_stream {
         req.set_send_end_stream(end);
@@ -389,7 +400,8 @@ pub fn forget_response_case(resp: &mut ResponseHeader) {
         .filter(|r| Some(*r) != resp.status.canonical_reason())
         .map(str::to_owned);
     let placeholder = ResponseHeader::from(http::Response::new(()).into_parts().0);
-    let parts = http::response::Parts::from(std::mem::replace(resp, placeholder));
+    let mut parts = http::response::Parts::from(std::mem::replace(resp, placeholder));
+    parts.headers.reserve(RESPONSE_ADDITIONS);
     *resp = ResponseHeader::from(parts);
     if let Some(reason) = reason {
         let _ = resp.set_reason_phrase(Some(&reason));
