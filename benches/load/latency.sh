@@ -51,6 +51,7 @@ bench_check_uints RATE ROUNDS DURATION WARMUP CONNECTIONS
 bench_check_contenders
 # Its forgeries come from wrk's forged.lua; the open-loop generator sends one fixed token.
 ! has_contender portico+forged || die "portico+forged is run.sh's contender (wrk with forged.lua), not latency.sh's"
+((WANT_TLS == 0)) || die "the TLS contenders are run.sh's: the open-loop generator speaks plain HTTP"
 
 # --- tools and binaries -------------------------------------------------------------------
 bench_tools
