@@ -6,10 +6,15 @@
 //!
 //! `cargo build --release --bench bare_pingora`, then
 //! `bare_pingora LISTEN UPSTREAM [THREADS] [WORK_STEALING] [POOL_SIZE]`, with
-//! `PORTICO_BENCH_L4_READ=<bytes>` to change the client connections' transport read buffer.
+//! `PORTICO_BENCH_L4_READ=<bytes>` to change the client connections' transport read buffer,
+//! and `PORTICO_BENCH_TLS_CERT=<pem> PORTICO_BENCH_TLS_KEY=<pem>` to terminate TLS on the
+//! listener (rustls, Pingora's intermediate settings: contender "pingora+tls").
 //! Run by `cargo bench` (which passes `--bench`) it only says what it is for and exits.
 
 use async_trait::async_trait;
+use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::listeners::ListenerConfig;
+use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -68,19 +73,28 @@ fn main() {
             upstream: args[1].clone(),
         },
     );
+    let mut endpoint = ListenerConfig::tcp(args[0].as_str());
     // PORTICO_BENCH_L4_READ=<bytes>: the client connections' transport read buffer
     // (Pingora's default is 64 KiB), to measure what it costs an idle connection.
-    match std::env::var("PORTICO_BENCH_L4_READ")
+    if let Some(read) = std::env::var("PORTICO_BENCH_L4_READ")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
     {
-        Some(read) => proxy.add_listener(
-            pingora_core::listeners::ListenerConfig::tcp(args[0].as_str()).l4_buffer(
-                pingora_core::protocols::l4::stream::L4BufferSettings::default().read(read),
-            ),
-        ),
-        None => proxy.add_tcp(&args[0]),
+        endpoint = endpoint.l4_buffer(L4BufferSettings::default().read(read));
     }
+    if let (Ok(cert), Ok(key)) = (
+        std::env::var("PORTICO_BENCH_TLS_CERT"),
+        std::env::var("PORTICO_BENCH_TLS_KEY"),
+    ) {
+        match TlsSettings::intermediate(&cert, &key) {
+            Ok(tls) => endpoint = endpoint.tls(tls),
+            Err(e) => {
+                eprintln!("bare_pingora: TLS certificate {cert} or key {key}: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
+    proxy.add_listener(endpoint);
     server.add_service(proxy);
     server.run_forever();
 }

@@ -21,7 +21,7 @@
 #   P99_LIMIT_MS [10]      a round whose p99 is above this is counted against its contender
 #   P99_BUDGET_MS [0.5]    allowed p99 over bare Pingora's (DESIGN.md, "Performance budget")
 #   OPEN_LOOP_BIN          use this generator instead of `cargo build --release --bench open_loop`
-#   and, as in run.sh: NICE, QUIET_THRESHOLD, QUIET_WAIT, PORTICO_BIN, BARE_WORK_STEALING,
+#   and, as in run.sh: NICE, QUIET_THRESHOLD, QUIET_WAIT, PORTICO_BIN, BARE_BIN, BARE_WORK_STEALING,
 #   NGINX_BIN, HAPROXY_BIN, PROXY_CPU [0], LOAD_CPU [1], PORT_BASE, RESULTS, RECORD, KEEP_TMP,
 #   MAX_SECONDS (default: estimate + 180)
 set -euo pipefail

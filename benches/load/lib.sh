@@ -173,7 +173,9 @@ for line in sys.stdin:
 
 # The bare Pingora reference: same Pingora, allocator and release profile, none of portico.
 bench_bare_bin() {
-    if has_contender pingora || has_contender pingora+tls || has_contender pingora~ws; then
+    if [[ -n ${BARE_BIN:-} ]]; then
+        [[ -x $BARE_BIN ]] || die "BARE_BIN=$BARE_BIN is not an executable"
+    elif has_contender pingora || has_contender pingora+tls || has_contender pingora~ws; then
         log "building the bare Pingora reference (cargo build --release --bench bare_pingora)"
         BARE_BIN=$(cargo_bench_bin bare_pingora) || die "cannot build benches/bare_pingora.rs"
         [[ -x $BARE_BIN ]] || die "no bare_pingora executable"

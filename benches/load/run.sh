@@ -40,6 +40,7 @@
 #   QUIET_THRESHOLD [15]   CPU % (100 = one core) used by other processes that counts as busy
 #   QUIET_WAIT [20, 0 when NICE < 0]  seconds to wait, before each run, for the machine to be quiet
 #   PORTICO_BIN            use this binary instead of `cargo build --release`
+#   BARE_BIN               use this bare_pingora executable instead of building it
 #   BARE_WORK_STEALING [false] work stealing of the bare Pingora contender (portico's default)
 #   NGINX_BIN [nginx]      nginx binary
 #   HAPROXY_BIN [haproxy]  haproxy binary (haproxy+jwt only; 2.6+ for jwt_verify)
@@ -431,8 +432,8 @@ REPORT=$(
     if [[ $MODE != load ]]; then
         what="one GET each, kept open"
         ((MEM_SILENT)) && what="silent: nothing sent, before any request"
-        printf -- '- memory: %s idle keep-alive connections per proxy (%s), %s cycle(s); RSS read %ss after opening, %ss after closing and again %ss later (with %s req/s of trickle traffic in between)\n\n' \
-            "$MEM_CONNS" "$what" "$MEM_CYCLES" "$MEM_SETTLE" "$MEM_SETTLE" "$MEM_RELEASE_WAIT" "$MEM_TRICKLE"
+        printf -- '- memory: %s idle keep-alive connections per proxy (%s), %s cycle(s); RSS read %ss after opening, %ss after closing and again %ss later (with %s req/s of trickle traffic in between); open-file limit %s\n\n' \
+            "$MEM_CONNS" "$what" "$MEM_CYCLES" "$MEM_SETTLE" "$MEM_SETTLE" "$MEM_RELEASE_WAIT" "$MEM_TRICKLE" "$(ulimit -Sn)"
         if ((WANT_TLS)); then
             printf -- '- +tls contenders: the same proxy on a TLS listener (self-signed ECDSA P-256 certificate; client: Python %s ssl on %s, ALPN http/1.1, no session resumption); a connection is counted once its handshake is done\n\n' \
                 "$(python3 -c 'import platform; print(platform.python_version())')" "$(python3 -c 'import ssl; print(ssl.OPENSSL_VERSION)')"
