@@ -6,7 +6,9 @@
 //!
 //! `cargo build --release --bench bare_pingora`, then
 //! `bare_pingora LISTEN UPSTREAM [THREADS] [WORK_STEALING] [POOL_SIZE]`, with
-//! `PORTICO_BENCH_L4_READ=<bytes>` to change the client connections' transport read buffer.
+//! `PORTICO_BENCH_L4_READ=<bytes>` to change the client connections' transport read buffer,
+//! and `PORTICO_BENCH_TLS_CERT=<pem> PORTICO_BENCH_TLS_KEY=<pem>` to terminate TLS on the
+//! listener (rustls, Pingora's intermediate settings: contender "pingora+tls").
 //!
 //! With `PORTICO_BENCH_DUTIES=1` it also makes the Pingora calls every portico request needs
 //! whatever its routes say (contender "pingora+duties" of `benches/load/run.sh`): the
@@ -21,6 +23,9 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::listeners::ListenerConfig;
+use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -128,19 +133,28 @@ fn main() {
             duties: std::env::var("PORTICO_BENCH_DUTIES").is_ok_and(|v| v == "1"),
         },
     );
+    let mut endpoint = ListenerConfig::tcp(args[0].as_str());
     // PORTICO_BENCH_L4_READ=<bytes>: the client connections' transport read buffer
     // (Pingora's default is 64 KiB), to measure what it costs an idle connection.
-    match std::env::var("PORTICO_BENCH_L4_READ")
+    if let Some(read) = std::env::var("PORTICO_BENCH_L4_READ")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
     {
-        Some(read) => proxy.add_listener(
-            pingora_core::listeners::ListenerConfig::tcp(args[0].as_str()).l4_buffer(
-                pingora_core::protocols::l4::stream::L4BufferSettings::default().read(read),
-            ),
-        ),
-        None => proxy.add_tcp(&args[0]),
+        endpoint = endpoint.l4_buffer(L4BufferSettings::default().read(read));
     }
+    if let (Ok(cert), Ok(key)) = (
+        std::env::var("PORTICO_BENCH_TLS_CERT"),
+        std::env::var("PORTICO_BENCH_TLS_KEY"),
+    ) {
+        match TlsSettings::intermediate(&cert, &key) {
+            Ok(tls) => endpoint = endpoint.tls(tls),
+            Err(e) => {
+                eprintln!("bare_pingora: TLS certificate {cert} or key {key}: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
+    proxy.add_listener(endpoint);
     server.add_service(proxy);
     server.run_forever();
 }

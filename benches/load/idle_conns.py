@@ -14,6 +14,8 @@ the memory is reused, one that grows again shows it is not.
 
 With --silent the connections send nothing at all (the memory of a connection before its
 first request); with --tls they are TLS connections (handshake done, certificate not checked).
+The connections come from several loopback source addresses (PER_SOURCE each), and it exits
+at once when the open-file limit cannot hold them all.
 
 Prints one JSON object per cycle on stdout; diagnostics go to stderr.
 """
@@ -29,6 +31,14 @@ import sys
 import time
 
 BATCH = 100  # connections opened before their responses are read (bounded accept backlog)
+# Idle connections per loopback source address. One source address reaches one proxy port
+# from ~28,000 ephemeral ports (net.ipv4.ip_local_port_range), and a closed connection
+# keeps its port in TIME_WAIT for a minute: 20,000 connections, cycle after cycle, would run
+# out of ports on a kernel that does not reuse them. 127.0.0.0/8 is all loopback.
+PER_SOURCE = 10_000
+# Linux's IP_BIND_ADDRESS_NO_PORT: bind() picks only the address, connect() the port (from
+# the whole four-tuple), so each source address gets all its ephemeral ports per destination.
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 
 def rss_kib(pids):
@@ -105,27 +115,50 @@ def extra_headers(headers):
     return "".join(f"{h}\r\n" for h in headers)
 
 
-def connect(host, port, tls):
-    s = socket.create_connection((host, port), timeout=10)
-    if tls:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        ctx.set_alpn_protocols(["http/1.1"])
-        s = ctx.wrap_socket(s, server_hostname="localhost")
+def tls_context():
+    """One context for every connection (each would otherwise build its own)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def connect(host, port, tls_ctx, source=None):
+    """A connection (TLS handshake done when tls_ctx is given), from `source` if given."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.settimeout(10)
+        if source is not None:
+            s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            s.bind((source, 0))
+        s.connect((host, port))
+        if tls_ctx is not None:
+            s = tls_ctx.wrap_socket(s, server_hostname="localhost")
+    except BaseException:
+        s.close()
+        raise
     return s
 
 
-def open_idle(host, port, n, timeout, headers=(), silent=False, tls=False):
+def source_address(host, i):
+    """The loopback source address of the i-th idle connection (None: the kernel's choice)."""
+    if not host.startswith("127."):
+        return None
+    k = i // PER_SOURCE
+    return f"127.0.{k // 254}.{1 + k % 254}"
+
+
+def open_idle(host, port, n, timeout, headers=(), silent=False, tls_ctx=None):
     socks, ok, failed = [], 0, 0
     request = (f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: idle-conns\r\n"
                f"{extra_headers(headers)}\r\n").encode()
     deadline = time.monotonic() + timeout
     for start in range(0, n, BATCH):
         batch = []
-        for _ in range(min(BATCH, n - start)):
+        for i in range(start, min(start + BATCH, n)):
             try:
-                s = connect(host, port, tls)
+                s = connect(host, port, tls_ctx, source_address(host, i))
                 if not silent:
                     s.sendall(request)
                 batch.append(s)
@@ -153,7 +186,7 @@ def open_idle(host, port, n, timeout, headers=(), silent=False, tls=False):
     return socks, ok, failed
 
 
-def trickle(host, port, seconds, rate, headers=(), tls=False):
+def trickle(host, port, seconds, rate, headers=(), tls_ctx=None):
     """One request per 1/rate seconds on a fresh connection, for `seconds`."""
     request = (f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n"
                f"{extra_headers(headers)}\r\n").encode()
@@ -161,7 +194,7 @@ def trickle(host, port, seconds, rate, headers=(), tls=False):
     while time.monotonic() < end:
         if rate > 0:
             try:
-                with connect(host, port, tls) as s:
+                with connect(host, port, tls_ctx) as s:
                     s.sendall(request)
                     read_response(s, time.monotonic() + 5)
             except OSError as e:
@@ -193,11 +226,12 @@ def main():
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = a.connections + 64
-    if soft < want:
-        new_soft = want if hard == resource.RLIM_INFINITY else min(want, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (new_soft, hard))
-        if new_soft < want:
-            print(f"fd limit {new_soft} < {want}: fewer connections will open", file=sys.stderr)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        if hard != resource.RLIM_INFINITY and hard < want:
+            sys.exit(f"idle_conns.py: {a.connections} connections need {want} open files, "
+                     f"but the hard limit is {hard} (run.sh raises it where it can)")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    tls_ctx = tls_context() if a.tls else None
 
     for cycle in range(1, a.cycles + 1):
         time.sleep(0.5)
@@ -205,7 +239,7 @@ def main():
         fds_before = fd_count(a.pid)
         t0 = time.monotonic()
         socks, ok, failed = open_idle(a.host, a.port, a.connections, a.timeout, a.header,
-                                      a.silent, a.tls)
+                                      a.silent, tls_ctx)
         open_s = time.monotonic() - t0
         time.sleep(a.settle)
         during = rss_kib(a.pid)
@@ -215,7 +249,7 @@ def main():
             s.close()
         time.sleep(a.settle)
         after = rss_kib(a.pid)
-        trickle(a.host, a.port, a.release_wait, a.trickle, a.header, a.tls)
+        trickle(a.host, a.port, a.release_wait, a.trickle, a.header, tls_ctx)
         after_wait = rss_kib(a.pid)
         grown = during - before
         print(json.dumps({

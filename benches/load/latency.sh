@@ -21,8 +21,8 @@
 #   P99_LIMIT_MS [10]      a round whose p99 is above this is counted against its contender
 #   P99_BUDGET_MS [0.5]    allowed p99 over bare Pingora's (DESIGN.md, "Performance budget")
 #   OPEN_LOOP_BIN          use this generator instead of `cargo build --release --bench open_loop`
-#   and, as in run.sh: NICE, QUIET_THRESHOLD, QUIET_WAIT, PORTICO_BIN, BARE_WORK_STEALING,
-#   BARE_BIN, NGINX_BIN, HAPROXY_BIN, PROXY_CPU [0], LOAD_CPU [1], PORT_BASE, RESULTS, RECORD, KEEP_TMP,
+#   and, as in run.sh: NICE, QUIET_THRESHOLD, QUIET_WAIT, PORTICO_BIN, BARE_BIN, BARE_WORK_STEALING,
+#   NGINX_BIN, HAPROXY_BIN, PROXY_CPU [0], LOAD_CPU [1], PORT_BASE, RESULTS, RECORD, KEEP_TMP,
 #   MAX_SECONDS (default: estimate + 180)
 set -euo pipefail
 
@@ -51,6 +51,7 @@ bench_check_uints RATE ROUNDS DURATION WARMUP CONNECTIONS
 bench_check_contenders
 # Its forgeries come from wrk's forged.lua; the open-loop generator sends one fixed token.
 ! has_contender portico+forged || die "portico+forged is run.sh's contender (wrk with forged.lua), not latency.sh's"
+((WANT_TLS == 0)) || die "the TLS contenders are run.sh's: the open-loop generator speaks plain HTTP"
 
 # --- tools and binaries -------------------------------------------------------------------
 bench_tools

@@ -58,6 +58,14 @@ has_contender() { [[ " ${CONTENDER_LIST[*]} " == *" $1 "* ]]; }
 # but measured (run.sh) with a different forged token on every request (forged.lua).
 is_protected() { [[ $1 == *+jwt || $1 == portico+nojwt || $1 == portico+forged ]]; }
 checks_token() { [[ $1 == *+jwt || $1 == portico+forged ]]; }
+# Contenders whose listener speaks TLS (a self-signed certificate made for the run).
+is_tls() { [[ $1 == *+tls ]]; }
+# Where a contender answers: its scheme, address and port, without the path.
+contender_url() { # contender
+    local scheme=http
+    if is_tls "$1"; then scheme=https; fi
+    printf '%s://127.0.0.1:%s' "$scheme" "${PORT[$1]}"
+}
 
 bench_check_uints() { # names of the script's own non-negative integer variables
     local v
@@ -71,19 +79,21 @@ bench_check_contenders() {
     read -r -a CONTENDER_LIST <<<"$CONTENDERS"
     ((${#CONTENDER_LIST[@]} >= 1)) || die "CONTENDERS is empty"
     for c in "${CONTENDER_LIST[@]}"; do
-        case $c in nginx | pingora | pingora~ws | pingora+duties | portico | portico+log | portico+resilience | portico+nojwt | portico+jwt | portico+forged | haproxy+jwt) ;;
+        case $c in nginx | nginx+tls | pingora | pingora+tls | pingora~ws | pingora+duties | portico | portico+tls | portico+log | portico+resilience | portico+nojwt | portico+jwt | portico+forged | haproxy+jwt) ;;
         portico~*)
             tag=${c#portico~}
             [[ $tag =~ ^[A-Za-z0-9_]+$ ]] || die "variant tag '$tag' must be letters, digits and _"
             server_var=PORTICO_SERVER_$tag bin_var=PORTICO_BIN_$tag
             [[ -n ${!server_var:-} || -n ${!bin_var:-} ]] || die "$c needs PORTICO_SERVER_$tag or PORTICO_BIN_$tag"
             ;;
-        *) die "unknown contender '$c' (nginx, pingora, pingora~ws, pingora+duties, portico, portico+log, portico+resilience, portico+nojwt, portico+jwt, portico+forged, haproxy+jwt, portico~TAG)" ;;
+        *) die "unknown contender '$c' (nginx, nginx+tls, pingora, pingora+tls, pingora~ws, pingora+duties, portico, portico+tls, portico+log, portico+resilience, portico+nojwt, portico+jwt, portico+forged, haproxy+jwt, portico~TAG)" ;;
         esac
     done
     WANT_JWT=0
     if has_contender portico+jwt || has_contender portico+nojwt || has_contender portico+forged ||
         has_contender haproxy+jwt; then WANT_JWT=1; fi
+    WANT_TLS=0
+    for c in "${CONTENDER_LIST[@]}"; do if is_tls "$c"; then WANT_TLS=1; fi; done
     NPROC=$(nproc)
     ((PROXY_CPU < NPROC && LOAD_CPU < NPROC)) || die "needs cores $PROXY_CPU and $LOAD_CPU; this machine has $NPROC"
     ((PROXY_CPU != LOAD_CPU)) || die "PROXY_CPU and LOAD_CPU must differ"
@@ -118,7 +128,7 @@ bench_tools() { # [wrk]: also the closed-loop load generator
     # contender validating it natively (Debian's haproxy is 2.6+, which has jwt_verify).
     HAPROXY_BIN=${HAPROXY_BIN:-$(command -v haproxy || { [[ -x /usr/sbin/haproxy ]] && echo /usr/sbin/haproxy; } || true)}
     local need_pkgs=()
-    if ((WANT_JWT)) && ! command -v openssl >/dev/null; then need_pkgs+=(openssl); fi
+    if ((WANT_JWT || WANT_TLS)) && ! command -v openssl >/dev/null; then need_pkgs+=(openssl); fi
     if has_contender haproxy+jwt && [[ -z $HAPROXY_BIN ]]; then need_pkgs+=(haproxy); fi
     if ((${#need_pkgs[@]} > 0)); then
         ((EUID == 0)) || die "missing ${need_pkgs[*]}; install: sudo apt-get install -y ${need_pkgs[*]}"
@@ -165,7 +175,7 @@ for line in sys.stdin:
 bench_bare_bin() {
     if [[ -n ${BARE_BIN:-} ]]; then
         [[ -x $BARE_BIN ]] || die "BARE_BIN=$BARE_BIN is not an executable"
-    elif has_contender pingora || has_contender pingora~ws || has_contender pingora+duties; then
+    elif has_contender pingora || has_contender pingora+tls || has_contender pingora~ws || has_contender pingora+duties; then
         log "building the bare Pingora reference (cargo build --release --bench bare_pingora)"
         BARE_BIN=$(cargo_bench_bin bare_pingora) || die "cannot build benches/bare_pingora.rs"
         [[ -x $BARE_BIN ]] || die "no bare_pingora executable"
@@ -232,10 +242,29 @@ bench_setup_tmp() { # name prefix of the temp dir
     trap cleanup EXIT
     trap 'echo "$BENCH: interrupted" >&2; exit 130' INT
     trap 'echo "$BENCH: terminated" >&2; exit 143' TERM
-    # The proxies and the memory client may need more descriptors than the default 1024
-    # (MEM_CONNS=20000 needs 20k in the proxy and in the client); root may raise the hard limit.
-    if ((EUID == 0)); then ulimit -Hn 262144 2>/dev/null || true; fi
-    ulimit -n "$(ulimit -Hn)" 2>/dev/null || ulimit -n 65536 2>/dev/null || true
+    # Every process started from here on inherits it: as many descriptors as allowed.
+    ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+}
+
+# Descriptors every process the script starts must be able to open: run.sh's memory mode
+# holds its connections in one proxy and in its one client at once, each with a few dozen
+# descriptors of its own besides (listeners, epoll, logs, upstream connections). Raises the
+# soft limit, and the hard one where allowed (root with CAP_SYS_RESOURCE, up to fs.nr_open),
+# for this shell and so for everything it starts; dies saying why when it cannot, instead of
+# letting the proxy fail accept() with EMFILE halfway through (Pingora then sleeps a second
+# per failure, and the client waits on connections nobody accepts).
+bench_need_fds() { # connections what (e.g. MEM_CONNS=20000)
+    local slack=128 need hard
+    need=$(($1 + slack))
+    hard=$(ulimit -Hn)
+    if [[ $hard != unlimited ]] && ((hard < need)); then
+        ulimit -Hn "$need" 2>/dev/null ||
+            die "$2 needs $need open files per process, but the hard limit is $hard and cannot be raised here (root needs CAP_SYS_RESOURCE; in a container: --ulimit nofile=$need:$need; fs.nr_open is $(cat /proc/sys/fs/nr_open 2>/dev/null || echo '?')): raise it, or ask for $((hard - slack)) connections or fewer"
+    fi
+    if [[ $(ulimit -Sn) != unlimited ]] && (($(ulimit -Sn) < need)); then
+        ulimit -Sn "$need" || die "cannot raise the open-file limit to $need for $2"
+    fi
+    log "open-file limit $(ulimit -Sn) (hard $(ulimit -Hn)): enough for $2"
 }
 
 # Free ports on 127.0.0.1, scanning up from PORT_BASE; bind-tested, not guessed.
@@ -272,7 +301,7 @@ render() { # template output key=value...
 
 wait_http() { # url pid what seconds
     local until=$((SECONDS + $4))
-    while ! curl -fsS -o /dev/null --max-time 1 "$1" 2>/dev/null; do
+    while ! curl -fsS -k -o /dev/null --max-time 1 "$1" 2>/dev/null; do
         kill -0 "$2" 2>/dev/null || { tail -n 30 "$TMP"/*.log >&2 || true; die "$3 exited while starting"; }
         ((SECONDS < until)) || die "$3 not ready at $1 after $4 s"
         sleep 0.1
@@ -281,14 +310,18 @@ wait_http() { # url pid what seconds
 
 # --- configs and processes ----------------------------------------------------------------
 bench_ports() {
-    local nports=$((16 + 2 * ${#CONTENDER_LIST[@]})) ports i c
+    local nports=$((20 + 2 * ${#CONTENDER_LIST[@]})) ports i c
     ports=$(free_ports "$nports") || die "cannot find $nports free ports from $PORT_BASE"
     read -r UPSTREAM_PORT NGINX_PORT PORTICO_PORT PORTICO_ADMIN LOG_PORT LOG_ADMIN JWT_PORT JWT_ADMIN \
         HAPROXY_PORT RES_PORT RES_ADMIN BARE_PORT NOJWT_PORT NOJWT_ADMIN FORGED_PORT FORGED_ADMIN \
-        VARIANT_PORTS <<<"$ports"
+        NGINX_TLS_PORT BARE_TLS_PORT PORTICO_TLS_PORT PORTICO_TLS_ADMIN VARIANT_PORTS <<<"$ports"
     read -r -a VARIANT_PORTS <<<"$VARIANT_PORTS"
     declare -gA PORT PID MEASURE_PIDS ADMIN
     PORT[pingora]=$BARE_PORT
+    PORT[pingora+tls]=$BARE_TLS_PORT
+    PORT[nginx+tls]=$NGINX_TLS_PORT
+    PORT[portico+tls]=$PORTICO_TLS_PORT
+    ADMIN[portico+tls]=$PORTICO_TLS_ADMIN
     i=0
     for c in "${CONTENDER_LIST[@]}"; do
         [[ $c == portico~* || $c == pingora~ws || $c == pingora+duties ]] || continue
@@ -363,7 +396,7 @@ start_nginx() { # name conf cpu -> sets $started_pid
 bench_start_upstream() {
     check_deadline "starting the upstream"
     render "$HERE/upstream.nginx.conf.tmpl" "$TMP/upstream.conf" DIR="$TMP" PORT="$UPSTREAM_PORT"
-    mkdir -p "$TMP/upstream.tmp" "$TMP/nginx-proxy.tmp"
+    mkdir -p "$TMP/upstream.tmp"
     "$NGINX_BIN" -t -q -p "$TMP" -c "$TMP/upstream.conf" -g 'daemon off;' || die "upstream nginx config invalid"
     start_nginx upstream "$TMP/upstream.conf" "$LOAD_CPU"
     UPSTREAM_PID=$started_pid
@@ -373,11 +406,46 @@ bench_start_upstream() {
     log "upstream nginx on 127.0.0.1:$UPSTREAM_PORT (core $LOAD_CPU)"
 }
 
-start_portico() { # name stem port admin access_log plugins [route-extra [cluster-extra [server-extra [binary]]]]
+# The TLS contenders' certificate: self-signed, ECDSA P-256 (what a new deployment would
+# use), made once per run; the clients do not verify it.
+bench_tls_cert() {
+    TLS_CERT=$TMP/tls.cert.pem TLS_KEY=$TMP/tls.key.pem
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj /CN=localhost -addext subjectAltName=DNS:localhost \
+        -keyout "$TLS_KEY" -out "$TLS_CERT" 2>"$TMP/tls.openssl.log" ||
+        { cat "$TMP/tls.openssl.log" >&2; die "openssl could not make the TLS certificate"; }
+}
+
+start_nginx_proxy() { # contender stem
+    local ssl="" tls="" workers=16384
+    if is_tls "$1"; then
+        ssl=" ssl"
+        tls="        ssl_certificate $TLS_CERT;
+        ssl_certificate_key $TLS_KEY;"
+    fi
+    # Every idle connection of the memory mode, its upstream ones and the trickle's, and a
+    # sixteenth more: with fewer than 1/16 of them free nginx closes idle keep-alive
+    # connections to make room ("worker_connections are not enough, reusing connections").
+    local conns=$((${MEM_CONNS:-0} + 1024))
+    if ((conns + conns / 8 > workers)); then workers=$((conns + conns / 8)); fi
+    mkdir -p "$TMP/$2.tmp"
+    render "$HERE/proxy.nginx.conf.tmpl" "$TMP/$2.conf" DIR="$TMP" NAME="$2" PORT="${PORT[$1]}" \
+        UPSTREAM_PORT="$UPSTREAM_PORT" WORKER_CONNECTIONS="$workers" SSL="$ssl" TLS="$tls"
+    "$NGINX_BIN" -t -q -p "$TMP" -c "$TMP/$2.conf" -g 'daemon off;' || die "$1 nginx config invalid"
+    start_nginx "$2" "$TMP/$2.conf" "$PROXY_CPU"
+    PID[$1]=$started_pid
+    wait_http "$(contender_url "$1")/" "${PID[$1]}" "$1" 10
+    # The worker does the proxying; the master only supervises.
+    MEASURE_PIDS[$1]=$(pgrep -P "${PID[$1]}" | tr '\n' ' ')
+    [[ -n ${MEASURE_PIDS[$1]// /} ]] || die "$1 has no worker process"
+    log "$1 proxy on $(contender_url "$1") (core $PROXY_CPU), worker ${MEASURE_PIDS[$1]}"
+}
+
+start_portico() { # name stem port admin access_log plugins [route-extra [cluster-extra [server-extra [binary [listener-extra]]]]]
     local bin=${10:-$PORTICO_BIN}
     render "$HERE/portico.toml.tmpl" "$TMP/$2.toml" DIR="$TMP" NAME="$2" PORT="$3" \
         ADMIN_PORT="$4" UPSTREAM_PORT="$UPSTREAM_PORT" ACCESS_LOG="$5" PLUGINS="$6" \
-        ROUTE="${7:-}" CLUSTER="${8:-}" SERVER="${9:-}" LIMITS="${PORTICO_LIMITS:-}"
+        ROUTE="${7:-}" CLUSTER="${8:-}" SERVER="${9:-}" LISTENER="${11:-}" LIMITS="${PORTICO_LIMITS:-}"
     "$bin" check -c "$TMP/$2.toml" >/dev/null || die "portico rejects $TMP/$2.toml"
     taskset -c "$PROXY_CPU" "$bin" serve -c "$TMP/$2.toml" >"$TMP/$2.log" 2>&1 &
     PID[$1]=$!
@@ -388,40 +456,37 @@ start_portico() { # name stem port admin access_log plugins [route-extra [cluste
 }
 
 bench_start_contenders() {
-    local c ws tag server_var bin_var route ready_by
+    local c ws tag server_var bin_var route ready_by bare_env
+    if ((WANT_TLS)); then bench_tls_cert; fi
     for c in "${CONTENDER_LIST[@]}"; do
         check_deadline "starting $c"
         case $c in
-        nginx)
-            render "$HERE/proxy.nginx.conf.tmpl" "$TMP/nginx-proxy.conf" DIR="$TMP" \
-                PORT="$NGINX_PORT" UPSTREAM_PORT="$UPSTREAM_PORT"
-            "$NGINX_BIN" -t -q -p "$TMP" -c "$TMP/nginx-proxy.conf" -g 'daemon off;' || die "proxy nginx config invalid"
-            start_nginx nginx-proxy "$TMP/nginx-proxy.conf" "$PROXY_CPU"
-            PID[nginx]=$started_pid
-            wait_http "http://127.0.0.1:$NGINX_PORT/" "${PID[nginx]}" "nginx proxy" 10
-            # The worker does the proxying; the master only supervises.
-            MEASURE_PIDS[nginx]=$(pgrep -P "${PID[nginx]}" | tr '\n' ' ')
-            [[ -n ${MEASURE_PIDS[nginx]// /} ]] || die "nginx proxy has no worker process"
-            log "nginx proxy on 127.0.0.1:$NGINX_PORT (core $PROXY_CPU), worker ${MEASURE_PIDS[nginx]}"
-            ;;
-        pingora | pingora~ws | pingora+duties)
+        nginx) start_nginx_proxy nginx nginx-proxy ;;
+        nginx+tls) start_nginx_proxy nginx+tls nginx-tls ;;
+        pingora | pingora+tls | pingora~ws | pingora+duties)
             # One thread, and work stealing as portico's [server] default (BARE_WORK_STEALING),
-            # or on for pingora~ws. pingora+duties also makes the Pingora calls every portico
-            # request makes (benches/bare_pingora.rs, PORTICO_BENCH_DUTIES).
+            # or on for pingora~ws; pingora+tls terminates TLS on its listener (rustls, as
+            # portico); pingora+duties also makes the Pingora calls every portico request
+            # makes (benches/bare_pingora.rs, PORTICO_BENCH_DUTIES).
             ws=$BARE_WORK_STEALING
             if [[ $c == pingora~ws ]]; then ws=true; fi
-            duties=0
-            if [[ $c == pingora+duties ]]; then duties=1; fi
-            PORTICO_BENCH_DUTIES=$duties taskset -c "$PROXY_CPU" "$BARE_BIN" "127.0.0.1:${PORT[$c]}" \
-                "127.0.0.1:$UPSTREAM_PORT" 1 "$ws" >"$TMP/$c.log" 2>&1 &
+            bare_env=()
+            if is_tls "$c"; then bare_env=(PORTICO_BENCH_TLS_CERT="$TLS_CERT" PORTICO_BENCH_TLS_KEY="$TLS_KEY"); fi
+            if [[ $c == pingora+duties ]]; then bare_env+=(PORTICO_BENCH_DUTIES=1); fi
+            env "${bare_env[@]}" taskset -c "$PROXY_CPU" "$BARE_BIN" "127.0.0.1:${PORT[$c]}" "127.0.0.1:$UPSTREAM_PORT" \
+                1 "$ws" >"$TMP/$c.log" 2>&1 &
             PID[$c]=$!
             STARTED+=("${PID[$c]}:INT")
             MEASURE_PIDS[$c]=${PID[$c]}
-            wait_http "http://127.0.0.1:${PORT[$c]}/" "${PID[$c]}" "$c" 10
-            log "$c (bare Pingora, work stealing $ws) on 127.0.0.1:${PORT[$c]} (core $PROXY_CPU), pid ${PID[$c]}"
+            wait_http "$(contender_url "$c")/" "${PID[$c]}" "$c" 10
+            log "$c (bare Pingora, work stealing $ws) on $(contender_url "$c") (core $PROXY_CPU), pid ${PID[$c]}"
             ;;
         portico)
             start_portico portico portico "$PORTICO_PORT" "$PORTICO_ADMIN" off ""
+            ;;
+        portico+tls)
+            start_portico portico+tls portico-tls "$PORTICO_TLS_PORT" "$PORTICO_TLS_ADMIN" off "" "" "" "" "" \
+                "tls = { cert = \"$TLS_CERT\", key = \"$TLS_KEY\" }"
             ;;
         portico~*)
             tag=${c#portico~}
@@ -502,7 +567,7 @@ bench_verify_contenders() {
     for c in "${CONTENDER_LIST[@]}"; do
         auth=()
         if is_protected "$c"; then auth=(-H "Authorization: Bearer $TOKEN"); fi
-        curl -sS -D "$TMP/$c.headers" -o "$TMP/$c.body" "${auth[@]}" "http://127.0.0.1:${PORT[$c]}/bench/check?x=1" >/dev/null
+        curl -sS -k -D "$TMP/$c.headers" -o "$TMP/$c.body" "${auth[@]}" "$(contender_url "$c")/bench/check?x=1" >/dev/null
         status=$(head -n1 "$TMP/$c.headers" | tr -d '\r')
         [[ $status == *" 200"* ]] || die "$c answered '$status' instead of 200${auth:+ (with the token)}"
         [[ $(<"$TMP/$c.body") == "$EXPECTED_BODY" ]] || die "$c returned a body that is not the upstream's"

@@ -17,6 +17,8 @@
 #   CONNECTIONS [50]       wrk -c
 #   CONTENDERS ["nginx portico portico+log"]   any subset of nginx pingora portico portico+log
 #                          portico+resilience portico+nojwt portico+jwt portico+forged haproxy+jwt
+#                          nginx+tls pingora+tls portico+tls (the plain contenders on a TLS
+#                          listener, self-signed ECDSA P-256 certificate, HTTP/1.1 by ALPN)
 #                          and portico~TAG variants (portico+nojwt is portico+jwt without its jwt
 #                          plugin; portico+forged is portico+jwt sent a different forged token
 #                          on every request),
@@ -25,7 +27,9 @@
 #                          stealing; portico~TAG is the plain portico contender
 #                          with [server] keys from PORTICO_SERVER_TAG and/or the binary
 #                          PORTICO_BIN_TAG (e.g. PORTICO_SERVER_nows="work_stealing = false")
-#   MEM_CONNS [2000]       idle connections per proxy in MODE=memory
+#   MEM_CONNS [2000]       idle connections per proxy in MODE=memory; the script raises the
+#                          open-file limit to fit them (the hard one too, as root with
+#                          CAP_SYS_RESOURCE) and stops at once if it cannot
 #   MEM_CYCLES [2]         open/close cycles per proxy in MODE=memory
 #   MEM_SETTLE [2]         seconds between opening/closing and reading RSS
 #   MEM_RELEASE_WAIT [20]  extra seconds before the last RSS read (allocator decay)
@@ -36,7 +40,7 @@
 #   QUIET_THRESHOLD [15]   CPU % (100 = one core) used by other processes that counts as busy
 #   QUIET_WAIT [20, 0 when NICE < 0]  seconds to wait, before each run, for the machine to be quiet
 #   PORTICO_BIN            use this binary instead of `cargo build --release`
-#   BARE_BIN               use this bare Pingora (benches/bare_pingora.rs) instead of building it
+#   BARE_BIN               use this bare_pingora executable instead of building it
 #   BARE_WORK_STEALING [false] work stealing of the bare Pingora contender (portico's default)
 #   NGINX_BIN [nginx]      nginx binary
 #   HAPROXY_BIN [haproxy]  haproxy binary (haproxy+jwt only; 2.6+ for jwt_verify)
@@ -84,6 +88,7 @@ bench_check_uints ROUNDS DURATION WARMUP CONNECTIONS MEM_CONNS MEM_CYCLES MEM_SE
 ((MEM_CONNS >= 1 && MEM_CYCLES >= 1)) || die "MEM_CONNS and MEM_CYCLES must be >= 1"
 case $MODE in load | memory | all) ;; *) die "MODE must be load, memory or all (got '$MODE')" ;; esac
 bench_check_contenders
+if [[ $MODE != load ]]; then bench_need_fds "$MEM_CONNS" "MEM_CONNS=$MEM_CONNS"; fi
 
 # --- tools and binaries -------------------------------------------------------------------
 bench_tools wrk
@@ -100,7 +105,7 @@ if [[ $MODE != memory ]]; then
     quiet_slack=$((ROUNDS * ncont * QUIET_WAIT))
 fi
 if [[ $MODE != load ]]; then
-    estimate=$((estimate + ncont * (WARMUP + 3 + MEM_CYCLES * (2 * MEM_SETTLE + MEM_RELEASE_WAIT + 5 + MEM_CONNS / 500))))
+    estimate=$((estimate + ncont * (WARMUP + 3 + MEM_CYCLES * (2 * MEM_SETTLE + MEM_RELEASE_WAIT + 5 + MEM_CONNS / 250))))
 fi
 MAX_SECONDS=${MAX_SECONDS:-$((estimate + quiet_slack + 180))}
 bench_deadline "$MAX_SECONDS"
@@ -115,9 +120,9 @@ bench_start_contenders
 bench_verify_contenders
 
 # --- measuring ----------------------------------------------------------------------------
-run_wrk() { # port seconds outfile [wrk args...]
+run_wrk() { # contender seconds outfile [wrk args...]
     timeout -s INT $(($2 + 30)) taskset -c "$LOAD_CPU" \
-        wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$2"s --latency "${@:4}" "http://127.0.0.1:$1/" >"$3" 2>&1 &
+        wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$2"s --latency "${@:4}" "$(contender_url "$1")/" >"$3" 2>&1 &
     local pid=$! rc=0
     STARTED+=("$pid:INT")
     wait "$pid" || rc=$?
@@ -159,20 +164,20 @@ wrk_args() { # contender
     fi
 }
 measure_round() { # contender round
-    local c=$1 r=$2 port=${PORT[$1]} out="$TMP/wrk.$1.$2.txt"
+    local c=$1 r=$2 out="$TMP/wrk.$1.$2.txt"
     # shellcheck disable=SC2086
     local mp=(${MEASURE_PIDS[$c]}) wa
     mapfile -t wa < <(wrk_args "$c")
     check_deadline "$c round $r"
     local bg
     bg=$(wait_quiet "$c round $r")
-    if ((WARMUP > 0)); then run_wrk "$port" "$WARMUP" "$TMP/wrk.$c.$r.warmup.txt" "${wa[@]}"; fi
+    if ((WARMUP > 0)); then run_wrk "$c" "$WARMUP" "$TMP/wrk.$c.$r.warmup.txt" "${wa[@]}"; fi
     if [[ -n ${ACCESS_LOG[$c]:-} ]]; then : >"${ACCESS_LOG[$c]}"; fi
     local t0 c0 u0 w0 t1 c1 u1 w1
     t0=$(date +%s.%N) c0=$(proc_ticks "${mp[@]}") u0=$(proc_ticks "${UPSTREAM_WORKERS[@]}")
     w0=$(runqueue_wait_ns "${mp[@]}")
     times >"$TMP/times.before" # CPU of waited-for children: here, wrk's (via timeout)
-    run_wrk "$port" "$DURATION" "$out" "${wa[@]}"
+    run_wrk "$c" "$DURATION" "$out" "${wa[@]}"
     times >"$TMP/times.after"
     t1=$(date +%s.%N) c1=$(proc_ticks "${mp[@]}") u1=$(proc_ticks "${UPSTREAM_WORKERS[@]}")
     w1=$(runqueue_wait_ns "${mp[@]}")
@@ -326,13 +331,17 @@ run_memory() {
         for p in "${mp[@]}"; do args+=(--pid "$p"); done
         if is_protected "$c"; then args+=(--header "Authorization: Bearer $TOKEN"); fi
         if ((MEM_SILENT)); then args+=(--silent); fi
+        if is_tls "$c"; then args+=(--tls); fi
         mapfile -t wa < <(wrk_args "$c")
         # Baseline after some traffic, so first-use buffers are not charged to connections.
-        if [[ $MODE == memory && $WARMUP -gt 0 ]]; then run_wrk "${PORT[$c]}" "$WARMUP" "$TMP/wrk.$c.mem-warmup.txt" "${wa[@]}"; fi
+        if [[ $MODE == memory && $WARMUP -gt 0 ]]; then run_wrk "$c" "$WARMUP" "$TMP/wrk.$c.mem-warmup.txt" "${wa[@]}"; fi
         log "memory: $MEM_CONNS idle keep-alive connections to $c, $MEM_CYCLES cycle(s)"
-        local budget=$((MEM_CYCLES * (2 * MEM_SETTLE + MEM_RELEASE_WAIT + 90) + 10))
+        # The client opens ~15,000 plaintext connections a second here, ~1,000 with TLS; the
+        # rest of the margin is for a proxy slow to accept.
+        local open_timeout=$((60 + MEM_CONNS / 100))
+        local budget=$((MEM_CYCLES * (2 * MEM_SETTLE + MEM_RELEASE_WAIT + open_timeout + 30) + 10))
         timeout -s TERM "$budget" python3 "$HERE/idle_conns.py" --port "${PORT[$c]}" "${args[@]}" \
-            -n "$MEM_CONNS" --cycles "$MEM_CYCLES" --settle "$MEM_SETTLE" \
+            -n "$MEM_CONNS" --timeout "$open_timeout" --cycles "$MEM_CYCLES" --settle "$MEM_SETTLE" \
             --release-wait "$MEM_RELEASE_WAIT" --trickle "$MEM_TRICKLE" >"$TMP/memory.$c.jsonl" 2>"$TMP/memory.$c.stderr" &
         local pid=$! rc=0
         STARTED+=("$pid:TERM")
@@ -379,7 +388,7 @@ esac
 
 # --- portico's own log ----------------------------------------------------------------------
 PORTICO_LOG_NOTES=""
-for c in portico portico+log portico+nojwt portico+jwt portico+forged; do
+for c in portico portico+tls portico+log portico+nojwt portico+jwt portico+forged; do
     [[ " ${CONTENDER_LIST[*]} " == *" $c "* ]] || continue
     f=$TMP/${c/+/-}.log
     n=$(wc -l <"$f")
@@ -393,7 +402,7 @@ for c in portico portico+log portico+nojwt portico+jwt portico+forged; do
     fi
     PORTICO_LOG_NOTES+=$'\n'
 done
-for f in "$TMP"/upstream.error.log "$TMP"/nginx-proxy.error.log "$TMP"/haproxy-jwt.log; do
+for f in "$TMP"/upstream.error.log "$TMP"/nginx-proxy.error.log "$TMP"/nginx-tls.error.log "$TMP"/haproxy-jwt.log; do
     if [[ -s $f ]]; then
         PORTICO_LOG_NOTES+="- $(basename "$f"): $(wc -l <"$f") lines, e.g. $(tail -n1 "$f" | cut -c1-200)"$'\n'
     fi
@@ -423,8 +432,12 @@ REPORT=$(
     if [[ $MODE != load ]]; then
         what="one GET each, kept open"
         ((MEM_SILENT)) && what="silent: nothing sent, before any request"
-        printf -- '- memory: %s idle keep-alive connections per proxy (%s), %s cycle(s); RSS read %ss after opening, %ss after closing and again %ss later (with %s req/s of trickle traffic in between)\n\n' \
-            "$MEM_CONNS" "$what" "$MEM_CYCLES" "$MEM_SETTLE" "$MEM_SETTLE" "$MEM_RELEASE_WAIT" "$MEM_TRICKLE"
+        printf -- '- memory: %s idle keep-alive connections per proxy (%s), %s cycle(s); RSS read %ss after opening, %ss after closing and again %ss later (with %s req/s of trickle traffic in between); open-file limit %s\n\n' \
+            "$MEM_CONNS" "$what" "$MEM_CYCLES" "$MEM_SETTLE" "$MEM_SETTLE" "$MEM_RELEASE_WAIT" "$MEM_TRICKLE" "$(ulimit -Sn)"
+        if ((WANT_TLS)); then
+            printf -- '- +tls contenders: the same proxy on a TLS listener (self-signed ECDSA P-256 certificate; client: Python %s ssl on %s, ALPN http/1.1, no session resumption); a connection is counted once its handshake is done\n\n' \
+                "$(python3 -c 'import platform; print(platform.python_version())')" "$(python3 -c 'import ssl; print(ssl.OPENSSL_VERSION)')"
+        fi
         printf '%s\n\n' "$MEM_TABLE"
     fi
     if [[ -n $LOAD_NOTES$PORTICO_LOG_NOTES ]]; then
