@@ -26,6 +26,17 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
 /// locate and remove bad fields are parsed only when there is a problem to locate: at
 /// 100,000 routes each parse of the file costs as much as the whole load otherwise does.
 pub fn load_str(file: &str, text: &str) -> Result<Config, ConfigErrors> {
+    load_str_reusing(file, text, None)
+}
+
+/// [`load_str`] for a reload: the routes of `previous` (the running config) whose text is
+/// unchanged are taken from it instead of being parsed again (see [`super::by_route`]).
+/// Everything is validated as in [`load_str`], and the result is the same.
+pub fn load_str_reusing(
+    file: &str,
+    text: &str,
+    previous: Option<&Config>,
+) -> Result<Config, ConfigErrors> {
     // Every problem has a place: one about a field that is not in the file at all (no
     // `[[listeners]]`), and so no closer parent to point at, points at the file's start.
     let error = |offset: Option<usize>, field: String, message: String| ConfigError {
@@ -77,11 +88,15 @@ pub fn load_str(file: &str, text: &str) -> Result<Config, ConfigErrors> {
         errors.push(error(Some(offset), field, message));
     }
 
-    // The common case: the text parses into a `Config` as it is. Otherwise it is parsed
-    // again below, with the field paths tracked, to report every problem.
-    let config = match toml::Deserializer::parse(text).and_then(Config::deserialize) {
-        Ok(c) => Some(c),
-        Err(_) => deserialize_reporting(text, &locate, &error, &parsed_error, &mut errors)?,
+    // The common case: the text parses into a `Config` as it is, route by route. Otherwise
+    // it is parsed whole, and again below with the field paths tracked, to report every
+    // problem.
+    let config = match super::by_route::parse(text, previous) {
+        Some(c) => Some(c),
+        None => match toml::Deserializer::parse(text).and_then(Config::deserialize) {
+            Ok(c) => Some(c),
+            Err(_) => deserialize_reporting(text, &locate, &error, &parsed_error, &mut errors)?,
+        },
     };
 
     if let Some(mut config) = config {
