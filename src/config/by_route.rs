@@ -36,9 +36,20 @@ struct RoutePiece {
     routes: Vec<Route>,
 }
 
-/// Parses `text` (interpolated already) into a [`Config`] with one [`RouteSource`] per route,
-/// cloning the routes of `previous` whose text is unchanged. `None`: parse the whole text.
-pub(crate) fn parse(text: &str, previous: Option<&Config>) -> Option<Config> {
+/// Substitutes the `${…}` of one piece of text: the new text and the values substituted, or
+/// `None` when a reference cannot be substituted.
+pub(crate) type Interpolate = dyn Fn(&str) -> Option<(String, Vec<String>)>;
+
+/// Parses `text` into a [`Config`] with one [`RouteSource`] per route, cloning the routes of
+/// `previous` whose text (after `${…}` substitution) is unchanged. Only the pieces with a
+/// `${` are given to `interpolate`: at 100,000 routes, reading the whole text into the
+/// editable document that substitution works on cost more than a reload. `None`: parse the
+/// whole text.
+pub(crate) fn parse(
+    text: &str,
+    previous: Option<&Config>,
+    interpolate: &Interpolate,
+) -> Option<Config> {
     let known: HashMap<u128, usize> = previous
         .filter(|p| p.route_sources.len() == p.routes.len())
         .map(|p| {
@@ -52,11 +63,20 @@ pub(crate) fn parse(text: &str, previous: Option<&Config>) -> Option<Config> {
     let mut rest = String::new();
     let mut routes = Vec::new();
     let mut sources = Vec::new();
+    let mut secrets = Vec::new();
     for piece in pieces(text) {
+        let (Piece::Route(raw) | Piece::Other(raw)) = piece;
+        let substituted = if raw.contains("${") {
+            let (substituted, values) = interpolate(raw)?;
+            secrets.extend(values);
+            std::borrow::Cow::Owned(substituted)
+        } else {
+            std::borrow::Cow::Borrowed(raw)
+        };
         let route_text = match piece {
-            Piece::Route(route_text) => route_text,
-            Piece::Other(other) => {
-                rest.push_str(other);
+            Piece::Route(_) => &*substituted,
+            Piece::Other(_) => {
+                rest.push_str(&substituted);
                 continue;
             }
         };
@@ -85,6 +105,7 @@ pub(crate) fn parse(text: &str, previous: Option<&Config>) -> Option<Config> {
     let mut config = Config::deserialize(toml::Deserializer::from(root)).ok()?;
     config.routes = routes;
     config.route_sources = sources;
+    config.secrets = secrets;
     Some(config)
 }
 
@@ -345,7 +366,7 @@ mod tests {
     fn a_sub_table_outside_a_route_piece_is_left_to_the_whole_text_parse() {
         let text = "[[routes]]\nid = \"a\"\npath = \"/\"\ncluster = \"c\"\n[clusters.c]\nendpoints = []\n[routes.limits]\nmax_body_bytes = 1\n";
         assert!(matches!(kinds(text)[3], ("other", _)));
-        assert!(parse(text, None).is_none());
+        assert!(parse(text, None, &no_env).is_none());
     }
 
     const TEXT: &str = r#"
@@ -377,20 +398,24 @@ cluster = "c"
 max_body_bytes = 10
 "#;
 
+    fn no_env(_: &str) -> Option<(String, Vec<String>)> {
+        panic!("no piece has a reference")
+    }
+
     fn whole(text: &str) -> serde_json::Value {
         serde_json::to_value(toml::from_str::<Config>(text).unwrap()).unwrap()
     }
 
     #[test]
     fn route_by_route_gives_the_whole_text_config_and_reuses_unchanged_routes() {
-        let first = parse(TEXT, None).expect("parses route by route");
+        let first = parse(TEXT, None, &no_env).expect("parses route by route");
         assert_eq!(serde_json::to_value(&first).unwrap(), whole(TEXT));
         assert_eq!(first.route_sources.len(), 2);
         assert_ne!(first.route_sources[0], first.route_sources[1]);
 
         let changed = TEXT.replace("\"X-A\" = \"1\"", "\"X-A\" = \"2\"");
         assert_ne!(changed, TEXT);
-        let second = parse(&changed, Some(&first)).expect("parses route by route");
+        let second = parse(&changed, Some(&first), &no_env).expect("parses route by route");
         assert_eq!(serde_json::to_value(&second).unwrap(), whole(&changed));
         assert_ne!(second.route_sources[0], first.route_sources[0]);
         assert_eq!(second.route_sources[1], first.route_sources[1]);
@@ -415,7 +440,7 @@ max_body_bytes = 10
             // A field serde refuses.
             "[[routes]]\nid = \"a\"\npath = \"/\"\nbogus = 1\n",
         ] {
-            assert!(parse(text, None).is_none(), "{text:?}");
+            assert!(parse(text, None, &no_env).is_none(), "{text:?}");
         }
     }
 }

@@ -493,9 +493,11 @@ pub struct PluginRef {
     pub config: toml::Table,
     /// [`PluginRef::key`], written once: validation and the snapshot build both key every
     /// reference, and a route a reload reuses (see `by_route`) brings its keys along.
-    /// Loading is the only writer of `name` and `config`, so it cannot go stale.
+    /// Validation shares one key among equal tables (see [`PluginRef::shared_key`]), so
+    /// 60,000 routes with the same `jwt` table hold one key between them. Loading is the only
+    /// writer of `name` and `config`, so it cannot go stale.
     #[serde(skip)]
-    key: std::sync::OnceLock<PluginKey>,
+    key: std::sync::OnceLock<std::sync::Arc<PluginKey>>,
 }
 
 impl PluginRef {
@@ -506,10 +508,20 @@ impl PluginRef {
     /// was a large share of a reload (every plugin reference is keyed twice, in validation
     /// and in the snapshot build).
     pub fn key(&self) -> &PluginKey {
+        self.shared_key(|_| None)
+    }
+
+    /// [`PluginRef::key`], written the first time as the key `known` finds equal to it when
+    /// there is one, so that equal tables share one key.
+    pub(crate) fn shared_key(
+        &self,
+        known: impl FnOnce(&PluginKey) -> Option<std::sync::Arc<PluginKey>>,
+    ) -> &std::sync::Arc<PluginKey> {
         self.key.get_or_init(|| {
             let mut canonical = String::with_capacity(64);
             write_canonical_table(&self.config, &mut canonical);
-            (self.name.clone(), canonical)
+            let key = (self.name.clone(), canonical);
+            known(&key).unwrap_or_else(|| std::sync::Arc::new(key))
         })
     }
 }

@@ -20,7 +20,7 @@ pub struct Problem {
 struct Problems {
     found: Vec<Problem>,
     /// What building each distinct plugin table said: the field and message of its error.
-    plugins: HashMap<super::PluginKey, Option<(Vec<Seg>, String)>>,
+    plugins: HashMap<std::sync::Arc<super::PluginKey>, Option<(Vec<Seg>, String)>>,
 }
 
 impl Problems {
@@ -679,8 +679,8 @@ fn validate_plugins(plugins: &[PluginRef], at: &[Seg], p: &mut Problems) {
     for (i, plugin) in plugins.iter().enumerate() {
         // Building is what checks a table, and the same table always builds the same way,
         // so each distinct one is built once however many routes repeat it.
-        let key = plugin.key();
-        let outcome = match p.plugins.get(key) {
+        let key = plugin.shared_key(|key| p.plugins.get_key_value(key).map(|(k, _)| k.clone()));
+        let outcome = match p.plugins.get(&**key) {
             Some(outcome) => outcome.clone(),
             None => {
                 let config = toml::Value::Table(plugin.config.clone());
