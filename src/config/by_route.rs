@@ -356,7 +356,8 @@ mod tests {
 
     #[test]
     fn escaped_and_extra_quotes_do_not_end_strings_early() {
-        let text = "[a]\nk = \"x\\\"[[routes]]\"\nm = \"\"\"q\"\"\"\"\"\n[[routes]]\nl = '''\n[b]\n'''\n";
+        let text =
+            "[a]\nk = \"x\\\"[[routes]]\"\nm = \"\"\"q\"\"\"\"\"\n[[routes]]\nl = '''\n[b]\n'''\n";
         let got = kinds(text);
         assert_eq!(got.len(), 3, "{got:?}");
         assert_eq!(got[2], ("route", "[[routes]]\nl = '''\n[b]\n'''\n"));

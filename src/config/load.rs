@@ -615,7 +615,10 @@ mod tests {
     /// are secrets as before, and a reload notices a changed value in an unchanged text.
     #[test]
     fn route_by_route_interpolates_each_piece_and_notices_a_changed_value() {
-        std::env::set_var("PORTICO_TEST_BY_ROUTE_TOKEN", "0123456789abcdef0123456789abcdef");
+        std::env::set_var(
+            "PORTICO_TEST_BY_ROUTE_TOKEN",
+            "0123456789abcdef0123456789abcdef",
+        );
         std::env::set_var("PORTICO_TEST_BY_ROUTE_PREFIX", "/one");
         let text = "[[listeners]]\naddress = \"127.0.0.1:1\"\n[admin]\ntoken = \"${PORTICO_TEST_BY_ROUTE_TOKEN}\"\n\
                     [[routes]]\nid = \"a\"\npath = \"/a\"\ncluster = \"c\"\nrewrite_prefix = \"${PORTICO_TEST_BY_ROUTE_PREFIX}\"\n\
