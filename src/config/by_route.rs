@@ -132,7 +132,7 @@ pub(crate) fn json_hash<T: serde::Serialize + ?Sized>(value: &T) -> u64 {
     let _ = serde_json::to_writer(&mut h, value);
     match h.into_inner() {
         Ok(HashWriter(hasher)) => hasher.finish(),
-        // Writing into a hasher cannot fail; were it to, no version would equal it.
+        // Unreachable: writing into a hasher cannot fail.
         Err(_) => u64::MAX,
     }
 }
