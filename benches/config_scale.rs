@@ -4,7 +4,10 @@
 //! what `portico check` and a reload do — the TOML parse, `config::load_str` (parse,
 //! serde, validation), the lint, `Snapshot::build` (plugins, targets, metrics handles, the
 //! route table), dropping a snapshot — and counts the bytes each result holds with a
-//! counting allocator. Medians of `CONFIG_SCALE_RUNS` (default 3) runs.
+//! counting allocator. Medians of `CONFIG_SCALE_RUNS` (default 3) runs. It also times what
+//! a reload does against that running snapshot (`config::load_str_reusing` and
+//! `Snapshot::build` with the previous snapshot): of the same text, and of the text with one
+//! route's plugin table changed.
 //!
 //! `config_scale gen --routes N [--upstream ADDR] [--listen ADDR] [--admin ADDR]
 //! [--runtime-dir DIR] [--traffic-host NAME] [--strict]` prints such a config instead
@@ -115,18 +118,21 @@ fn main() {
         .unwrap_or(3)
         .max(1);
     println!(
-        "| routes | config bytes | TOML parse | load_str (parse, serde, validate) | lint | Snapshot::build | drop snapshot | Config held | Snapshot held (besides its Config) | peak during load + build |"
+        "| routes | config bytes | TOML parse | load_str (parse, serde, validate) | lint | Snapshot::build | reload, same text | reload, one route changed | drop snapshot | Config held | Snapshot held (besides its Config) | peak during load + build |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     // `CONFIG_SCALE_STRICT=1`: the `--strict` shape above.
     let strict = std::env::var("CONFIG_SCALE_STRICT").is_ok_and(|v| v == "1");
     for routes in sizes {
         let mut spec = Spec::with_routes(routes);
         spec.fallthrough = !strict;
         let text = scale_config::generate(&spec);
+        // The first rate-limit route (`h0-p7-v1`) with another rate.
+        let one_changed = text.replacen("rate = 500\n", "rate = 501\n", 1);
+        assert_ne!(one_changed, text, "the generator has no rate-limit route");
         let mut rows = Vec::new();
         for _ in 0..runs {
-            rows.push(measure(&text));
+            rows.push(measure(&text, &one_changed));
         }
         let median = |f: fn(&Row) -> Duration| {
             let mut v: Vec<Duration> = rows.iter().map(f).collect();
@@ -142,13 +148,15 @@ fn main() {
             )
         };
         println!(
-            "| {} | {:.1} MiB | {} | {} | {} | {} | {} | {} | {} | {:.1} MiB |",
+            "| {} | {:.1} MiB | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} MiB |",
             spec.routes(),
             text.len() as f64 / 1048576.0,
             ms(median(|r| r.parse)),
             ms(median(|r| r.load)),
             ms(median(|r| r.lint)),
             ms(median(|r| r.build)),
+            ms(median(|r| r.reload_same)),
+            ms(median(|r| r.reload_one_changed)),
             ms(median(|r| r.drop)),
             per_route(last.config_bytes),
             per_route(last.snapshot_bytes),
@@ -166,13 +174,25 @@ struct Row {
     load: Duration,
     lint: Duration,
     build: Duration,
+    reload_same: Duration,
+    reload_one_changed: Duration,
     drop: Duration,
     config_bytes: usize,
     snapshot_bytes: usize,
     peak: usize,
 }
 
-fn measure(text: &str) -> Row {
+/// A reload's in-process work: load `text` against the running snapshot's config and build
+/// the next snapshot from it and the running one.
+// Not inlined, so a profiler can count it apart (`callgrind --toggle-collect=config_scale::reload`).
+#[inline(never)]
+fn reload(text: &str, running: &portico::runtime::Snapshot) -> portico::runtime::Snapshot {
+    let config = portico::config::load_str_reusing("scale.toml", text, Some(&running.config))
+        .unwrap_or_else(|e| panic!("{e}"));
+    portico::runtime::Snapshot::build(config, Some(running)).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn measure(text: &str, one_changed: &str) -> Row {
     let (doc, parse) = timed(|| toml_edit::ImDocument::parse(text).expect("parses"));
     drop(doc);
     let before = held();
@@ -195,12 +215,20 @@ fn measure(text: &str) -> Row {
     // What the snapshot holds besides its own copy of the config (the clone above).
     let snapshot_bytes = held() - before - 2 * config_bytes;
     drop(config);
+    let (same, reload_same) = timed(|| reload(text, &snapshot));
+    assert_eq!(same.version, snapshot.version);
+    drop(same);
+    let (changed, reload_one_changed) = timed(|| reload(one_changed, &snapshot));
+    assert_ne!(changed.version, snapshot.version);
+    drop(changed);
     let ((), drop) = timed(|| drop(snapshot));
     Row {
         parse,
         load,
         lint,
         build,
+        reload_same,
+        reload_one_changed,
         drop,
         config_bytes,
         snapshot_bytes,

@@ -26,6 +26,25 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
 /// locate and remove bad fields are parsed only when there is a problem to locate: at
 /// 100,000 routes each parse of the file costs as much as the whole load otherwise does.
 pub fn load_str(file: &str, text: &str) -> Result<Config, ConfigErrors> {
+    load_str_reusing(file, text, None)
+}
+
+/// [`load_str`] for a reload: the routes of `previous` (the running config) whose text is
+/// unchanged are taken from it instead of being parsed again (see [`super::by_route`]).
+/// Everything is validated as in [`load_str`], and the result is the same.
+pub fn load_str_reusing(
+    file: &str,
+    text: &str,
+    previous: Option<&Config>,
+) -> Result<Config, ConfigErrors> {
+    // The common case, a valid config: parsed route by route, each piece with a `${…}`
+    // interpolated on its own (see `by_route`), and validated. Anything else is read whole
+    // below, which places every problem in the file.
+    if let Some(config) = super::by_route::parse(text, previous, &interpolate_piece) {
+        if validate::validate(&config).is_empty() {
+            return Ok(config);
+        }
+    }
     // Every problem has a place: one about a field that is not in the file at all (no
     // `[[listeners]]`), and so no closer parent to point at, points at the file's start.
     let error = |offset: Option<usize>, field: String, message: String| ConfigError {
@@ -77,8 +96,8 @@ pub fn load_str(file: &str, text: &str) -> Result<Config, ConfigErrors> {
         errors.push(error(Some(offset), field, message));
     }
 
-    // The common case: the text parses into a `Config` as it is. Otherwise it is parsed
-    // again below, with the field paths tracked, to report every problem.
+    // Parsed whole; when that fails, again below with the field paths tracked, to report
+    // every problem.
     let config = match toml::Deserializer::parse(text).and_then(Config::deserialize) {
         Ok(c) => Some(c),
         Err(_) => deserialize_reporting(text, &locate, &error, &parsed_error, &mut errors)?,
@@ -97,6 +116,14 @@ pub fn load_str(file: &str, text: &str) -> Result<Config, ConfigErrors> {
         }
     }
     Err(sorted(errors))
+}
+
+/// A piece of a config text (see `by_route`) with its `${…}` substituted, and the values
+/// substituted; `None` when a reference cannot be (the whole text is read then, to say so).
+fn interpolate_piece(piece: &str) -> Option<(String, Vec<String>)> {
+    let doc = toml_edit::ImDocument::parse(piece).ok()?;
+    let out = interpolate_env(piece, Some(&doc));
+    out.problems.is_empty().then_some((out.text, out.secrets))
 }
 
 /// Parses `text`, which does not deserialize into a [`Config`], reporting why: a TOML
@@ -582,6 +609,36 @@ mod tests {
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert_eq!(errors[0].field, "admin.token");
         assert!(errors[0].message.contains("is not set"), "{errors:?}");
+    }
+
+    /// Route by route, each piece with a reference is interpolated on its own, its values
+    /// are secrets as before, and a reload notices a changed value in an unchanged text.
+    #[test]
+    fn route_by_route_interpolates_each_piece_and_notices_a_changed_value() {
+        std::env::set_var(
+            "PORTICO_TEST_BY_ROUTE_TOKEN",
+            "0123456789abcdef0123456789abcdef",
+        );
+        std::env::set_var("PORTICO_TEST_BY_ROUTE_PREFIX", "/one");
+        let text = "[[listeners]]\naddress = \"127.0.0.1:1\"\n[admin]\ntoken = \"${PORTICO_TEST_BY_ROUTE_TOKEN}\"\n\
+                    [[routes]]\nid = \"a\"\npath = \"/a\"\ncluster = \"c\"\nrewrite_prefix = \"${PORTICO_TEST_BY_ROUTE_PREFIX}\"\n\
+                    [clusters.c]\nendpoints = [{ address = \"127.0.0.1:9\" }]\n";
+        let first = load_str("t.toml", text).unwrap();
+        assert_eq!(first.route_sources.len(), 1, "parsed route by route");
+        assert_eq!(first.routes[0].rewrite_prefix.as_deref(), Some("/one"));
+        assert_eq!(
+            first.admin.token.as_deref(),
+            Some("0123456789abcdef0123456789abcdef")
+        );
+        assert_eq!(first.secrets.len(), 2, "{:?}", first.secrets);
+        assert!(crate::config::lint(&first)
+            .iter()
+            .all(|w| w.field != "admin.token"));
+
+        std::env::set_var("PORTICO_TEST_BY_ROUTE_PREFIX", "/two");
+        let second = load_str_reusing("t.toml", text, Some(&first)).unwrap();
+        assert_eq!(second.routes[0].rewrite_prefix.as_deref(), Some("/two"));
+        assert_ne!(second.route_sources[0], first.route_sources[0]);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! These types are what an operator writes, not what the proxy runs on: the gateway builds
 //! its runtime objects (compiled route table, live clusters) from a validated [`Config`].
 
+mod by_route;
 mod effective;
 mod field_path;
 mod lint;
@@ -16,9 +17,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) use by_route::json_hash;
 pub use effective::{effective_value, value_as_line};
 pub use lint::{lint, Warning};
-pub use load::{load_file, load_str, ConfigError, ConfigErrors, Location};
+pub use load::{load_file, load_str, load_str_reusing, ConfigError, ConfigErrors, Location};
 pub use validate::{resolve_address, split_host_port};
 
 /// The whole configuration file.
@@ -51,6 +53,11 @@ pub struct Config {
     /// Values substituted from `${ENV}` references: secrets, redacted from `/admin/config`.
     #[serde(skip)]
     pub secrets: Vec<String>,
+    /// One per route when the text was parsed route by route (empty otherwise): what lets a
+    /// reload reuse the routes whose text did not change, and hash the config version
+    /// without serializing them again.
+    #[serde(skip)]
+    pub(crate) route_sources: Vec<by_route::RouteSource>,
 }
 
 /// Process-level settings handed to Pingora's server.
@@ -492,6 +499,13 @@ pub struct PluginRef {
     /// Everything else in the table is the plugin's own config, checked by the plugin.
     #[serde(flatten)]
     pub config: toml::Table,
+    /// [`PluginRef::key`], written once: validation and the snapshot build both key every
+    /// reference, and a route a reload reuses (see `by_route`) brings its keys along.
+    /// Validation shares one key among equal tables (see [`PluginRef::shared_key`]), so
+    /// 60,000 routes with the same `jwt` table hold one key between them. Loading is the only
+    /// writer of `name` and `config`, so it cannot go stale.
+    #[serde(skip)]
+    key: std::sync::OnceLock<std::sync::Arc<PluginKey>>,
 }
 
 impl PluginRef {
@@ -501,10 +515,22 @@ impl PluginRef {
     /// `toml`'s serializer builds an editable document per call, which at 100,000 routes
     /// was a large share of a reload (every plugin reference is keyed twice, in validation
     /// and in the snapshot build).
-    pub fn key(&self) -> PluginKey {
-        let mut canonical = String::with_capacity(64);
-        write_canonical_table(&self.config, &mut canonical);
-        (self.name.clone(), canonical)
+    pub fn key(&self) -> &PluginKey {
+        self.shared_key(|_| None)
+    }
+
+    /// [`PluginRef::key`], written the first time as the key `known` finds equal to it when
+    /// there is one, so that equal tables share one key.
+    pub(crate) fn shared_key(
+        &self,
+        known: impl FnOnce(&PluginKey) -> Option<std::sync::Arc<PluginKey>>,
+    ) -> &std::sync::Arc<PluginKey> {
+        self.key.get_or_init(|| {
+            let mut canonical = String::with_capacity(64);
+            write_canonical_table(&self.config, &mut canonical);
+            let key = (self.name.clone(), canonical);
+            known(&key).unwrap_or_else(|| std::sync::Arc::new(key))
+        })
     }
 }
 
@@ -1479,6 +1505,7 @@ mod tests {
         PluginRef {
             name: "p".into(),
             config: toml::from_str(table).unwrap(),
+            key: Default::default(),
         }
     }
 

@@ -20,7 +20,7 @@ pub struct Problem {
 struct Problems {
     found: Vec<Problem>,
     /// What building each distinct plugin table said: the field and message of its error.
-    plugins: HashMap<super::PluginKey, Option<(Vec<Seg>, String)>>,
+    plugins: HashMap<std::sync::Arc<super::PluginKey>, Option<(Vec<Seg>, String)>>,
 }
 
 impl Problems {
@@ -679,16 +679,18 @@ fn validate_plugins(plugins: &[PluginRef], at: &[Seg], p: &mut Problems) {
     for (i, plugin) in plugins.iter().enumerate() {
         // Building is what checks a table, and the same table always builds the same way,
         // so each distinct one is built once however many routes repeat it.
-        let outcome = p
-            .plugins
-            .entry(plugin.key())
-            .or_insert_with(|| {
+        let key = plugin.shared_key(|key| p.plugins.get_key_value(key).map(|(k, _)| k.clone()));
+        let outcome = match p.plugins.get(&**key) {
+            Some(outcome) => outcome.clone(),
+            None => {
                 let config = toml::Value::Table(plugin.config.clone());
-                portico_plugins::build(&plugin.name, config)
+                let outcome = portico_plugins::build(&plugin.name, config)
                     .err()
-                    .map(|e| plugin_problem(&e))
-            })
-            .clone();
+                    .map(|e| plugin_problem(&e));
+                p.plugins.insert(key.clone(), outcome.clone());
+                outcome
+            }
+        };
         if let Some((field, msg)) = outcome {
             let mut path = at.to_vec();
             path.push(Seg::Index(i));
@@ -988,7 +990,8 @@ fn validate_route_cache(
 }
 
 fn validate_routes(config: &Config, p: &mut Problems) {
-    let mut ids: HashMap<&str, usize> = HashMap::new();
+    // Sized up front: growing them rehashes every key so far, big keys included.
+    let mut ids: HashMap<&str, usize> = HashMap::with_capacity(config.routes.len());
     // Two routes with identical matchers can never both be reached: the second is dead.
     type Matchers<'a> = (
         BTreeSet<String>,
@@ -997,7 +1000,7 @@ fn validate_routes(config: &Config, p: &mut Problems) {
         BTreeSet<&'a str>,
         BTreeSet<(String, Option<&'a str>)>,
     );
-    let mut matchers: HashMap<Matchers, usize> = HashMap::new();
+    let mut matchers: HashMap<Matchers, usize> = HashMap::with_capacity(config.routes.len());
     for (i, r) in config.routes.iter().enumerate() {
         let at = |f: &str| vec![key("routes"), Seg::Index(i), key(f)];
         if r.id.trim().is_empty() {

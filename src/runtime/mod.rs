@@ -84,12 +84,18 @@ impl RetryRules {
     /// Without a `retry` section a route retries only failed connects (nothing was sent,
     /// so it is safe for every method) on other endpoints.
     fn from_config(policy: Option<&config::RetryPolicy>) -> RetryRules {
-        let default_connect_only = config::RetryPolicy {
-            on: vec!["connect_failure".into()],
-            attempts_header: false,
-            ..config::RetryPolicy::default()
+        let default_connect_only;
+        let p = match policy {
+            Some(p) => p,
+            None => {
+                default_connect_only = config::RetryPolicy {
+                    on: vec!["connect_failure".into()],
+                    attempts_header: false,
+                    ..config::RetryPolicy::default()
+                };
+                &default_connect_only
+            }
         };
-        let p = policy.unwrap_or(&default_connect_only);
         RetryRules {
             attempts: p.attempts.max(1),
             on_connect_failure: p.on.iter().any(|o| o == "connect_failure"),
@@ -212,7 +218,7 @@ impl Snapshot {
     /// Builds runtime objects from a validated config. Clusters whose definition is the
     /// same as in `previous` are reused with their live state (health, ejections,
     /// in-flight counts).
-    pub fn build(config: Config, previous: Option<&Snapshot>) -> Result<Snapshot, String> {
+    pub fn build(mut config: Config, previous: Option<&Snapshot>) -> Result<Snapshot, String> {
         for warning in crate::config::lint(&config) {
             log::warn!("config: {warning}");
         }
@@ -247,14 +253,14 @@ impl Snapshot {
         let mut build_plugins = |refs: &[config::PluginRef], chain: &mut PluginChain| {
             for r in refs {
                 let key = r.key();
-                let plugin = match shared.get(&key) {
+                let plugin = match shared.get(key) {
                     Some(plugin) => plugin.clone(),
                     None => {
                         let plugin =
                             portico_plugins::build(&r.name, toml::Value::Table(r.config.clone()))
                                 .map_err(|e| format!("plugin {}: {e}", r.name))?;
                         if plugin.shareable() {
-                            shared.insert(key, plugin.clone());
+                            shared.insert(key.clone(), plugin.clone());
                         }
                         plugin
                     }
@@ -274,6 +280,8 @@ impl Snapshot {
         let mut version_names: HashMap<&str, Arc<str>> = HashMap::new();
         let no_version: Arc<str> = Arc::from("");
 
+        // Most routes have no `retry` section: their rules are made once.
+        let no_retry_policy = RetryRules::from_config(None);
         let mut routes = Vec::with_capacity(config.routes.len());
         for r in &config.routes {
             // Global plugins are not repeated here: the proxy runs them for every request.
@@ -391,7 +399,10 @@ impl Snapshot {
                 plugins,
                 targets,
                 versioning,
-                retry: RetryRules::from_config(r.retry.as_ref()),
+                retry: match &r.retry {
+                    Some(policy) => RetryRules::from_config(Some(policy)),
+                    None => no_retry_policy.clone(),
+                },
                 deadline: r.timeout,
                 allow_path_params: r.allow_path_params,
                 allow_escaped_slashes: r.allow_escaped_slashes,
@@ -440,7 +451,7 @@ impl Snapshot {
             )),
         };
 
-        let version = config_version(&config);
+        let version = config_version(&mut config);
         let mut identity_headers: Vec<http::HeaderName> = Vec::new();
         let chains = routes
             .iter()
@@ -551,33 +562,27 @@ fn deprecation_headers(
     headers
 }
 
-/// A hash of the effective config (its JSON form), to tell versions apart. Streamed into
-/// the hasher: at 100,000 routes the JSON text would be tens of MiB held for nothing.
-fn config_version(config: &Config) -> String {
+/// A hash of the effective config, to tell versions apart: of its JSON form without the
+/// routes, then of each route's JSON form in order. A route parsed from the same text as in
+/// the running config has its hash already (see `config::by_route`), so a reload serializes
+/// only the routes that changed — at 100,000 routes serializing them all was a third of
+/// building a snapshot.
+fn config_version(config: &mut Config) -> String {
     use std::hash::Hasher;
-    struct HashWriter(std::collections::hash_map::DefaultHasher);
-    impl std::io::Write for HashWriter {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.write(buf);
-            Ok(buf.len())
+    let routes = std::mem::take(&mut config.routes);
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    hasher.write_u64(config::json_hash(&*config));
+    config.routes = routes;
+    hasher.write_usize(config.routes.len());
+    if config.route_sources.len() == config.routes.len() {
+        for source in &config.route_sources {
+            hasher.write_u64(source.json);
         }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
+    } else {
+        for route in &config.routes {
+            hasher.write_u64(config::json_hash(route));
         }
     }
-    // Buffered: serde_json writes a few bytes at a time, and a hasher call per piece was
-    // a third of building a 100,000-route snapshot. SipHash streams, so the hash is the
-    // same whatever the pieces are.
-    let mut h = std::io::BufWriter::with_capacity(
-        64 * 1024,
-        HashWriter(std::collections::hash_map::DefaultHasher::new()),
-    );
-    let _ = serde_json::to_writer(&mut h, config);
-    let Ok(HashWriter(mut hasher)) = h.into_inner() else {
-        unreachable!("writing into a hasher cannot fail")
-    };
-    // As `str::hash` ends a string, so versions stay what they were before streaming.
-    hasher.write_u8(0xff);
     format!("{:016x}", hasher.finish())
 }
 
@@ -989,7 +994,8 @@ fn build_reload(
         let text = String::from_utf8(bytes)
             .map_err(|_| format!("{}: the config file is not UTF-8", path.display()))?;
         let config =
-            config::load_str(&path.display().to_string(), &text).map_err(|e| e.to_string())?;
+            config::load_str_reusing(&path.display().to_string(), &text, Some(&previous.config))
+                .map_err(|e| e.to_string())?;
         let mut prepared = Vec::new();
         for state in listeners {
             let tls_conf = config
