@@ -10,10 +10,10 @@
 //! route's plugin table changed.
 //!
 //! `config_scale gen --routes N [--upstream ADDR] [--listen ADDR] [--admin ADDR]
-//! [--runtime-dir DIR] [--traffic-host NAME] [--strict]` prints such a config instead
-//! (`--strict`: the jwt routes with a header-chosen version answer 404 instead of
-//! falling through, see `Spec::fallthrough`); `benches/config_scale.sh` uses it for the process-level numbers
-//! (`portico check`, the gateway's RSS, `POST /admin/reload`).
+//! [--runtime-dir DIR] [--admin-token-file FILE] [--traffic-host NAME] [--strict]` prints
+//! such a config instead (`--strict`: the jwt routes with a header-chosen version answer 404
+//! instead of falling through, see `Spec::fallthrough`); `benches/config_scale.sh` uses it
+//! for the process-level numbers (`portico check`, the gateway's RSS, `POST /admin/reload`).
 
 #[path = "support/scale_config.rs"]
 mod scale_config;
@@ -101,6 +101,7 @@ fn main() {
             spec.admin = a;
         }
         spec.runtime_dir = arg(&args, "--runtime-dir");
+        spec.admin_token_file = arg(&args, "--admin-token-file");
         spec.traffic_host = arg(&args, "--traffic-host");
         spec.fallthrough = !args.iter().any(|a| a == "--strict");
         print!("{}", scale_config::generate(&spec));

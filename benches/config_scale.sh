@@ -104,9 +104,12 @@ stop() {
     wait "$PID" 2>/dev/null || true
     PID=""
 }
+# The admin API answers a reload only with its token.
+(umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$TMP/admin.token")
+AUTH="Authorization: Bearer $(<"$TMP/admin.token")"
 generate() { # routes file
     "$GEN_BIN" gen --routes "$1" --upstream "$UPSTREAM" --listen "127.0.0.1:$(free_port)" \
-        --admin "$ADMIN" --runtime-dir "$TMP" "${GEN_FLAGS[@]}" >"$2"
+        --admin "$ADMIN" --runtime-dir "$TMP" --admin-token-file "$TMP/admin.token" "${GEN_FLAGS[@]}" >"$2"
 }
 
 # The gateway with every cluster and no route: what the routes' memory is measured from.
@@ -146,7 +149,7 @@ for size in $SIZES; do
 
     lat=()
     for _ in $(seq 1 "$RELOADS"); do
-        out=$(curl -sS -o "$TMP/reload.json" -w '%{http_code} %{time_total}' -X POST "http://$ADMIN/admin/reload")
+        out=$(curl -sS -o "$TMP/reload.json" -w '%{http_code} %{time_total}' -H "$AUTH" -X POST "http://$ADMIN/admin/reload")
         [[ ${out%% *} == 200 ]] || { cat "$TMP/reload.json" >&2; die "reload answered ${out%% *}"; }
         lat+=("$(echo "${out##* } * 1000" | bc)")
         sleep 0.5

@@ -95,8 +95,12 @@ mkdir -p "$TMP/upstream.tmp"
 sed -e "s|@DIR@|$TMP|g" -e "s|@PORT@|$UP_PORT|g" "$HERE/upstream.nginx.conf.tmpl" >"$TMP/upstream.conf"
 pin "$LOAD_CPU" "$NGINX_BIN" -p "$TMP" -c "$TMP/upstream.conf" -e "$TMP/upstream.error.log"
 
+# The admin API answers a reload only with its token.
+(umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$TMP/admin.token")
+AUTH="Authorization: Bearer $(<"$TMP/admin.token")"
 "$GEN_BIN" gen --routes "$ROUTES" --upstream "127.0.0.1:$UP_PORT" --listen "127.0.0.1:$PORT" \
-    --admin "$ADMIN" --runtime-dir "$TMP" --traffic-host 127.0.0.1 >"$TMP/portico.toml"
+    --admin "$ADMIN" --runtime-dir "$TMP" --admin-token-file "$TMP/admin.token" \
+    --traffic-host 127.0.0.1 >"$TMP/portico.toml"
 pin "$PROXY_CPU" "$PORTICO_BIN" serve -c "$TMP/portico.toml" >"$TMP/portico.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 1200); do
@@ -124,7 +128,7 @@ while kill -0 "$LOAD_PID" 2>/dev/null; do
     at=$(((now - window_ns) / 1000000)) # ms into the window
     if ((at >= next * 1000 && at < (DURATION - 1) * 1000)); then
         t0=$(date +%s%N)
-        out=$(curl -sS -o "$TMP/reload.json" -w '%{http_code}' -X POST "http://$ADMIN/admin/reload") || out=000
+        out=$(curl -sS -o "$TMP/reload.json" -w '%{http_code}' -H "$AUTH" -X POST "http://$ADMIN/admin/reload") || out=000
         t1=$(date +%s%N)
         [[ $out == 200 ]] || { cat "$TMP/reload.json" >&2; die "reload answered $out"; }
         echo "$(((t0 - window_ns) / 1000000)) $(((t1 - window_ns) / 1000000))" >>"$TMP/reloads.txt"

@@ -42,6 +42,9 @@ pub struct Spec {
     /// Where the pid file and the upgrade socket go (the default runtime directory when
     /// `None`).
     pub runtime_dir: Option<String>,
+    /// `[admin] token_file`: the admin API refuses everything but health and metrics without
+    /// a token, and the benches reload through it.
+    pub admin_token_file: Option<String>,
     /// The name of host 0 instead of `api0.example.com`, e.g. `127.0.0.1` so that a load
     /// generator that sends the URL's authority as `Host` reaches host 0's routes.
     pub traffic_host: Option<String>,
@@ -66,6 +69,7 @@ impl Spec {
             listen: "127.0.0.1:0".to_string(),
             admin: "127.0.0.1:0".to_string(),
             runtime_dir: None,
+            admin_token_file: None,
             traffic_host: None,
             fallthrough: true,
         }
@@ -126,10 +130,13 @@ pub fn generate(spec: &Spec) -> String {
     }
     let _ = write!(
         out,
-        "\n[[listeners]]\naddress = \"{}\"\n\n[admin]\naddress = \"{}\"\n\n\
-         [logging]\naccess_log = \"off\"\n\n",
+        "\n[[listeners]]\naddress = \"{}\"\n\n[admin]\naddress = \"{}\"\n",
         spec.listen, spec.admin
     );
+    if let Some(file) = &spec.admin_token_file {
+        let _ = writeln!(out, "token_file = \"{file}\"");
+    }
+    out.push_str("\n[logging]\naccess_log = \"off\"\n\n");
     out.push_str(&body(spec));
     out
 }
