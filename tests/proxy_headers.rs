@@ -239,8 +239,9 @@ async fn raw_upstream() -> (
     (addr, seen)
 }
 
-/// The raw response head the gateway sends for one request with mixed-case header names.
-async fn exchange(gw: &Gateway) -> String {
+/// One request with mixed-case header names: the raw response the client got and the raw
+/// request header the upstream got.
+async fn exchange(gw: &Gateway, seen: &std::sync::Mutex<Vec<String>>) -> (String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut conn = tokio::net::TcpStream::connect(gw.listen).await.unwrap();
     conn.write_all(
@@ -252,7 +253,12 @@ async fn exchange(gw: &Gateway) -> String {
     conn.read_to_end(&mut out).await.unwrap();
     let text = String::from_utf8_lossy(&out).into_owned();
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    text
+    let upstream = seen
+        .lock()
+        .unwrap()
+        .pop()
+        .expect("the upstream got the request");
+    (text, upstream)
 }
 
 /// Lines of a header block whose name is `name`, compared without case, as sent.
@@ -279,12 +285,7 @@ async fn header_names_go_out_in_canonical_case_unless_preserved() {
 
         // Default: standard names in their usual capitals, others in lower case, both ways.
         let gw = config("").start().await;
-        let client_side = exchange(&gw).await;
-        let upstream_side = seen
-            .lock()
-            .unwrap()
-            .pop()
-            .expect("the upstream got the request");
+        let (client_side, upstream_side) = exchange(&gw, &seen).await;
         assert_eq!(
             lines_named(&upstream_side, "x-client-thing"),
             ["x-client-thing: 1"]
@@ -302,12 +303,7 @@ async fn header_names_go_out_in_canonical_case_unless_preserved() {
 
         // preserve_header_case: each side's names exactly as the other sent them.
         let gw = config("preserve_header_case = true").start().await;
-        let client_side = exchange(&gw).await;
-        let upstream_side = seen
-            .lock()
-            .unwrap()
-            .pop()
-            .expect("the upstream got the request");
+        let (client_side, upstream_side) = exchange(&gw, &seen).await;
         assert_eq!(
             lines_named(&upstream_side, "x-client-thing"),
             ["X-Client-Thing: 1"]
