@@ -362,7 +362,7 @@ async fn what_must_stay_untouched_does() {
 async fn streaming_upstream(
     release: std::sync::Arc<tokio::sync::Semaphore>,
 ) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
@@ -372,13 +372,8 @@ async fn streaming_upstream(
             };
             let release = release.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if read_head(&mut stream, &mut Vec::new()).await.is_none() {
+                    return;
                 }
                 let _ = stream
                     .write_all(

@@ -4,9 +4,28 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use super::REQUEST_TIMEOUT;
+
+/// Reads from `stream` until `buf` holds a whole message head (up to its empty line) and
+/// takes that head out of `buf`; what follows it stays there for the next read. `None` when
+/// the peer closes or fails first. For the tests' hand-written servers.
+pub async fn read_head(
+    stream: &mut (impl AsyncRead + Unpin),
+    buf: &mut Vec<u8>,
+) -> Option<Vec<u8>> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(buf.drain(..end + 4).collect());
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
 
 /// A response read by [`raw_request`].
 #[derive(Debug, Clone)]

@@ -346,7 +346,6 @@ pub struct Resetter {
 
 impl Resetter {
     pub async fn start() -> Resetter {
-        use tokio::io::AsyncReadExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind resetter");
@@ -360,13 +359,11 @@ impl Resetter {
                 };
                 let counter = counter.clone();
                 tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
+                    if super::raw::read_head(&mut stream, &mut Vec::new())
+                        .await
+                        .is_none()
+                    {
+                        return;
                     }
                     counter.fetch_add(1, Ordering::SeqCst);
                     // Linger 0: closing sends RST instead of FIN (and never blocks, which
