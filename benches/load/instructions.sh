@@ -31,7 +31,10 @@ CONTENDERS=${CONTENDERS:-"portico portico+log portico+nojwt portico+jwt"}
 REQUESTS=${REQUESTS:-1000}
 WARMUP_REQUESTS=${WARMUP_REQUESTS:-300}
 
-die() { echo "instructions.sh: $*" >&2; exit 1; }
+BENCH=instructions.sh
+# For die and cargo_bench_bin; this script sets up its processes itself (below).
+# shellcheck source=benches/load/lib.sh
+source "$HERE/lib.sh"
 for c in $CONTENDERS; do
     case $c in pingora | pingora+duties | portico | portico+log | portico+nojwt | portico+jwt | portico+resilience) ;;
     *) die "unknown contender '$c' (pingora, pingora+duties, portico, portico+log, portico+nojwt, portico+jwt, portico+resilience)" ;;
@@ -49,12 +52,7 @@ if [[ -z ${PORTICO_BIN:-} ]]; then
 fi
 PORTICO_BIN=$(realpath "$PORTICO_BIN")
 if [[ " $CONTENDERS " == *" pingora "* || " $CONTENDERS " == *" pingora+duties "* ]]; then
-    BARE_BIN=${BARE_BIN:-$(cd "$REPO" && cargo build --release --bench bare_pingora --message-format=json |
-        python3 -c 'import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "bare_pingora" and m.get("executable"):
-        print(m["executable"])')}
+    BARE_BIN=${BARE_BIN:-$(cargo_bench_bin bare_pingora)}
     [[ -x $BARE_BIN ]] || die "no bare_pingora executable (BARE_BIN)"
 fi
 
