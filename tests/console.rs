@@ -13,6 +13,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -29,7 +30,9 @@ fn on_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// chromedriver, killed on drop.
+/// chromedriver, killed on drop with the browsers it started: it runs in a process group
+/// of its own, and Chromium's processes are its children, so a test that panics before it
+/// ends its session leaves no browser running.
 struct Driver {
     child: Child,
     url: String,
@@ -38,6 +41,11 @@ struct Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        // SAFETY: kill only reads its two integer arguments; the negative pid names the
+        // process group chromedriver leads (`process_group(0)` at spawn).
+        unsafe {
+            libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -48,6 +56,7 @@ impl Driver {
         let addr = free_addr();
         let child = Command::new(binary)
             .arg(format!("--port={}", addr.port()))
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -164,18 +173,18 @@ impl Session<'_> {
             .await
     }
 
+    /// Ends the WebDriver session: chromedriver closes the browser.
+    async fn end(self) {
+        let path = format!("/session/{}", self.id);
+        self.driver.call(reqwest::Method::DELETE, &path, None).await;
+    }
+
     async fn screenshot(&self) -> Vec<u8> {
         let path = format!("/session/{}/screenshot", self.id);
         let data = self.driver.call(reqwest::Method::GET, &path, None).await;
         base64::engine::general_purpose::STANDARD
             .decode(data.as_str().expect("base64 screenshot"))
             .expect("valid base64")
-    }
-}
-
-impl Drop for Session<'_> {
-    fn drop(&mut self) {
-        // The driver process is killed right after; nothing to wait for here.
     }
 }
 
@@ -299,6 +308,9 @@ async fn console_shows_the_gateway_live_in_a_real_browser() {
         let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshot.png");
         std::fs::write(&out, &png).expect("write the screenshot");
         eprintln!("screenshot: {}", out.display());
+        // Ending the session makes chromedriver quit the browser (the driver's drop is the
+        // fallback when the test fails before this).
+        session.end().await;
     })
     .await;
 }
