@@ -45,6 +45,7 @@ use pingora_proxy::HttpProxy;
 use pingora_timeout::fast_timeout::fast_timeout;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
+use super::response_buffer::ResponseBuffer;
 use super::{proxy_protocol, Gateway, GatewayError};
 use crate::config::{self, Limits};
 use crate::observe::metrics::METRICS;
@@ -334,10 +335,13 @@ impl Connections {
     /// HTTP/1 requests on one connection, each header read while parked.
     async fn serve_http1(
         self: &Arc<Self>,
-        mut stream: Stream,
+        stream: Stream,
         shutdown: &ShutdownWatch,
         mut early: Option<BytesMut>,
     ) {
+        // Listeners have no transport write buffer (`runtime::serve`); above TLS, this one
+        // also puts a response's header and short body in one TLS record.
+        let mut stream = ResponseBuffer::wrap(stream);
         let mut stopping = shutdown.clone();
         let mut persistent = None;
         let mut first = true;

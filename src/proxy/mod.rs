@@ -14,6 +14,7 @@ pub mod grpc;
 pub mod handshake;
 mod headers;
 pub mod proxy_protocol;
+mod response_buffer;
 mod retry;
 
 use std::sync::Arc;

@@ -129,11 +129,14 @@ pub fn build(
     );
     let mut bound: Vec<SocketAddr> = Vec::new();
     for l in &listeners {
-        // No transport read buffer under the client connections: each would hold its own
-        // 64 KiB one (Pingora's default), and the request header is read into the session's
-        // buffer anyway, so it only added a copy.
+        // No transport buffers under the client connections. Each would hold a 64 KiB read
+        // buffer (Pingora's default), which only added a copy: the request header is read
+        // into the session's buffer anyway. And each idle connection would hold a write
+        // buffer: HTTP/1 connections gather a response's writes above TLS instead, in a
+        // buffer that lives only while the response is written (`proxy::response_buffer`);
+        // HTTP/2's codec and rustls's handshake flights gather their own.
         let mut endpoint =
-            ListenerConfig::tcp(l.address.as_str()).l4_buffer(L4BufferSettings::default().read(0));
+            ListenerConfig::tcp(l.address.as_str()).l4_buffer(L4BufferSettings::unbuffered());
         if let Some(tls) = tls_states.iter().find(|t| t.address == l.address) {
             endpoint = endpoint.tls(
                 tls.settings()
