@@ -188,9 +188,22 @@ struct Row {
 // Not inlined, so a profiler can count it apart (`callgrind --toggle-collect=config_scale::reload`).
 #[inline(never)]
 fn reload(text: &str, running: &portico::runtime::Snapshot) -> portico::runtime::Snapshot {
-    let config = portico::config::load_str_reusing("scale.toml", text, Some(&running.config))
-        .unwrap_or_else(|e| panic!("{e}"));
-    portico::runtime::Snapshot::build(config, Some(running)).unwrap_or_else(|e| panic!("{e}"))
+    let (config, load) = timed(|| {
+        portico::config::load_str_reusing("scale.toml", text, Some(&running.config))
+            .unwrap_or_else(|e| panic!("{e}"))
+    });
+    let (snapshot, build) = timed(|| {
+        portico::runtime::Snapshot::build(config, Some(running)).unwrap_or_else(|e| panic!("{e}"))
+    });
+    // `CONFIG_SCALE_PHASES=1`: a reload's two halves on stderr (the lint is in the build).
+    if std::env::var("CONFIG_SCALE_PHASES").is_ok_and(|v| v == "1") {
+        eprintln!(
+            "reload: load_str_reusing {}, Snapshot::build {}",
+            ms(load),
+            ms(build)
+        );
+    }
+    snapshot
 }
 
 fn measure(text: &str, one_changed: &str) -> Row {
