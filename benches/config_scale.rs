@@ -119,7 +119,7 @@ fn main() {
         .unwrap_or(3)
         .max(1);
     println!(
-        "| routes | config bytes | TOML parse | load_str (parse, serde, validate) | lint | Snapshot::build | reload, same text | reload, one route changed | drop snapshot | Config held | Snapshot held (besides its Config) | peak during load + build |"
+        "| routes | config bytes | TOML parse | load_str (parse, serde, validate) | lint | Snapshot::build | reload, same text | reload, one route changed | drop snapshot | Config held | Snapshot held (besides the routes its Config shares) | peak during load + build |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     // `CONFIG_SCALE_STRICT=1`: the `--strict` shape above.
@@ -188,33 +188,57 @@ struct Row {
 // Not inlined, so a profiler can count it apart (`callgrind --toggle-collect=config_scale::reload`).
 #[inline(never)]
 fn reload(text: &str, running: &portico::runtime::Snapshot) -> portico::runtime::Snapshot {
-    let config = portico::config::load_str_reusing("scale.toml", text, Some(&running.config))
-        .unwrap_or_else(|e| panic!("{e}"));
-    portico::runtime::Snapshot::build(config, Some(running)).unwrap_or_else(|e| panic!("{e}"))
+    let (config, load) = timed(|| {
+        portico::config::load_str_reusing("scale.toml", text, Some(&running.config))
+            .unwrap_or_else(|e| panic!("{e}"))
+    });
+    let (snapshot, build) = timed(|| {
+        portico::runtime::Snapshot::build(config, Some(running)).unwrap_or_else(|e| panic!("{e}"))
+    });
+    // `CONFIG_SCALE_PHASES=1`: a reload's two halves on stderr (the lint is in the build).
+    if std::env::var("CONFIG_SCALE_PHASES").is_ok_and(|v| v == "1") {
+        eprintln!(
+            "reload: load_str_reusing {}, Snapshot::build {}",
+            ms(load),
+            ms(build)
+        );
+    }
+    snapshot
 }
 
 fn measure(text: &str, one_changed: &str) -> Row {
     let (doc, parse) = timed(|| toml_edit::ImDocument::parse(text).expect("parses"));
     drop(doc);
     let before = held();
-    let ((config, load, lint, snapshot, build, config_bytes), peak) = peak_of(|| {
-        let (config, load) = timed(|| {
-            portico::config::load_str("scale.toml", text).unwrap_or_else(|e| panic!("{e}"))
+    let ((config, load, lint, snapshot, build, config_bytes, snapshot_bytes), peak) =
+        peak_of(|| {
+            let (config, load) = timed(|| {
+                portico::config::load_str("scale.toml", text).unwrap_or_else(|e| panic!("{e}"))
+            });
+            let config_bytes = held() - before;
+            let (warnings, lint) = timed(|| portico::config::lint(&config));
+            // The generated config has no admin token (the process-level script reloads
+            // without one); every other warning means the generator is wrong.
+            let unexpected = warnings.iter().find(|w| w.field != "admin");
+            assert!(unexpected.is_none(), "{unexpected:?}");
+            // What the snapshot holds besides the routes its config shares with `config` (the
+            // clone shares them, see `config::by_route`): the rest of its config, and all it built.
+            let before_build = held();
+            let (snapshot, build) = timed(|| {
+                portico::runtime::Snapshot::build(config.clone(), None)
+                    .unwrap_or_else(|e| panic!("{e}"))
+            });
+            let snapshot_bytes = held().saturating_sub(before_build);
+            (
+                config,
+                load,
+                lint,
+                snapshot,
+                build,
+                config_bytes,
+                snapshot_bytes,
+            )
         });
-        let config_bytes = held() - before;
-        let (warnings, lint) = timed(|| portico::config::lint(&config));
-        // The generated config has no admin token (the process-level script reloads
-        // without one); every other warning means the generator is wrong.
-        let unexpected = warnings.iter().find(|w| w.field != "admin");
-        assert!(unexpected.is_none(), "{unexpected:?}");
-        let (snapshot, build) = timed(|| {
-            portico::runtime::Snapshot::build(config.clone(), None)
-                .unwrap_or_else(|e| panic!("{e}"))
-        });
-        (config, load, lint, snapshot, build, config_bytes)
-    });
-    // What the snapshot holds besides its own copy of the config (the clone above).
-    let snapshot_bytes = held() - before - 2 * config_bytes;
     drop(config);
     let (same, reload_same) = timed(|| reload(text, &snapshot));
     assert_eq!(same.version, snapshot.version);

@@ -1,7 +1,9 @@
 //! The binary's global allocator (chosen by Cargo feature) and how jemalloc is tuned: freed
 //! memory goes back to the OS within about a second, from jemalloc's background thread,
 //! so the memory of closed connections is returned even when no new request arrives to
-//! trigger jemalloc's purging (benches/load/RESULTS.md, "memory").
+//! trigger jemalloc's purging (benches/load/RESULTS.md, "memory"). That thread runs at nice 10
+//! like the reload and retiring threads (`runtime::lower_allocator_priority`): it has no
+//! deadline, and its long `madvise` calls after a reload delayed the proxy thread.
 
 #[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
 #[global_allocator]
@@ -63,5 +65,6 @@ pub struct AfterFork;
 impl pingora_core::services::background::BackgroundService for AfterFork {
     async fn start(&self, _shutdown: pingora_core::server::ShutdownWatch) {
         after_fork();
+        portico::runtime::lower_allocator_priority();
     }
 }

@@ -125,3 +125,92 @@ async fn reloads_reuse_unchanged_routes_and_apply_every_change() {
     })
     .await;
 }
+
+/// `(path, target)`: a request for `path` reaches the upstream as `target`.
+async fn assert_targets(gw: &Gateway, up: &Upstream, cases: &[(&str, &str)]) {
+    for &(path, target) in cases {
+        let resp = gw.get(path).await;
+        assert_eq!(resp.status(), 200, "{path}");
+        assert_eq!(up.last_request().uri, target, "{path}");
+    }
+}
+
+/// The 1-based line and column of the first `needle` in `text`.
+fn line_and_column(text: &str, needle: &str) -> (usize, usize) {
+    let at = text.find(needle).expect("the needle is in the text");
+    let line = text[..at].matches('\n').count() + 1;
+    let column = at - text[..at].rfind('\n').map_or(0, |n| n + 1) + 1;
+    (line, column)
+}
+
+/// What a reload keeps of an unchanged route (its compiled targets, rewrites, retry rules)
+/// must never outlive a change to it: each step below changes what a stale route would
+/// still do the old way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_recompiles_the_changed_route_keeps_the_others_and_refuses_an_invalid_change() {
+    bounded(async {
+        let one = Upstream::start("one").await;
+        let two = Upstream::start("two").await;
+        let ups = [&one, &two];
+        let gw = Gateway::config()
+            .route_with("a", "/a", "first", "rewrite_prefix = \"/one\"\n")
+            .route_with("b", "/b", "first", "rewrite_prefix = \"/bee\"\n")
+            .route("c", "/c", "second")
+            .cluster("first", &[&one])
+            .cluster("second", &[&two])
+            .start()
+            .await;
+        let original = gw.config.clone();
+        assert_targets(&gw, &one, &[("/a/x", "/one/x"), ("/b/x", "/bee/x")]).await;
+
+        // `a`'s rewrite changed: `a` rewrites anew, `b` and `c` as before.
+        let a_changed = original.replace("rewrite_prefix = \"/one\"", "rewrite_prefix = \"/two\"");
+        assert_ne!(a_changed, original);
+        reload(&gw, &a_changed).await;
+        assert_targets(&gw, &one, &[("/a/x", "/two/x"), ("/b/x", "/bee/x")]).await;
+        assert_served(&gw, &ups, &[("/c/x", "none", "two")]).await;
+
+        // `a` moved to the other cluster: its target follows, `b` stays.
+        let a_moved = a_changed.replace(
+            "id = \"a\"\npath = \"/a\"\ncluster = \"first\"",
+            "id = \"a\"\npath = \"/a\"\ncluster = \"second\"",
+        );
+        assert_ne!(a_moved, a_changed);
+        reload(&gw, &a_moved).await;
+        assert_targets(&gw, &two, &[("/a/x", "/two/x")]).await;
+        assert_targets(&gw, &one, &[("/b/x", "/bee/x")]).await;
+
+        // An invalid change to `b` is refused with the file, line, column and field, and
+        // every route goes on as it was.
+        let invalid = a_moved.replace(
+            "id = \"b\"\npath = \"/b\"\ncluster = \"first\"",
+            "id = \"b\"\npath = \"/b\"\ncluster = \"nope\"",
+        );
+        assert_ne!(invalid, a_moved);
+        std::fs::write(&gw.config_path, &invalid).unwrap();
+        let resp = gw.admin_post("/admin/reload").await;
+        assert_eq!(resp.status(), 422);
+        let body: serde_json::Value = resp.json().await.expect("reload answer");
+        let (line, column) = line_and_column(&invalid, "\"nope\"");
+        assert_eq!(
+            body["error"].as_str(),
+            Some(
+                format!(
+                    "{}:{line}:{column}: routes[1].cluster: unknown cluster `nope` (defined: first, second)",
+                    gw.config_path.display()
+                )
+                .as_str()
+            ),
+            "{body}"
+        );
+        assert_targets(&gw, &two, &[("/a/x", "/two/x")]).await;
+        assert_targets(&gw, &one, &[("/b/x", "/bee/x")]).await;
+
+        // A valid change after the refused one applies against the running config.
+        let b_changed = a_moved.replace("rewrite_prefix = \"/bee\"", "rewrite_prefix = \"/bea\"");
+        reload(&gw, &b_changed).await;
+        assert_targets(&gw, &one, &[("/b/x", "/bea/x")]).await;
+        assert_targets(&gw, &two, &[("/a/x", "/two/x")]).await;
+    })
+    .await;
+}

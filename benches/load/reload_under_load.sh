@@ -101,7 +101,13 @@ AUTH="Authorization: Bearer $(<"$TMP/admin.token")"
 "$GEN_BIN" gen --routes "$ROUTES" --upstream "127.0.0.1:$UP_PORT" --listen "127.0.0.1:$PORT" \
     --admin "$ADMIN" --runtime-dir "$TMP" --admin-token-file "$TMP/admin.token" \
     --traffic-host 127.0.0.1 >"$TMP/portico.toml"
-pin "$PROXY_CPU" "$PORTICO_BIN" serve -c "$TMP/portico.toml" >"$TMP/portico.log" 2>&1 &
+# Started as a simple command, not through `pin`: a function run in the background is a
+# subshell, and `$!` would be that subshell's pid, so the cleanup's kill left portico running.
+if [[ -n $PROXY_CPU ]] && command -v taskset >/dev/null; then
+    taskset -c "$PROXY_CPU" "$PORTICO_BIN" serve -c "$TMP/portico.toml" >"$TMP/portico.log" 2>&1 &
+else
+    "$PORTICO_BIN" serve -c "$TMP/portico.toml" >"$TMP/portico.log" 2>&1 &
+fi
 PIDS+=($!)
 for _ in $(seq 1 1200); do
     curl -fsS -o /dev/null "http://$ADMIN/readyz" 2>/dev/null && break

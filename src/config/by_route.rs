@@ -3,8 +3,9 @@
 //! At 100,000 routes most of a reload was the TOML parse and serde of text that was the same
 //! as last time. The text is cut at its table headers: each `[[routes]]` table, with the
 //! `[routes.…]` and `[[routes.…]]` sub-tables after it, is one piece, parsed on its own — or,
-//! when the running config has a route written exactly so, that route is cloned instead of
-//! parsed. Everything else (`[server]`, `[clusters.…]`, …) is parsed together as one document.
+//! when the running config has a route written exactly so, that route is shared with it (an
+//! `Arc`) instead of parsed, with what validation and the snapshot build worked out about it.
+//! Everything else (`[server]`, `[clusters.…]`, …) is parsed together as one document.
 //!
 //! The cut follows strings, comments and multi-line arrays, but it need not be perfect: a cut
 //! inside a string or an array leaves a piece that does not parse, a piece with anything but
@@ -40,7 +41,7 @@ struct RoutePiece {
 /// `None` when a reference cannot be substituted.
 pub(crate) type Interpolate = dyn Fn(&str) -> Option<(String, Vec<String>)>;
 
-/// Parses `text` into a [`Config`] with one [`RouteSource`] per route, cloning the routes of
+/// Parses `text` into a [`Config`] with one [`RouteSource`] per route, sharing the routes of
 /// `previous` whose text (after `${…}` substitution) is unchanged. Only the pieces with a
 /// `${` are given to `interpolate`: at 100,000 routes, reading the whole text into the
 /// editable document that substitution works on cost more than a reload. `None`: parse the
@@ -92,7 +93,7 @@ pub(crate) fn parse(
                 let mut piece = RoutePiece::deserialize(de).ok()?;
                 let route = piece.routes.pop().filter(|_| piece.routes.is_empty())?;
                 let json = json_hash(&route);
-                (route, RouteSource { text: hash, json })
+                (std::sync::Arc::new(route), RouteSource { text: hash, json })
             }
         };
         routes.push(route);
@@ -425,8 +426,8 @@ max_body_bytes = 10
             Some("2")
         );
         // A reused route's hash is what hashing it again gives.
-        assert_eq!(second.route_sources[1].json, json_hash(&second.routes[1]));
-        assert_eq!(second.route_sources[0].json, json_hash(&second.routes[0]));
+        assert_eq!(second.route_sources[1].json, json_hash(&*second.routes[1]));
+        assert_eq!(second.route_sources[0].json, json_hash(&*second.routes[0]));
     }
 
     #[test]

@@ -613,6 +613,61 @@ mod tests {
 
     /// Route by route, each piece with a reference is interpolated on its own, its values
     /// are secrets as before, and a reload notices a changed value in an unchanged text.
+    /// A running config for the reuse tests below: routes `a` and `b` on two clusters.
+    const RUNNING: &str = "[[listeners]]\naddress = \"127.0.0.1:1\"\n\
+        [[routes]]\nid = \"a\"\npath = \"/a\"\ncluster = \"one\"\n\
+        [[routes]]\nid = \"b\"\npath = \"/b\"\ncluster = \"two\"\n\
+        [clusters.one]\nendpoints = [{ address = \"127.0.0.1:8\" }]\n\
+        [clusters.two]\nendpoints = [{ address = \"127.0.0.1:9\" }]\n";
+
+    /// Every reload of `text` against the running config refuses it with the very errors a
+    /// first load of it gives: what a reused route brings along never hides a problem.
+    fn refused_as_by_a_first_load(text: &str) -> String {
+        let running = load_str("t.toml", RUNNING).unwrap();
+        // Twice: the second time the running routes carry what the first validation cached.
+        let _ = load_str_reusing("t.toml", RUNNING, Some(&running)).unwrap();
+        let first_load = load_str("t.toml", text).unwrap_err().to_string();
+        let reload = load_str_reusing("t.toml", text, Some(&running))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(reload, first_load);
+        reload
+    }
+
+    #[test]
+    fn a_reused_route_is_checked_again_when_its_cluster_is_gone() {
+        let text = RUNNING.replace(
+            "[clusters.two]\nendpoints = [{ address = \"127.0.0.1:9\" }]\n",
+            "",
+        );
+        assert_ne!(text, RUNNING);
+        let error = refused_as_by_a_first_load(&text);
+        assert!(
+            error.starts_with("t.toml:10:11: routes[1].cluster: unknown cluster `two`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_new_route_matching_like_a_reused_one_is_refused() {
+        let text = format!("{RUNNING}[[routes]]\nid = \"c\"\npath = \"/a/\"\ncluster = \"two\"\n");
+        let error = refused_as_by_a_first_load(&text);
+        assert!(
+            error.contains("routes[2].path: route `c` has the same hosts, path, methods and headers as routes[0] (`a`)"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_new_route_reusing_an_id_is_refused() {
+        let text = format!("{RUNNING}[[routes]]\nid = \"b\"\npath = \"/c\"\ncluster = \"two\"\n");
+        let error = refused_as_by_a_first_load(&text);
+        assert!(
+            error.contains("routes[2].id: duplicate route id `b` (first used by routes[1])"),
+            "{error}"
+        );
+    }
+
     #[test]
     fn route_by_route_interpolates_each_piece_and_notices_a_changed_value() {
         std::env::set_var(

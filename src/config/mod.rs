@@ -40,8 +40,12 @@ pub struct Config {
     /// Plugins applied to every route, before the route's own plugins.
     #[serde(default)]
     pub plugins: Vec<PluginRef>,
-    #[serde(default)]
-    pub routes: Vec<Route>,
+    /// Shared, not owned: a reload takes every route whose text did not change from the
+    /// running config as it is (see `by_route`), so two snapshots hold one copy of it, the
+    /// reload clones a pointer instead of the route, and retiring the old snapshot frees
+    /// only what changed.
+    #[serde(default, with = "shared_routes")]
+    pub routes: Vec<std::sync::Arc<Route>>,
     #[serde(default)]
     pub clusters: BTreeMap<String, Cluster>,
     /// The edge cache's store: its byte budget and largest object.
@@ -58,6 +62,27 @@ pub struct Config {
     /// without serializing them again.
     #[serde(skip)]
     pub(crate) route_sources: Vec<by_route::RouteSource>,
+}
+
+/// (De)serializes `Config::routes` as a plain array of tables: serde's own `Arc` support
+/// would need its `rc` feature for the whole build.
+mod shared_routes {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::Route;
+
+    pub fn serialize<S: Serializer>(routes: &[Arc<Route>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(routes.iter().map(|r| &**r))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Arc<Route>>, D::Error> {
+        Ok(Vec::<Route>::deserialize(d)?
+            .into_iter()
+            .map(Arc::new)
+            .collect())
+    }
 }
 
 /// Process-level settings handed to Pingora's server.
@@ -647,6 +672,23 @@ pub struct Route {
     /// A shared response cache for this route (`[routes.cache]`): on when present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<RouteCache>,
+    /// What validation worked out about this route alone. A reload shares an unchanged
+    /// route with the running config (see `by_route`), so it brings this along and
+    /// validation does not work it out again.
+    #[serde(skip)]
+    pub(crate) checked: RouteChecks,
+}
+
+/// See [`Route::checked`]: facts about one route that depend on nothing else (or on the
+/// context they name), so they hold for as long as the route is shared.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RouteChecks {
+    /// A 128-bit hash of what the route matches on (hosts, path, methods, headers), for
+    /// the check that no two routes match the same requests.
+    pub(crate) matchers: std::sync::OnceLock<u128>,
+    /// The context (see `validate::route_context`) in which the route's own checks found
+    /// nothing wrong; set once, by the first validation that passes them.
+    pub(crate) valid_in: std::sync::OnceLock<u64>,
 }
 
 /// A route's response compression: which codings it offers, in its order of preference,

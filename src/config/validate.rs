@@ -989,18 +989,62 @@ fn validate_route_cache(
     }
 }
 
+/// What the checks of one route alone depend on besides the route: the cluster names (a
+/// route must name a defined one) and whether a global `jwt` plugin exists (a per-identity
+/// cache needs one). A route that passed its checks in an equal context passes them again.
+fn route_context(config: &Config) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for name in config.clusters.keys() {
+        h.update(&(name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+    }
+    h.update(&[u8::from(config.plugins.iter().any(|p| p.name == "jwt"))]);
+    h.digest()
+}
+
+/// What a route matches on, normalized: two routes with equal signatures can never both be
+/// reached.
+type Matchers<'a> = (
+    BTreeSet<String>,
+    &'a str,
+    PathMatchKind,
+    BTreeSet<&'a str>,
+    BTreeSet<(String, Option<&'a str>)>,
+);
+
+fn matchers(r: &super::Route) -> Matchers<'_> {
+    let hosts: BTreeSet<String> = r.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+    let methods: BTreeSet<&str> = r.methods.iter().map(String::as_str).collect();
+    let headers: BTreeSet<(String, Option<&str>)> = r
+        .headers
+        .iter()
+        .map(|h| (h.name.to_ascii_lowercase(), h.value.as_deref()))
+        .collect();
+    let path = if r.path_match == PathMatchKind::Prefix && r.path.len() > 1 {
+        r.path.trim_end_matches('/')
+    } else {
+        r.path.as_str()
+    };
+    (hosts, path, r.path_match, methods, headers)
+}
+
+/// [`matchers`] as a 128-bit hash, worked out once per route (see `Route::checked`).
+fn matchers_hash(r: &super::Route) -> u128 {
+    *r.checked.matchers.get_or_init(|| {
+        use std::hash::Hash as _;
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        matchers(r).hash(&mut h);
+        h.digest128()
+    })
+}
+
 fn validate_routes(config: &Config, p: &mut Problems) {
     // Sized up front: growing them rehashes every key so far, big keys included.
     let mut ids: HashMap<&str, usize> = HashMap::with_capacity(config.routes.len());
     // Two routes with identical matchers can never both be reached: the second is dead.
-    type Matchers<'a> = (
-        BTreeSet<String>,
-        &'a str,
-        PathMatchKind,
-        BTreeSet<&'a str>,
-        BTreeSet<(String, Option<&'a str>)>,
-    );
-    let mut matchers: HashMap<Matchers, usize> = HashMap::with_capacity(config.routes.len());
+    // Keyed by the signature's hash; equal hashes are compared in full before a report.
+    let mut seen: HashMap<u128, usize> = HashMap::with_capacity(config.routes.len());
+    let context = route_context(config);
     for (i, r) in config.routes.iter().enumerate() {
         let at = |f: &str| vec![key("routes"), Seg::Index(i), key(f)];
         if r.id.trim().is_empty() {
@@ -1014,70 +1058,107 @@ fn validate_routes(config: &Config, p: &mut Problems) {
                 ),
             );
         }
-        if let Some(limits) = &r.limits {
-            let at = |f: &str| vec![key("routes"), Seg::Index(i), key("limits"), key(f)];
-            if limits.max_body_bytes == Some(0) {
-                p.add(&at("max_body_bytes"), "must be greater than 0");
-            }
-            for (field, value) in [
-                ("body_timeout", limits.body_timeout),
-                ("send_timeout", limits.send_timeout),
-                ("response_header_timeout", limits.response_header_timeout),
-                ("upgrade_idle_timeout", limits.upgrade_idle_timeout),
-            ] {
-                if value.is_some_and(|v| v.is_zero()) {
-                    p.add(&at(field), "must be longer than 0s");
-                }
+        // The route's own checks, unless it passed them already in this context (a
+        // reload's unchanged routes: the running config passed them).
+        if r.checked.valid_in.get() != Some(&context) {
+            let found = p.found.len();
+            validate_route_alone(config, i, r, p);
+            if p.found.len() == found {
+                let _ = r.checked.valid_in.set(context);
             }
         }
-        if let Some(compress) = &r.compress {
-            validate_compress(compress, &at("compress"), p);
-        }
-        if let Some(cache) = &r.cache {
-            validate_route_cache(config, i, r, cache, p);
-        }
-        if !r.path.starts_with('/') {
-            p.add(&at("path"), format!("`{}` must start with /", r.path));
-        } else if let Err(e) = crate::router::normalize_path(&r.path) {
-            p.add(&at("path"), format!("`{}`: {e}", r.path));
-        }
-        for (j, host) in r.hosts.iter().enumerate() {
-            let body = host.strip_prefix("*.").unwrap_or(host);
-            let ok = !body.is_empty()
-                && !body.contains('*')
-                && body
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-            if !ok {
+        // A later duplicate is named against the one before it, as it always was.
+        let hash = matchers_hash(r);
+        if let Some(&first) = seen.get(&hash) {
+            if matchers(r) == matchers(&config.routes[first]) {
+                seen.insert(hash, i);
                 p.add(
-                    &[key("routes"), Seg::Index(i), key("hosts"), Seg::Index(j)],
-                    format!("`{host}` is not a host name or `*.suffix` wildcard"),
+                    &at("path"),
+                    format!(
+                        "route `{}` has the same hosts, path, methods and headers as routes[{first}] (`{}`), so it can never match",
+                        r.id, config.routes[first].id
+                    ),
                 );
             }
+        } else {
+            seen.insert(hash, i);
         }
-        for (j, m) in r.methods.iter().enumerate() {
-            if http::Method::from_bytes(m.as_bytes()).is_err() || m.to_uppercase() != *m {
-                p.add(
-                    &[key("routes"), Seg::Index(i), key("methods"), Seg::Index(j)],
-                    format!("`{m}` is not an upper-case HTTP method"),
-                );
+        validate_plugins(
+            &r.plugins,
+            &[key("routes"), Seg::Index(i), key("plugins")],
+            p,
+        );
+    }
+}
+
+/// The checks of routes[i] that look at nothing but the route and [`route_context`]'s
+/// parts of the config (not its plugins: building them reads files, checked every time).
+fn validate_route_alone(config: &Config, i: usize, r: &super::Route, p: &mut Problems) {
+    let at = |f: &str| vec![key("routes"), Seg::Index(i), key(f)];
+    if let Some(limits) = &r.limits {
+        let at = |f: &str| vec![key("routes"), Seg::Index(i), key("limits"), key(f)];
+        if limits.max_body_bytes == Some(0) {
+            p.add(&at("max_body_bytes"), "must be greater than 0");
+        }
+        for (field, value) in [
+            ("body_timeout", limits.body_timeout),
+            ("send_timeout", limits.send_timeout),
+            ("response_header_timeout", limits.response_header_timeout),
+            ("upgrade_idle_timeout", limits.upgrade_idle_timeout),
+        ] {
+            if value.is_some_and(|v| v.is_zero()) {
+                p.add(&at(field), "must be longer than 0s");
             }
         }
-        for (j, h) in r.headers.iter().enumerate() {
-            if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
-                p.add(
-                    &[
-                        key("routes"),
-                        Seg::Index(i),
-                        key("headers"),
-                        Seg::Index(j),
-                        key("name"),
-                    ],
-                    format!("`{}` is not a valid header name", h.name),
-                );
-            }
+    }
+    if let Some(compress) = &r.compress {
+        validate_compress(compress, &at("compress"), p);
+    }
+    if let Some(cache) = &r.cache {
+        validate_route_cache(config, i, r, cache, p);
+    }
+    if !r.path.starts_with('/') {
+        p.add(&at("path"), format!("`{}` must start with /", r.path));
+    } else if let Err(e) = crate::router::normalize_path(&r.path) {
+        p.add(&at("path"), format!("`{}`: {e}", r.path));
+    }
+    for (j, host) in r.hosts.iter().enumerate() {
+        let body = host.strip_prefix("*.").unwrap_or(host);
+        let ok = !body.is_empty()
+            && !body.contains('*')
+            && body
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if !ok {
+            p.add(
+                &[key("routes"), Seg::Index(i), key("hosts"), Seg::Index(j)],
+                format!("`{host}` is not a host name or `*.suffix` wildcard"),
+            );
         }
-        match (&r.cluster, r.versions.is_empty()) {
+    }
+    for (j, m) in r.methods.iter().enumerate() {
+        if http::Method::from_bytes(m.as_bytes()).is_err() || m.to_uppercase() != *m {
+            p.add(
+                &[key("routes"), Seg::Index(i), key("methods"), Seg::Index(j)],
+                format!("`{m}` is not an upper-case HTTP method"),
+            );
+        }
+    }
+    for (j, h) in r.headers.iter().enumerate() {
+        if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
+            p.add(
+                &[
+                    key("routes"),
+                    Seg::Index(i),
+                    key("headers"),
+                    Seg::Index(j),
+                    key("name"),
+                ],
+                format!("`{}` is not a valid header name", h.name),
+            );
+        }
+    }
+    match (&r.cluster, r.versions.is_empty()) {
             (Some(cluster), true) => check_cluster_ref(config, cluster, &at("cluster"), p),
             (None, true) => p.add(
                 &at("cluster"),
@@ -1089,80 +1170,50 @@ fn validate_routes(config: &Config, p: &mut Problems) {
             ),
             (None, false) => validate_versions(config, i, r, p),
         }
-        if r.versioning.is_some() && r.versions.is_empty() {
-            p.add(
-                &at("versioning"),
-                "`versioning` needs `versions` to choose from",
-            );
-        }
-        if let Some(retry) = &r.retry {
-            validate_retry(retry, &at("retry"), p);
-        }
-        if r.timeout.is_some_and(|t| t.is_zero()) {
-            p.add(&at("timeout"), "must be greater than 0");
-        }
-        if r.strip_prefix && r.rewrite_prefix.is_some() {
-            p.add(
-                &at("rewrite_prefix"),
-                "use either strip_prefix or rewrite_prefix, not both",
-            );
-        }
-        if (r.strip_prefix || r.rewrite_prefix.is_some()) && r.path_match == PathMatchKind::Exact {
-            p.add(
-                &at("path_match"),
-                "prefix rewriting needs path_match = \"prefix\"",
-            );
-        }
-        for (j, protocol) in r.upgrades.iter().enumerate() {
-            let at = [key("routes"), Seg::Index(i), key("upgrades"), Seg::Index(j)];
-            let name = protocol.split('/').next().unwrap_or_default();
-            if name.eq_ignore_ascii_case("h2c") {
-                p.add(
-                    &at,
-                    "`h2c` cannot be allowed: it would open an HTTP/2 tunnel past routing and plugins",
-                );
-            } else if protocol.is_empty()
-                || !protocol
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~/".contains(&b))
-            {
-                p.add(&at, format!("`{protocol}` is not a protocol name"));
-            }
-        }
-        if let Some(rw) = &r.rewrite_prefix {
-            if !rw.starts_with('/') {
-                p.add(&at("rewrite_prefix"), format!("`{rw}` must start with /"));
-            }
-        }
-        let signature = {
-            let hosts: BTreeSet<String> = r.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
-            let methods: BTreeSet<&str> = r.methods.iter().map(String::as_str).collect();
-            let headers: BTreeSet<(String, Option<&str>)> = r
-                .headers
-                .iter()
-                .map(|h| (h.name.to_ascii_lowercase(), h.value.as_deref()))
-                .collect();
-            let path = if r.path_match == PathMatchKind::Prefix && r.path.len() > 1 {
-                r.path.trim_end_matches('/')
-            } else {
-                r.path.as_str()
-            };
-            (hosts, path, r.path_match, methods, headers)
-        };
-        if let Some(first) = matchers.insert(signature, i) {
-            p.add(
-                &at("path"),
-                format!(
-                    "route `{}` has the same hosts, path, methods and headers as routes[{first}] (`{}`), so it can never match",
-                    r.id, config.routes[first].id
-                ),
-            );
-        }
-        validate_plugins(
-            &r.plugins,
-            &[key("routes"), Seg::Index(i), key("plugins")],
-            p,
+    if r.versioning.is_some() && r.versions.is_empty() {
+        p.add(
+            &at("versioning"),
+            "`versioning` needs `versions` to choose from",
         );
+    }
+    if let Some(retry) = &r.retry {
+        validate_retry(retry, &at("retry"), p);
+    }
+    if r.timeout.is_some_and(|t| t.is_zero()) {
+        p.add(&at("timeout"), "must be greater than 0");
+    }
+    if r.strip_prefix && r.rewrite_prefix.is_some() {
+        p.add(
+            &at("rewrite_prefix"),
+            "use either strip_prefix or rewrite_prefix, not both",
+        );
+    }
+    if (r.strip_prefix || r.rewrite_prefix.is_some()) && r.path_match == PathMatchKind::Exact {
+        p.add(
+            &at("path_match"),
+            "prefix rewriting needs path_match = \"prefix\"",
+        );
+    }
+    for (j, protocol) in r.upgrades.iter().enumerate() {
+        let at = [key("routes"), Seg::Index(i), key("upgrades"), Seg::Index(j)];
+        let name = protocol.split('/').next().unwrap_or_default();
+        if name.eq_ignore_ascii_case("h2c") {
+            p.add(
+                &at,
+                "`h2c` cannot be allowed: it would open an HTTP/2 tunnel past routing and plugins",
+            );
+        } else if protocol.is_empty()
+            || !protocol
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~/".contains(&b))
+        {
+            p.add(&at, format!("`{protocol}` is not a protocol name"));
+        }
+    }
+    if let Some(rw) = &r.rewrite_prefix {
+        if !rw.starts_with('/') {
+            p.add(&at("rewrite_prefix"), format!("`{rw}` must start with /"));
+        }
     }
 }
 
