@@ -1159,17 +1159,17 @@ fn validate_route_alone(config: &Config, i: usize, r: &super::Route, p: &mut Pro
         }
     }
     match (&r.cluster, r.versions.is_empty()) {
-            (Some(cluster), true) => check_cluster_ref(config, cluster, &at("cluster"), p),
-            (None, true) => p.add(
-                &at("cluster"),
-                "a route needs `cluster` (or `versions`, each with its own cluster)",
-            ),
-            (Some(_), false) => p.add(
-                &at("cluster"),
-                "a route with `versions` routes by version; set `versioning.default` instead of `cluster`",
-            ),
-            (None, false) => validate_versions(config, i, r, p),
-        }
+        (Some(cluster), true) => check_cluster_ref(config, cluster, &at("cluster"), p),
+        (None, true) => p.add(
+            &at("cluster"),
+            "a route needs `cluster` (or `versions`, each with its own cluster)",
+        ),
+        (Some(_), false) => p.add(
+            &at("cluster"),
+            "a route with `versions` routes by version; set `versioning.default` instead of `cluster`",
+        ),
+        (None, false) => validate_versions(config, i, r, p),
+    }
     if r.versioning.is_some() && r.versions.is_empty() {
         p.add(
             &at("versioning"),

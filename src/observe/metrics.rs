@@ -728,11 +728,6 @@ pub struct Totals {
 }
 
 impl RouteMetrics {
-    /// Whether this target has had a request (its series exist).
-    pub fn has_traffic(&self) -> bool {
-        self.handles.get().is_some()
-    }
-
     /// The counts behind this target's series; `None` before its first request.
     pub fn totals(&self) -> Option<Totals> {
         Some(self.handles.get()?.totals())
@@ -741,8 +736,7 @@ impl RouteMetrics {
 
 impl Handles {
     fn totals(&self) -> Totals {
-        let h = self;
-        let errors = h
+        let errors = self
             .counters
             .iter()
             .filter_map(OnceLock::get)
@@ -752,7 +746,7 @@ impl Handles {
             .map(IntCounter::get)
             .sum();
         // The histogram's own counts, so the window agrees with what Prometheus scrapes.
-        let metric = prometheus::core::Metric::metric(&h.duration);
+        let metric = prometheus::core::Metric::metric(&self.duration);
         let histogram = metric.get_histogram();
         Totals {
             requests: histogram.get_sample_count(),
