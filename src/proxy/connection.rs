@@ -628,13 +628,8 @@ mod size_tests {
 
     /// A `Connections` over a minimal config, as the proxy service builds it.
     fn connections() -> Arc<Connections> {
-        let config = crate::config::load_str(
-            "t.toml",
-            "[[listeners]]\naddress = \"127.0.0.1:1\"\n[clusters.api]\nendpoints = [{ address = \"127.0.0.1:2\" }]\n",
-        )
-        .expect("config loads");
-        let listeners = config.listeners.clone();
-        let snapshot = Snapshot::build(config, None).expect("snapshot builds");
+        let snapshot = crate::runtime::minimal_snapshot();
+        let listeners = snapshot.config.listeners.clone();
         let state = State::new(snapshot, None);
         let conf = Arc::new(pingora_core::server::configuration::ServerConf::default());
         let proxy = pingora_proxy::http_proxy(&conf, Gateway::new(state.clone()));

@@ -110,6 +110,131 @@ impl CompiledRoute {
     }
 }
 
+/// What compiled routes share: one string per cluster and per version name among their
+/// metric labels, and the retry rules of a route without a `retry` section.
+struct Commons<'a> {
+    clusters: HashMap<&'a str, Arc<str>>,
+    versions: HashMap<&'a str, Arc<str>>,
+    no_version: Arc<str>,
+    no_retry: RetryRules,
+}
+
+/// Compiles route `r` (everything but its plugins) against the snapshot's `clusters`.
+fn compile_route<'a>(
+    r: &'a Arc<config::Route>,
+    clusters: &BTreeMap<String, Arc<Cluster>>,
+    commons: &mut Commons<'a>,
+) -> Result<Arc<CompiledRoute>, String> {
+    let id: Arc<str> = Arc::from(r.id.as_str());
+    let rewrite_of = |prefix_override: Option<&String>| {
+        if let Some(with) = prefix_override {
+            Rewrite::Prefix {
+                prefix: r.path.clone(),
+                with: with.clone(),
+            }
+        } else if r.strip_prefix {
+            Rewrite::Prefix {
+                prefix: r.path.clone(),
+                with: String::new(),
+            }
+        } else if let Some(with) = &r.rewrite_prefix {
+            Rewrite::Prefix {
+                prefix: r.path.clone(),
+                with: with.clone(),
+            }
+        } else {
+            Rewrite::None
+        }
+    };
+    let cluster_of = |name: &str| {
+        let cluster = clusters.get(name).cloned();
+        let label = commons.clusters.get(name).cloned();
+        cluster
+            .zip(label)
+            .ok_or_else(|| format!("route {}: unknown cluster {name}", r.id))
+    };
+    let mut targets = Vec::with_capacity(r.versions.len().max(1));
+    let versioning = if r.versions.is_empty() {
+        let (cluster, label) = cluster_of(r.cluster.as_deref().unwrap_or_default())?;
+        targets.push(Arc::new(Target {
+            version: None,
+            cluster,
+            rewrite: rewrite_of(None),
+            metrics: RouteMetrics::new(id.clone(), label, commons.no_version.clone()),
+            deprecation: Vec::new(),
+        }));
+        None
+    } else {
+        for v in &r.versions {
+            let name = router::version::normalize_version(&v.name);
+            let name = commons
+                .versions
+                .entry(name)
+                .or_insert_with(|| Arc::from(name))
+                .clone();
+            let (cluster, label) = cluster_of(&v.cluster)?;
+            targets.push(Arc::new(Target {
+                version: Some(name.clone()),
+                cluster,
+                rewrite: rewrite_of(v.rewrite_prefix.as_ref()),
+                metrics: RouteMetrics::new(id.clone(), label, name),
+                deprecation: deprecation_headers(r, v),
+            }));
+        }
+        let v = r.versioning.clone().unwrap_or_default();
+        Some(VersionSelector::new(
+            v.sources
+                .iter()
+                .map(|s| match s {
+                    config::VersionSource::Uri => Source::Uri,
+                    config::VersionSource::Header => Source::Header,
+                    config::VersionSource::MediaType => Source::MediaType,
+                    config::VersionSource::Query => Source::Query,
+                })
+                .collect(),
+            http::HeaderName::from_bytes(v.header.as_bytes())
+                .map_err(|e| format!("route {}: versioning.header: {e}", r.id))?,
+            v.query,
+            v.default.as_deref(),
+            &r.versions
+                .iter()
+                .map(|v| (v.name.clone(), v.retired))
+                .collect::<Vec<_>>(),
+        ))
+    };
+    Ok(Arc::new(CompiledRoute {
+        id,
+        targets,
+        versioning,
+        retry: match &r.retry {
+            Some(policy) => RetryRules::from_config(Some(policy)),
+            None => commons.no_retry.clone(),
+        },
+        deadline: r.timeout,
+        allow_path_params: r.allow_path_params,
+        allow_escaped_slashes: r.allow_escaped_slashes,
+        upgrades: r
+            .upgrades
+            .iter()
+            .map(|u| u.to_ascii_lowercase().into_boxed_str())
+            .collect(),
+        limits: r
+            .limits
+            .clone()
+            .filter(|l| *l != config::RouteLimits::default())
+            .map(Box::new),
+        compress: r
+            .compress
+            .as_ref()
+            .map(|c| Box::new(crate::proxy::compress::Policy::new(r.id.as_str().into(), c))),
+        cache: r
+            .cache
+            .as_ref()
+            .map(|c| Box::new(crate::cache::CachePolicy::new(&r.id, c))),
+        source: r.clone(),
+    }))
+}
+
 /// One destination of a route: a cluster, with the version it serves.
 pub struct Target {
     pub version: Option<Arc<str>>,
@@ -343,17 +468,17 @@ impl Snapshot {
         };
         let mut global_plugins = PluginChain::default();
         build_plugins(&config.plugins, &mut global_plugins)?;
-        // Metric labels share one string per cluster name and per version name.
-        let cluster_names: HashMap<&str, Arc<str>> = config
-            .clusters
-            .keys()
-            .map(|name| (name.as_str(), Arc::from(name.as_str())))
-            .collect();
-        let mut version_names: HashMap<&str, Arc<str>> = HashMap::new();
-        let no_version: Arc<str> = Arc::from("");
-
-        // Most routes have no `retry` section: their rules are made once.
-        let no_retry_policy = RetryRules::from_config(None);
+        let mut commons = Commons {
+            clusters: config
+                .clusters
+                .keys()
+                .map(|name| (name.as_str(), Arc::from(name.as_str())))
+                .collect(),
+            versions: HashMap::new(),
+            no_version: Arc::from(""),
+            // Most routes have no `retry` section: their rules are made once.
+            no_retry: RetryRules::from_config(None),
+        };
         // The previous snapshot's compiled routes by the config route they came from.
         let previous_compiled: HashMap<*const config::Route, &Arc<CompiledRoute>> = previous
             .map(|p| {
@@ -380,115 +505,7 @@ impl Snapshot {
                 .filter(|c| c.still_compiles(r, &clusters));
             let compiled = match reusable {
                 Some(compiled) => Arc::clone(compiled),
-                None => {
-                    let id: Arc<str> = Arc::from(r.id.as_str());
-                    let rewrite_of = |prefix_override: Option<&String>| {
-                        if let Some(with) = prefix_override {
-                            Rewrite::Prefix {
-                                prefix: r.path.clone(),
-                                with: with.clone(),
-                            }
-                        } else if r.strip_prefix {
-                            Rewrite::Prefix {
-                                prefix: r.path.clone(),
-                                with: String::new(),
-                            }
-                        } else if let Some(with) = &r.rewrite_prefix {
-                            Rewrite::Prefix {
-                                prefix: r.path.clone(),
-                                with: with.clone(),
-                            }
-                        } else {
-                            Rewrite::None
-                        }
-                    };
-                    let cluster_of = |name: &str| {
-                        let cluster = clusters.get(name).cloned();
-                        let label = cluster_names.get(name).cloned();
-                        cluster
-                            .zip(label)
-                            .ok_or_else(|| format!("route {}: unknown cluster {name}", r.id))
-                    };
-                    let mut targets = Vec::with_capacity(r.versions.len().max(1));
-                    let versioning = if r.versions.is_empty() {
-                        let (cluster, label) =
-                            cluster_of(r.cluster.as_deref().unwrap_or_default())?;
-                        targets.push(Arc::new(Target {
-                            version: None,
-                            cluster,
-                            rewrite: rewrite_of(None),
-                            metrics: RouteMetrics::new(id.clone(), label, no_version.clone()),
-                            deprecation: Vec::new(),
-                        }));
-                        None
-                    } else {
-                        for v in &r.versions {
-                            let name = router::version::normalize_version(&v.name);
-                            let name = version_names
-                                .entry(name)
-                                .or_insert_with(|| Arc::from(name))
-                                .clone();
-                            let (cluster, label) = cluster_of(&v.cluster)?;
-                            targets.push(Arc::new(Target {
-                                version: Some(name.clone()),
-                                cluster,
-                                rewrite: rewrite_of(v.rewrite_prefix.as_ref()),
-                                metrics: RouteMetrics::new(id.clone(), label, name),
-                                deprecation: deprecation_headers(r, v),
-                            }));
-                        }
-                        let v = r.versioning.clone().unwrap_or_default();
-                        Some(VersionSelector::new(
-                            v.sources
-                                .iter()
-                                .map(|s| match s {
-                                    config::VersionSource::Uri => Source::Uri,
-                                    config::VersionSource::Header => Source::Header,
-                                    config::VersionSource::MediaType => Source::MediaType,
-                                    config::VersionSource::Query => Source::Query,
-                                })
-                                .collect(),
-                            http::HeaderName::from_bytes(v.header.as_bytes())
-                                .map_err(|e| format!("route {}: versioning.header: {e}", r.id))?,
-                            v.query,
-                            v.default.as_deref(),
-                            &r.versions
-                                .iter()
-                                .map(|v| (v.name.clone(), v.retired))
-                                .collect::<Vec<_>>(),
-                        ))
-                    };
-                    Arc::new(CompiledRoute {
-                        id,
-                        targets,
-                        versioning,
-                        retry: match &r.retry {
-                            Some(policy) => RetryRules::from_config(Some(policy)),
-                            None => no_retry_policy.clone(),
-                        },
-                        deadline: r.timeout,
-                        allow_path_params: r.allow_path_params,
-                        allow_escaped_slashes: r.allow_escaped_slashes,
-                        upgrades: r
-                            .upgrades
-                            .iter()
-                            .map(|u| u.to_ascii_lowercase().into_boxed_str())
-                            .collect(),
-                        limits: r
-                            .limits
-                            .clone()
-                            .filter(|l| *l != config::RouteLimits::default())
-                            .map(Box::new),
-                        compress: r.compress.as_ref().map(|c| {
-                            Box::new(crate::proxy::compress::Policy::new(r.id.as_str().into(), c))
-                        }),
-                        cache: r
-                            .cache
-                            .as_ref()
-                            .map(|c| Box::new(crate::cache::CachePolicy::new(&r.id, c))),
-                        source: r.clone(),
-                    })
-                }
+                None => compile_route(r, &clusters, &mut commons)?,
             };
             let spec = RouteSpec {
                 id: r.id.clone(),
@@ -548,6 +565,8 @@ impl Snapshot {
             )),
         };
 
+        // The rest of `commons` borrows `config`, which the version hash takes for a moment.
+        let no_version = commons.no_version;
         let version = config_version(&mut config);
         let trusted_proxies = config
             .server
@@ -1075,10 +1094,10 @@ struct Built {
     tls: Vec<(Arc<tls::ListenerTlsState>, tls::Prepared)>,
 }
 
-/// Bytes read from the config file per `read` call (see [`read_in_steps`]).
+/// The most bytes read from the config file in one `read` call (see [`read_in_steps`]).
 const READ_STEP: usize = 256 * 1024;
 
-/// The whole file, read [`READ_STEP`] bytes at a time.
+/// The whole file, read at most [`READ_STEP`] bytes at a time.
 ///
 /// One `read` of a 26 MiB file (100,000 routes) spends 15–20 ms in the kernel copying it
 /// and faulting in the fresh pages it lands in, and the kernel did not preempt the reload
@@ -1092,22 +1111,9 @@ fn read_in_steps(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
     let size = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
     // One byte more than the size, so the read that finds the end needs no growth.
     let mut bytes = Vec::with_capacity(size.saturating_add(1));
-    loop {
-        if bytes.capacity() - bytes.len() < READ_STEP {
-            bytes.reserve(READ_STEP);
-        }
-        let start = bytes.len();
-        let room = (bytes.capacity() - start).min(READ_STEP);
-        bytes.resize(start + room, 0);
-        let read = file.read(&mut bytes[start..]);
-        bytes.truncate(start + *read.as_ref().unwrap_or(&0));
-        match read {
-            Ok(0) => return Ok(bytes),
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
+    // `take` caps each `read` at a step; `read_to_end` retries interrupted ones.
+    while (&mut file).take(READ_STEP as u64).read_to_end(&mut bytes)? > 0 {}
+    Ok(bytes)
 }
 
 /// Reads, validates and builds everything a reload needs, off the async threads (host names
@@ -1377,19 +1383,25 @@ mod redaction_tests {
     }
 }
 
+/// The snapshot of a minimal config (one listener, one cluster, no route), for unit tests.
+#[cfg(test)]
+pub(crate) fn minimal_snapshot() -> Snapshot {
+    let config = crate::config::load_str(
+        "t.toml",
+        "[[listeners]]\naddress = \"127.0.0.1:1\"\n[clusters.api]\nendpoints = [{ address = \"127.0.0.1:2\" }]\n",
+    )
+    .expect("config loads");
+    Snapshot::build(config, None).expect("snapshot builds")
+}
+
 #[cfg(test)]
 mod retire_tests {
-    use super::{retire, Snapshot};
+    use super::{minimal_snapshot, retire, Snapshot};
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
     fn snapshot() -> Arc<Snapshot> {
-        let config = crate::config::load_str(
-            "t.toml",
-            "[[listeners]]\naddress = \"127.0.0.1:1\"\n[clusters.api]\nendpoints = [{ address = \"127.0.0.1:2\" }]\n",
-        )
-        .expect("config loads");
-        Arc::new(Snapshot::build(config, None).expect("snapshot builds"))
+        Arc::new(minimal_snapshot())
     }
 
     fn freed_within(weak: &std::sync::Weak<Snapshot>, limit: Duration) -> bool {
@@ -1557,5 +1569,23 @@ endpoints = [{ address = "127.0.0.1:3" }]
             &b.targets[0].cluster,
             next.clusters.get("one").unwrap()
         ));
+    }
+}
+
+#[cfg(test)]
+mod read_tests {
+    #[test]
+    fn a_file_read_in_steps_is_the_whole_file() {
+        let path = std::env::temp_dir().join(format!("portico-read-{}", std::process::id()));
+        for len in [0, 1, super::READ_STEP, 3 * super::READ_STEP + 17] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            std::fs::write(&path, &bytes).unwrap();
+            assert!(super::read_in_steps(&path).unwrap() == bytes, "{len} bytes");
+        }
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            super::read_in_steps(&path).is_err(),
+            "a missing file is an error"
+        );
     }
 }
